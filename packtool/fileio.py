@@ -1,0 +1,119 @@
+"""Safe file writing: one atomic-write helper and an advisory lock for model files.
+
+Every file packtool writes goes through :func:`atomic_write`: the bytes land in a temporary file
+in the target's directory, are fsynced, and replace the target with ``os.replace`` (atomic on
+POSIX and Windows), then the directory is fsynced. A crash at any point leaves either the old
+file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import LockError, PackToolError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temporary file and move it over ``path`` atomically.
+
+    The temporary file is removed if ``write`` raises (or the process is interrupted with
+    ``KeyboardInterrupt``); ``path`` keeps its old bytes. The new file gets the old file's
+    permissions when it replaces one, else the usual 0o666 minus the umask.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise PackToolError(f"directory {directory} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(target))
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`atomic_write` of a bytes object."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file that guards ``path``: ``<path>.lock`` beside it."""
+    target = Path(path)
+    return target.with_name(target.name + ".lock")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on ``path`` for the ``with`` block.
+
+    Uses ``flock`` on ``<path>.lock``: the kernel drops it when the holder exits or is killed,
+    so a stale lock file from a dead process never blocks. A second writer fails at once with
+    :class:`LockError` instead of waiting.
+    """
+    lock = lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PackToolError(f"cannot create lock file {lock}: {exc.strerror}") from exc
+    try:
+        if not _try_lock(fd):
+            raise LockError(
+                f"{path} is in use by another packtool process (lock {lock}); "
+                "wait for it to finish"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    if os.name == "posix":
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    import msvcrt  # pragma: no cover - Windows
+
+    try:  # pragma: no cover
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:  # pragma: no cover
+        return False
+    return True  # pragma: no cover
