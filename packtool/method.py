@@ -1,0 +1,286 @@
+"""The PackNet pruning method, on top of :mod:`torch.nn.utils.prune`.
+
+Every prunable weight has a ``uint8`` *owner index* of the same shape, registered on its module as
+the buffer ``<name>_owners``: ``0`` means free, ``k`` means owned by task ``k`` (1..255). The
+owner index stacks all task masks in one tensor; the mask in force is derived from it for a task
+and a :class:`Phase`:
+
+=========  =========================================  ======================
+phase      active (mask = 1)                          trainable
+=========  =========================================  ======================
+TRAIN      free or owned by tasks ``1..k-1``          free (``owner == 0``)
+FINETUNE   owned by tasks ``1..k``                    owned by ``k``
+EVAL       owned by tasks ``1..k``                    nothing
+=========  =========================================  ======================
+
+The module is reparametrized exactly as by the built-in methods (``<name>_orig`` parameter,
+float ``<name>_mask`` buffer, ``<name> = orig * mask`` in a forward pre-hook), so
+``prune.remove`` bakes a task. Switching task or phase rewrites the mask in place from the owner
+index: nothing is ever lost, so any task can be selected at any time.
+
+Only :func:`assign_owners` changes an owner index, and only from ``0`` to the task being added.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+OWNER_DTYPE = torch.uint8
+MAX_TASKS = 255
+FREE = 0
+
+
+class Phase(str, Enum):
+    """What the network is being used for; decides the mask in force."""
+
+    TRAIN = "train"
+    FINETUNE = "finetune"
+    EVAL = "eval"
+
+
+def active_mask(owners: Tensor, task: int, phase: Phase) -> Tensor:
+    """Bool tensor shaped like ``owners``: the weights task ``task`` uses in ``phase``."""
+    if phase is Phase.TRAIN:
+        return owners < task  # free weights and every earlier task's
+    return (owners >= 1) & (owners <= task)
+
+
+def trainable_mask(owners: Tensor, task: int, phase: Phase) -> Tensor:
+    """Bool tensor shaped like ``owners``: the weights an optimizer may change in ``phase``."""
+    if phase is Phase.TRAIN:
+        return owners == FREE
+    if phase is Phase.FINETUNE:
+        return owners == task
+    return torch.zeros_like(owners, dtype=torch.bool)
+
+
+class PackNetPruning(prune.BasePruningMethod):
+    """Mask a weight by its owner index for one task and phase.
+
+    The owner index is passed to :meth:`apply` as the importance scores, so
+    :meth:`compute_mask` maps owners to a mask. ``PRUNING_TYPE = "global"`` because the mask is
+    recomputed from the owners as a whole: entries may switch back on when the phase changes
+    (e.g. a later task's weights are masked for an old task, active again for the new one).
+
+    Args:
+        task: the task whose view of the weight is in force (1..255).
+        phase: see :class:`Phase`.
+    """
+
+    PRUNING_TYPE = "global"
+
+    def __init__(self, task: int, phase: Phase) -> None:
+        _check_task(task)
+        self.task = task
+        self.phase = Phase(phase)
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        """``t`` is the owner index (uint8, any shape); returns ``default_mask``'s dtype."""
+        return active_mask(t, self.task, self.phase).to(dtype=default_mask.dtype)
+
+    @classmethod
+    def apply(  # type: ignore[override]
+        cls, module: nn.Module, name: str, owners: Tensor, task: int, phase: Phase
+    ) -> PackNetPruning:
+        """Reparametrize ``module.<name>`` and register ``owners`` as ``<name>_owners``.
+
+        Args:
+            owners: uint8 tensor shaped like the weight; moved to the weight's device.
+        """
+        weight = getattr(module, name)
+        if owners.dtype != OWNER_DTYPE or owners.shape != weight.shape:
+            raise ValueError(
+                f"owners must be uint8 shaped {tuple(weight.shape)}, "
+                f"got {owners.dtype} {tuple(owners.shape)}"
+            )
+        if packnet_method(module, name) is not None:
+            raise ValueError(f"{name} already carries a PackNet mask; use select() to change it")
+        module.register_buffer(name + "_owners", owners.to(weight.device))
+        scores = module.get_buffer(name + "_owners")
+        return super().apply(module, name, task, phase, importance_scores=scores)
+
+
+def packnet_prune(module: nn.Module, name: str, owners: Tensor, task: int,
+                  phase: Phase = Phase.EVAL) -> nn.Module:
+    """Functional entry point, like ``prune.l1_unstructured``: mask ``module.<name>`` by owners.
+
+    Returns:
+        ``module``, reparametrized with ``<name>_orig``, ``<name>_mask`` and ``<name>_owners``.
+    """
+    PackNetPruning.apply(module, name, owners, task, Phase(phase))
+    return module
+
+
+def packnet_method(module: nn.Module, name: str = "weight") -> PackNetPruning | None:
+    """The PackNet hook on ``module.<name>``, or ``None``."""
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, PackNetPruning) and hook._tensor_name == name:
+            return hook
+    return None
+
+
+def select(module: nn.Module, task: int, phase: Phase, name: str = "weight") -> None:
+    """Put task ``task``'s ``phase`` mask in force on ``module.<name>``, in place.
+
+    Non-destructive: only the mask buffer changes; weights and owners are untouched.
+    """
+    method = packnet_method(module, name)
+    if method is None:
+        raise ValueError(f"{name} of {type(module).__name__} has no PackNet mask")
+    _check_task(task)
+    method.task, method.phase = task, Phase(phase)
+    mask = module.get_buffer(name + "_mask")
+    owners = module.get_buffer(name + "_owners")
+    with torch.no_grad():
+        mask.copy_(method.compute_mask(owners, mask))
+        # Keep the derived attribute current for code that reads it before the next forward.
+        setattr(module, name, method.apply_mask(module))
+
+
+def select_all(modules: Iterable[nn.Module], task: int, phase: Phase) -> None:
+    """:func:`select` on every module of ``modules``."""
+    for module in modules:
+        select(module, task, phase)
+
+
+def bake(net: nn.Module, inplace: bool = False) -> nn.Module:
+    """Turn the masks in force into plain weights (``prune.remove``) and drop the owner buffers.
+
+    The result has the original parameter names (``layer.weight``) and no hooks, ready for
+    evaluation or ONNX export. Copies first unless ``inplace``.
+    """
+    if not inplace:
+        with torch.no_grad():
+            # The derived ``weight`` of a grad-mode forward is a non-leaf, which deepcopy refuses
+            # (pytorch#37322); recompute it without autograd first (same values).
+            for module in net.modules():
+                for hook in module._forward_pre_hooks.values():
+                    if isinstance(hook, PackNetPruning):
+                        setattr(module, hook._tensor_name, hook.apply_mask(module))
+            net = copy.deepcopy(net)
+    for module in net.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, PackNetPruning):
+                name = hook._tensor_name
+                prune.remove(module, name)
+                del module._buffers[name + "_owners"]
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# Owner-index operations: exact-count magnitude pruning
+# --------------------------------------------------------------------------------------------
+
+
+def release_count(free: int, ratio: float) -> int:
+    """How many of ``free`` weights a task releases at ``ratio``: ``round(ratio * free)``.
+
+    Python's ``round`` (half to even), the rule of ``torch.nn.utils.prune``'s ``amount``.
+    """
+    _check_ratio(ratio)
+    return round(ratio * free)
+
+
+def assign_owners(
+    weights: Mapping[str, Tensor], owners: Mapping[str, Tensor], task: int, ratio: float,
+    scope: str = "layer",
+) -> dict[str, Tensor]:
+    """Give task ``task`` the largest-magnitude free weights; release the rest.
+
+    Of the free weights (``owner == 0``) of each layer (``scope="layer"``) or of all layers
+    together (``scope="global"``), exactly ``release_count(n_free, ratio)`` with the smallest
+    ``|w|`` stay free; the others become owned by ``task``. Ties are broken by position (layer
+    order, then flat index): the earlier element is released first, so results are
+    deterministic.
+
+    Args:
+        weights: name -> float weight tensor.
+        owners: name -> uint8 owner index shaped like the weight; not modified.
+        task: the task being added; no owner may already be ``>= task``.
+
+    Returns:
+        name -> new owner index (new tensors on the owners' devices).
+    """
+    _check_task(task)
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    for name, own in owners.items():
+        if own.numel() and int(own.max()) >= task:
+            raise ValueError(f"{name} has weights owned by task >= {task}")
+    free = {name: (owners[name] == FREE).flatten() for name in owners}
+    if scope == "layer":
+        released = {
+            name: _release_mask(_free_scores(weights[name], free[name]), ratio)
+            for name in owners
+        }
+    else:
+        scores = torch.cat([_free_scores(weights[n], free[n]).cpu() for n in owners])
+        released_all = _release_mask(scores, ratio)
+        released, start = {}, 0
+        for name in owners:
+            count = int(free[name].sum())
+            released[name] = released_all[start:start + count].to(free[name].device)
+            start += count
+    result = {}
+    for name, own in owners.items():
+        # masked_scatter_ places the per-free-weight decisions without int64 index tensors.
+        kept = torch.zeros_like(free[name]).masked_scatter_(free[name], ~released[name])
+        result[name] = own.flatten().masked_fill(kept, task).view_as(own)
+    return result
+
+
+def _free_scores(weight: Tensor, free: Tensor) -> Tensor:
+    """``|w|`` of the free entries, flat float32 (exact ordering for any float dtype)."""
+    scores = weight.detach().flatten().abs().float()
+    return scores if bool(free.all()) else scores[free]
+
+
+def _release_mask(scores: Tensor, ratio: float) -> Tensor:
+    """Bool mask over ``scores``: the ``release_count`` smallest, earliest first on ties."""
+    return smallest_k(scores, release_count(scores.numel(), ratio))
+
+
+def smallest_k(scores: Tensor, k: int) -> Tensor:
+    """Bool mask of the ``k`` smallest entries of a flat non-negative float32 tensor.
+
+    Exact count; ties at the cut go to the lowest indices. Finds the cut by bisection on the
+    float bit patterns (non-negative floats order like their int32 bits), so memory stays at one
+    bool tensor per pass instead of the int64 indices ``sort``/``kthvalue`` allocate (VGG-16's
+    fc6 has 102M weights).
+    """
+    n = scores.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=scores.device)
+    if scores.dtype != torch.float32 or bool(torch.isnan(scores).any()):
+        raise ValueError("scores must be float32 without NaN")
+    bits = scores.view(torch.int32)
+    lo, hi = 0, 0x7F800000  # +0.0 .. +inf
+    while lo < hi:  # smallest b with count(bits <= b) >= k
+        mid = (lo + hi) // 2
+        if int(torch.count_nonzero(bits <= mid)) >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    mask = bits < lo
+    missing = k - int(torch.count_nonzero(mask))
+    ties = (bits == lo).nonzero().flatten()[:missing]
+    mask[ties] = True
+    return mask
+
+
+def _check_task(task: int) -> None:
+    if not 1 <= int(task) <= MAX_TASKS:
+        raise ValueError(f"task index must be in 1..{MAX_TASKS}, got {task}")
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
