@@ -1,0 +1,262 @@
+"""Architectures: build a network from a plain spec and split it into PackNet's parts.
+
+A network is described by an :class:`ArchSpec` of plain values (no pickled code), so a pack can
+rebuild it anywhere. PackNet sees three kinds of tensors in it:
+
+* **prunable weights** - the ``weight`` of every ``Conv*d`` / ``Linear`` except the classifier.
+  They are shared by all tasks; each element has one owner (see :mod:`packtool.method`).
+* **the classifier** - the last ``nn.Linear`` in module order. Every task has its own head.
+* **task-private state** - everything else (biases, BatchNorm affine and running statistics,
+  other norms' parameters, any other parameter or buffer). Each task keeps its own copy, or, under
+  the paper's policy, task 1's copy is frozen and used by all tasks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ArchitectureError
+
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Everything needed to rebuild a network, as plain values.
+
+    Attributes:
+        arch: torchvision model name (``vgg16``), built-in (``mlp``, ``lenet``) or
+            ``package.module:function`` returning an ``nn.Module``.
+        input_size: ``(C, H, W)`` of one input image.
+        kwargs: keyword arguments for the builder (JSON-able).
+        mean, std: per-channel normalization applied to inputs scaled to 0..1.
+    """
+
+    arch: str
+    input_size: tuple[int, int, int]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        size = tuple(int(v) for v in self.input_size)
+        if len(size) != 3 or min(size) < 1:
+            raise ArchitectureError(f"input size must be C x H x W with positive sides, got {size}")
+        object.__setattr__(self, "input_size", size)
+        channels = size[0]
+        mean = tuple(float(v) for v in self.mean) or _default_norm(channels)[0]
+        std = tuple(float(v) for v in self.std) or _default_norm(channels)[1]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ArchitectureError(
+                f"mean and std need {channels} values each with std > 0, got {mean} and {std}"
+            )
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "input_size": list(self.input_size),
+            "kwargs": dict(self.kwargs),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        return cls(
+            arch=str(d["arch"]),
+            input_size=tuple(d["input_size"]),
+            kwargs=dict(d.get("kwargs", {})),
+            mean=tuple(d.get("mean", ())),
+            std=tuple(d.get("std", ())),
+        )
+
+
+def _default_norm(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # ImageNet statistics for RGB (what pretrained torchvision weights expect), else 0.5/0.5.
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.5,) * channels, (0.5,) * channels
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """Parse ``"3x224x224"`` into ``(3, 224, 224)``."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ArchitectureError(f"input size must look like 3x224x224, got {text!r}")
+    return size  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in small networks
+# --------------------------------------------------------------------------------------------
+
+
+def mlp(input_size: tuple[int, int, int], num_classes: int = 10, hidden: int = 256,
+        depth: int = 2) -> nn.Module:
+    """``depth`` hidden Linear+ReLU layers of width ``hidden`` on the flattened image."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = input_size[0] * input_size[1] * input_size[2]
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def lenet(input_size: tuple[int, int, int], num_classes: int = 10, width: int = 20) -> nn.Module:
+    """LeNet-5 style: two 5x5 conv + BatchNorm + ReLU + 2x2 max-pool blocks, then two Linear.
+
+    Padding keeps the spatial size until pooling, so any image of at least 4x4 works.
+    """
+    channels, height, wide = input_size
+    c1, c2 = width, int(width * 2.5)
+    features = nn.Sequential(
+        nn.Conv2d(channels, c1, 5, padding=2), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=2), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    flat = c2 * (height // 4) * (wide // 4)
+    if flat == 0:
+        raise ArchitectureError(f"lenet needs images of at least 4x4, got {height}x{wide}")
+    return nn.Sequential(
+        features, nn.Flatten(), nn.Linear(flat, 500), nn.ReLU(), nn.Linear(500, num_classes)
+    )
+
+
+BUILTINS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "lenet": lenet}
+
+
+def build_network(spec: ArchSpec) -> nn.Module:
+    """Build the full network of ``spec`` (original classifier included), randomly initialized.
+
+    Raises:
+        ArchitectureError: unknown name, a builder that fails, or a network that cannot run on
+            ``spec.input_size``.
+    """
+    kwargs = dict(spec.kwargs)
+    try:
+        if spec.arch in BUILTINS:
+            net = BUILTINS[spec.arch](spec.input_size, **kwargs)
+        elif ":" in spec.arch:
+            net = _import_builder(spec.arch)(**kwargs)
+        else:
+            net = _torchvision_model(spec.arch, kwargs)
+    except ArchitectureError:
+        raise
+    except Exception as exc:  # a user's builder or torchvision can raise anything
+        raise ArchitectureError(f"cannot build {spec.arch!r}: {_one_line(exc)}") from exc
+    if not isinstance(net, nn.Module):
+        raise ArchitectureError(f"{spec.arch!r} returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def _torchvision_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ArchitectureError(
+            f"unknown architecture {name!r}: use a torchvision classification model "
+            f"(e.g. vgg16, resnet18), mlp, lenet, or package.module:function"
+        )
+    # weights=None: nothing is downloaded; pretrained weights come from a local file.
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def _import_builder(target: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        builder = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ArchitectureError(f"cannot import {target!r}: {_one_line(exc)}") from exc
+    if not callable(builder):
+        raise ArchitectureError(f"{target!r} is not callable")
+    return builder
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Anatomy of a network
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Where PackNet's parts live in a network (qualified names from ``named_modules``).
+
+    Attributes:
+        classifier: name of the classifier ``nn.Linear`` (replaced by each task's head).
+        in_features, head_bias: the classifier's input width and whether it has a bias.
+        prunable: names of the layers whose ``weight`` is shared and owned element-wise.
+        private: names (``state_dict`` keys) of the backbone's task-private tensors.
+    """
+
+    classifier: str
+    prunable: tuple[str, ...]
+    private: tuple[str, ...]
+    in_features: int
+    head_bias: bool
+
+
+def anatomy(net: nn.Module) -> Anatomy:
+    """Find the classifier, the prunable layers and the task-private tensors of ``net``."""
+    linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ArchitectureError("the network has no nn.Linear classifier for per-task heads")
+    classifier = linears[-1]
+    prunable = tuple(
+        name
+        for name, m in net.named_modules()
+        if isinstance(m, PRUNABLE_TYPES) and name != classifier
+    )
+    if not prunable:
+        raise ArchitectureError("the network has no Conv or Linear layer besides the classifier")
+    shared = {f"{name}.weight" for name in prunable}
+    head_prefix = classifier + "."
+    private = tuple(
+        key
+        for key in net.state_dict(keep_vars=True)
+        if key not in shared and not key.startswith(head_prefix)
+    )
+    head = net.get_submodule(classifier)
+    return Anatomy(classifier=classifier, prunable=prunable, private=private,
+                   in_features=head.in_features, head_bias=head.bias is not None)
+
+
+def new_head(anat: Anatomy, num_classes: int) -> nn.Linear:
+    """A freshly initialized head like the classifier, with ``num_classes`` outputs (CPU)."""
+    return nn.Linear(anat.in_features, num_classes, bias=anat.head_bias)
+
+
+def check_runs(net: nn.Module, spec: ArchSpec) -> None:
+    """Run one zero batch through ``net`` so a size mismatch fails at ``init``, not mid-training."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *spec.input_size))
+    except Exception as exc:
+        raise ArchitectureError(
+            f"{spec.arch} cannot run on inputs of size {'x'.join(map(str, spec.input_size))}: "
+            f"{_one_line(exc)}"
+        ) from exc
+    finally:
+        net.train(was_training)

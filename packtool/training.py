@@ -1,0 +1,443 @@
+"""The add-task lifecycle: train free weights -> prune -> fine-tune survivors -> freeze.
+
+Frozen weights are guarded by restoring them after every optimizer step
+(:class:`FrozenWeightGuard`): zeroing their gradients is not enough, because weight decay and
+optimizer momentum still move them. Old tasks' biases, norm statistics and heads live in their
+task records and are never loaded into the network being trained, so they cannot drift.
+
+Model selection uses the validation split carved from the training data; the held-out split is
+only measured (before pruning, after pruning, final), never used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import CapacityError, DataError, PackToolError, TaskError
+from .method import MAX_TASKS, Phase, assign_owners, select_all, trainable_mask
+from .models import new_head
+
+if TYPE_CHECKING:
+    from .data import TaskData
+    from .pack import Pack
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one add-task run. Defaults follow the paper's official scripts.
+
+    Attributes:
+        epochs: training epochs on the free weights (0 skips training, e.g. a pretrained task).
+        finetune_epochs: epochs of fine-tuning the kept weights after pruning.
+        lr, finetune_lr: learning rates of the two phases.
+        lr_decay_epochs: multiply the training lr by 0.1 every this many epochs (0: never).
+        optimizer: ``sgd`` (with ``momentum``), ``adam`` or ``adamw``.
+        weight_decay: applied by the optimizer; frozen weights are protected by the guard.
+        batch_size, workers: data loading.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seeds head initialization, dropout and shuffling; same seed, same CPU result.
+        prune_scope: ``layer`` (exact ratio per layer, the paper) or ``global`` (across layers).
+    """
+
+    epochs: int = 20
+    finetune_epochs: int = 10
+    lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    lr_decay_epochs: int = 10
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+    prune_scope: str = "layer"
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 0 and self.finetune_epochs >= 0, "epochs must be >= 0"),
+            (self.lr > 0 and self.finetune_lr > 0, "learning rates must be > 0"),
+            (self.lr_decay_epochs >= 0, "lr_decay_epochs must be >= 0"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight decay >= 0"),
+            (self.batch_size >= 1 and self.workers >= 0, "batch size >= 1 and workers >= 0"),
+            (self.prune_scope in ("layer", "global"), "prune scope must be layer or global"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TaskError(message)
+        resolve_device(self.device)
+
+
+@dataclass
+class TaskResult:
+    """What :func:`add_task` reports; the same numbers are stored in the task record."""
+
+    task: str
+    index: int
+    accuracy: float
+    accuracy_before_prune: float
+    accuracy_after_prune: float
+    val_accuracy: float
+    weights_owned: int
+    free_fraction: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Progress:
+    """Receives training progress; subclass and override what you want to show. No-op here."""
+
+    def phase_start(self, phase: str, epochs: int, batches: int) -> None: ...
+
+    def batch_end(self, batch: int, loss: float, accuracy: float) -> None: ...
+
+    def epoch_end(self, epoch: int, loss: float, accuracy: float, val_accuracy: float) -> None: ...
+
+    def phase_end(self, phase: str) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; a CUDA request without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise PackToolError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PackToolError("CUDA was requested but is not available; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise PackToolError(f"unsupported device {device!r}; use auto, cpu or cuda")
+    return dev
+
+
+class FrozenWeightGuard:
+    """Keeps the non-trainable entries of masked weights bit-identical across optimizer steps.
+
+    Call :meth:`restore` after every ``optimizer.step()``. It computes
+    ``w * trainable + frozen_values`` in place: exact for both kinds of entry (``x * 1 + 0`` and
+    ``x * 0 + v``), whatever the optimizer did (weight decay, momentum, Adam moments).
+
+    Args:
+        layers: modules reparametrized by :class:`~packtool.method.PackNetPruning`.
+        task, phase: what is being trained; decides the trainable entries.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], task: int, phase: Phase) -> None:
+        self.weights: list[Tensor] = []
+        self.keep: list[Tensor] = []
+        self.frozen_values: list[Tensor] = []
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_parameter("weight_orig")
+                trainable = trainable_mask(layer.get_buffer("weight_owners"), task, phase)
+                self.weights.append(weight)
+                self.keep.append(trainable.to(weight.dtype))
+                self.frozen_values.append(weight.detach() * ~trainable)
+
+    def trainable_weights(self) -> list[Tensor]:
+        """Weights with at least one trainable entry (the ones worth giving an optimizer)."""
+        return [w for w, keep in zip(self.weights, self.keep) if bool(keep.any())]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for weight, keep, frozen in zip(self.weights, self.keep, self.frozen_values):
+            weight.mul_(keep).add_(frozen)
+
+
+def batches(loader: DataLoader) -> Iterator[Any]:
+    """Iterate ``loader``; a DataError raised in a worker process keeps its one-line message.
+
+    DataLoader re-raises a worker's exception with the worker's traceback folded into the
+    message; the last line is the original ``DataError: <message>``.
+    """
+    try:
+        yield from loader
+    except DataError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        if len(lines) > 1:
+            last = lines[-1].split("DataError: ", 1)[-1]
+            raise DataError(last) from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
+             device: str | torch.device = "cpu", workers: int = 0) -> float:
+    """Top-1 accuracy (0..1) of ``model`` in eval mode on ``dataset``; restores the mode."""
+    if len(dataset) == 0:
+        raise DataError("the evaluation split is empty")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    try:
+        for inputs, labels in batches(loader):
+            logits = model(inputs.to(device))
+            correct += int((logits.argmax(1).cpu() == labels).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(dataset)
+
+
+# ------------------------------------------------------------------------------------------------
+# Adding a task
+# ------------------------------------------------------------------------------------------------
+
+
+def add_task(pack: Pack, name: str, data: TaskData, prune: float,
+             config: TrainConfig | None = None, *, progress: Progress | None = None) -> TaskResult:
+    """Add task ``name`` to ``pack``: the PackNet lifecycle.
+
+    1. Train the free weights, a new head and the task's private state for ``config.epochs``
+       with every earlier task's weights active but frozen; keep the best epoch on validation.
+    2. Release ``prune`` of the trained weights per layer (exact counts, smallest ``|w|``) and
+       zero them; the rest become owned by the new task.
+    3. Fine-tune the kept weights for ``config.finetune_epochs``; keep the best on validation.
+    4. Freeze: commit weights, owners and the task record to ``pack``.
+
+    The pack is modified only in step 4, after everything else succeeded; an exception or
+    ``KeyboardInterrupt`` leaves it as it was.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    _check_new_task(pack, name, prune, data)
+    device = resolve_device(config.device)
+    progress = progress or Progress()
+    started = time.perf_counter()
+    task = len(pack.tasks) + 1
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(config.seed)
+        run = _TaskRun(pack, task, data, config, device, progress)
+        metrics = run.train_prune_finetune(prune)
+        candidate = run.commit(name, prune, metrics)
+    final = candidate.evaluate(task, data.test, batch_size=256, device=device)
+    record = candidate.tasks[-1]
+    record.metrics["accuracy"] = final
+    pack.shared, pack.owners, pack.tasks = candidate.shared, candidate.owners, candidate.tasks
+    pack.pretrained_head = candidate.pretrained_head
+    owned = sum(c.owned[task - 1] for c in pack.capacity())
+    return TaskResult(
+        task=name, index=task, accuracy=final,
+        accuracy_before_prune=metrics["accuracy_before_prune"],
+        accuracy_after_prune=metrics["accuracy_after_prune"],
+        val_accuracy=metrics["val_accuracy"], weights_owned=owned,
+        free_fraction=pack.free_fraction, seconds=time.perf_counter() - started,
+    )
+
+
+def _check_new_task(pack: Pack, name: str, prune: float, data: TaskData) -> None:
+    if not name or not name.strip():
+        raise TaskError("task name must not be empty")
+    if name in pack.task_names:
+        raise TaskError(f"task {name!r} already exists; pick another name with --task")
+    if not (isinstance(prune, (int, float)) and 0.0 <= prune < 1.0 and math.isfinite(prune)):
+        raise TaskError(f"prune ratio must be in [0, 1), got {prune}")
+    if len(pack.tasks) >= MAX_TASKS:
+        raise CapacityError(f"a pack holds at most {MAX_TASKS} tasks")
+    if pack.free_weights == 0:
+        raise CapacityError(
+            "no free weights are left for another task: every weight is owned "
+            f"by one of {len(pack.tasks)} tasks (prune earlier tasks harder next time)"
+        )
+    if not data.classes:
+        raise DataError("the dataset has no classes")
+    if len(data.train) == 0 or len(data.test) == 0 or len(data.val) == 0:
+        raise DataError("the dataset needs non-empty train, validation and test splits")
+
+
+class _TaskRun:
+    """The state of one add-task run: a live network and its loaders."""
+
+    def __init__(self, pack: Pack, task: int, data: TaskData, config: TrainConfig,
+                 device: torch.device, progress: Progress) -> None:
+        self.pack, self.task, self.data, self.config = pack, task, data, config
+        self.device, self.progress = device, progress
+        self.anatomy = pack.anatomy()
+        head, private = self._initial_state(len(data.classes))
+        self.net = pack.network(task, Phase.TRAIN, head=head, private=private, device=device)
+        self.layers = [self.net.get_submodule(n) for n in self.anatomy.prunable]
+        # Under the paper's policy, task 1's biases and norms are frozen for every later task.
+        self.private_frozen = pack.policy == "frozen" and task > 1
+        generator = torch.Generator().manual_seed(config.seed)
+        pin = device.type == "cuda"
+        self.train_loader = DataLoader(
+            data.train, batch_size=config.batch_size, shuffle=True, generator=generator,
+            num_workers=config.workers, pin_memory=pin,
+        )
+
+    def _initial_state(self, classes: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        pack = self.pack
+        previous = pack.tasks[-1] if pack.tasks else None
+        private = pack.private_state(previous) if previous else pack.initial_private
+        pretrained = pack.pretrained_head
+        if not pack.tasks and pretrained and pretrained["weight"].shape[0] == classes:
+            return dict(pretrained), dict(private)  # the network's own pretrained task
+        head = new_head(self.anatomy, classes).to(pack.device)
+        return {k: v.detach().clone() for k, v in head.state_dict().items()}, dict(private)
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def train_prune_finetune(self, prune: float) -> dict[str, float]:
+        config, test = self.config, self.data.test
+        best_val = self._phase(Phase.TRAIN, config.epochs, config.lr, config.lr_decay_epochs)
+        before = self._accuracy(test)
+        self._prune(prune)
+        after = self._accuracy(test)
+        best_val = self._phase(Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0,
+                               include_start=True)
+        return {"accuracy_before_prune": before, "accuracy_after_prune": after,
+                "val_accuracy": best_val}
+
+    def _phase(self, phase: Phase, epochs: int, lr: float, decay_every: int,
+               include_start: bool = False) -> float:
+        select_all(self.layers, self.task, phase)
+        if epochs == 0:
+            return self._accuracy(self.data.val)
+        guard = FrozenWeightGuard(self.layers, self.task, phase)
+        optimizer = self._optimizer(guard.trainable_weights(), lr)
+        scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, decay_every, 0.1)
+                     if decay_every else None)
+        best_val, best_state = -1.0, None
+        if include_start:
+            best_val, best_state = self._accuracy(self.data.val), _snapshot(self.net)
+        self.progress.phase_start(phase.value, epochs, len(self.train_loader))
+        for epoch in range(1, epochs + 1):
+            loss, acc = self._epoch(optimizer, guard)
+            if scheduler is not None:
+                scheduler.step()
+            val = self._accuracy(self.data.val)
+            self.progress.epoch_end(epoch, loss, acc, val)
+            if val > best_val:
+                best_val, best_state = val, _snapshot(self.net)
+        self.progress.phase_end(phase.value)
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        return best_val
+
+    def _epoch(self, optimizer: torch.optim.Optimizer, guard: FrozenWeightGuard
+               ) -> tuple[float, float]:
+        self._train_mode()
+        loss_fn = nn.CrossEntropyLoss()
+        total_loss, correct, seen = 0.0, 0, 0
+        for i, (inputs, labels) in enumerate(batches(self.train_loader), start=1):
+            inputs = inputs.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            logits = self.net(inputs)
+            loss = loss_fn(logits, labels)
+            loss.backward()
+            optimizer.step()
+            guard.restore()
+            batch = labels.numel()
+            total_loss += float(loss.detach()) * batch
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += batch
+            self.progress.batch_end(i, total_loss / seen, correct / seen)
+        return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    def _optimizer(self, weights: list[Tensor], lr: float) -> torch.optim.Optimizer:
+        params = weights + self._head_params() + self._private_params()
+        config = self.config
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
+        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, weight_decay=config.weight_decay)
+
+    def _head_params(self) -> list[Tensor]:
+        return list(self.net.get_submodule(self.anatomy.classifier).parameters())
+
+    def _private_params(self) -> list[Tensor]:
+        private = set(self.anatomy.private)
+        params = [p for n, p in self.net.named_parameters() if n in private]
+        for p in params:
+            p.requires_grad_(not self.private_frozen)
+        return [] if self.private_frozen else params
+
+    def _train_mode(self) -> None:
+        self.net.train()
+        if self.private_frozen:  # running statistics would otherwise keep updating
+            for module in self.net.modules():
+                if isinstance(module, NORM_TYPES):
+                    module.eval()
+
+    def _accuracy(self, dataset: Dataset) -> float:
+        return accuracy(self.net, dataset, batch_size=max(self.config.batch_size, 256),
+                        device=self.device, workers=self.config.workers)
+
+    @torch.no_grad()
+    def _prune(self, ratio: float) -> None:
+        keys = [f"{n}.weight" for n in self.anatomy.prunable]
+        weights = {k: layer.weight_orig for k, layer in zip(keys, self.layers)}
+        owners = {k: layer.weight_owners for k, layer in zip(keys, self.layers)}
+        new_owners = assign_owners(weights, owners, self.task, ratio, self.config.prune_scope)
+        for key, layer in zip(keys, self.layers):
+            released = new_owners[key] == 0
+            layer.weight_owners.copy_(new_owners[key])
+            layer.weight_orig.masked_fill_(released, 0.0)  # free weights are zero at rest
+
+    # -- commit -------------------------------------------------------------------------------
+
+    def commit(self, name: str, prune: float, metrics: dict[str, float]) -> Pack:
+        """A new Pack holding the old tasks and this one; ``self.pack`` is not modified."""
+        from .pack import Pack, TaskRecord, utc_now
+
+        pack, anat = self.pack, self.anatomy
+        store = pack.device
+        state = self.net.state_dict()
+        shared = {f"{n}.weight": state[f"{n}.weight_orig"].detach().to(store).clone()
+                  for n in anat.prunable}
+        owners = {f"{n}.weight": state[f"{n}.weight_owners"].to(store).clone()
+                  for n in anat.prunable}
+        _check_frozen_unchanged(pack, shared)
+        head_prefix = anat.classifier + "."
+        head = {k[len(head_prefix):]: v.detach().to(store).clone()
+                for k, v in state.items() if k.startswith(head_prefix)}
+        private = {} if self.private_frozen else {
+            k: state[k].detach().to(store).clone() for k in anat.private
+        }
+        record = TaskRecord(
+            name=name, index=self.task, classes=list(self.data.classes), data=self.data.spec,
+            prune=float(prune), hparams=asdict(self.config), metrics=dict(metrics),
+            created=utc_now(), head=head, private=private,
+        )
+        candidate = Pack(pack.spec, shared, owners, pack.initial_private,
+                         [*pack.tasks, record], policy=pack.policy,
+                         pretrained_head=pack.pretrained_head)
+        candidate._anatomy = anat
+        return candidate
+
+
+def _check_frozen_unchanged(pack: Pack, shared: dict[str, Tensor]) -> None:
+    """Refuse to commit if any weight of an earlier task moved (a guard failure is a bug)."""
+    for key, old in pack.shared.items():
+        owned = pack.owners[key] != 0
+        if not torch.equal(old[owned], shared[key][owned]):
+            raise RuntimeError(f"internal error: frozen weights of {key} changed during training")
+
+
+def _snapshot(net: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -1,0 +1,42 @@
+"""Shared fixtures: small synthetic tasks that train in well under a second."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+
+@dataclass
+class SyntheticTask:
+    """Duck-types :class:`packtool.data.TaskData` with separable random data."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    classes: list[str]
+    spec: dict = field(default_factory=dict)
+    augment: bool = False
+
+
+def synthetic_task(classes: int, seed: int, shape=(1, 8, 8), n: int = 96) -> SyntheticTask:
+    """``n`` samples of ``classes`` classes: noise plus a class-specific pattern."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(classes, *shape, generator=g)
+    labels = torch.arange(n) % classes
+    inputs = torch.randn(n, *shape, generator=g) * 0.5 + patterns[labels]
+    cut1, cut2 = n * 2 // 3, n * 5 // 6
+    return SyntheticTask(
+        train=TensorDataset(inputs[:cut1], labels[:cut1]),
+        val=TensorDataset(inputs[cut1:cut2], labels[cut1:cut2]),
+        test=TensorDataset(inputs[cut2:], labels[cut2:]),
+        classes=[f"c{i}" for i in range(classes)],
+        spec={"data": f"synthetic-{seed}", "classes": None},
+    )
+
+
+@pytest.fixture
+def make_task():
+    return synthetic_task

@@ -1,0 +1,74 @@
+"""Zero forgetting: old tasks stay bit-identical while new tasks are added (issue 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from packtool import Pack, TrainConfig
+
+ARCHS = {
+    "mlp": ("mlp", (1, 8, 8), {"hidden": 32}),
+    "bn-conv": ("lenet", (1, 8, 8), {"width": 4}),
+    "resnet": ("nets:tiny_resnet", (3, 8, 8), {}),
+}
+OPTIMIZERS = {
+    "sgd-momentum-wd": {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.05},
+    "adam-wd": {"optimizer": "adam", "weight_decay": 0.05},
+    "adamw": {"optimizer": "adamw", "weight_decay": 0.05},
+}
+
+
+def _snapshot(pack: Pack, name: str, x: torch.Tensor) -> dict:
+    record = pack.task(name)
+    owned = {k: o == record.index for k, o in pack.owners.items()}
+    with torch.no_grad():
+        out = pack.model_for(name)(x)
+    return {
+        "out": out,
+        "weights": {k: pack.shared[k][m].clone() for k, m in owned.items()},
+        "owned": owned,
+        "private": {k: v.clone() for k, v in pack.private_state(record).items()},
+        "head": {k: v.clone() for k, v in record.head.items()},
+    }
+
+
+@pytest.mark.parametrize("optim", list(OPTIMIZERS))
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_old_tasks_bit_identical_after_four_more(arch, optim, make_task):
+    name, size, kwargs = ARCHS[arch]
+    pack = Pack.create(name, size, kwargs=kwargs)
+    config = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, finetune_lr=0.01,
+                         batch_size=16, device="cpu", **OPTIMIZERS[optim])
+    x = torch.randn(12, *size, generator=torch.Generator().manual_seed(1))
+    snapshots = {}
+    for t in range(5):
+        pack.add_task(f"task{t + 1}", make_task(2 + t % 3, seed=t, shape=size, n=48), 0.5, config)
+        snapshots[f"task{t + 1}"] = _snapshot(pack, f"task{t + 1}", x)
+        for old, snap in snapshots.items():
+            now = _snapshot(pack, old, x)
+            assert torch.equal(now["out"], snap["out"]), f"{old} changed after task{t + 1}"
+            for key, mask in snap["owned"].items():
+                assert torch.equal(now["owned"][key], mask), f"{old} lost weights in {key}"
+                assert torch.equal(now["weights"][key], snap["weights"][key])
+            for part in ("private", "head"):
+                for key, value in snap[part].items():
+                    assert torch.equal(now[part][key], value), f"{old} {part} {key} drifted"
+
+
+def test_paper_policy_freezes_norm_statistics_after_task_one(make_task):
+    pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4}, policy="frozen")
+    config = TrainConfig(epochs=2, finetune_epochs=1, lr=0.05, device="cpu", weight_decay=0.01)
+    x = torch.randn(8, 1, 8, 8)
+    pack.add_task("first", make_task(3, seed=0), 0.5, config)
+    stats = {k: v.clone() for k, v in pack.tasks[0].private.items()}
+    with torch.no_grad():
+        out = pack.model_for("first")(x)
+    pack.add_task("second", make_task(2, seed=1), 0.5, config)
+    pack.add_task("third", make_task(4, seed=2), 0.0, config)
+    assert pack.tasks[1].private == {} and pack.tasks[2].private == {}
+    assert any("running_mean" in k for k in stats)
+    for key, value in stats.items():
+        assert torch.equal(pack.tasks[0].private[key], value)
+    with torch.no_grad():
+        assert torch.equal(pack.model_for("first")(x), out)

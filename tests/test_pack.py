@@ -1,0 +1,343 @@
+"""Pack files, capacity, task selection and the add-task lifecycle (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from packtool import (
+    ArchitectureError,
+    CapacityError,
+    Pack,
+    PackFormatError,
+    PackToolError,
+    Progress,
+    TaskError,
+    TrainConfig,
+)
+from packtool.pack import FORMAT_VERSION
+
+FAST = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
+
+
+@pytest.fixture
+def pack3(make_task) -> Pack:
+    pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
+    for t, ratio in enumerate((0.5, 0.75, 0.0)):
+        pack.add_task(f"t{t + 1}", make_task(2 + t, seed=t), ratio, FAST)
+    return pack
+
+
+def _bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip_is_bitwise(pack3, tmp_path):
+    path = tmp_path / "model.pt"
+    pack3.save(path)
+    loaded = Pack.load(path)
+    assert loaded.meta() == pack3.meta()
+    for part in ("shared", "owners", "initial_private"):
+        a, b = getattr(pack3, part), getattr(loaded, part)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key])
+    for old, new in zip(pack3.tasks, loaded.tasks):
+        assert old.meta() == new.meta()
+        for key in old.head:
+            assert torch.equal(old.head[key], new.head[key])
+        for key in old.private:
+            assert torch.equal(old.private[key], new.private[key])
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        for name in pack3.task_names:
+            assert torch.equal(loaded.model_for(name)(x), pack3.model_for(name)(x))
+    loaded.save(tmp_path / "again.pt")
+    assert _bytes(tmp_path / "again.pt") == _bytes(path)
+
+
+def test_file_holds_only_tensors_and_plain_values(pack3, tmp_path):
+    path = tmp_path / "model.pt"
+    pack3.save(path)
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == "packtool.pack" and state["version"] == FORMAT_VERSION
+    assert json.loads(state["meta"])["tasks"][0]["name"] == "t1"
+
+
+def test_pack_moves_between_devices(pack3):
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = pack3.model_for("t2")(x)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        pack3.to(device)
+        assert pack3.device.type == device
+        with torch.no_grad():
+            out = pack3.model_for("t2")(x.to(device)).cpu()
+        assert torch.allclose(out, expected, atol=1e-5)
+    pack3.to("cpu")
+    with torch.no_grad():
+        assert torch.equal(pack3.model_for("t2")(x), expected)
+
+
+def test_save_is_atomic_when_writing_fails(pack3, tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    pack3.save(path)
+    before = _bytes(path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        pack3.save(path)
+    assert _bytes(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def _bad_files(pack: Pack, tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.pt"
+    pack.save(good)
+    data = _bytes(good)
+    files = {
+        "empty": b"",
+        "random": os.urandom(4096),
+        "truncated": data[: len(data) // 2],
+        "onnx-like": b"\x08\x09\x12\x07pytorch" + os.urandom(200),
+    }
+    paths = {name: tmp_path / f"{name}.pt" for name in files}
+    for name, content in files.items():
+        paths[name].write_bytes(content)
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "state_dict.pt")
+    paths["state_dict"] = tmp_path / "state_dict.pt"
+    state = pack.state()
+    state["version"] = FORMAT_VERSION + 1
+    torch.save(state, tmp_path / "future.pt")
+    paths["future"] = tmp_path / "future.pt"
+    state = pack.state()
+    state["shared"][next(iter(state["shared"]))][0] += 1.0  # tampered value
+    torch.save(state, tmp_path / "tampered.pt")
+    paths["tampered"] = tmp_path / "tampered.pt"
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", "not a packtool model file"),
+        ("random", "not a packtool model file"),
+        ("truncated", "not a packtool model file"),
+        ("onnx-like", "not a packtool model file"),
+        ("state_dict", "plain state_dict"),
+        ("future", "newer than this packtool"),
+        ("tampered", "checksum"),
+    ],
+)
+def test_bad_files_get_one_line_errors(pack3, tmp_path, kind, message):
+    path = _bad_files(pack3, tmp_path)[kind]
+    with pytest.raises(PackFormatError, match=message) as info:
+        Pack.load(path)
+    assert "\n" not in str(info.value)
+
+
+class _Payload:
+    def __reduce__(self):
+        marker = os.environ["PACKTOOL_TEST_MARKER"]
+        return (open, (marker, "w"))
+
+
+def test_pickle_payload_is_refused_without_running(tmp_path, monkeypatch):
+    marker = tmp_path / "payload-ran"
+    monkeypatch.setenv("PACKTOOL_TEST_MARKER", str(marker))
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "packtool.pack", "x": _Payload()}, path)
+    with pytest.raises(PackFormatError, match="refused"):
+        Pack.load(path)
+    assert not marker.exists()
+    with pytest.raises(PackFormatError):  # a raw pickle stream, not a torch zip
+        path.write_bytes(pickle.dumps(_Payload()))
+        Pack.load(path)
+    assert not marker.exists()
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(PackToolError, match="does not exist"):
+        Pack.load(tmp_path / "nope.pt")
+    with pytest.raises(PackToolError, match="directory"):
+        Pack.load(tmp_path)
+
+
+# -- capacity and tasks -------------------------------------------------------------------------
+
+
+def test_capacity_counts_are_exact(pack3):
+    rows = pack3.capacity()
+    for row in rows:
+        assert row.free + sum(row.owned) == row.total
+        free0 = row.total
+        t1 = free0 - round(0.5 * free0)
+        t2 = (free0 - t1) - round(0.75 * (free0 - t1))
+        t3 = free0 - t1 - t2  # ratio 0 keeps everything left
+        assert row.owned == (t1, t2, t3) and row.free == 0
+    for key, own in pack3.owners.items():
+        assert torch.equal(pack3.shared[key][own == 0], torch.zeros(int((own == 0).sum())))
+    assert pack3.free_fraction == 0.0
+
+
+def test_full_pack_refuses_another_task(pack3, make_task):
+    before = pack3.to_bytes()
+    with pytest.raises(CapacityError, match="no free weights"):
+        pack3.add_task("t4", make_task(2, seed=9), 0.5, FAST)
+    assert pack3.to_bytes() == before
+
+
+@pytest.mark.parametrize(("name", "ratio", "error"), [
+    ("t1", 0.5, "already exists"),
+    ("new", 1.0, r"\[0, 1\)"),
+    ("new", -0.1, r"\[0, 1\)"),
+    ("", 0.5, "empty"),
+])
+def test_bad_task_settings(make_task, name, ratio, error):
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+    with pytest.raises(TaskError, match=error):
+        pack.add_task(name, make_task(2, seed=1), ratio, FAST)
+    assert pack.task_names == ["t1"]
+
+
+def test_unknown_task_lists_known(pack3):
+    with pytest.raises(TaskError, match="known tasks: t1, t2, t3"):
+        pack3.model_for("nope")
+
+
+def test_selecting_an_old_task_while_training_changes_nothing(make_task):
+    pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
+    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+    pack.add_task("t2", make_task(3, seed=1), 0.5, FAST)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = pack.model_for("t1")(x)
+    seen = []
+
+    class Probe(Progress):
+        def batch_end(self, batch, loss, accuracy):
+            with torch.no_grad():
+                seen.append(torch.equal(pack.model_for("t1")(x), expected))
+
+    pack.add_task("t3", make_task(2, seed=2), 0.5, FAST, progress=Probe())
+    assert seen and all(seen)
+    with torch.no_grad():
+        assert torch.equal(pack.model_for("t1")(x), expected)
+
+
+def test_interrupted_add_task_leaves_pack_unchanged(pack3, make_task):
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+    before = pack.to_bytes()
+
+    class Interrupt(Progress):
+        def epoch_end(self, *args):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pack.add_task("t2", make_task(2, seed=1), 0.5, FAST, progress=Interrupt())
+    assert pack.to_bytes() == before
+
+
+class _Counting(torch.utils.data.Dataset):
+    def __init__(self, inner):
+        self.inner, self.reads = inner, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.inner[i]
+
+
+def test_model_selection_reads_validation_not_test(make_task):
+    data = make_task(3, seed=0)
+    data.val, data.test = _Counting(data.val), _Counting(data.test)
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    config = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, device="cpu")
+    result = pack.add_task("t1", data, 0.5, config)
+    # test: measured before pruning, after pruning and at the end - never per epoch
+    assert data.test.reads == 3 * len(data.test)
+    # validation: every epoch of both phases, plus the post-prune starting point
+    assert data.val.reads == (3 + 2 + 1) * len(data.val)
+    assert pack.evaluate("t1", data) == result.accuracy
+
+
+def test_same_seed_same_pack(make_task):
+    def build():
+        pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+        pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+        return pack
+
+    a, b = build(), build()
+    for key in a.shared:
+        assert torch.equal(a.shared[key], b.shared[key])
+        assert torch.equal(a.owners[key], b.owners[key])
+
+
+# -- architectures and initial weights ----------------------------------------------------------
+
+
+def test_torchvision_architectures_split_into_packnet_parts():
+    pack = Pack.create("resnet18", (3, 32, 32))
+    anat = pack.anatomy()
+    assert anat.classifier == "fc" and anat.in_features == 512
+    assert "conv1.weight" in pack.shared and "fc.weight" not in pack.shared
+    assert any(k.endswith("running_var") for k in anat.private)
+    convs = [name for name in anat.prunable if name != "fc"]
+    assert not any(f"{name}.bias" in anat.private for name in convs)  # bias=None convs
+
+
+@pytest.mark.parametrize(("arch", "error"), [
+    ("no_such_net", "unknown architecture"),
+    ("nosuchmodule:build", "cannot import"),
+    ("nets:missing", "cannot import"),
+])
+def test_bad_architectures(arch, error):
+    with pytest.raises(ArchitectureError, match=error):
+        Pack.create(arch, (1, 8, 8))
+
+
+def test_network_that_cannot_run_on_the_input_size():
+    with pytest.raises(ArchitectureError, match="cannot run on inputs of size 1x8x8"):
+        Pack.create("vgg11", (1, 8, 8))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_pretrained_weights_become_the_first_task(make_task, tmp_path, suffix):
+    donor = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16, "num_classes": 3})
+    data = make_task(3, seed=0)
+    donor.add_task("pre", data, 0.0, TrainConfig(epochs=3, lr=0.05, finetune_epochs=0,
+                                                 device="cpu"))
+    state = donor.model_for("pre").state_dict()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16, "num_classes": 3}, weights=path)
+    result = pack.add_task("pre", data, 0.5, TrainConfig(epochs=0, finetune_epochs=0,
+                                                        device="cpu"))
+    assert result.accuracy_before_prune == donor.evaluate("pre", data)
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    torch.save({"0.weight": torch.zeros(3, 3)}, tmp_path / "w.pt")
+    with pytest.raises(ArchitectureError, match="do not fit"):
+        Pack.create("mlp", (1, 8, 8), weights=tmp_path / "w.pt")
