@@ -306,14 +306,16 @@ class Pack:
                         device=device or self.device)
 
     def add_task(self, name: str, data: TaskData, prune: float, config: TrainConfig | None = None,
-                 *, progress: Progress | None = None) -> TaskResult:
+                 *, progress: Progress | None = None, checkpoint: str | os.PathLike | None = None,
+                 resume: bool = False) -> TaskResult:
         """Add a task: train free weights, prune ``prune`` of them, fine-tune, freeze.
 
         See :func:`packtool.training.add_task`. The pack changes only if this returns.
         """
         from .training import add_task
 
-        return add_task(self, name, data, prune, config, progress=progress)
+        return add_task(self, name, data, prune, config, progress=progress,
+                        checkpoint=checkpoint, resume=resume)
 
     def to(self, device: str | torch.device) -> Pack:
         """Move every tensor to ``device`` (in place); returns ``self``."""

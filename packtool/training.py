@@ -12,15 +12,18 @@ only measured (before pruning, after pruning, final), never used to choose.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .checkpoint import Checkpoint
 from .errors import CapacityError, DataError, PackToolError, TaskError
 from .method import MAX_TASKS, Phase, assign_owners, select_all, trainable_mask
 from .models import new_head
@@ -207,7 +210,8 @@ def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
 
 
 def add_task(pack: Pack, name: str, data: TaskData, prune: float,
-             config: TrainConfig | None = None, *, progress: Progress | None = None) -> TaskResult:
+             config: TrainConfig | None = None, *, progress: Progress | None = None,
+             checkpoint: str | os.PathLike | None = None, resume: bool = False) -> TaskResult:
     """Add task ``name`` to ``pack``: the PackNet lifecycle.
 
     1. Train the free weights, a new head and the task's private state for ``config.epochs``
@@ -219,6 +223,12 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
 
     The pack is modified only in step 4, after everything else succeeded; an exception or
     ``KeyboardInterrupt`` leaves it as it was.
+
+    With ``checkpoint``, the run's state is saved there (atomically) after every epoch; with
+    ``resume`` too, a run interrupted at any point continues from its last completed epoch and
+    ends with the same result as an uninterrupted run (bit-identical on CPU). A checkpoint found
+    without ``resume`` is an error, never silently used or overwritten. The checkpoint is left
+    in place on success; delete it once the pack is saved.
     """
     config = config or TrainConfig()
     config.validate()
@@ -228,10 +238,14 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
     started = time.perf_counter()
     task = len(pack.tasks) + 1
     rng_devices = [device.index or 0] if device.type == "cuda" else []
+    identity = {"task": name, "index": task, "prune": float(prune), "data": data.spec,
+                "config": asdict(config), "pack": pack.state()["digest"] if checkpoint else None}
+    start = _resume_point(checkpoint, resume, identity, progress)
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
         run = _TaskRun(pack, task, data, config, device, progress)
-        metrics = run.train_prune_finetune(prune)
+        run.checkpoint, run.identity = checkpoint, identity
+        metrics = run.train_prune_finetune(prune, start)
         candidate = run.commit(name, prune, metrics)
     final = candidate.evaluate(task, data.test, batch_size=256, device=device)
     record = candidate.tasks[-1]
@@ -246,6 +260,24 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
         val_accuracy=metrics["val_accuracy"], weights_owned=owned,
         free_fraction=pack.free_fraction, seconds=time.perf_counter() - started,
     )
+
+
+def _resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[str, Any],
+                  progress: Progress) -> Checkpoint | None:
+    if path is None or not Path(path).exists():
+        if resume:
+            progress.message("no checkpoint to resume from; starting from the beginning")
+        return None
+    if not resume:
+        found = Checkpoint.load(path)
+        raise TaskError(
+            f"{path} holds an interrupted add-task ({found.describe()}); pass --resume to "
+            "continue it or --restart to discard it"
+        )
+    start = Checkpoint.load(path)
+    start.check_run(identity, path)
+    progress.message(f"resuming {start.describe()}")
+    return start
 
 
 def _check_new_task(pack: Pack, name: str, prune: float, data: TaskData) -> None:
@@ -281,10 +313,13 @@ class _TaskRun:
         self.layers = [self.net.get_submodule(n) for n in self.anatomy.prunable]
         # Under the paper's policy, task 1's biases and norms are frozen for every later task.
         self.private_frozen = pack.policy == "frozen" and task > 1
-        generator = torch.Generator().manual_seed(config.seed)
+        self.checkpoint: str | os.PathLike | None = None
+        self.identity: dict[str, Any] = {}
+        self.metrics: dict[str, float] = {}
+        self.generator = torch.Generator().manual_seed(config.seed)
         pin = device.type == "cuda"
         self.train_loader = DataLoader(
-            data.train, batch_size=config.batch_size, shuffle=True, generator=generator,
+            data.train, batch_size=config.batch_size, shuffle=True, generator=self.generator,
             num_workers=config.workers, pin_memory=pin,
         )
 
@@ -300,19 +335,25 @@ class _TaskRun:
 
     # -- phases -------------------------------------------------------------------------------
 
-    def train_prune_finetune(self, prune: float) -> dict[str, float]:
+    def train_prune_finetune(self, prune: float, start: Checkpoint | None = None
+                             ) -> dict[str, float]:
         config, test = self.config, self.data.test
-        best_val = self._phase(Phase.TRAIN, config.epochs, config.lr, config.lr_decay_epochs)
-        before = self._accuracy(test)
-        self._prune(prune)
-        after = self._accuracy(test)
+        if start is None or start.phase == Phase.TRAIN.value:
+            self._phase(Phase.TRAIN, config.epochs, config.lr, config.lr_decay_epochs, start)
+            start = None
+            self.metrics["accuracy_before_prune"] = self._accuracy(test)
+            self._prune(prune)
+            self.metrics["accuracy_after_prune"] = self._accuracy(test)
+        else:
+            self.metrics.update(start.metrics)
         best_val = self._phase(Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0,
-                               include_start=True)
-        return {"accuracy_before_prune": before, "accuracy_after_prune": after,
-                "val_accuracy": best_val}
+                               start, include_start=True)
+        return {**self.metrics, "val_accuracy": best_val}
 
     def _phase(self, phase: Phase, epochs: int, lr: float, decay_every: int,
-               include_start: bool = False) -> float:
+               start: Checkpoint | None = None, include_start: bool = False) -> float:
+        if start is not None:
+            self.net.load_state_dict(start.net)
         select_all(self.layers, self.task, phase)
         if epochs == 0:
             return self._accuracy(self.data.val)
@@ -320,11 +361,15 @@ class _TaskRun:
         optimizer = self._optimizer(guard.trainable_weights(), lr)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, decay_every, 0.1)
                      if decay_every else None)
-        best_val, best_state = -1.0, None
-        if include_start:
+        best_val, best_state, first = -1.0, None, 1
+        if start is not None:
+            best_val, best_state, first = start.best_val, start.best_state, start.epoch + 1
+            self._restore_optimizer(start, optimizer, scheduler)
+        elif include_start:
             best_val, best_state = self._accuracy(self.data.val), _snapshot(self.net)
+            self._save(phase, 0, optimizer, scheduler, best_val, best_state)
         self.progress.phase_start(phase.value, epochs, len(self.train_loader))
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first, epochs + 1):
             loss, acc = self._epoch(optimizer, guard)
             if scheduler is not None:
                 scheduler.step()
@@ -332,10 +377,38 @@ class _TaskRun:
             self.progress.epoch_end(epoch, loss, acc, val)
             if val > best_val:
                 best_val, best_state = val, _snapshot(self.net)
+            self._save(phase, epoch, optimizer, scheduler, best_val, best_state)
         self.progress.phase_end(phase.value)
         if best_state is not None:
             self.net.load_state_dict(best_state)
         return best_val
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _save(self, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
+              scheduler: Any, best_val: float, best_state: dict[str, Tensor] | None) -> None:
+        if self.checkpoint is None:
+            return
+        cuda = self.device.type == "cuda"
+        Checkpoint(
+            run=self.identity, phase=phase.value, epoch=epoch, net=self.net.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            best_val=best_val, best_state=best_state, metrics=dict(self.metrics),
+            rng=torch.get_rng_state(), loader_rng=self.generator.get_state(),
+            cuda_rng=torch.cuda.get_rng_state(self.device) if cuda else None,
+        ).save(self.checkpoint)
+
+    def _restore_optimizer(self, start: Checkpoint, optimizer: torch.optim.Optimizer,
+                           scheduler: Any) -> None:
+        if start.optimizer is not None:
+            optimizer.load_state_dict(start.optimizer)
+        if scheduler is not None and start.scheduler is not None:
+            scheduler.load_state_dict(start.scheduler)
+        torch.set_rng_state(start.rng)
+        self.generator.set_state(start.loader_rng)
+        if start.cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(start.cuda_rng, self.device)
 
     def _epoch(self, optimizer: torch.optim.Optimizer, guard: FrozenWeightGuard
                ) -> tuple[float, float]:

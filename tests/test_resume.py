@@ -1,0 +1,93 @@
+"""Interrupted add-task runs resume from their last epoch with the same result (issue 7)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from packtool import Pack, Progress, TaskError, TrainConfig
+from packtool.checkpoint import Checkpoint
+
+CONFIG = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, finetune_lr=0.01, batch_size=16,
+                     device="cpu", optimizer="adamw", weight_decay=0.01, lr_decay_epochs=2)
+
+
+def _base(make_task) -> Pack:
+    pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
+    pack.add_task("first", make_task(2, seed=0), 0.5, CONFIG)
+    return pack
+
+
+class _InterruptAt(Progress):
+    def __init__(self, phase: str, epoch: int):
+        self.phase, self.epoch, self.current = phase, epoch, None
+
+    def phase_start(self, phase, epochs, batches):
+        self.current = phase
+
+    def epoch_end(self, epoch, loss, accuracy, val_accuracy):
+        if (self.current, epoch) == (self.phase, self.epoch):
+            raise KeyboardInterrupt
+
+
+def _assert_same(a: Pack, b: Pack) -> None:
+    assert a.to_bytes() != b"" and a.meta()["tasks"][-1]["metrics"] == b.meta()["tasks"][-1][
+        "metrics"]
+    for key in a.shared:
+        assert torch.equal(a.shared[key], b.shared[key])
+        assert torch.equal(a.owners[key], b.owners[key])
+    for ra, rb in zip(a.tasks, b.tasks):
+        for part in ("head", "private"):
+            for key, value in getattr(ra, part).items():
+                assert torch.equal(value, getattr(rb, part)[key])
+
+
+@pytest.mark.parametrize(("phase", "epoch"), [("train", 1), ("train", 3), ("finetune", 1)])
+def test_resumed_run_matches_uninterrupted(make_task, tmp_path, phase, epoch):
+    data = make_task(3, seed=1)
+    reference = _base(make_task)
+    reference.add_task("second", data, 0.5, CONFIG, checkpoint=tmp_path / "ref.ckpt")
+
+    pack = _base(make_task)
+    ckpt = tmp_path / "run.ckpt"
+    before = pack.to_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        pack.add_task("second", data, 0.5, CONFIG, checkpoint=ckpt,
+                      progress=_InterruptAt(phase, epoch))
+    assert pack.to_bytes() == before
+    if (phase, epoch) == ("train", 1):
+        assert not ckpt.exists()  # nothing completed yet: the resumed run starts over
+    else:
+        saved = Checkpoint.load(ckpt)
+        assert (saved.phase, saved.epoch) == (phase, epoch - 1)
+    pack.add_task("second", data, 0.5, CONFIG, checkpoint=ckpt, resume=True)
+    _assert_same(pack, reference)
+
+
+def test_stale_checkpoint_is_reported_not_used(make_task, tmp_path):
+    pack = _base(make_task)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        pack.add_task("second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt,
+                      progress=_InterruptAt("train", 2))
+    stale = ckpt.read_bytes()
+    with pytest.raises(TaskError, match=r"interrupted add-task \(task 'second', train epoch 1/3\)"):
+        pack.add_task("second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt)
+    assert ckpt.read_bytes() == stale
+    with pytest.raises(TaskError, match="prune differ"):
+        pack.add_task("second", make_task(3, seed=1), 0.75, CONFIG, checkpoint=ckpt, resume=True)
+    assert len(pack.tasks) == 1
+
+
+def test_resume_without_checkpoint_starts_over(make_task, tmp_path):
+    pack = _base(make_task)
+    messages = []
+
+    class Collect(Progress):
+        def message(self, text):
+            messages.append(text)
+
+    pack.add_task("second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=tmp_path / "c.ckpt",
+                  resume=True, progress=Collect())
+    assert any("starting from the beginning" in m for m in messages)
+    assert pack.task_names == ["first", "second"]
