@@ -21,9 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from . import distributed
 from .checkpoint import Checkpoint
+from .distributed import World, sum_counts
+from .distributed import all_ok as dist_all_ok
 from .errors import CapacityError, DataError, PackToolError, TaskError
 from .method import MAX_TASKS, Phase, assign_owners, select_all, trainable_mask
 from .models import new_head
@@ -164,20 +168,40 @@ class FrozenWeightGuard:
             weight.mul_(keep).add_(frozen)
 
 
-def batches(loader: DataLoader) -> Iterator[Any]:
-    """Iterate ``loader``; a DataError raised in a worker process keeps its one-line message.
+_END = object()
+
+
+def batches(loader: DataLoader, world: World | None = None,
+            device: torch.device | None = None) -> Iterator[Any]:
+    """Iterate ``loader``, with one-line data errors and, across ranks, agreed failure.
 
     DataLoader re-raises a worker's exception with the worker's traceback folded into the
-    message; the last line is the original ``DataError: <message>``.
+    message; this keeps the original one-line ``DataError`` message. With ``world``, every rank
+    checks at every step that all ranks got their batch, so one rank's bad file stops all of
+    them instead of leaving the others waiting in a collective. Every rank must then see the
+    same number of batches (true for ``DistributedSampler``).
     """
-    try:
-        yield from loader
-    except DataError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        if len(lines) > 1:
-            last = lines[-1].split("DataError: ", 1)[-1]
-            raise DataError(last) from None
-        raise
+    iterator = iter(loader)
+    while True:
+        error: PackToolError | None = None
+        try:
+            item = next(iterator)
+        except StopIteration:
+            item = _END
+        except DataError as exc:
+            error = _one_line(exc)
+        if not dist_all_ok(world, error is None, device or torch.device("cpu")):
+            raise error or PackToolError("another process failed to read its data; see its error")
+        if item is _END:
+            return
+        yield item
+
+
+def _one_line(exc: DataError) -> DataError:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1:
+        return DataError(lines[-1].split("DataError: ", 1)[-1])
+    return exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,21 +211,37 @@ def batches(loader: DataLoader) -> Iterator[Any]:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
-             device: str | torch.device = "cpu", workers: int = 0) -> float:
-    """Top-1 accuracy (0..1) of ``model`` in eval mode on ``dataset``; restores the mode."""
-    if len(dataset) == 0:
+             device: str | torch.device = "cpu", workers: int = 0,
+             world: World | None = None) -> float:
+    """Top-1 accuracy (0..1) of ``model`` in eval mode on ``dataset``; restores the mode.
+
+    With ``world``, each rank evaluates its ``DistributedSampler`` shard and the counts are
+    summed; the sampler's padding samples are not counted, so the result is exact and equal on
+    every rank.
+    """
+    n = len(dataset)
+    if n == 0:
         raise DataError("the evaluation split is empty")
+    device = torch.device(device)
+    sampler = None
+    if world is not None:
+        sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler)
     was_training = model.training
     model.eval()
-    correct = 0
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    correct = seen = 0
     try:
-        for inputs, labels in batches(loader):
-            logits = model(inputs.to(device))
-            correct += int((logits.argmax(1).cpu() == labels).sum())
+        for inputs, labels in batches(loader, world, device):
+            hits = model(inputs.to(device)).argmax(1).cpu() == labels
+            if world is not None:  # sample j of this shard is dataset position rank + j * size
+                position = world.rank + (seen + torch.arange(len(labels))) * world.size
+                hits &= position < n
+            correct += int(hits.sum())
+            seen += len(labels)
     finally:
         model.train(was_training)
-    return correct / len(dataset)
+    (correct,) = sum_counts(world, [correct], device)
+    return correct / n
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,7 +273,9 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
     config = config or TrainConfig()
     config.validate()
     _check_new_task(pack, name, prune, data)
-    device = resolve_device(config.device)
+    world = distributed.current()
+    device = distributed.rank_device(world, resolve_device(config.device))
+    progress = progress if progress is not None and (world is None or world.is_main) else None
     progress = progress or Progress()
     started = time.perf_counter()
     task = len(pack.tasks) + 1
@@ -243,11 +285,16 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
     start = _resume_point(checkpoint, resume, identity, progress)
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
-        run = _TaskRun(pack, task, data, config, device, progress)
-        run.checkpoint, run.identity = checkpoint, identity
+        run = _TaskRun(pack, task, data, config, device, progress, world)
+        if world is None or world.is_main:  # one writer
+            run.checkpoint = checkpoint
+        run.identity = identity
         metrics = run.train_prune_finetune(prune, start)
         candidate = run.commit(name, prune, metrics)
-    final = candidate.evaluate(task, data.test, batch_size=256, device=device)
+    distributed.check_same_everywhere(
+        world, {**candidate.shared, **{f"owners/{k}": v for k, v in candidate.owners.items()}},
+        device)
+    final = accuracy(candidate.model_for(task, device), data.test, device=device, world=world)
     record = candidate.tasks[-1]
     record.metrics["accuracy"] = final
     pack.shared, pack.owners, pack.tasks = candidate.shared, candidate.owners, candidate.tasks
@@ -304,9 +351,9 @@ class _TaskRun:
     """The state of one add-task run: a live network and its loaders."""
 
     def __init__(self, pack: Pack, task: int, data: TaskData, config: TrainConfig,
-                 device: torch.device, progress: Progress) -> None:
+                 device: torch.device, progress: Progress, world: World | None = None) -> None:
         self.pack, self.task, self.data, self.config = pack, task, data, config
-        self.device, self.progress = device, progress
+        self.device, self.progress, self.world = device, progress, world
         self.anatomy = pack.anatomy()
         head, private = self._initial_state(len(data.classes))
         self.net = pack.network(task, Phase.TRAIN, head=head, private=private, device=device)
@@ -317,11 +364,21 @@ class _TaskRun:
         self.identity: dict[str, Any] = {}
         self.metrics: dict[str, float] = {}
         self.generator = torch.Generator().manual_seed(config.seed)
-        pin = device.type == "cuda"
+        self.sampler = None
+        if world is not None:  # each rank trains on its shard; the batch size is per process
+            self.sampler = DistributedSampler(data.train, world.size, world.rank, shuffle=True,
+                                              seed=config.seed)
         self.train_loader = DataLoader(
-            data.train, batch_size=config.batch_size, shuffle=True, generator=self.generator,
-            num_workers=config.workers, pin_memory=pin,
+            data.train, batch_size=config.batch_size, shuffle=self.sampler is None,
+            sampler=self.sampler, generator=self.generator, num_workers=config.workers,
+            pin_memory=device.type == "cuda",
         )
+        # DDP after the PackNet reparametrization: masks and owners are buffers it broadcasts.
+        self.model: nn.Module = self.net
+        if world is not None:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.net, device_ids=ids)
+        self.epochs_run = 0
 
     def _initial_state(self, classes: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         pack = self.pack
@@ -370,7 +427,10 @@ class _TaskRun:
             self._save(phase, 0, optimizer, scheduler, best_val, best_state)
         self.progress.phase_start(phase.value, epochs, len(self.train_loader))
         for epoch in range(first, epochs + 1):
+            if self.sampler is not None:  # a different shuffle for every epoch of both phases
+                self.sampler.set_epoch(epoch if phase is Phase.TRAIN else 10_000 + epoch)
             loss, acc = self._epoch(optimizer, guard)
+            self._sync()
             if scheduler is not None:
                 scheduler.step()
             val = self._accuracy(self.data.val)
@@ -384,6 +444,10 @@ class _TaskRun:
         return best_val
 
     # -- checkpoints --------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Make every rank hold rank 0's state (norm statistics drift with local batches)."""
+        distributed.broadcast_state(self.world, list(self.net.state_dict().values()))
 
     def _save(self, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
               scheduler: Any, best_val: float, best_state: dict[str, Tensor] | None) -> None:
@@ -415,11 +479,12 @@ class _TaskRun:
         self._train_mode()
         loss_fn = nn.CrossEntropyLoss()
         total_loss, correct, seen = 0.0, 0, 0
-        for i, (inputs, labels) in enumerate(batches(self.train_loader), start=1):
+        loader = batches(self.train_loader, self.world, self.device)
+        for i, (inputs, labels) in enumerate(loader, start=1):
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            logits = self.net(inputs)
+            logits = self.model(inputs)
             loss = loss_fn(logits, labels)
             loss.backward()
             optimizer.step()
@@ -459,7 +524,7 @@ class _TaskRun:
 
     def _accuracy(self, dataset: Dataset) -> float:
         return accuracy(self.net, dataset, batch_size=max(self.config.batch_size, 256),
-                        device=self.device, workers=self.config.workers)
+                        device=self.device, workers=self.config.workers, world=self.world)
 
     @torch.no_grad()
     def _prune(self, ratio: float) -> None:
@@ -471,6 +536,7 @@ class _TaskRun:
             released = new_owners[key] == 0
             layer.weight_owners.copy_(new_owners[key])
             layer.weight_orig.masked_fill_(released, 0.0)  # free weights are zero at rest
+        self._sync()  # deterministic already; broadcasting makes it so by construction
 
     # -- commit -------------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""Distributed add-task: 2 gloo processes under torchrun on CPU (issue 8)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from packtool import Pack, TrainConfig, load_task_data
+
+HERE = Path(__file__).parent
+CONFIG = TrainConfig(epochs=3, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
+
+
+def _torchrun(model: Path, data: str, classes: str, out: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(HERE / "ddp_worker.py"), str(model), data, classes, str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture
+def first_pack(tmp_path) -> tuple[Path, torch.Tensor]:
+    pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
+    pack.add_task("first", load_task_data("digits", pack.preprocess, classes=[0, 1]), 0.5, CONFIG)
+    path = tmp_path / "model.pt"
+    pack.save(path)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return path, pack.model_for("first")(x)
+
+
+def test_two_gloo_ranks_train_identically(first_pack, tmp_path):
+    model, first_outputs = first_pack
+    out = tmp_path / "reports"
+    out.mkdir()
+    run = _torchrun(model, "digits", "2,3,4", out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0]["world"] == 2
+    assert reports[0]["digest"] == reports[1]["digest"]  # same owners and weights on every rank
+    assert reports[0]["accuracy"] == reports[1]["accuracy"]
+    assert all(r["first_unchanged"] for r in reports)  # the earlier task, on every rank
+    saved = Pack.load(model)
+    assert saved.task_names == ["first", "second"]
+    with torch.no_grad():
+        x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(saved.model_for("first")(x), first_outputs)
+    # in line with a single process on the same data and budget
+    single = Pack.load(model)
+    single.tasks.pop()
+    single.owners = {k: torch.where(o == 2, torch.zeros_like(o), o)
+                     for k, o in single.owners.items()}
+    data = load_task_data("digits", single.preprocess, classes=[2, 3, 4])
+    alone = single.add_task("second-alone", data, 0.5, CONFIG).accuracy
+    assert abs(reports[0]["accuracy"] - alone) <= 0.1, (reports[0]["accuracy"], alone)
+
+
+def _image_folder(root: Path, corrupt: bool) -> Path:
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 24), ("test", 6)):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(8, 8, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    if corrupt:
+        (root / "train" / "a" / "5.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root
+
+
+def test_a_failing_rank_stops_every_rank_and_leaves_model(first_pack, tmp_path):
+    model, _ = first_pack
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    folder = _image_folder(tmp_path / "images", corrupt=True)
+    out = tmp_path / "reports"
+    out.mkdir()
+    run = _torchrun(model, str(folder), "", out)
+    assert run.returncode != 0
+    assert "5.png" in run.stderr  # the rank that read it names the bad file
+    assert "Traceback" not in "\n".join(
+        line for line in run.stderr.splitlines() if line.startswith("rank"))
+    assert not list(out.iterdir())
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
