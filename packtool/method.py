@@ -213,26 +213,35 @@ def assign_owners(
     for name, own in owners.items():
         if own.numel() and int(own.max()) >= task:
             raise ValueError(f"{name} has weights owned by task >= {task}")
-    free = {name: (owners[name] == FREE).flatten() for name in owners}
     if scope == "layer":
-        released = {
-            name: _release_mask(_free_scores(weights[name], free[name]), ratio)
-            for name in owners
-        }
-    else:
-        scores = torch.cat([_free_scores(weights[n], free[n]).cpu() for n in owners])
-        released_all = _release_mask(scores, ratio)
-        released, start = {}, 0
-        for name in owners:
-            count = int(free[name].sum())
-            released[name] = released_all[start:start + count].to(free[name].device)
-            start += count
-    result = {}
+        # One layer at a time keeps the temporaries to a single layer's size.
+        return {n: _assign_layer(weights[n], own, task, ratio) for n, own in owners.items()}
+    free = {name: (own == FREE).flatten() for name, own in owners.items()}
+    scores = torch.cat([_free_scores(weights[n], free[n]).cpu() for n in owners])
+    released_all = _release_mask(scores, ratio)
+    del scores
+    result, start = {}, 0
     for name, own in owners.items():
-        # masked_scatter_ places the per-free-weight decisions without int64 index tensors.
-        kept = torch.zeros_like(free[name]).masked_scatter_(free[name], ~released[name])
-        result[name] = own.flatten().masked_fill(kept, task).view_as(own)
+        count = int(free[name].sum())
+        released = released_all[start:start + count].to(own.device)
+        result[name] = _owners_after(own, free[name], released, task)
+        start += count
     return result
+
+
+def _assign_layer(weight: Tensor, owners: Tensor, task: int, ratio: float) -> Tensor:
+    free = (owners == FREE).flatten()
+    released = _release_mask(_free_scores(weight, free), ratio)
+    return _owners_after(owners, free, released, task)
+
+
+def _owners_after(owners: Tensor, free: Tensor, released: Tensor, task: int) -> Tensor:
+    """``owners`` with the free entries not in ``released`` set to ``task`` (a new tensor)."""
+    if bool(free.all()):
+        kept = ~released
+    else:  # masked_scatter_ places per-free-weight decisions without int64 index tensors
+        kept = torch.zeros_like(free).masked_scatter_(free, ~released)
+    return owners.flatten().masked_fill(kept, task).view_as(owners)
 
 
 def _free_scores(weight: Tensor, free: Tensor) -> Tensor:
