@@ -1,0 +1,60 @@
+"""One-line errors: how every failure of a command reaches the user.
+
+- :class:`~packtool.errors.PackToolError` (anything the user can cause): ``Error: <message>``.
+- ``OSError`` (permissions, a full disk, ...): ``Error: <reason>: <file>``.
+- Ctrl-C: ``Error: interrupted`` plus what was (not) changed, exit status 130.
+- Anything else is a bug: ``Error: internal error: <type>: <message> (run with --debug ...)``.
+
+All go to stderr with exit status 1 and no traceback; ``--debug`` re-raises instead. Click's own
+usage errors keep click's handling (exit status 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import click
+
+from packtool.errors import PackToolError
+
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def one_line(text: object) -> str:
+    """The message on one line (a PackToolError's already is; others may not be)."""
+    return " ".join(str(text).split())
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+class ErrorHandlingGroup(click.Group):
+    """A click group that turns exceptions of its commands into one-line errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if ctx.params.get("debug"):
+                raise
+            _report(ctx, exc)
+
+
+def _report(ctx: click.Context, exc: BaseException) -> NoReturn:
+    if isinstance(exc, KeyboardInterrupt):
+        note = ctx.meta.get("interrupted")
+        fail("interrupted" + (f"; {note}" if note else ""), EXIT_INTERRUPTED)
+    if isinstance(exc, PackToolError):
+        fail(one_line(exc))
+    if isinstance(exc, BrokenPipeError):  # e.g. `packtool info | head -1`
+        raise click.exceptions.Exit(EXIT_FAILURE)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        fail(one_line(f"{exc.strerror}{where}"))
+    fail(f"internal error: {type(exc).__name__}: {one_line(exc)} "
+         "(run with --debug for the traceback)")

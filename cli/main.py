@@ -1,0 +1,326 @@
+"""``packtool``: the command line (commands, options and ``--json`` shapes of the contract v1).
+
+Commands parse their options, call the public API of :mod:`packtool` and
+:mod:`packtool.exporters`, and render the result (tables, or one JSON document with ``--json``).
+Every error is one ``Error: ...`` line on stderr with exit status 1 (2 for usage errors), and no
+command writes MODEL unless it succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from packtool import DataError, Pack, PackToolError, TaskError, TrainConfig, __version__
+from packtool.data import DATASETS, load_task_data
+from packtool.fileio import file_lock
+from packtool.pack import POLICIES, TaskRecord
+from packtool.training import OPTIMIZERS
+
+from . import params, render
+from .errors import ErrorHandlingGroup
+from .progress import training_progress
+
+
+@click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="packtool")
+@click.option("--debug", is_flag=True, envvar="PACKTOOL_DEBUG",
+              help="Show full tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """Pack several tasks into one network with PackNet and export per-task ONNX models.
+
+    MODEL defaults to model.pt in the current directory.
+    """
+
+
+# -- init -------------------------------------------------------------------------------------
+
+
+@main.command()
+@params.model_argument
+@click.option("--arch", required=True, metavar="ARCH",
+              help="torchvision model name (vgg16, resnet18, ...), mlp, lenet, or "
+                   "package.module:function.")
+@click.option("--weights", metavar="PATH|DEFAULT",
+              help="Initial weights: a local .pt/.pth/.safetensors state_dict, or DEFAULT for "
+                   "torchvision's pretrained weights (only from the local torch hub cache).")
+@click.option("--input-size", default="3x224x224", show_default=True, metavar="CxHxW",
+              callback=params.input_size, help="Input image size.")
+@click.option("--policy", type=click.Choice(POLICIES), default="per_task",
+              show_default=True,
+              help="per_task: each task its own biases and norm state; frozen: the paper's "
+                   "(task 1's are frozen and shared).")
+@click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE", callback=params.kwargs,
+              help="Keyword argument for the architecture builder (repeatable), e.g. hidden=64.")
+@click.option("--force", is_flag=True, help="Overwrite an existing MODEL.")
+def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int, int],
+         policy: str, kwargs: dict[str, Any], force: bool) -> None:
+    """Create MODEL: a network with every weight free and no tasks."""
+    if model.exists() and not force:
+        raise PackToolError(f"{model} already exists; pass --force to overwrite it")
+    if weights == params.PRETRAINED:
+        weights = str(params.pretrained_weights_file(arch))
+    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=weights, policy=policy)
+    # Overwriting takes the lock: it fails while an add-task is running on MODEL.
+    with file_lock(model) if model.exists() else contextlib.nullcontext():
+        pack.save(model)
+    render.show_created(render.console_for(), pack, str(model))
+
+
+# -- add-task ---------------------------------------------------------------------------------
+
+
+@main.command("add-task")
+@params.model_argument
+@click.option("--data", required=True, metavar="DATA",
+              help=f"Registered dataset ({', '.join(DATASETS)}) or an image folder with train/ "
+                   "and val/ or test/.")
+@click.option("--prune", type=click.FloatRange(0, 1, max_open=True), required=True,
+              metavar="RATIO", help="Fraction of the task's trained weights to release, [0, 1).")
+@click.option("--task", "name", metavar="NAME",
+              help="Task name [default: DATA plus the classes, e.g. digits-0-1].")
+@click.option("--classes", callback=params.classes, metavar="LIST",
+              help="Subset of the dataset's classes, e.g. 0,1 or 0-4.")
+@click.option("--epochs", type=click.IntRange(min=0), default=20, show_default=True,
+              metavar="N", help="Training epochs on the free weights.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=10, show_default=True,
+              metavar="M", help="Fine-tuning epochs after pruning.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+              show_default=True, metavar="LR", help="Training learning rate.")
+@click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4,
+              show_default=True, metavar="LR", help="Fine-tuning learning rate.")
+@click.option("--lr-decay-epochs", type=click.IntRange(min=0), default=10, show_default=True,
+              metavar="N", help="Multiply the training lr by 0.1 every N epochs (0: never).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              metavar="B")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd",
+              show_default=True)
+@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True,
+              metavar="M", help="SGD momentum.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              metavar="WD")
+@click.option("--global-prune", "prune_scope", flag_value="global", default="layer",
+              help="Rank weights across all layers when pruning (default: the exact ratio in "
+                   "every layer, as the paper).")
+@click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+              help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="W", help="Data loading worker processes.")
+@click.option("--seed", type=int, default=0, show_default=True, metavar="S",
+              help="Seeds initialization, shuffling and the validation split.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+              show_default=True, help="Share of the training data held out for model selection.")
+@click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder holding the registered datasets [default: $PACKTOOL_DATA].")
+@params.json_option
+def add_task(model: Path, data: str, prune: float, name: str | None, classes: list[int] | None,
+             data_root: str | None, val_fraction: float, as_json: bool, **options: Any) -> None:
+    """Train a new task on the free weights, prune, fine-tune, and save MODEL."""
+    config = TrainConfig(**options)
+    config.validate()
+    click.get_current_context().meta["interrupted"] = f"{model} was not changed"
+    if not model.is_file():
+        Pack.load(model)  # the library's error for a missing MODEL, before any lock file
+    with file_lock(model):
+        pack = Pack.load(model)
+        task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes,
+                                   val_fraction=val_fraction, seed=config.seed)
+        name = name or params.default_task_name(task_data.spec["data"], classes)
+        with training_progress(as_json) as progress:
+            result = pack.add_task(name, task_data, prune, config, progress=progress)
+        pack.save(model)
+    doc = render.add_task_doc(result)
+    if as_json:
+        render.print_json(doc)
+    else:
+        render.show_task_summary(render.console_for(), doc, pack, str(model))
+
+
+# -- eval -------------------------------------------------------------------------------------
+
+
+@main.command("eval")
+@params.model_argument
+@click.option("--task", "tasks", multiple=True, metavar="NAME",
+              help="Task to evaluate (repeatable) [default: all].")
+@click.option("--all", "all_tasks", is_flag=True, help="Evaluate every task (the default).")
+@click.option("--data", metavar="DATA",
+              help="Evaluate on this dataset's test split instead of the task's own.")
+@click.option("--classes", callback=params.classes, metavar="LIST",
+              help="With --data: subset of its classes.")
+@click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder holding the registered datasets [default: recorded, $PACKTOOL_DATA].")
+@click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+              help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              metavar="B")
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also write an accuracy chart (needs matplotlib).")
+@params.json_option
+def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None,
+          classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
+          plot: str | None, as_json: bool) -> None:
+    """Re-evaluate tasks on their held-out test split.
+
+    MODEL may be a model.pt or an archive.
+    """
+    from packtool.training import resolve_device
+
+    if tasks and all_tasks:
+        raise click.UsageError("use either --task or --all, not both")
+    if classes is not None and data is None:
+        raise click.UsageError("--classes needs --data")
+    pack = params.load_pack(model)
+    records = [pack.task(t) for t in tasks] if tasks else pack.tasks
+    if not records:
+        raise TaskError(f"{model} has no tasks to evaluate yet; add one with `packtool add-task`")
+    dev = resolve_device(device)
+    rows = []
+    for record in records:
+        task_data = _eval_data(pack, record, data, classes, data_root)
+        accuracy = pack.evaluate(record.name, task_data, batch_size=batch_size, device=dev)
+        rows.append({"task": record.name, "index": record.index, "accuracy": accuracy,
+                     "samples": len(task_data.test)})
+    doc = {"tasks": rows}
+    if plot:
+        from packtool.report import plot_accuracy
+
+        plot_accuracy(rows, plot)
+    if as_json:
+        render.print_json(doc)
+    else:
+        render.show_eval(render.console_for(), doc)
+
+
+def _eval_data(pack: Pack, record: TaskRecord, data: str | None, classes: list[int] | None,
+               data_root: str | None) -> Any:
+    """The task's own data spec, or ``--data`` (whose class count must match the task's)."""
+    if data is None:
+        spec = dict(record.data)
+        if data_root:
+            spec["root"] = data_root
+        return load_task_data(**spec, preprocess=pack.preprocess)
+    task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes)
+    if len(task_data.classes) != len(record.classes):
+        raise DataError(
+            f"--data {data} has {len(task_data.classes)} classes but task {record.name!r} has "
+            f"{len(record.classes)}; pick matching classes with --classes"
+        )
+    return task_data
+
+
+# -- info -------------------------------------------------------------------------------------
+
+
+@main.command()
+@params.model_argument
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also write a per-layer capacity chart (needs matplotlib).")
+@params.json_option
+def info(model: Path, plot: str | None, as_json: bool) -> None:
+    """Show MODEL's tasks and how much of each layer each task owns.
+
+    MODEL may be a model.pt or an archive.
+    """
+    pack = params.load_pack(model)
+    doc = render.info_doc(pack)
+    if plot:
+        from packtool.report import plot_capacity
+
+        plot_capacity(pack, plot)
+    if as_json:
+        render.print_json(doc)
+    else:
+        render.show_info(render.console_for(), doc, pack, str(model))
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+@main.command()
+@params.model_argument
+@click.option("--task", "name", metavar="NAME", help="Export this task to ONNX.")
+@click.option("--all", "all_tasks", is_flag=True,
+              help="Export every task to ONNX, plus the archive, into --out DIR.")
+@click.option("--archive", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write only the shared-weight archive of every task.")
+@click.option("--out", type=click.Path(), metavar="PATH",
+              help="ONNX file (--task) [default: <task>.onnx] or folder (--all).")
+@click.option("--dense", is_flag=True, help="Store every weight dense (default: sparse where "
+                                            "smaller).")
+@click.option("--opset", type=click.IntRange(min=1), default=18, show_default=True,
+              metavar="N", help="ONNX opset (18 or newer).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip comparing onnxruntime's outputs with PyTorch's.")
+@click.option("--half", is_flag=True, help="With --archive: store weights as float16.")
+@params.json_option
+def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
+           out: str | None, dense: bool, opset: int, no_verify: bool, half: bool,
+           as_json: bool) -> None:
+    """Export tasks to ONNX, or every task to one shared-weight archive.
+
+    MODEL may be a model.pt or an archive.
+    """
+    from packtool import exporters
+
+    _check_export_mode(name, all_tasks, archive, out, half)
+    pack, sha = params.load_pack(model), params.sha256_file(model)
+    onnx = {"dense": dense, "opset": opset, "verify": not no_verify, "source_sha256": sha}
+    files: list[Any] = []
+    written = None
+    if archive is not None:
+        written = exporters.write_archive(pack, archive, half=half, source_sha256=sha)
+    elif all_tasks:
+        assert out is not None
+        files, written = exporters.export_all(pack, out, archive=True, **onnx)
+    else:
+        assert name is not None
+        record = pack.task(name)
+        path = out or f"{exporters.task_filenames([record.name])[0]}.onnx"
+        files = [exporters.export_onnx(pack, record.name, path, **onnx)]
+    doc = {"files": [f.to_dict() for f in files],
+           "archive": None if written is None else written.to_dict()}
+    if as_json:
+        render.print_json(doc)
+    else:
+        render.show_export(render.console_for(), doc)
+
+
+def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, out: str | None,
+                       half: bool) -> None:
+    if sum((name is not None, all_tasks, archive is not None)) != 1:
+        raise click.UsageError("choose one of --task NAME, --all --out DIR or --archive FILE")
+    if all_tasks and out is None:
+        raise click.UsageError("--all needs --out DIR")
+    if archive is not None and out is not None:
+        raise click.UsageError("--archive FILE takes no --out")
+    if half and archive is None:
+        raise click.UsageError("--half applies to --archive FILE only")
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...",
+                type=click.Path(path_type=Path))
+@click.option("--task", "name", metavar="NAME",
+              help="Task to run (required with an archive).")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
+              help="How many classes to show per image.")
+@params.json_option
+def predict(source: Path, images: tuple[Path, ...], name: str | None, top: int,
+            as_json: bool) -> None:
+    """Classify IMAGEs with an exported ONNX file or archive (FILE)."""
+    from packtool.exporters.runtime import predict as run_predict
+
+    result = run_predict(source, list(images), task=name, top=top)
+    doc = result.to_dict()
+    if as_json:
+        render.print_json(doc)
+    else:
+        render.show_predict(render.console_for(), doc)

@@ -1,0 +1,190 @@
+"""Rendering: the ``--json`` documents of the contract and the rich tables that show them.
+
+Each command builds one document (``*_doc`` here, or the library's ``to_dict()``) and either
+prints it as JSON or renders it as tables, so the two outputs always carry the same numbers.
+Tables use colors and box lines on a terminal, and plain ASCII without escape codes when the
+output is piped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from packtool.pack import Pack
+    from packtool.training import TaskResult
+
+ADD_TASK_KEYS = ("task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
+                 "weights_owned", "free_fraction", "seconds")
+PIPE_WIDTH = 200  # piped output is not wrapped at 80 columns; tables take what they need
+
+
+def console_for(stderr: bool = False) -> Console:
+    """A console on the current stdout (or stderr); no escape codes unless it is a terminal."""
+    console = Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = PIPE_WIDTH
+    return console
+
+
+def print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, left: int = 1,
+          terminal: bool = True, header: bool = True) -> Table:
+    """A table whose first ``left`` columns are left-aligned and the rest right-aligned."""
+    tbl = Table(box=box.SIMPLE_HEAD if terminal else box.ASCII2, show_header=header,
+                header_style="bold" if terminal else "")
+    for i, name in enumerate(headers):
+        tbl.add_column(name, justify="left" if i < left else "right")
+    for row in rows:
+        tbl.add_row(*row)
+    return tbl
+
+
+def show_table(console: Console, title: str | None, headers: Sequence[str],
+               rows: Iterable[Sequence[str]], *, left: int = 1, header: bool = True) -> None:
+    """Print ``title`` on its own line (never wrapped), then the table."""
+    if title:
+        console.print(title, style="bold" if console.is_terminal else None, markup=False)
+    console.print(table(headers, rows, left=left, terminal=console.is_terminal, header=header))
+
+
+# -- init -------------------------------------------------------------------------------------
+
+
+def show_created(console: Console, pack: Pack, path: str) -> None:
+    spec = pack.spec
+    size = "x".join(map(str, spec.input_size))
+    layers = len(pack.shared)
+    console.print(f"Created {path}: {spec.arch} on {size} inputs, {count(pack.prunable_weights)} "
+                  f"prunable weights in {layers} layers, policy {pack.policy}.", markup=False)
+
+
+# -- add-task ---------------------------------------------------------------------------------
+
+
+def add_task_doc(result: TaskResult) -> dict[str, Any]:
+    values = result.to_dict()
+    return {key: values[key] for key in ADD_TASK_KEYS}
+
+
+def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> None:
+    share = doc["weights_owned"] / pack.prunable_weights
+    rows = [
+        ("accuracy before pruning", pct(doc["accuracy_before_prune"])),
+        ("accuracy after pruning", pct(doc["accuracy_after_prune"])),
+        ("accuracy after fine-tuning", pct(doc["accuracy"])),
+        ("weights owned", f"{count(doc['weights_owned'])} ({share:.1%})"),
+        ("free capacity left", pct(doc["free_fraction"])),
+        ("time", f"{doc['seconds']:.1f} s"),
+    ]
+    title = f"Task {doc['task']!r} (#{doc['index']}) saved to {path}"
+    show_table(console, title, ("", "value"), rows, header=False)
+
+
+# -- eval -------------------------------------------------------------------------------------
+
+
+def show_eval(console: Console, doc: dict[str, Any]) -> None:
+    rows = [(str(r["index"]), r["task"], pct(r["accuracy"]), count(r["samples"]))
+            for r in doc["tasks"]]
+    show_table(console, "Accuracy on each task's held-out split",
+               ("#", "task", "accuracy", "samples"), rows, left=2)
+
+
+# -- info -------------------------------------------------------------------------------------
+
+
+def info_doc(pack: Pack) -> dict[str, Any]:
+    capacity = pack.capacity()
+    return {
+        "arch": pack.spec.arch,
+        "input_size": list(pack.spec.input_size),
+        "prunable_weights": pack.prunable_weights,
+        "free_fraction": pack.free_fraction,
+        "tasks": [
+            {"task": t.name, "index": t.index, "classes": list(t.classes),
+             "weights_owned": sum(layer.owned[t.index - 1] for layer in capacity),
+             "data": t.data}
+            for t in pack.tasks
+        ],
+    }
+
+
+def describe_data(spec: dict[str, Any]) -> str:
+    text = str(spec.get("data", "?"))
+    if spec.get("classes") is not None:
+        text += f" classes {','.join(map(str, spec['classes']))}"
+    return text
+
+
+def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> None:
+    size = "x".join(map(str, doc["input_size"]))
+    console.print(f"{path}: {doc['arch']} on {size} inputs, policy {pack.policy}, "
+                  f"{count(doc['prunable_weights'])} prunable weights, "
+                  f"{pct(doc['free_fraction'])} free", markup=False)
+    rows = []
+    for t in doc["tasks"]:
+        record = pack.task(t["task"])
+        rows.append((str(t["index"]), t["task"], describe_data(t["data"]), str(len(t["classes"])),
+                     f"{record.prune:g}", count(t["weights_owned"]),
+                     pct(record.metrics.get("accuracy"))))
+    if rows:
+        show_table(console, "Tasks", ("#", "task", "data", "classes", "prune", "weights owned",
+                                      "accuracy"), rows, left=3)
+    else:
+        console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
+    show_capacity(console, pack)
+
+
+def show_capacity(console: Console, pack: Pack) -> None:
+    headers = ["layer", "weights", *(f"#{t.index} {t.name}" for t in pack.tasks), "free"]
+    rows = []
+    for layer in pack.capacity():
+        owned = [pct(n / layer.total) for n in layer.owned]
+        rows.append((layer.name.removesuffix(".weight"), count(layer.total), *owned,
+                     pct(layer.free / layer.total)))
+    show_table(console, "Capacity per layer (share of each layer's weights)", headers, rows)
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def show_export(console: Console, doc: dict[str, Any]) -> None:
+    if doc["files"]:
+        rows = [(f["task"], f["path"], count(f["bytes"]),
+                 "not verified" if f["max_abs_diff"] is None else f"{f['max_abs_diff']:.2e}")
+                for f in doc["files"]]
+        show_table(console, "ONNX files", ("task", "path", "bytes", "max |diff|"), rows, left=2)
+    if doc["archive"] is not None:
+        a = doc["archive"]
+        console.print(f"Archive {a['path']}: {count(a['bytes'])} bytes", markup=False)
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+
+def show_predict(console: Console, doc: dict[str, Any]) -> None:
+    console.print(f"Task {doc['task']!r} (provider {doc['provider']})", markup=False)
+    for item in doc["predictions"]:
+        rows = [(str(rank), str(p["class"]), pct(p["probability"]))
+                for rank, p in enumerate(item["top"], start=1)]
+        show_table(console, str(item["image"]), ("rank", "class", "probability"), rows, left=2)

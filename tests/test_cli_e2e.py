@@ -1,0 +1,174 @@
+"""End to end through the command line only: init, three tasks on digits, eval, info, export,
+predict (issue 4)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cli_helpers import ARCH, FAST, invoke, ok, ok_json
+from PIL import Image
+
+from packtool.method import release_count
+
+TASKS = [("0,1", 0.6, "digits-0-1"), ("2,3", 0.3, "digits-2-3"), ("4-6", 0.0, "digits-4to6")]
+LAYER_WEIGHTS = 32 * 64 + 32 * 32  # mlp hidden=32 on 1x8x8: Linear(64, 32), Linear(32, 32)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """A model.pt with three digits tasks, and what add-task reported for each."""
+    folder = tmp_path_factory.mktemp("cli")
+    model = folder / "model.pt"
+    created = ok("init", model, *ARCH)
+    assert "Created" in created.stdout
+    reports = []
+    for classes, prune, _ in TASKS:
+        reports.append(ok_json("add-task", model, "--data", "digits", "--classes", classes,
+                               "--prune", prune, *FAST))
+    return model, reports
+
+
+def test_add_task_reports_contract_keys_and_default_names(packed):
+    _, reports = packed
+    keys = {"task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
+            "weights_owned", "free_fraction", "seconds"}
+    for k, (report, (_, _, name)) in enumerate(zip(reports, TASKS), start=1):
+        assert set(report) == keys
+        assert report["task"] == name and report["index"] == k
+        for key in ("accuracy", "accuracy_before_prune", "accuracy_after_prune"):
+            assert 0.0 <= report[key] <= 1.0
+    assert reports[0]["accuracy"] > 0.5  # two digits are easy even after two epochs
+
+
+def test_eval_all_reports_exactly_what_add_task_reported(packed):
+    model, reports = packed
+    doc = ok_json("eval", model, "--all")
+    assert set(doc) == {"tasks"}
+    assert [set(row) for row in doc["tasks"]] == [{"task", "index", "accuracy", "samples"}] * 3
+    assert [row["task"] for row in doc["tasks"]] == [r["task"] for r in reports]
+    assert [row["accuracy"] for row in doc["tasks"]] == [r["accuracy"] for r in reports]
+    one = ok_json("eval", model, "--task", "digits-2-3")
+    assert one["tasks"] == [doc["tasks"][1]]
+    assert ok_json("eval", model) == doc  # --all is the default
+
+
+def test_info_counts_follow_the_prune_ratios(packed):
+    model, reports = packed
+    doc = ok_json("info", model)
+    assert set(doc) == {"arch", "input_size", "prunable_weights", "free_fraction", "tasks"}
+    assert doc["arch"] == "mlp" and doc["input_size"] == [1, 8, 8]
+    assert doc["prunable_weights"] == LAYER_WEIGHTS
+    free = {"1": 32 * 64, "3": 32 * 32}  # per layer, exact counts: round(ratio * free) released
+    for row, (_, prune, name), report in zip(doc["tasks"], TASKS, reports):
+        assert set(row) == {"task", "index", "classes", "weights_owned", "data"}
+        owned = 0
+        for layer, n_free in free.items():
+            released = release_count(n_free, prune)
+            owned += n_free - released
+            free[layer] = released
+        assert row["task"] == name
+        assert row["weights_owned"] == owned == report["weights_owned"]
+        assert row["data"]["data"] == "digits"
+        assert len(row["classes"]) == len(row["data"]["classes"])
+    assert doc["free_fraction"] == sum(free.values()) / LAYER_WEIGHTS == 0.0
+    assert reports[-1]["free_fraction"] == doc["free_fraction"]
+    assert doc["tasks"][2]["classes"] == ["4", "5", "6"]
+
+
+def test_tables_are_plain_when_piped(packed):
+    model, _ = packed
+    for command in ("info", "eval"):
+        result = ok(command, model)
+        assert "\x1b[" not in result.output
+        assert "digits-4to6" in result.stdout
+    assert "Capacity per layer" in ok("info", model).stdout
+
+
+def test_model_defaults_to_model_pt_in_cwd(packed, monkeypatch):
+    model, _ = packed
+    monkeypatch.chdir(model.parent)
+    assert [t["task"] for t in ok_json("info")["tasks"]] == [t[2] for t in TASKS]
+
+
+def _png(path, pixels: np.ndarray) -> None:
+    Image.fromarray(pixels.astype(np.uint8)).resize((32, 32)).save(path)
+
+
+def test_export_every_task_and_predict(packed, tmp_path):
+    model, reports = packed
+    before = model.read_bytes()
+    doc = ok_json("export", model, "--all", "--out", tmp_path / "onnx")
+    assert set(doc) == {"files", "archive"}
+    assert [f["task"] for f in doc["files"]] == [t[2] for t in TASKS]
+    for f in doc["files"]:
+        assert set(f) == {"task", "path", "bytes", "max_abs_diff"}
+        assert f["max_abs_diff"] is not None and f["max_abs_diff"] < 1e-4
+    assert set(doc["archive"]) == {"path", "bytes"}
+
+    single = ok_json("export", model, "--task", "digits-0-1", "--out", tmp_path / "t.onnx")
+    assert [f["path"] for f in single["files"]] == [str(tmp_path / "t.onnx")]
+    assert single["archive"] is None
+    assert model.read_bytes() == before
+
+    image = tmp_path / "digit.png"
+    _png(image, np.eye(8) * 255)
+    pred = ok_json("predict", tmp_path / "t.onnx", image, "--top", "2")
+    assert set(pred) == {"task", "provider", "predictions"}
+    assert pred["task"] == "digits-0-1"
+    [item] = pred["predictions"]
+    assert set(item) == {"image", "top"}
+    probs = [p["probability"] for p in item["top"]]
+    assert len(probs) == 2 and probs == sorted(probs, reverse=True)
+    assert {p["class"] for p in item["top"]} == {"0", "1"}
+
+    text = ok("predict", doc["archive"]["path"], "--task", "digits-4to6", image).stdout
+    assert "digits-4to6" in text
+
+    # The archive serves every task exactly as model.pt does.
+    from_archive = ok_json("eval", doc["archive"]["path"])["tasks"]
+    assert [row["accuracy"] for row in from_archive] == [r["accuracy"] for r in reports]
+
+
+def test_export_archive_then_from_archive(packed, tmp_path):
+    model, _ = packed
+    archive = tmp_path / "pack.archive"
+    doc = ok_json("export", model, "--archive", archive, "--half")
+    assert doc["files"] == [] and doc["archive"]["path"] == str(archive)
+    again = ok_json("export", archive, "--task", "digits-2-3", "--out", tmp_path / "a.onnx",
+                    "--no-verify")
+    assert again["files"][0]["task"] == "digits-2-3"
+
+
+def test_default_onnx_name_is_the_task(packed, tmp_path, monkeypatch):
+    model, _ = packed
+    monkeypatch.chdir(tmp_path)
+    ok("export", model, "--task", "digits-0-1", "--dense")
+    assert (tmp_path / "digits-0-1.onnx").is_file()
+
+
+def test_plots(packed, tmp_path):
+    pytest.importorskip("matplotlib")
+    model, reports = packed
+    ok("info", model, "--plot", tmp_path / "capacity.png")
+    doc = json.loads(ok("eval", model, "--plot", tmp_path / "acc.png", "--json").stdout)
+    assert len(doc["tasks"]) == 3
+    # The Python API draws the same charts; add-task's reports give three bars per task.
+    from packtool.report import plot_accuracy
+
+    plot_accuracy(reports, tmp_path / "phases.svg")
+    assert (tmp_path / "phases.svg").read_text().count("<svg") == 1
+    for name in ("capacity.png", "acc.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clean_error(packed, tmp_path, monkeypatch):
+    model, _ = packed
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
+    result = invoke("info", model, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: matplotlib is not installed: pip install 'packtool[plot]'"
+    )
+    assert not (tmp_path / "c.png").exists()

@@ -1,0 +1,314 @@
+"""Every user error: a one-line ``Error:``, exit status 1 (2 for usage), no traceback, and the
+model file byte-identical afterwards (issue 4)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from cli_helpers import ARCH, FAST, assert_error, init_model, invoke, ok, sha256
+
+from packtool import Pack
+from packtool.fileio import file_lock
+
+ADD = ("--data", "digits", "--prune", "0.5", *FAST)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model with one two-class task (digits-0-1), built once."""
+    model = init_model(tmp_path_factory.mktemp("base") / "model.pt")
+    ok("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.5",
+       "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu")
+    return model
+
+
+@pytest.fixture
+def model(trained, tmp_path):
+    copy = tmp_path / "model.pt"
+    shutil.copyfile(trained, copy)
+    return copy
+
+
+def fails_unchanged(model, *args, code=1, match=""):
+    """Run a command that must fail cleanly and leave ``model`` byte-identical."""
+    before = sha256(model)
+    line = assert_error(invoke(*args), code, match)
+    assert sha256(model) == before
+    assert [p.name for p in model.parent.iterdir() if p.name.endswith(".tmp")] == []
+    return line
+
+
+# -- MODEL ----------------------------------------------------------------------------------------
+
+
+def test_missing_model(tmp_path):
+    assert_error(invoke("info", tmp_path / "nope.pt"), 1, "does not exist")
+    assert_error(invoke("add-task", tmp_path / "nope.pt", *ADD), 1, "does not exist")
+    assert list(tmp_path.iterdir()) == []  # no model and no lock file
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"PK\x03\x04broken"])
+def test_corrupt_model(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    archive = tmp_path / "a.safetensors"
+    for command in (("info",), ("eval",), ("add-task", *ADD), ("export", "--archive", archive)):
+        fails_unchanged(path, command[0], path, *command[1:])
+
+
+def test_tampered_model(model):
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    fails_unchanged(model, "eval", model)
+
+
+def test_model_is_a_directory(tmp_path):
+    assert_error(invoke("info", tmp_path), 1, "directory")
+
+
+# -- init -----------------------------------------------------------------------------------------
+
+
+def test_init_refuses_to_overwrite(model):
+    fails_unchanged(model, "init", model, *ARCH, match="--force")
+    ok("init", model, *ARCH, "--force", "--policy", "frozen")
+    pack = Pack.load(model)
+    assert pack.tasks == [] and pack.policy == "frozen"
+    assert pack.spec.kwargs == {"hidden": 32} and pack.spec.input_size == (1, 8, 8)
+
+
+def test_init_unknown_arch(tmp_path):
+    assert_error(invoke("init", tmp_path / "m.pt", "--arch", "no_such_net"), 1, "unknown arch")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", ["8x8", "1x0x8", "axbxc"])
+def test_init_bad_input_size_is_usage_error(tmp_path, size):
+    assert_error(invoke("init", tmp_path / "m.pt", "--arch", "mlp", "--input-size", size), 2)
+
+
+def test_init_arch_that_does_not_fit_input(tmp_path):
+    result = invoke("init", tmp_path / "m.pt", "--arch", "lenet", "--input-size", "1x2x2")
+    assert_error(result, 1, "4x4")
+
+
+def test_init_default_weights_never_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    line = assert_error(invoke("init", tmp_path / "m.pt", "--arch", "mobilenet_v3_small",
+                               "--input-size", "3x32x32", "--weights", "DEFAULT"), 1,
+                        "downloads nothing")
+    assert "--weights FILE" in line
+    assert_error(invoke("init", tmp_path / "m.pt", *ARCH, "--weights", "DEFAULT"), 1,
+                 "no pretrained torchvision weights")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_init_default_weights_from_the_local_cache(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    net = torchvision.models.mobilenet_v3_small()
+    torch.save(net.state_dict(), cached)
+    ok("init", tmp_path / "m.pt", "--arch", "mobilenet_v3_small", "--input-size", "3x32x32",
+       "--weights", "DEFAULT")
+    pack = Pack.load(tmp_path / "m.pt")
+    key = next(iter(pack.shared))
+    assert torch.equal(pack.shared[key], net.state_dict()[key])
+
+
+def test_init_missing_weights_file(tmp_path):
+    assert_error(invoke("init", tmp_path / "m.pt", *ARCH, "--weights", tmp_path / "w.pt"), 1,
+                 "does not exist")
+
+
+# -- add-task -------------------------------------------------------------------------------------
+
+
+def test_unknown_dataset(model):
+    fails_unchanged(model, "add-task", model, "--data", "nope", "--prune", "0.5",
+                    match="unknown dataset")
+
+
+def test_registered_dataset_without_root(model, monkeypatch):
+    monkeypatch.delenv("PACKTOOL_DATA", raising=False)
+    fails_unchanged(model, "add-task", model, "--data", "cubs", "--prune", "0.5",
+                    match="data root")
+
+
+def test_empty_image_folder(model, tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+    fails_unchanged(model, "add-task", model, "--data", tmp_path / "data", "--prune", "0.5",
+                    match="no images")
+
+
+def test_unreadable_images(model, tmp_path):
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                (folder / f"{i}.png").write_bytes(b"not a png")
+    fails_unchanged(model, "add-task", model, "--data", tmp_path / "data", "--prune", "0.5",
+                    *FAST, match="cannot read image")
+
+
+@pytest.mark.parametrize("ratio", ["1", "1.5", "-0.1", "x"])
+def test_prune_ratio_out_of_range(model, ratio):
+    fails_unchanged(model, "add-task", model, "--data", "digits", "--prune", ratio, code=2,
+                    match="--prune")
+
+
+@pytest.mark.parametrize("classes", ["a,b", "3-1", "1,1"])
+def test_bad_classes_is_usage_error(model, classes):
+    fails_unchanged(model, "add-task", model, *ADD, "--classes", classes, code=2)
+
+
+def test_class_index_out_of_range(model):
+    fails_unchanged(model, "add-task", model, *ADD, "--classes", "9,10", match="out of range")
+
+
+def test_duplicate_task_name(model):
+    fails_unchanged(model, "add-task", model, *ADD, "--classes", "0,1", match="already exists")
+    fails_unchanged(model, "add-task", model, *ADD, "--task", "digits-0-1",
+                    match="already exists")
+
+
+def test_no_free_capacity(tmp_path):
+    model = init_model(tmp_path / "model.pt")
+    ok("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0",
+       "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu")
+    fails_unchanged(model, "add-task", model, *ADD, match="no free weights")
+
+
+def test_unavailable_device(model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    fails_unchanged(model, "add-task", model, *ADD, "--device", "cuda", match="CUDA")
+
+
+def test_lock_held_by_another_writer(model):
+    with file_lock(model):
+        fails_unchanged(model, "add-task", model, *ADD, match="in use by another")
+        fails_unchanged(model, "init", model, *ARCH, "--force", match="in use by another")
+    ok("add-task", model, *ADD, "--classes", "2,3", "--epochs", "1")  # released afterwards
+
+
+def test_ctrl_c_during_training_leaves_model_untouched(model, monkeypatch):
+    from packtool.cli import progress
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.PlainProgress, "epoch_end", interrupt)
+    before = sha256(model)
+    result = invoke("add-task", model, *ADD, "--classes", "2,3")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == f"Error: interrupted; {model} was not changed"
+    assert "Traceback" not in result.output
+    assert sha256(model) == before
+    assert sorted(p.name for p in model.parent.iterdir()) == ["model.pt", "model.pt.lock"]
+    with file_lock(model):  # the lock was released
+        pass
+
+
+# -- eval, info, export, predict --------------------------------------------------------------
+
+
+def test_unknown_task_lists_known_ones(model, tmp_path):
+    line = fails_unchanged(model, "eval", model, "--task", "nope", match="unknown task")
+    assert "digits-0-1" in line
+    fails_unchanged(model, "export", model, "--task", "nope", "--out", tmp_path / "x.onnx",
+                    match="known tasks: digits-0-1")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_eval_class_count_mismatch(model):
+    fails_unchanged(model, "eval", model, "--task", "digits-0-1", "--data", "digits",
+                    match="10 classes but task 'digits-0-1' has 2")
+    assert ok("eval", model, "--data", "digits", "--classes", "2,3").exit_code == 0
+
+
+def test_eval_usage_errors(model):
+    fails_unchanged(model, "eval", model, "--all", "--task", "digits-0-1", code=2)
+    fails_unchanged(model, "eval", model, "--classes", "0,1", code=2)
+
+
+def test_eval_empty_model(tmp_path):
+    model = init_model(tmp_path / "model.pt")
+    fails_unchanged(model, "eval", model, match="no tasks")
+
+
+@pytest.mark.parametrize("args", [(), ("--task", "digits-0-1", "--all"), ("--all",),
+                                  ("--archive", "a", "--out", "b"), ("--task", "x", "--half")])
+def test_export_usage_errors(model, args):
+    fails_unchanged(model, "export", model, *args, code=2)
+
+
+def test_predict_errors(model, tmp_path):
+    assert_error(invoke("predict", tmp_path / "missing.onnx", tmp_path / "x.png"), 1)
+    assert_error(invoke("predict", tmp_path / "missing.onnx"), 2)
+
+
+def test_plot_to_unknown_format(model, tmp_path):
+    pytest.importorskip("matplotlib")
+    fails_unchanged(model, "info", model, "--plot", tmp_path / "c.xyz", match="cannot write")
+
+
+def test_training_options_reach_the_library(model):
+    ok("add-task", model, "--data", "digits", "--classes", "2-4", "--prune", "0.25",
+       "--epochs", "1", "--finetune-epochs", "1", "--lr", "0.02", "--finetune-lr", "0.003",
+       "--lr-decay-epochs", "0", "--optimizer", "adam", "--weight-decay", "0.01",
+       "--batch-size", "16", "--seed", "3", "--val-fraction", "0.2", "--global-prune",
+       "--device", "cpu", "--task", "custom")
+    record = Pack.load(model).task("custom")
+    assert record.prune == 0.25
+    assert record.data == {"data": "digits", "root": None, "classes": [2, 3, 4],
+                           "val_fraction": 0.2, "seed": 3}
+    expected = {"epochs": 1, "finetune_epochs": 1, "lr": 0.02, "finetune_lr": 0.003,
+                "lr_decay_epochs": 0, "optimizer": "adam", "weight_decay": 0.01,
+                "batch_size": 16, "seed": 3, "prune_scope": "global", "device": "cpu"}
+    assert {k: record.hparams[k] for k in expected} == expected
+
+
+def test_version_and_help():
+    from packtool import __version__
+
+    assert ok("--version").stdout.strip() == f"packtool, version {__version__}"
+    for command in ("init", "add-task", "eval", "info", "export", "predict"):
+        assert "Usage:" in ok(command, "--help").stdout
+
+
+# -- unexpected failures ------------------------------------------------------------------------
+
+
+def test_internal_error_is_one_line_and_debug_shows_it(model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(Pack, "load", broken)
+    line = fails_unchanged(model, "info", model)
+    assert line == ("Error: internal error: RuntimeError: boom second line "
+                    "(run with --debug for the traceback)")
+    result = invoke("--debug", "info", model)
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+def test_debug_reraises_user_errors(tmp_path):
+    result = invoke("--debug", "info", tmp_path / "nope.pt")
+    assert result.exit_code == 1
+    assert type(result.exception).__name__ == "PackToolError"
+
+
+def test_os_errors_are_one_line(model, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    line = fails_unchanged(model, "export", model, "--all", "--out", tmp_path / "file" / "out")
+    assert line == f"Error: Not a directory: {tmp_path / 'file' / 'out'}"
