@@ -1,0 +1,197 @@
+"""The baselines PackNet is compared with, in plain torch with one small shared trainer.
+
+Every method gets the same network (``build_network`` of the same :class:`ArchSpec`, same
+initialization seed), the same optimizer and the same schedule as packtool's add-task:
+``epochs`` at ``lr`` (x0.1 every ``lr_decay_epochs``), then ``finetune_epochs`` at
+``finetune_lr`` with a fresh optimizer, the best epoch of each phase kept on the validation split
+by the same rule as :mod:`packtool.training` (strictly better validation accuracy; ties keep the
+earlier epoch; the fine-tuning phase starts from its starting point as a candidate). Only
+PackNet's prune step between the two phases is missing.
+
+* separate networks: one network per task (upper bound; stores ``T`` networks);
+* fine-tuning: one shared backbone, a new head per task, every backbone weight trained on each
+  new task in turn (old heads are kept and not trained again): shows forgetting;
+* joint: one shared backbone and one head per task trained on all tasks at once, every batch
+  mixing tasks (each sample's loss through its own task's head): not sequential at all.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
+
+from packtool import TrainConfig
+from packtool.models import ArchSpec, anatomy, build_network
+from packtool.training import accuracy
+
+
+@dataclass
+class TaskTensors:
+    """One task's data as tensors (the values packtool's datasets yield, materialized once)."""
+
+    name: str
+    classes: list[str]
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+
+
+class MultiHead(nn.Module):
+    """A backbone (the network without its classifier) and one head per task."""
+
+    def __init__(self, spec: ArchSpec, seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same initial backbone as Pack.create(seed=seed)
+            net = build_network(spec)
+        anat = anatomy(net)
+        net.set_submodule(anat.classifier, nn.Identity())
+        self.backbone = net
+        self.in_features, self.head_bias = anat.in_features, anat.head_bias
+        self.heads = nn.ModuleList()
+
+    def add_head(self, classes: int) -> int:
+        self.heads.append(nn.Linear(self.in_features, classes, bias=self.head_bias))
+        return len(self.heads) - 1
+
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        return self.heads[task](self.backbone(x))
+
+    def loss(self, x: Tensor, y: Tensor, tasks: Tensor) -> Tensor:
+        """Mean cross-entropy, each sample through its own task's head."""
+        features = self.backbone(x)
+        total = features.new_zeros(())
+        for t in tasks.unique().tolist():
+            rows = tasks == t
+            total = total + nn.functional.cross_entropy(self.heads[t](features[rows]), y[rows],
+                                                        reduction="sum")
+        return total / len(y)
+
+    def view(self, task: int) -> nn.Module:
+        """Task ``task`` as a plain ``x -> logits`` module (shares this module's weights)."""
+        return _TaskView(self, task)
+
+    def stored_values(self) -> int:
+        """Floating-point values needed to serve every task (backbone state + all heads)."""
+        return sum(v.numel() for v in self.state_dict().values() if v.is_floating_point())
+
+
+class _TaskView(nn.Module):
+    def __init__(self, model: MultiHead, task: int) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, self.task)
+
+
+def evaluate(model: MultiHead, task: int, dataset: Dataset) -> float:
+    return accuracy(model.view(task), dataset, batch_size=256)
+
+
+def fit(model: MultiHead, params: Sequence[nn.Parameter], train: Dataset,
+        val_score: Callable[[], float], config: TrainConfig) -> None:
+    """Train ``params`` on ``train`` (items ``(x, y, task)``) with packtool's schedule."""
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
+    _phase(model, params, loader, val_score, config, config.epochs, config.lr,
+           config.lr_decay_epochs, include_start=False)
+    _phase(model, params, loader, val_score, config, config.finetune_epochs, config.finetune_lr,
+           0, include_start=True)
+
+
+def _phase(model: MultiHead, params: Sequence[nn.Parameter], loader: DataLoader,
+           val_score: Callable[[], float], config: TrainConfig, epochs: int, lr: float,
+           decay_every: int, include_start: bool) -> None:
+    if epochs == 0:
+        return
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, decay_every, 0.1)
+                 if decay_every else None)
+    best_val, best_state = -1.0, None
+    if include_start:
+        best_val, best_state = val_score(), copy.deepcopy(model.state_dict())
+    for _ in range(epochs):
+        model.train()
+        for x, y, t in loader:
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(x, y, t).backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        val = val_score()
+        if val > best_val:  # as packtool.training: strict, so ties keep the earlier epoch
+            best_val, best_state = val, copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+
+def with_task(data: TensorDataset, task: int) -> TensorDataset:
+    """``(x, y)`` items -> ``(x, y, task)``."""
+    x, y = data.tensors
+    return TensorDataset(x, y, torch.full_like(y, task))
+
+
+@dataclass
+class SequenceRun:
+    """Accuracies of one method on one task sequence.
+
+    ``just_learned[j]``: task j's test accuracy right after it was learned (None for joint
+    training, which learns all at once); ``final[j]``: after the last task.
+    """
+
+    final: list[float]
+    just_learned: list[float | None]
+    stored_values: int
+
+
+def run_separate(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
+                 seed: int) -> SequenceRun:
+    models, just = [], []
+    for data in tasks:
+        model = MultiHead(spec, seed)
+        torch.manual_seed(config.seed)  # head initialization, as packtool's add-task
+        model.add_head(len(data.classes))
+        fit(model, list(model.parameters()), with_task(data.train, 0),
+            lambda m=model, d=data: evaluate(m, 0, d.val), config)
+        models.append(model)
+        just.append(evaluate(model, 0, data.test))
+    final = [evaluate(m, 0, d.test) for m, d in zip(models, tasks)]
+    return SequenceRun(final, just, sum(m.stored_values() for m in models))
+
+
+def run_finetune(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
+                 seed: int) -> SequenceRun:
+    model = MultiHead(spec, seed)
+    just = []
+    for data in tasks:
+        torch.manual_seed(config.seed)
+        k = model.add_head(len(data.classes))
+        params = [*model.backbone.parameters(), *model.heads[k].parameters()]
+        fit(model, params, with_task(data.train, k),
+            lambda k=k, d=data: evaluate(model, k, d.val), config)
+        just.append(evaluate(model, k, data.test))
+    final = [evaluate(model, k, d.test) for k, d in enumerate(tasks)]
+    return SequenceRun(final, just, model.stored_values())
+
+
+def run_joint(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
+              seed: int) -> SequenceRun:
+    model = MultiHead(spec, seed)
+    torch.manual_seed(config.seed)
+    for data in tasks:
+        model.add_head(len(data.classes))
+    train = ConcatDataset([with_task(d.train, k) for k, d in enumerate(tasks)])
+
+    def val_score() -> float:  # model selection on the mean validation accuracy
+        return sum(evaluate(model, k, d.val) for k, d in enumerate(tasks)) / len(tasks)
+
+    fit(model, list(model.parameters()), train, val_score, config)
+    final = [evaluate(model, k, d.test) for k, d in enumerate(tasks)]
+    return SequenceRun(final, [None] * len(tasks), model.stored_values())

@@ -1,0 +1,57 @@
+"""Split-Digits through packtool's Python API: five two-class tasks of scikit-learn's digits
+packed into one LeNet, evaluated, saved and exported (the same as examples/split_digits.sh).
+
+    python examples/python_api.py [WORK_DIR]        # default ./split-digits-api
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from packtool import Pack, TrainConfig, load_task_data
+from packtool.exporters import export_all
+
+PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work_dir", nargs="?", type=Path, default=Path("split-digits-api"))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    args = parser.parse_args()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+
+    pack = Pack.create("lenet", (1, 8, 8))
+    config = TrainConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=0.05,
+                         finetune_lr=0.005, lr_decay_epochs=0, device="cpu")
+    data = {}
+    for a, b in PAIRS:
+        name = f"digits-{a}-{b}"
+        data[name] = load_task_data("digits", pack.preprocess, classes=[a, b])
+        prune = 0.0 if (a, b) == PAIRS[-1] else 0.75  # the last task keeps every free weight
+        result = pack.add_task(name, data[name], prune, config)
+        print(f"added {name}: test accuracy {result.accuracy:.4f}, "
+              f"{result.weights_owned} weights owned, {result.free_fraction:.1%} still free")
+
+    model = args.work_dir / "model.pt"
+    pack.save(model)
+    pack = Pack.load(model)  # what a later session sees: every task, bit-identical
+    print(f"\n{'task':<12} {'before prune':>12} {'after prune':>12} {'when added':>11} "
+          f"{'now':>7}")
+    for record in pack.tasks:
+        now = pack.evaluate(record.name, data[record.name])  # a non-destructive re-evaluation
+        m = record.metrics
+        print(f"{record.name:<12} {m['accuracy_before_prune']:>12.4f} "
+              f"{m['accuracy_after_prune']:>12.4f} {m['accuracy']:>11.4f} {now:>7.4f}")
+
+    files, archive = export_all(pack, args.work_dir / "export")
+    for f in files:
+        print(f"{f.path}: {f.bytes} bytes, max |onnxruntime - PyTorch| {f.max_abs_diff:.1e}")
+    if archive is not None:
+        print(f"{archive.path}: {archive.bytes} bytes (all {len(pack.tasks)} tasks)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The benchmarks and examples keep running (issue 6): their quickest forms, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["packnet-0.5", "packnet-0.75", "separate", "finetune", "joint"]
+QUALITY_HEADER = ("| method | 0/1 | 2/3 | 4/5 | 6/7 | 8/9 | avg acc | avg forgetting | "
+                  "values stored | wall s |")
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+         timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``args``; the repository root is importable (``-m benchmarks`` from any cwd)."""
+    env = {**os.environ, **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[dict, str]:
+    """``python -m benchmarks --smoke`` once: its JSON document and its markdown."""
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    done = _run([sys.executable, "-m", "benchmarks", "--smoke", "--quiet", "--json-out",
+                 str(out)], cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_quality_tables_have_every_method_and_task(smoke):
+    doc, markdown = smoke
+    sequences = {s["sequence"]: s for s in doc["quality"]["sequences"]}
+    assert list(sequences) == ["split-digits", "permuted-digits"]
+    for seq in sequences.values():
+        assert [r["method"] for r in seq["rows"]] == METHODS
+        for row in seq["rows"]:
+            assert len(row["final"]) == len(seq["tasks"]) == 5
+            assert all(0.0 <= a <= 1.0 for a in row["final"])
+            assert row["stored_values"] > 0 and row["seconds"] > 0
+            assert len(row["seeds"]) == len(doc["quality"]["settings"]["seeds"])
+        rows = {r["method"]: r for r in seq["rows"]}
+        # One network (plus per-task heads and biases) against five.
+        assert rows["separate"]["stored_values"] > 3 * rows["packnet-0.5"]["stored_values"]
+        assert rows["joint"]["avg_forgetting"] is None
+        assert rows["separate"]["avg_forgetting"] == 0.0
+    assert QUALITY_HEADER in markdown
+    for label in ("PackNet, prune 0.5", "Separate networks", "Fine-tuning", "Joint training"):
+        assert label in markdown
+    assert "### Targets" in markdown
+
+
+def test_packnet_forgets_exactly_nothing(smoke):
+    doc, _ = smoke
+    for seq in doc["quality"]["sequences"]:
+        for row in seq["rows"]:
+            if row["method"].startswith("packnet-"):
+                assert row["avg_forgetting"] == 0.0
+                for run in row["seeds"]:
+                    assert run["forgetting"] == [0.0] * 4
+                    assert run["just_learned"][:4] == run["final"][:4]
+
+
+def test_cost_tables(smoke):
+    doc, markdown = smoke
+    cost = doc["cost"]
+    assert [m["case"] for m in cost["masking"]] == list(cost["settings"]["masking_cases"])
+    assert all(m["ratio"] > 0 for m in cost["masking"])
+    prune = cost["prune"]
+    assert prune["released"] == prune["prunable_weights"] // 2
+    assert prune["peak_over_model"] > 0
+    for case in cost["packs"]:
+        tasks = case["storage"]["tasks"]
+        assert len(case["onnx"]) == tasks
+        first = case["onnx"][0]
+        assert first["zero_fraction"] == pytest.approx(case["ratio"])
+        assert first["sparse_bytes"] < first["dense_bytes"]  # 75% zeros: COO is smaller
+        assert all(r["sparse_bytes"] <= r["dense_bytes"] for r in case["onnx"])
+        assert all(r["max_abs_diff"] < 1e-4 for r in case["onnx"])
+        s = case["storage"]
+        assert s["floor_bytes"] <= s["archive_bytes"] < s["separate_dense_onnx_bytes"]
+        assert [r["batch"] for r in case["latency"]] == [1, 32]
+        assert all(r["provider"] == "CPUExecutionProvider" for r in case["latency"])
+        assert all(r["ort_over_torch"] > 0 for r in case["latency"])
+    for title in ("PackNet masking vs dense", "Pruning one network", "ONNX per task",
+                  "information floor", "onnxruntime / PyTorch"):
+        assert title in markdown
+
+
+def test_only_one_part_and_bad_arguments(tmp_path):
+    done = _run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "nothing"], cwd=ROOT)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_python_api_example_runs(tmp_path):
+    done = _run([sys.executable, str(ROOT / "examples" / "python_api.py"), str(tmp_path / "w"),
+                 "--epochs", "1", "--finetune-epochs", "0"], cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "digits-8-9" in done.stdout and "pack.safetensors" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "w" / "export").iterdir()) == [
+        "digits-0-1.onnx", "digits-2-3.onnx", "digits-4-5.onnx", "digits-6-7.onnx",
+        "digits-8-9.onnx", "pack.safetensors"]
+
+
+def _packtool() -> str | None:
+    here = Path(sys.executable).with_name("packtool")
+    return str(here) if here.exists() else shutil.which("packtool")
+
+
+def test_paper_recipe_checks_its_inputs(tmp_path):
+    script = str(ROOT / "examples" / "paper_vgg16.sh")
+    env_tool = {"PACKTOOL": _packtool() or "packtool"}
+    usage = _run(["bash", script], cwd=tmp_path)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    weights = tmp_path / "vgg16.pth"
+    no_root = _run(["bash", script, str(tmp_path / "missing"), str(weights)], cwd=tmp_path,
+                   env=env_tool)
+    assert no_root.returncode == 1 and "is not a directory" in no_root.stderr
+    no_weights = _run(["bash", script, str(tmp_path), str(weights)], cwd=tmp_path,
+                      env=env_tool)
+    assert no_weights.returncode == 1 and "weights file" in no_weights.stderr
+    weights.write_bytes(b"")
+    no_data = _run(["bash", script, str(tmp_path), str(weights)], cwd=tmp_path,
+                   env=env_tool)
+    assert no_data.returncode == 1 and "imagenet/train is missing" in no_data.stderr
+    assert not (tmp_path / "paper-vgg16").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_packtool() is None, reason="the packtool console script is not installed")
+def test_split_digits_quick_start(tmp_path):
+    done = _run(["bash", str(ROOT / "examples" / "split_digits.sh"), "work"], cwd=tmp_path,
+                timeout=900, env={"PACKTOOL": str(_packtool())})
+    assert done.returncode == 0, done.stderr[-3000:]
+    exported = sorted(p.name for p in (tmp_path / "work" / "export").iterdir())
+    assert exported == ["digits-0-1.onnx", "digits-2-3.onnx", "digits-4-5.onnx",
+                        "digits-6-7.onnx", "digits-8-9.onnx", "pack.safetensors"]
