@@ -18,6 +18,7 @@ from packtool import DataError, Pack, PackToolError, TaskError, TrainConfig, __v
 from packtool.data import DATASETS, load_task_data
 from packtool.fileio import file_lock
 from packtool.pack import POLICIES, TaskRecord
+from packtool.runner import add_task_to_file
 from packtool.training import OPTIMIZERS
 
 from . import params, render
@@ -115,23 +116,33 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               show_default=True, help="Share of the training data held out for model selection.")
 @click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder holding the registered datasets [default: $PACKTOOL_DATA].")
+@click.option("--resume", is_flag=True,
+              help="Continue the add-task interrupted on MODEL from its last completed epoch.")
+@click.option("--restart", is_flag=True,
+              help="Discard the checkpoint of an interrupted add-task and start over.")
 @params.json_option
 def add_task(model: Path, data: str, prune: float, name: str | None, classes: list[int] | None,
-             data_root: str | None, val_fraction: float, as_json: bool, **options: Any) -> None:
-    """Train a new task on the free weights, prune, fine-tune, and save MODEL."""
+             data_root: str | None, val_fraction: float, resume: bool, restart: bool,
+             as_json: bool, **options: Any) -> None:
+    """Train a new task on the free weights, prune, fine-tune, and save MODEL.
+
+    Progress is checkpointed beside MODEL after every epoch; after a crash or Ctrl-C, rerun the
+    same command with --resume. Under torchrun, every process trains (DDP) and rank 0 saves.
+    """
+    if resume and restart:
+        raise click.UsageError("use either --resume or --restart, not both")
     config = TrainConfig(**options)
     config.validate()
-    click.get_current_context().meta["interrupted"] = f"{model} was not changed"
-    if not model.is_file():
-        Pack.load(model)  # the library's error for a missing MODEL, before any lock file
-    with file_lock(model):
-        pack = Pack.load(model)
-        task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes,
-                                   val_fraction=val_fraction, seed=config.seed)
-        name = name or params.default_task_name(task_data.spec["data"], classes)
-        with training_progress(as_json) as progress:
-            result = pack.add_task(name, task_data, prune, config, progress=progress)
-        pack.save(model)
+    click.get_current_context().meta["interrupted"] = (
+        f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
+    )
+    with training_progress(as_json) as progress:
+        done = add_task_to_file(model, data, prune, config, name=name, classes=classes,
+                                data_root=data_root, val_fraction=val_fraction, resume=resume,
+                                restart=restart, progress=progress)
+    if done is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    pack, result = done
     doc = render.add_task_doc(result)
     if as_json:
         render.print_json(doc)

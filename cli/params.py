@@ -67,21 +67,6 @@ def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> 
     return result
 
 
-def default_task_name(data: str, chosen: Sequence[int] | None) -> str:
-    """``digits``, ``digits-0-1``, ``digits-0to4``, ``birds`` (an image folder's name)."""
-    base = Path(data).name if ("/" in data or os.sep in data) else data
-    if not chosen:
-        return base
-    runs: list[list[int]] = []
-    for k in chosen:
-        if runs and k == runs[-1][-1] + 1:
-            runs[-1].append(k)
-        else:
-            runs.append([k])
-    parts = [f"{r[0]}to{r[-1]}" if len(r) > 2 else "-".join(map(str, r)) for r in runs]
-    return f"{base}-{'-'.join(parts)}"
-
-
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -25,6 +25,7 @@ from .errors import (
 from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, select
 from .models import ArchSpec
 from .pack import LayerCapacity, Pack, TaskRecord
+from .runner import add_task_to_file
 from .training import Progress, TaskResult, TrainConfig, resolve_device
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "TaskResult",
     "TrainConfig",
     "__version__",
+    "add_task_to_file",
     "assign_owners",
     "bake",
     "load_task_data",

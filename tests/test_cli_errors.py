@@ -212,7 +212,8 @@ def test_ctrl_c_during_training_leaves_model_untouched(model, monkeypatch):
     before = sha256(model)
     result = invoke("add-task", model, *ADD, "--classes", "2,3")
     assert result.exit_code == 130
-    assert result.stderr.strip() == f"Error: interrupted; {model} was not changed"
+    assert result.stderr.strip() == (f"Error: interrupted; {model} was not changed; rerun with "
+                                     "--resume to continue from the last completed epoch")
     assert "Traceback" not in result.output
     assert sha256(model) == before
     assert sorted(p.name for p in model.parent.iterdir()) == ["model.pt", "model.pt.lock"]

@@ -58,7 +58,8 @@ def test_console_script(tmp_path):
 
 
 def test_ctrl_c_during_training(tmp_path):
-    """A real SIGINT mid-training: exit 130, one line, model.pt byte-identical."""
+    """A real SIGINT mid-training: exit 130, one line, model.pt byte-identical, and the
+    checkpoint of the last completed epoch left for --resume (no temporary files)."""
     model = init_model(tmp_path / "model.pt")
     before = sha256(model)
     proc = subprocess.Popen(
@@ -72,13 +73,17 @@ def test_ctrl_c_during_training(tmp_path):
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.startswith("Training epoch 1/"):
+            if line.startswith("Training epoch 2/"):  # epoch 1's checkpoint is written
                 break
         proc.send_signal(signal.SIGINT)
         stderr = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
     assert proc.returncode == 130
-    assert stderr.splitlines() == ["Error: interrupted; model.pt was not changed"]
+    assert stderr.splitlines() == [
+        "Error: interrupted; model.pt was not changed; rerun with --resume to continue from the "
+        "last completed epoch"
+    ]
     assert sha256(model) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.pt", "model.pt.add-task.ckpt", "model.pt.lock"]

@@ -1,0 +1,154 @@
+"""Adding a task to a model *file*: the whole job behind ``packtool add-task``.
+
+:func:`add_task_to_file` is what the command line runs, available to Python callers too:
+
+1. join the process group when launched by ``torchrun`` (one process otherwise);
+2. lock MODEL (rank 0; a second writer fails at once), load it and the dataset;
+3. train, prune and fine-tune with a per-epoch checkpoint beside MODEL
+   (``<MODEL>.add-task.ckpt``), resuming it with ``resume=True`` or discarding it with
+   ``restart=True``;
+4. save MODEL atomically (rank 0) and delete the checkpoint.
+
+Every step is agreed across ranks: if one rank fails (a bad file, a held lock), every rank
+raises instead of waiting in a collective. MODEL changes only in step 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .checkpoint import Checkpoint, checkpoint_path
+from .data import load_task_data
+from .distributed import World
+from .errors import PackToolError, TaskError
+from .fileio import file_lock
+from .pack import Pack
+from .training import Progress, TaskResult, TrainConfig, resolve_device
+
+
+def add_task_to_file(
+    model: str | os.PathLike,
+    data: str,
+    prune: float,
+    config: TrainConfig | None = None,
+    *,
+    name: str | None = None,
+    classes: Sequence[int] | None = None,
+    data_root: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    resume: bool = False,
+    restart: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Pack, TaskResult] | None:
+    """Add a task to the pack in ``model`` and save it; see the module docstring.
+
+    Args:
+        data, classes, data_root, val_fraction: the dataset, as for
+            :func:`packtool.data.load_task_data` (the split is seeded with ``config.seed``).
+        name: task name; default :func:`default_task_name` of ``data`` and ``classes``.
+        resume: continue the run interrupted in this file's checkpoint.
+        restart: discard a leftover checkpoint and start over.
+
+    Returns:
+        ``(pack, result)`` on rank 0 (the only process when not under torchrun); ``None`` on
+        the other ranks, which write and report nothing.
+
+    Raises:
+        PackToolError: any user-caused failure, with ``model`` left as it was.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    if resume and restart:
+        raise TaskError("use either resume or restart, not both")
+    model = Path(model)
+    if not model.is_file():
+        Pack.load(model)  # the library's one-line error, before any lock file is created
+    ckpt = checkpoint_path(model)
+    with _process_group(config.device) as world, contextlib.ExitStack() as held:
+        main = world is None or world.is_main
+        device = distributed.rank_device(world, resolve_device(config.device))
+        with _agreed(world, device):
+            if main:
+                held.enter_context(file_lock(model))
+            pack = Pack.load(model)
+            task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes,
+                                       val_fraction=val_fraction, seed=config.seed)
+            name = name or default_task_name(task_data.spec["data"], classes)
+            if main:
+                _clear_checkpoint(ckpt, pack, restart)
+        result = pack.add_task(name, task_data, prune, config, progress=progress,
+                               checkpoint=ckpt, resume=resume)
+        with _agreed(world, device):
+            if main:
+                pack.save(model)
+                ckpt.unlink(missing_ok=True)
+    return (pack, result) if main else None
+
+
+def default_task_name(data: str, classes: Sequence[int] | None) -> str:
+    """``digits``, ``digits-0-1``, ``digits-0to4``, ``birds`` (an image folder's name)."""
+    base = Path(data).name if ("/" in data or os.sep in data) else data
+    if not classes:
+        return base
+    runs: list[list[int]] = []
+    for k in classes:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    parts = [f"{r[0]}to{r[-1]}" if len(r) > 2 else "-".join(map(str, r)) for r in runs]
+    return f"{base}-{'-'.join(parts)}"
+
+
+def _clear_checkpoint(ckpt: Path, pack: Pack, restart: bool) -> None:
+    """Drop a checkpoint the run must not see: on ``restart``, or one whose task is done.
+
+    A run that saved MODEL but died before deleting its checkpoint leaves one behind; its task
+    is already in the pack, so nothing can be resumed from it.
+    """
+    if not ckpt.exists():
+        return
+    if restart:
+        ckpt.unlink()
+        return
+    with contextlib.suppress(PackToolError):  # an unreadable one is reported by add_task
+        found = Checkpoint.load(ckpt)
+        index, task = found.run.get("index"), found.run.get("task")
+        if isinstance(index, int) and index <= len(pack.tasks) \
+                and pack.tasks[index - 1].name == task:
+            ckpt.unlink()
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[World | None]:
+    """The torchrun process group for the block: joined if needed, left if joined here."""
+    joined = distributed.launched_by_torchrun() and not (
+        torch.distributed.is_available() and torch.distributed.is_initialized())
+    world = distributed.init_from_env(device)
+    try:
+        yield world
+    finally:
+        if joined and world is not None:
+            torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _agreed(world: World | None, device: torch.device) -> Iterator[None]:
+    """Run the block on every rank; if it fails on any rank, raise on every rank."""
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:
+        if world is None:
+            raise
+        error = exc
+    if not distributed.all_ok(world, error is None, device):
+        if error is not None:
+            raise error
+        raise PackToolError("another process of this torchrun job failed; see its error")
