@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from packtool import Pack, TrainConfig, load_task_data
+from packtool.fileio import file_lock
 
 HERE = Path(__file__).parent
 CONFIG = TrainConfig(epochs=3, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
@@ -93,4 +94,68 @@ def test_a_failing_rank_stops_every_rank_and_leaves_model(first_pack, tmp_path):
     assert "Traceback" not in "\n".join(
         line for line in run.stderr.splitlines() if line.startswith("rank"))
     assert not list(out.iterdir())
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+
+
+# -- the command line under torchrun: `torchrun --nproc-per-node N -m packtool add-task ...` --
+
+
+def _torchrun_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "packtool", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+CLI_ADD = ("add-task", "model.pt", "--prune", "0.5", "--epochs", "2", "--finetune-epochs", "1",
+           "--lr", "0.05", "--batch-size", "16", "--device", "cpu")
+
+
+def test_cli_add_task_under_torchrun(first_pack, tmp_path):
+    model, first_outputs = first_pack
+    run = _torchrun_cli(*CLI_ADD, "--data", "digits", "--classes", "2,3", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads(run.stdout)  # one document: only rank 0 reports
+    assert doc["task"] == "digits-2-3" and doc["index"] == 2 and 0.5 <= doc["accuracy"] <= 1
+    saved = Pack.load(model)
+    assert saved.task_names == ["first", "digits-2-3"]
+    assert saved.tasks[-1].metrics["accuracy"] == doc["accuracy"]
+    with torch.no_grad():
+        x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(saved.model_for("first")(x), first_outputs)
+    assert not (tmp_path / "model.pt.add-task.ckpt").exists()
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("Error: ")]
+
+
+def test_cli_bad_file_on_every_rank_under_torchrun(first_pack, tmp_path):
+    model, _ = first_pack
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    folder = _image_folder(tmp_path / "images", corrupt=True)
+    run = _torchrun_cli(*CLI_ADD, "--data", str(folder), cwd=tmp_path)
+    assert run.returncode != 0
+    errors = _error_lines(run.stderr)
+    assert len(errors) == 2 and any("5.png" in e for e in errors), run.stderr[-3000:]
+    # Our processes print one line each; torchrun's own failure report (a traceback of the
+    # launcher) follows them and is not ours to shorten.
+    assert "Traceback" not in run.stderr.split("torch/distributed/elastic")[0]
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+
+
+def test_cli_lock_held_stops_every_rank_under_torchrun(first_pack, tmp_path):
+    """Rank 0 cannot take the lock: every rank stops at once instead of waiting for it."""
+    model, _ = first_pack
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    with file_lock(model):
+        run = _torchrun_cli(*CLI_ADD, "--data", "digits", "--classes", "2,3", cwd=tmp_path)
+    assert run.returncode != 0
+    errors = _error_lines(run.stderr)
+    assert len(errors) == 2, run.stderr[-3000:]
+    assert any("in use by another packtool process" in e for e in errors)
+    assert any("another process of this torchrun job failed" in e for e in errors)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == before
