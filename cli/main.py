@@ -210,10 +210,7 @@ def _eval_data(pack: Pack, record: TaskRecord, data: str | None, classes: list[i
                data_root: str | None) -> Any:
     """The task's own data spec, or ``--data`` (whose class count must match the task's)."""
     if data is None:
-        spec = dict(record.data)
-        if data_root:
-            spec["root"] = data_root
-        return load_task_data(**spec, preprocess=pack.preprocess)
+        return pack.task_data(record.name, root=data_root)
     task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes)
     if len(task_data.classes) != len(record.classes):
         raise DataError(
@@ -266,24 +263,33 @@ def info(model: Path, plot: str | None, as_json: bool) -> None:
               metavar="N", help="ONNX opset (18 or newer).")
 @click.option("--no-verify", is_flag=True,
               help="Skip comparing onnxruntime's outputs with PyTorch's.")
-@click.option("--half", is_flag=True, help="With --archive: store weights as float16.")
+@click.option("--half", is_flag=True,
+              help="With --archive: store weights as float16 and report each task's accuracy "
+                   "change on its test split.")
+@click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --half: where the tasks' datasets live [default: recorded, "
+                   "$PACKTOOL_DATA].")
 @params.json_option
 def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
            out: str | None, dense: bool, opset: int, no_verify: bool, half: bool,
-           as_json: bool) -> None:
+           data_root: str | None, as_json: bool) -> None:
     """Export tasks to ONNX, or every task to one shared-weight archive.
 
     MODEL may be a model.pt or an archive.
     """
     from packtool import exporters
 
-    _check_export_mode(name, all_tasks, archive, out, half)
+    _check_export_mode(name, all_tasks, archive, out, half, data_root)
     pack, sha = params.load_pack(model), params.sha256_file(model)
     onnx = {"dense": dense, "opset": opset, "verify": not no_verify, "source_sha256": sha}
     files: list[Any] = []
     written = None
+    changes = None
     if archive is not None:
         written = exporters.write_archive(pack, archive, half=half, source_sha256=sha)
+        if half:
+            changes = exporters.half_precision_change(pack, exporters.read_archive(archive),
+                                                      data_root=data_root)
     elif all_tasks:
         assert out is not None
         files, written = exporters.export_all(pack, out, archive=True, **onnx)
@@ -294,6 +300,8 @@ def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
         files = [exporters.export_onnx(pack, record.name, path, **onnx)]
     doc = {"files": [f.to_dict() for f in files],
            "archive": None if written is None else written.to_dict()}
+    if changes is not None:
+        doc["archive"]["half_precision"] = [c.to_dict() for c in changes]
     if as_json:
         render.print_json(doc)
     else:
@@ -301,7 +309,7 @@ def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
 
 
 def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, out: str | None,
-                       half: bool) -> None:
+                       half: bool, data_root: str | None) -> None:
     if sum((name is not None, all_tasks, archive is not None)) != 1:
         raise click.UsageError("choose one of --task NAME, --all --out DIR or --archive FILE")
     if all_tasks and out is None:
@@ -310,6 +318,8 @@ def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, o
         raise click.UsageError("--archive FILE takes no --out")
     if half and archive is None:
         raise click.UsageError("--half applies to --archive FILE only")
+    if data_root is not None and not half:
+        raise click.UsageError("--data-root applies to --half only")
 
 
 # -- predict ----------------------------------------------------------------------------------

@@ -177,6 +177,24 @@ def show_export(console: Console, doc: dict[str, Any]) -> None:
     if doc["archive"] is not None:
         a = doc["archive"]
         console.print(f"Archive {a['path']}: {count(a['bytes'])} bytes", markup=False)
+        if "half_precision" in a:
+            show_half_precision(console, a["half_precision"])
+
+
+def show_half_precision(console: Console, changes: list[dict[str, Any]]) -> None:
+    """Each task's test accuracy in float32 and from the float16 archive."""
+    def acc(value: float | None) -> str:
+        return "no data" if value is None else pct(value)
+
+    rows = []
+    for c in changes:
+        measured = c["accuracy"] is not None
+        change = f"{(c['accuracy_half'] - c['accuracy']) * 100:+.2f} pts" if measured else "-"
+        rows.append((c["task"], acc(c["accuracy"]), acc(c["accuracy_half"]), change,
+                     str(c["samples"]), f"{c['max_abs_diff']:.2e}"))
+    show_table(console, "float16 archive against float32",
+               ("task", "float32", "float16", "change", "samples", "max |logit diff|"), rows,
+               left=1)
 
 
 # -- predict ----------------------------------------------------------------------------------

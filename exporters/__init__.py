@@ -14,8 +14,10 @@
 
 from .archive import (
     ArchiveInfo,
+    PrecisionChange,
     archive_bytes,
     archive_from_bytes,
+    half_precision_change,
     owner_bits,
     pack_bits,
     read_archive,
@@ -39,6 +41,7 @@ from .runtime import PredictResult, predict, providers, session
 __all__ = [
     "ArchiveInfo",
     "OnnxExport",
+    "PrecisionChange",
     "PredictResult",
     "TaskMetadata",
     "archive_bytes",
@@ -47,6 +50,7 @@ __all__ = [
     "export_all",
     "export_onnx",
     "export_onnx_bytes",
+    "half_precision_change",
     "owner_bits",
     "pack_bits",
     "predict",

@@ -296,6 +296,23 @@ class Pack:
                            private=self.private_state(record), device=device)
         return bake(net, inplace=True).eval()
 
+    def task_data(self, task: str | int, *, root: str | os.PathLike | None = None) -> TaskData:
+        """Task ``task``'s dataset, rebuilt from the spec recorded when it was added.
+
+        Args:
+            root: where the registered datasets live now, if not where they were (the recorded
+                root, else ``$PACKTOOL_DATA``).
+
+        Raises:
+            DataError: the data is not there (or cannot be read) any more.
+        """
+        from .data import load_task_data
+
+        spec = dict(self.task(task).data)
+        if root is not None:
+            spec["root"] = str(root)
+        return load_task_data(**spec, preprocess=self.preprocess)
+
     def evaluate(self, task: str | int, dataset: Dataset | TaskData, *, batch_size: int = 256,
                  device: str | torch.device | None = None) -> float:
         """Top-1 accuracy (0..1) of task ``task`` on ``dataset`` (a TaskData: its test split)."""

@@ -18,6 +18,7 @@ from packtool import Pack, TrainConfig
 from packtool.errors import PackFormatError, PackToolError
 from packtool.exporters import (
     archive_bytes,
+    half_precision_change,
     owner_bits,
     pack_bits,
     read_archive,
@@ -307,3 +308,15 @@ def test_half_refuses_values_beyond_float16(mlp_pack):
             archive_bytes(mlp_pack, half=True)
     finally:
         record.head["weight"].copy_(saved)
+
+
+def test_half_precision_change_without_the_tasks_data(mlp_pack, tmp_path):
+    """Synthetic tasks cannot be rebuilt from their spec: no accuracy, the logit gap only."""
+    info = write_archive(mlp_pack, tmp_path / "half.safetensors", half=True)
+    changes = half_precision_change(mlp_pack, read_archive(info.path))
+    assert [c.task for c in changes] == mlp_pack.task_names
+    for change in changes:
+        assert (change.accuracy, change.accuracy_half, change.samples) == (None, None, 0)
+        assert 0.0 < change.max_abs_diff < 0.05
+    same = half_precision_change(mlp_pack, mlp_pack)  # float32 against itself: no change
+    assert all(c.max_abs_diff == 0.0 for c in same)

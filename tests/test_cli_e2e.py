@@ -172,3 +172,32 @@ def test_plot_without_matplotlib_is_a_clean_error(packed, tmp_path, monkeypatch)
         "Error: matplotlib is not installed: pip install 'packtool[plot]'"
     )
     assert not (tmp_path / "c.png").exists()
+
+
+def test_half_archive_reports_each_tasks_accuracy_change(packed, tmp_path):
+    model, reports = packed
+    full = ok_json("export", model, "--archive", tmp_path / "full.safetensors")
+    assert "half_precision" not in full["archive"]
+    doc = ok_json("export", model, "--archive", tmp_path / "half.safetensors", "--half")
+    assert doc["archive"]["bytes"] < full["archive"]["bytes"]  # tiny: the header dominates
+    changes = doc["archive"]["half_precision"]
+    assert [c["task"] for c in changes] == [r["task"] for r in reports]
+    evaluated = ok_json("eval", model, "--all")["tasks"]
+    half_eval = ok_json("eval", tmp_path / "half.safetensors", "--all")["tasks"]
+    for change, row, half_row in zip(changes, evaluated, half_eval):
+        assert set(change) == {"task", "accuracy", "accuracy_half", "samples", "max_abs_diff"}
+        # Measured on the task's own test split: the float32 figure is eval's, the float16
+        # figure is eval's of the archive.
+        assert change["accuracy"] == row["accuracy"] and change["samples"] == row["samples"]
+        assert change["accuracy_half"] == half_row["accuracy"]
+        assert abs(change["accuracy_half"] - change["accuracy"]) <= 0.05
+        assert 0.0 < change["max_abs_diff"] < 0.05
+    table = ok("export", model, "--archive", tmp_path / "half2.safetensors", "--half").stdout
+    assert "float16 archive against float32" in table and "pts" in table
+
+
+def test_data_root_needs_half(packed, tmp_path):
+    model, _ = packed
+    result = invoke("export", model, "--data-root", tmp_path, "--archive", tmp_path / "x")
+    assert result.exit_code == 2 and "--data-root applies to --half only" in result.stderr
+    assert not (tmp_path / "x").exists()
