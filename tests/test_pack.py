@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,15 @@ def test_bad_task_settings(make_task, name, ratio, error):
     with pytest.raises(TaskError, match=error):
         pack.add_task(name, make_task(2, seed=1), ratio, FAST)
     assert pack.task_names == ["t1"]
+
+
+def test_diverging_training_is_a_clear_error(make_task):
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+    before = pack.to_bytes()
+    with pytest.raises(TaskError, match="training diverged: the loss became NaN or infinite"):
+        pack.add_task("boom", make_task(2, seed=5), 0.5, replace(FAST, lr=1e30))
+    assert pack.to_bytes() == before
 
 
 def test_unknown_task_lists_known(pack3):
