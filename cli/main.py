@@ -286,17 +286,22 @@ def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
     written = None
     changes = None
     if archive is not None:
+        _refuse_overwriting(model, [Path(archive)])
         written = exporters.write_archive(pack, archive, half=half, source_sha256=sha)
         if half:
             changes = exporters.half_precision_change(pack, exporters.read_archive(archive),
                                                       data_root=data_root)
     elif all_tasks:
         assert out is not None
+        stems = exporters.task_filenames(pack.task_names)
+        _refuse_overwriting(model, [Path(out) / f"{s}.onnx" for s in stems]
+                            + [Path(out) / exporters.ARCHIVE_NAME])
         files, written = exporters.export_all(pack, out, archive=True, **onnx)
     else:
         assert name is not None
         record = pack.task(name)
-        path = out or f"{exporters.task_filenames([record.name])[0]}.onnx"
+        path = Path(out or f"{exporters.task_filenames([record.name])[0]}.onnx")
+        _refuse_overwriting(model, [path])
         files = [exporters.export_onnx(pack, record.name, path, **onnx)]
     doc = {"files": [f.to_dict() for f in files],
            "archive": None if written is None else written.to_dict()}
@@ -306,6 +311,15 @@ def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
         render.print_json(doc)
     else:
         render.show_export(render.console_for(), doc)
+
+
+def _refuse_overwriting(model: Path, targets: list[Path]) -> None:
+    """An export must never replace the file it reads."""
+    source = model.resolve()
+    for target in targets:
+        if target.resolve() == source:
+            raise PackToolError(f"refusing to overwrite {model} (the export's source) with "
+                                f"{target}; choose another output path")
 
 
 def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, out: str | None,

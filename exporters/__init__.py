@@ -25,6 +25,7 @@ from .archive import (
     write_archive,
 )
 from .onnx import (
+    ARCHIVE_NAME,
     OnnxExport,
     TaskMetadata,
     check_onnx,
@@ -39,6 +40,7 @@ from .onnx import (
 from .runtime import PredictResult, predict, providers, session
 
 __all__ = [
+    "ARCHIVE_NAME",
     "ArchiveInfo",
     "OnnxExport",
     "PrecisionChange",

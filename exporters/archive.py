@@ -496,7 +496,7 @@ def _group(tensors: Mapping[str, Tensor], kind: str, count: int, half: bool
            ) -> dict[int, dict[str, Tensor]]:
     """``kind/k/name`` tensors as ``{k: {name: tensor}}`` for ``k`` in ``1..count``."""
     groups: dict[int, dict[str, Tensor]] = {k: {} for k in range(1, count + 1)}
-    for full in (n for n in tensors if n.startswith(kind + "/")):
+    for full in sorted(n for n in tensors if n.startswith(kind + "/")):  # stable dict order
         _, index, name = full.split("/", 2)
         k = int(index)
         if k not in groups or not name:

@@ -258,6 +258,20 @@ def test_export_usage_errors(model, args):
     fails_unchanged(model, "export", model, *args, code=2)
 
 
+def test_export_never_overwrites_its_source(model, tmp_path):
+    ok("add-task", model, *ADD, "--classes", "0,1", "--task", "zero-one")
+    fails_unchanged(model, "export", model, "--task", "zero-one", "--out", model,
+                    match="refusing to overwrite")
+    fails_unchanged(model, "export", model, "--archive", model, match="refusing to overwrite")
+    archive = tmp_path / "pack.safetensors"
+    ok("export", model, "--archive", archive)
+    before = sha256(archive)
+    fails_unchanged(archive, "export", archive, "--all", "--out", tmp_path,
+                    match="refusing to overwrite")
+    assert sha256(archive) == before
+    assert not list(tmp_path.glob("*.onnx"))  # refused before anything was written
+
+
 def test_predict_errors(model, tmp_path):
     assert_error(invoke("predict", tmp_path / "missing.onnx", tmp_path / "x.png"), 1)
     assert_error(invoke("predict", tmp_path / "missing.onnx"), 2)
