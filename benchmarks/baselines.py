@@ -4,8 +4,9 @@ Every method gets the same network (``build_network`` of the same :class:`ArchSp
 initialization seed), the same optimizer and the same schedule as packtool's add-task:
 ``epochs`` at ``lr`` (x0.1 every ``lr_decay_epochs``), then ``finetune_epochs`` at
 ``finetune_lr`` with a fresh optimizer, the best epoch of each phase kept on the validation split
-by the same rule as :mod:`packtool.training` (strictly better validation accuracy; ties keep the
-earlier epoch; the fine-tuning phase starts from its starting point as a candidate). Only
+by the same rule as :mod:`packtool.training` (:meth:`packtool.training.Score.better_than`:
+higher validation accuracy, ties broken by lower validation loss; the fine-tuning phase starts
+from its starting point as a candidate). Only
 PackNet's prune step between the two phases is missing.
 
 * separate networks: one network per task (upper bound; stores ``T`` networks);
@@ -27,7 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from packtool import TrainConfig
 from packtool.models import ArchSpec, anatomy, build_network
-from packtool.training import accuracy
+from packtool.training import Score, score
 
 
 @dataclass
@@ -91,11 +92,15 @@ class _TaskView(nn.Module):
 
 
 def evaluate(model: MultiHead, task: int, dataset: Dataset) -> float:
-    return accuracy(model.view(task), dataset, batch_size=256)
+    return validate(model, task, dataset).accuracy
+
+
+def validate(model: MultiHead, task: int, dataset: Dataset) -> Score:
+    return score(model.view(task), dataset, batch_size=256)
 
 
 def fit(model: MultiHead, params: Sequence[nn.Parameter], train: Dataset,
-        val_score: Callable[[], float], config: TrainConfig) -> None:
+        val_score: Callable[[], Score], config: TrainConfig) -> None:
     """Train ``params`` on ``train`` (items ``(x, y, task)``) with packtool's schedule."""
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
@@ -106,7 +111,7 @@ def fit(model: MultiHead, params: Sequence[nn.Parameter], train: Dataset,
 
 
 def _phase(model: MultiHead, params: Sequence[nn.Parameter], loader: DataLoader,
-           val_score: Callable[[], float], config: TrainConfig, epochs: int, lr: float,
+           val_score: Callable[[], Score], config: TrainConfig, epochs: int, lr: float,
            decay_every: int, include_start: bool) -> None:
     if epochs == 0:
         return
@@ -114,9 +119,10 @@ def _phase(model: MultiHead, params: Sequence[nn.Parameter], loader: DataLoader,
                                 weight_decay=config.weight_decay)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, decay_every, 0.1)
                  if decay_every else None)
-    best_val, best_state = -1.0, None
+    best: Score | None = None
+    best_state = None
     if include_start:
-        best_val, best_state = val_score(), copy.deepcopy(model.state_dict())
+        best, best_state = val_score(), copy.deepcopy(model.state_dict())
     for _ in range(epochs):
         model.train()
         for x, y, t in loader:
@@ -126,8 +132,8 @@ def _phase(model: MultiHead, params: Sequence[nn.Parameter], loader: DataLoader,
         if scheduler is not None:
             scheduler.step()
         val = val_score()
-        if val > best_val:  # as packtool.training: strict, so ties keep the earlier epoch
-            best_val, best_state = val, copy.deepcopy(model.state_dict())
+        if val.better_than(best):  # packtool.training's rule
+            best, best_state = val, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
 
@@ -159,7 +165,7 @@ def run_separate(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConf
         torch.manual_seed(config.seed)  # head initialization, as packtool's add-task
         model.add_head(len(data.classes))
         fit(model, list(model.parameters()), with_task(data.train, 0),
-            lambda m=model, d=data: evaluate(m, 0, d.val), config)
+            lambda m=model, d=data: validate(m, 0, d.val), config)
         models.append(model)
         just.append(evaluate(model, 0, data.test))
     final = [evaluate(m, 0, d.test) for m, d in zip(models, tasks)]
@@ -175,7 +181,7 @@ def run_finetune(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConf
         k = model.add_head(len(data.classes))
         params = [*model.backbone.parameters(), *model.heads[k].parameters()]
         fit(model, params, with_task(data.train, k),
-            lambda k=k, d=data: evaluate(model, k, d.val), config)
+            lambda k=k, d=data: validate(model, k, d.val), config)
         just.append(evaluate(model, k, data.test))
     final = [evaluate(model, k, d.test) for k, d in enumerate(tasks)]
     return SequenceRun(final, just, model.stored_values())
@@ -189,8 +195,10 @@ def run_joint(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
         model.add_head(len(data.classes))
     train = ConcatDataset([with_task(d.train, k) for k, d in enumerate(tasks)])
 
-    def val_score() -> float:  # model selection on the mean validation accuracy
-        return sum(evaluate(model, k, d.val) for k, d in enumerate(tasks)) / len(tasks)
+    def val_score() -> Score:  # model selection on the mean validation accuracy and loss
+        scores = [validate(model, k, d.val) for k, d in enumerate(tasks)]
+        return Score(sum(s.accuracy for s in scores) / len(scores),
+                     sum(s.loss for s in scores) / len(scores))
 
     fit(model, list(model.parameters()), train, val_score, config)
     final = [evaluate(model, k, d.test) for k, d in enumerate(tasks)]

@@ -26,7 +26,7 @@ from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, s
 from .models import ArchSpec
 from .pack import LayerCapacity, Pack, TaskRecord
 from .runner import add_task_to_file
-from .training import Progress, TaskResult, TrainConfig, resolve_device
+from .training import Progress, Score, TaskResult, TrainConfig, resolve_device
 
 __all__ = [
     "DATASETS",
@@ -43,6 +43,7 @@ __all__ = [
     "Phase",
     "Preprocess",
     "Progress",
+    "Score",
     "TaskData",
     "TaskError",
     "TaskRecord",

@@ -9,7 +9,8 @@ File format (format version 1): a ``torch.save`` file of tensors and plain value
       "phase": "train" | "finetune", "epoch": int,    # last completed epoch of that phase
       "net": {state_dict of the live network},        # weight_orig, masks, owners, private, head
       "optimizer": {...} | None, "scheduler": {...} | None,
-      "best_val": float, "best_state": {state_dict} | None,
+      "best_val": float, "best_val_loss": float,     # the best epoch's validation score
+      "best_state": {state_dict} | None,
       "metrics": {"accuracy_before_prune": float, ...},
       "rng": uint8 tensor, "loader_rng": uint8 tensor, "cuda_rng": uint8 tensor | None,
     }
@@ -21,6 +22,7 @@ one whose identity differs (another task, ratio, dataset, setting or base pack).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ class Checkpoint:
     rng: Tensor
     loader_rng: Tensor
     cuda_rng: Tensor | None = None
+    best_val_loss: float = math.inf  # validation loss of best_state (breaks accuracy ties)
 
     def describe(self) -> str:
         total = self.run["config"]["epochs" if self.phase == "train" else "finetune_epochs"]
@@ -74,7 +77,7 @@ class Checkpoint:
             "scheduler": self.scheduler, "best_val": self.best_val,
             "best_state": _cpu(self.best_state) if self.best_state is not None else None,
             "metrics": dict(self.metrics), "rng": self.rng, "loader_rng": self.loader_rng,
-            "cuda_rng": self.cuda_rng,
+            "cuda_rng": self.cuda_rng, "best_val_loss": self.best_val_loss,
         }
         atomic_write(path, lambda f: torch.save(state, f))
 
@@ -92,7 +95,8 @@ class Checkpoint:
             raise PackFormatError(f"checkpoint {path} has unsupported version "
                                   f"{state.get('version')!r}")
         try:
-            fields = {k: state[k] for k in cls.__dataclass_fields__}
+            # Fields with defaults may be absent (checkpoints of an earlier packtool).
+            fields = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
             fields["run"] = json.loads(state["run"])
             return cls(**fields)
         except (KeyError, TypeError, ValueError) as exc:

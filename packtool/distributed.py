@@ -100,6 +100,15 @@ def sum_counts(world: World | None, values: list[int], device: torch.device) -> 
     return [int(v) for v in t.tolist()]
 
 
+def sum_floats(world: World | None, values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of floats over ranks, in float64; the same result on every rank."""
+    if world is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(v) for v in t.tolist()]
+
+
 @torch.no_grad()
 def broadcast_state(world: World | None, tensors: list[Tensor]) -> None:
     """Overwrite ``tensors`` on every rank with rank 0's values (in place)."""

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed
 from .checkpoint import Checkpoint
-from .distributed import World, sum_counts
+from .distributed import World, sum_counts, sum_floats
 from .distributed import all_ok as dist_all_ok
 from .errors import CapacityError, DataError, PackToolError, TaskError
 from .method import MAX_TASKS, Phase, assign_owners, select_all, trainable_mask
@@ -212,14 +212,38 @@ def _one_line(exc: DataError) -> DataError:
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Score:
+    """A model on one split: top-1 accuracy (0..1) and mean cross-entropy loss."""
+
+    accuracy: float
+    loss: float
+
+    def better_than(self, other: Score | None) -> bool:
+        """The model-selection rule: higher accuracy; on equal accuracy, lower loss.
+
+        The loss settles ties, which are common: a small validation split saturates (100% after
+        a few epochs), and keeping the first epoch that reached it keeps an undertrained model.
+        """
+        return other is None or (self.accuracy, -self.loss) > (other.accuracy, -other.loss)
+
+
 def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
              device: str | torch.device = "cpu", workers: int = 0,
              world: World | None = None) -> float:
-    """Top-1 accuracy (0..1) of ``model`` in eval mode on ``dataset``; restores the mode.
+    """Top-1 accuracy (0..1) of ``model`` on ``dataset``: :func:`score`'s accuracy."""
+    return score(model, dataset, batch_size=batch_size, device=device, workers=workers,
+                 world=world).accuracy
 
-    With ``world``, each rank evaluates its ``DistributedSampler`` shard and the counts are
-    summed; the sampler's padding samples are not counted, so the result is exact and equal on
+
+@torch.no_grad()
+def score(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
+          device: str | torch.device = "cpu", workers: int = 0,
+          world: World | None = None) -> Score:
+    """Accuracy and mean loss of ``model`` in eval mode on ``dataset``; restores the mode.
+
+    With ``world``, each rank evaluates its ``DistributedSampler`` shard and the sums are
+    reduced; the sampler's padding samples are not counted, so the result is exact and equal on
     every rank.
     """
     n = len(dataset)
@@ -233,18 +257,24 @@ def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     was_training = model.training
     model.eval()
     correct = seen = 0
+    loss_sum = 0.0
     try:
         for inputs, labels in batches(loader, world, device):
-            hits = model(inputs.to(device)).argmax(1).cpu() == labels
+            logits = model(inputs.to(device))
+            hits = logits.argmax(1).cpu() == labels
+            losses = nn.functional.cross_entropy(logits, labels.to(device), reduction="none")
+            counted = torch.ones_like(hits)
             if world is not None:  # sample j of this shard is dataset position rank + j * size
                 position = world.rank + (seen + torch.arange(len(labels))) * world.size
-                hits &= position < n
-            correct += int(hits.sum())
+                counted = position < n
+            correct += int((hits & counted).sum())
+            loss_sum += float(losses.double().cpu()[counted].sum())
             seen += len(labels)
     finally:
         model.train(was_training)
     (correct,) = sum_counts(world, [correct], device)
-    return correct / n
+    (loss_sum,) = sum_floats(world, [loss_sum], device)
+    return Score(correct / n, loss_sum / n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,7 +288,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
     """Add task ``name`` to ``pack``: the PackNet lifecycle.
 
     1. Train the free weights, a new head and the task's private state for ``config.epochs``
-       with every earlier task's weights active but frozen; keep the best epoch on validation.
+       with every earlier task's weights active but frozen; keep the best epoch on validation
+       (accuracy, ties broken by lower loss).
     2. Release ``prune`` of the trained weights per layer (exact counts, smallest ``|w|``) and
        zero them; the rest become owned by the new task.
     3. Fine-tune the kept weights for ``config.finetune_epochs``; keep the best on validation.
@@ -416,18 +447,20 @@ class _TaskRun:
             self.net.load_state_dict(start.net)
         select_all(self.layers, self.task, phase)
         if epochs == 0:
-            return self._accuracy(self.data.val)
+            return self._val_score().accuracy
         guard = FrozenWeightGuard(self.layers, self.task, phase)
         optimizer = self._optimizer(guard.trainable_weights(), lr)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, decay_every, 0.1)
                      if decay_every else None)
-        best_val, best_state, first = -1.0, None, 1
+        best: Score | None = None
+        best_state, first = None, 1
         if start is not None:
-            best_val, best_state, first = start.best_val, start.best_state, start.epoch + 1
+            best = Score(start.best_val, start.best_val_loss)
+            best_state, first = start.best_state, start.epoch + 1
             self._restore_optimizer(start, optimizer, scheduler)
         elif include_start:
-            best_val, best_state = self._accuracy(self.data.val), _snapshot(self.net)
-            self._save(phase, 0, optimizer, scheduler, best_val, best_state)
+            best, best_state = self._val_score(), _snapshot(self.net)
+            self._save(phase, 0, optimizer, scheduler, best, best_state)
         self.progress.phase_start(phase.value, epochs, len(self.train_loader))
         for epoch in range(first, epochs + 1):
             if self.sampler is not None:  # a different shuffle for every epoch of both phases
@@ -436,15 +469,16 @@ class _TaskRun:
             self._sync()
             if scheduler is not None:
                 scheduler.step()
-            val = self._accuracy(self.data.val)
-            self.progress.epoch_end(epoch, loss, acc, val)
-            if val > best_val:
-                best_val, best_state = val, _snapshot(self.net)
-            self._save(phase, epoch, optimizer, scheduler, best_val, best_state)
+            val = self._val_score()
+            self.progress.epoch_end(epoch, loss, acc, val.accuracy)
+            if val.better_than(best):
+                best, best_state = val, _snapshot(self.net)
+            self._save(phase, epoch, optimizer, scheduler, best, best_state)
         self.progress.phase_end(phase.value)
         if best_state is not None:
             self.net.load_state_dict(best_state)
-        return best_val
+        assert best is not None  # epochs >= 1 ran, or a checkpoint had one
+        return best.accuracy
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -453,7 +487,7 @@ class _TaskRun:
         distributed.broadcast_state(self.world, list(self.net.state_dict().values()))
 
     def _save(self, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
-              scheduler: Any, best_val: float, best_state: dict[str, Tensor] | None) -> None:
+              scheduler: Any, best: Score | None, best_state: dict[str, Tensor] | None) -> None:
         if self.checkpoint is None:
             return
         cuda = self.device.type == "cuda"
@@ -461,7 +495,9 @@ class _TaskRun:
             run=self.identity, phase=phase.value, epoch=epoch, net=self.net.state_dict(),
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict() if scheduler is not None else None,
-            best_val=best_val, best_state=best_state, metrics=dict(self.metrics),
+            best_val=best.accuracy if best else -1.0,
+            best_val_loss=best.loss if best else math.inf,
+            best_state=best_state, metrics=dict(self.metrics),
             rng=torch.get_rng_state(), loader_rng=self.generator.get_state(),
             cuda_rng=torch.cuda.get_rng_state(self.device) if cuda else None,
         ).save(self.checkpoint)
@@ -531,8 +567,15 @@ class _TaskRun:
                     module.eval()
 
     def _accuracy(self, dataset: Dataset) -> float:
-        return accuracy(self.net, dataset, batch_size=max(self.config.batch_size, 256),
-                        device=self.device, workers=self.config.workers, world=self.world)
+        return self._score(dataset).accuracy
+
+    def _val_score(self) -> Score:
+        """What model selection ranks epochs by (see :meth:`Score.better_than`)."""
+        return self._score(self.data.val)
+
+    def _score(self, dataset: Dataset) -> Score:
+        return score(self.net, dataset, batch_size=max(self.config.batch_size, 256),
+                     device=self.device, workers=self.config.workers, world=self.world)
 
     @torch.no_grad()
     def _prune(self, ratio: float) -> None:

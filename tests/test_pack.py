@@ -19,10 +19,12 @@ from packtool import (
     PackFormatError,
     PackToolError,
     Progress,
+    Score,
     TaskError,
     TrainConfig,
 )
 from packtool.pack import FORMAT_VERSION
+from packtool.training import score
 
 FAST = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
 
@@ -287,6 +289,40 @@ def test_model_selection_reads_validation_not_test(make_task):
     # validation: every epoch of both phases, plus the post-prune starting point
     assert data.val.reads == (3 + 2 + 1) * len(data.val)
     assert pack.evaluate("t1", data) == result.accuracy
+
+
+def test_score_ranks_accuracy_then_loss():
+    assert Score(0.9, 0.5).better_than(None)
+    assert Score(0.9, 0.5).better_than(Score(0.8, 0.1))  # accuracy first
+    assert Score(0.9, 0.2).better_than(Score(0.9, 0.3))  # ties: lower loss
+    assert not Score(0.9, 0.3).better_than(Score(0.9, 0.3))  # equal: keep the earlier
+    assert not Score(0.9, float("nan")).better_than(Score(0.9, 0.3))
+
+
+def test_saturated_validation_keeps_the_lowest_loss_epoch(make_task, monkeypatch):
+    """Validation accuracy saturates at 100% after an epoch or two: the kept model is the tied
+    epoch with the lowest validation loss, not the first one that reached 100%."""
+    from packtool import training
+
+    seen: list[Score] = []
+    original = training._TaskRun._val_score
+
+    def recording(self):
+        seen.append(original(self))
+        return seen[-1]
+
+    monkeypatch.setattr(training._TaskRun, "_val_score", recording)
+    data = make_task(2, seed=0)
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    # prune 0 and no fine-tuning: the final model is the training epoch that was kept
+    pack.add_task("t1", data, 0.0, TrainConfig(epochs=6, finetune_epochs=0, lr=0.05,
+                                               device="cpu"))
+    tied = [s for s in seen[:6] if s.accuracy == 1.0]
+    assert len(tied) >= 3, seen
+    kept = score(pack.model_for("t1"), data.val)
+    assert kept.accuracy == 1.0
+    assert kept.loss == pytest.approx(min(s.loss for s in tied), rel=1e-6)
+    assert kept.loss < tied[0].loss  # the first epoch at 100% was not the one kept
 
 
 def test_same_seed_same_pack(make_task):
