@@ -256,9 +256,14 @@ def markdown(result: dict[str, Any]) -> str:
     parts = [f"_{settings['note']}_"] if settings.get("note") else []
     parts.append("### Training step: PackNet masking vs dense (median ms, interleaved)\n\n"
                  + markdown_table(
-                     ["case", "batch", "dense ms", "PackNet ms", "PackNet / dense"],
-                     [[m["case"], m["batch"], m["dense_ms"], m["packnet_ms"], m["ratio"]]
-                      for m in result["masking"]]))
+                     ["case", "batch", "dense ms", "PackNet train ms", "train / dense",
+                      "PackNet fine-tune ms", "fine-tune / dense"],
+                     [[m["case"], m["batch"], m["dense_ms"], m["packnet_ms"], m["ratio"],
+                       m["finetune_ms"], m["finetune_ratio"]] for m in result["masking"]])
+                 + "\n\nTraining task k, its mask is all ones (no later task exists): the "
+                   "prune hook passes the weight through. Fine-tuning masks the released "
+                   "weights (a multiply in the forward and backward). Both run the "
+                   "frozen-weight guard after every step.")
     p = result["prune"]
     parts.append(
         "### Pruning one network (ratio 0.5, own process)\n\n" + markdown_table(

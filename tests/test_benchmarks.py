@@ -73,7 +73,7 @@ def test_cost_tables(smoke):
     doc, markdown = smoke
     cost = doc["cost"]
     assert [m["case"] for m in cost["masking"]] == list(cost["settings"]["masking_cases"])
-    assert all(m["ratio"] > 0 for m in cost["masking"])
+    assert all(m["ratio"] > 0 and m["finetune_ratio"] > 0 for m in cost["masking"])
     prune = cost["prune"]
     assert prune["released"] == prune["prunable_weights"] // 2
     assert prune["peak_over_model"] > 0

@@ -156,3 +156,26 @@ def test_assign_owners_rejects_bad_input():
         assign_owners(weights, owners, task=3, ratio=1.0)
     with pytest.raises(ValueError, match="scope"):
         assign_owners(weights, owners, task=3, ratio=0.5, scope="row")
+
+
+def test_all_ones_mask_skips_the_multiply_with_the_same_values():
+    layer = nn.Linear(4, 3)
+    owners = torch.tensor([[1, 0, 1, 0], [0, 0, 2, 1], [1, 1, 0, 2]], dtype=torch.uint8)
+    packnet_prune(layer, "weight", owners, 3, Phase.TRAIN)  # task 3: no later task, all active
+    x = torch.randn(5, 4)
+    out = layer(x)
+    assert layer.weight.data_ptr() == layer.weight_orig.data_ptr()  # a view: nothing computed
+    assert torch.equal(out, nn.functional.linear(x, layer.weight_orig, layer.bias))
+    out.sum().backward()  # gradients reach the parameter as through orig * 1
+    assert torch.equal(layer.weight_orig.grad, torch.ones(3, 5) @ x)
+
+    for task, phase in ((2, Phase.TRAIN), (2, Phase.EVAL), (3, Phase.FINETUNE)):
+        select(layer, task, phase)  # masks with zeros: the multiply is back
+        expected = layer.weight_orig * active_mask(owners, task, phase)
+        assert torch.equal(layer(x), nn.functional.linear(x, expected, layer.bias))
+        assert layer.weight.data_ptr() != layer.weight_orig.data_ptr()
+    select(layer, 3, Phase.TRAIN)
+    assert layer.weight.data_ptr() == layer.weight_orig.data_ptr()
+    baked = bake(layer)
+    assert torch.equal(baked.weight, layer.weight_orig) and "weight" in dict(
+        baked.named_parameters())
