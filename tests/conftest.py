@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from packtool import Pack, TrainConfig
+
 
 @dataclass
 class SyntheticTask:
@@ -40,3 +42,18 @@ def synthetic_task(classes: int, seed: int, shape=(1, 8, 8), n: int = 96) -> Syn
 @pytest.fixture
 def make_task():
     return synthetic_task
+
+
+#: One quick epoch of each phase: enough to give every task distinct weights.
+PACK_CONFIG = TrainConfig(epochs=1, finetune_epochs=1, lr=0.01, device="cpu")
+
+
+def build_pack(arch: str, size: tuple[int, int, int], kwargs: dict, tasks: list,
+               policy: str = "per_task", n: int = 96, config: TrainConfig = PACK_CONFIG) -> Pack:
+    """A pack of synthetic tasks ``task 1``, ``task 2``, ...; ``tasks`` is
+    ``[(classes, prune), ...]`` and task ``i`` (from 0) draws its data with seed ``i``."""
+    pack = Pack.create(arch, size, kwargs=kwargs, policy=policy)
+    for i, (classes, prune) in enumerate(tasks):
+        pack.add_task(f"task {i + 1}", synthetic_task(classes, seed=i, shape=size, n=n), prune,
+                      config)
+    return pack

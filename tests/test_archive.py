@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_task
+from conftest import PACK_CONFIG, build_pack, synthetic_task
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -26,21 +26,12 @@ from packtool.exporters import (
     write_archive,
 )
 
-CONFIG = TrainConfig(epochs=1, finetune_epochs=1, lr=0.01, device="cpu")
-PACKS = {  # name: (arch, input size, kwargs, policy, [(classes, prune), ...])
-    "mlp": ("mlp", (1, 8, 8), {"hidden": 64}, "per_task", [(3, 0.75), (4, 0.5), (2, 0.0)]),
-    "bn-conv": ("lenet", (1, 8, 8), {"width": 8}, "per_task", [(3, 0.6), (5, 0.5)]),
-    "bn-conv-frozen": ("lenet", (1, 8, 8), {"width": 8}, "frozen", [(3, 0.6), (5, 0.5)]),
-    "resnet": ("nets:tiny_resnet", (3, 16, 16), {}, "per_task", [(4, 0.5), (3, 0.5)]),
+PACKS = {  # name: (arch, input size, kwargs, [(classes, prune), ...], policy)
+    "mlp": ("mlp", (1, 8, 8), {"hidden": 64}, [(3, 0.75), (4, 0.5), (2, 0.0)], "per_task"),
+    "bn-conv": ("lenet", (1, 8, 8), {"width": 8}, [(3, 0.6), (5, 0.5)], "per_task"),
+    "bn-conv-frozen": ("lenet", (1, 8, 8), {"width": 8}, [(3, 0.6), (5, 0.5)], "frozen"),
+    "resnet": ("nets:tiny_resnet", (3, 16, 16), {}, [(4, 0.5), (3, 0.5)], "per_task"),
 }
-
-
-def build_pack(arch, size, kwargs, policy, tasks, n=96, config=CONFIG) -> Pack:
-    pack = Pack.create(arch, size, kwargs=kwargs, policy=policy)
-    for i, (classes, prune) in enumerate(tasks):
-        pack.add_task(f"task {i + 1}", synthetic_task(classes, seed=i, shape=size, n=n), prune,
-                      config)
-    return pack
 
 
 @pytest.fixture(scope="module", params=list(PACKS))
@@ -128,7 +119,7 @@ def test_archive_rebuilds_every_task_bit_identically(pack, tmp_path):
 def test_restored_pack_saves_and_keeps_adding_tasks(tmp_path):
     """Free weights are zero at rest, so an archive restores all add_task needs."""
     size = (1, 8, 8)
-    built = build_pack("mlp", size, {"hidden": 32}, "per_task", [(3, 0.5)])
+    built = build_pack("mlp", size, {"hidden": 32}, [(3, 0.5)])
     restored = read_archive(write_archive(built, tmp_path / "a.safetensors").path)
     restored.save(tmp_path / "restored.pt")
     restored = Pack.load(tmp_path / "restored.pt")
@@ -137,7 +128,7 @@ def test_restored_pack_saves_and_keeps_adding_tasks(tmp_path):
     built.save(tmp_path / "original.pt")
     original = Pack.load(tmp_path / "original.pt")
     for p in (original, restored):
-        p.add_task("next", synthetic_task(2, seed=7, shape=size), 0.5, CONFIG)
+        p.add_task("next", synthetic_task(2, seed=7, shape=size), 0.5, PACK_CONFIG)
     for key in original.shared:
         assert torch.equal(restored.owners[key], original.owners[key])
         assert torch.equal(restored.shared[key], original.shared[key])
@@ -256,7 +247,7 @@ def _nbytes(tensors) -> int:
 
 def test_archive_is_within_five_percent_of_the_information_floor(tmp_path):
     # hidden=512: 294,912 prunable weights, so the safetensors header is negligible.
-    pack = build_pack("mlp", (1, 8, 8), {"hidden": 512}, "per_task",
+    pack = build_pack("mlp", (1, 8, 8), {"hidden": 512},
                       [(3, 0.75), (3, 0.75), (3, 0.75)], n=48)
     size = write_archive(pack, tmp_path / "pack.safetensors").bytes
     bits = owner_bits(len(pack.tasks))
@@ -275,7 +266,7 @@ def test_half_precision_archive(tmp_path):
     size = (1, 8, 8)
     tasks = [(4, 0.5), (3, 0.5)]
     config = TrainConfig(epochs=4, finetune_epochs=2, lr=0.05, finetune_lr=0.01, device="cpu")
-    pack = build_pack("lenet", size, {"width": 8}, "per_task", tasks, n=192, config=config)
+    pack = build_pack("lenet", size, {"width": 8}, tasks, n=192, config=config)
     full = write_archive(pack, tmp_path / "full.safetensors")
     half = write_archive(pack, tmp_path / "half.safetensors", half=True)
     restored = read_archive(half.path)

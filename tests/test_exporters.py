@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import synthetic_task
+from conftest import build_pack
 from onnx import numpy_helper
 from PIL import Image
 
 import packtool.exporters.onnx as onnx_export
 import packtool.exporters.runtime as runtime
-from packtool import Pack, TrainConfig
+from packtool import Pack
 from packtool.errors import PackFormatError, PackToolError, TaskError
 from packtool.exporters import (
     TaskMetadata,
@@ -29,20 +29,11 @@ from packtool.exporters import (
     write_archive,
 )
 
-CONFIG = TrainConfig(epochs=1, finetune_epochs=1, lr=0.01, device="cpu")
 PACKS = {  # name: (arch, input size, kwargs, [(classes, prune), ...])
     "mlp": ("mlp", (1, 8, 8), {}, [(3, 0.75), (4, 0.5), (2, 0.0)]),
     "bn-conv": ("lenet", (1, 8, 8), {"width": 8}, [(3, 0.6), (5, 0.5)]),
     "resnet": ("nets:tiny_resnet", (3, 16, 16), {}, [(4, 0.5), (3, 0.5)]),
 }
-
-
-def build_pack(arch, size, kwargs, tasks, policy="per_task") -> Pack:
-    pack = Pack.create(arch, size, kwargs=kwargs, policy=policy)
-    for i, (classes, prune) in enumerate(tasks):
-        pack.add_task(f"task {i + 1}", synthetic_task(classes, seed=i, shape=size), prune,
-                      CONFIG)
-    return pack
 
 
 @pytest.fixture(scope="module", params=list(PACKS))
