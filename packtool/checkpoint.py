@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .errors import PackFormatError, TaskError
-from .fileio import atomic_write
+from .fileio import atomic_write, load_weights_only
 
 FORMAT = "packtool.checkpoint"
 FORMAT_VERSION = 1
@@ -84,7 +84,7 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Checkpoint:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_weights_only(path)
         except Exception as exc:  # hostile or truncated bytes break the reader in many ways
             raise PackFormatError(
                 f"checkpoint {path} is unreadable; delete it (or pass --restart) to start over"

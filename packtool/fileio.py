@@ -1,4 +1,4 @@
-"""Safe file writing: one atomic-write helper and an advisory lock for model files.
+"""Safe file I/O: one atomic-write helper, one quiet weights-only loader, and an advisory lock.
 
 Every file packtool writes goes through :func:`atomic_write`: the bytes land in a temporary file
 in the target's directory, are fsynced, and replace the target with ``os.replace`` (atomic on
@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import torch
 
 from .errors import LockError, PackToolError
 
@@ -43,6 +46,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             tmp.unlink()
         raise
     _fsync_dir(directory)
+
+
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, without torch's warnings.
+
+    torch warns about the pickle protocol of a stream it is asked to read; for a hostile or
+    foreign file that warning would print before the caller's one-line error. Exceptions pass
+    through unchanged: callers turn them into their own messages.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

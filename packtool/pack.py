@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .errors import ArchitectureError, PackFormatError, PackToolError, TaskError
-from .fileio import atomic_write
+from .fileio import atomic_write, load_weights_only
 from .method import FREE, MAX_TASKS, OWNER_DTYPE, Phase, bake, packnet_prune
 from .models import Anatomy, ArchSpec, anatomy, build_network, check_runs, new_head
 
@@ -466,20 +466,23 @@ def _from_valid_state(state: dict[str, Any], source: str) -> Pack:
                 policy=meta["policy"], pretrained_head=_tensor_dict(state["pretrained_head"]))
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into one clear line."""
+def _torch_load(path: Path, expected: str = "a packtool model file") -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into one clear line.
+
+    ``expected`` names what the file should have been, for the message.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_weights_only(path)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # a class or function reference, i.e. code
             raise PackFormatError(
                 f"{path} was refused: it holds Python objects other than tensors and plain "
                 "values (possibly code), so it was not loaded"
             ) from exc
-        raise PackFormatError(f"{path} is not a packtool model file (unreadable)") from exc
+        raise PackFormatError(f"{path} is not {expected} (unreadable)") from exc
     except Exception as exc:  # hostile bytes can break the reader in many ways
         raise PackFormatError(
-            f"{path} is not a packtool model file (unreadable, truncated or another format)"
+            f"{path} is not {expected} (unreadable, truncated or another format)"
         ) from exc
 
 
@@ -539,7 +542,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise PackFormatError(f"{path} is not a readable safetensors file: {exc}") from exc
-    obj = _torch_load(path)
+    obj = _torch_load(path, "a state_dict file (.pt, .pth or .safetensors)")
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

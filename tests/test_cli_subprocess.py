@@ -87,3 +87,40 @@ def test_ctrl_c_during_training(tmp_path):
     assert sha256(model) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "model.pt", "model.pt.add-task.ckpt", "model.pt.lock"]
+
+
+class _Payload:
+    """Unpickling this would create the marker file: proof that nothing was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_hostile_files_give_one_line_in_a_real_process(tmp_path):
+    """What a user sees on a terminal: warnings of torch or onnxruntime would show here (in
+    process, pytest captures them), so each case must print exactly one line and run nothing."""
+    import pickle
+
+    marker = tmp_path / "PAYLOAD-RAN"
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(_Payload(marker), protocol=4))
+    (tmp_path / "garbage.onnx").write_bytes(bytes(range(256)) * 3)
+    (tmp_path / "short.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "image.png")
+    cases = {
+        ("info", "evil.pt"): "evil.pt is not a packtool model file",
+        ("init", "new.pt", *ARCH, "--weights", "evil.pt"): "evil.pt is not a state_dict file",
+        ("predict", "garbage.onnx", "image.png"): "onnxruntime cannot load garbage.onnx",
+        ("info", "short.safetensors"): "short.safetensors is not a packtool",
+    }
+    for args, message in cases.items():
+        done = run(*args, cwd=tmp_path)
+        assert done.returncode == 1, (args, done.stderr)
+        [line] = done.stderr.splitlines()  # exactly one line: no warning before it
+        assert line.startswith("Error: ") and message in line, (args, line)
+    assert not marker.exists()
+    assert not (tmp_path / "new.pt").exists()
