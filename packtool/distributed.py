@@ -93,20 +93,20 @@ def all_ok(world: World | None, ok: bool, device: torch.device) -> bool:
 
 def sum_counts(world: World | None, values: list[int], device: torch.device) -> list[int]:
     """Element-wise sum of integer counts over ranks."""
-    if world is None:
-        return values
-    t = torch.tensor(values, dtype=torch.int64, device=device)
-    dist.all_reduce(t)
-    return [int(v) for v in t.tolist()]
+    return [int(v) for v in _summed(world, values, torch.int64, device)]
 
 
 def sum_floats(world: World | None, values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum of floats over ranks, in float64; the same result on every rank."""
+    return [float(v) for v in _summed(world, values, torch.float64, device)]
+
+
+def _summed(world: World | None, values: list, dtype: torch.dtype, device: torch.device) -> list:
     if world is None:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=dtype, device=device)
     dist.all_reduce(t)
-    return [float(v) for v in t.tolist()]
+    return t.tolist()
 
 
 @torch.no_grad()
