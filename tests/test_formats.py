@@ -1,0 +1,56 @@
+"""Files written by earlier packtools keep loading: the fixtures in ``tests/formats/`` were
+written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make_v1.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from formats.make_v1 import CONFIG, Task
+
+from packtool import Pack
+from packtool.checkpoint import Checkpoint
+from packtool.exporters import read_archive
+
+FORMATS = Path(__file__).parent / "formats"
+X = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _outputs(pack: Pack) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {name: pack.model_for(name)(X) for name in pack.task_names}
+
+
+def test_v1_model_file_and_archive_serve_the_same_tasks():
+    pack = Pack.load(FORMATS / "lenet-2tasks.pt")
+    archive = read_archive(FORMATS / "lenet-2tasks.safetensors")
+    assert pack.task_names == archive.task_names == ["first", "second"]
+    expected = _outputs(pack)
+    for name, out in _outputs(archive).items():
+        assert torch.equal(out, expected[name])
+    assert pack.tasks[0].metrics["accuracy"] == archive.tasks[0].metrics["accuracy"]
+
+
+def test_v1_checkpoint_resumes_to_the_recorded_result(tmp_path):
+    model = tmp_path / "lenet-1task.pt"
+    shutil.copy(FORMATS / "lenet-1task.pt", model)
+    ckpt = tmp_path / "lenet-1task.pt.add-task.ckpt"
+    shutil.copy(FORMATS / ckpt.name, ckpt)
+    assert Checkpoint.load(ckpt).phase == "finetune"
+    pack = Pack.load(model)
+    pack.add_task("second", Task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt, resume=True)
+    done = Pack.load(FORMATS / "lenet-2tasks.pt")
+    for key in done.shared:
+        assert torch.equal(pack.shared[key], done.shared[key])
+        assert torch.equal(pack.owners[key], done.owners[key])
+
+
+@pytest.mark.parametrize("name", ["lenet-2tasks.pt", "lenet-1task.pt"])
+def test_v1_model_files_save_again_unchanged(name, tmp_path):
+    """Same content, same digest (the bytes of torch.save may differ between torch releases)."""
+    Pack.load(FORMATS / name).save(tmp_path / name)
+    old = torch.load(FORMATS / name, weights_only=True)
+    new = torch.load(tmp_path / name, weights_only=True)
+    assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
