@@ -133,7 +133,7 @@ def onnx_sizes(pack: Pack) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
         network = pack.model_for(record.name)
         diff, provider = verify_onnx(sparse_bytes, network, pack.spec.input_size,
                                      name=record.name)
-        weights = [network.get_submodule(n).weight for n in pack.anatomy().prunable]
+        weights = [network.get_parameter(k) for k in pack.anatomy().prunable]
         zeros = sum(int((w == 0).sum()) for w in weights)
         rows.append({
             "task": record.name,

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from packtool import Pack
-from packtool.method import Phase, assign_owners, select_all
-from packtool.models import build_network
+from packtool.method import Phase, assign_owners, packed_tensors, select_all
+from packtool.models import ArchSpec, build_network
 from packtool.training import FrozenWeightGuard
 
 CASES = {
@@ -47,9 +47,8 @@ def _packnet_net(arch, size, kwargs, phase: Phase = Phase.TRAIN):
     }
     head = {k.rsplit(".", 1)[-1]: v for k, v in head.items()}
     net = pack.network(2, phase, head=head, private=pack.initial_private)
-    layers = [net.get_submodule(n) for n in pack.anatomy().prunable]
-    select_all(layers, 2, phase)
-    return net, FrozenWeightGuard(layers, 2, phase)
+    select_all(net, 2, phase)
+    return net, FrozenWeightGuard(packed_tensors(net), 2, phase)
 
 
 def _step(net: nn.Module, opt, x, y, guard=None) -> None:
@@ -62,8 +61,14 @@ def _step(net: nn.Module, opt, x, y, guard=None) -> None:
 
 def measure(case: str, steps: int = 20) -> dict:
     arch, size, kwargs, batch = CASES[case]
+    return {"case": case, **measure_network(arch, size, kwargs, batch, steps)}
+
+
+def measure_network(arch: str, size: tuple[int, int, int], kwargs: dict, batch: int,
+                    steps: int = 20, warmup: int = 3) -> dict:
+    """Median step times of dense, PackNet training and PackNet fine-tuning of ``arch``."""
     torch.manual_seed(0)
-    dense = build_network(Pack.create(arch, size, kwargs=kwargs).spec)
+    dense = build_network(ArchSpec(arch, size, kwargs))
     variants = {"dense": (dense, None)}
     for name, phase in (("train", Phase.TRAIN), ("finetune", Phase.FINETUNE)):
         variants[name] = _packnet_net(arch, size, kwargs, phase)
@@ -72,14 +77,14 @@ def measure(case: str, steps: int = 20) -> dict:
     opts = {name: torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
             for name, (net, _) in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for i in range(steps + 3):  # interleaved, so drift in machine load hits all alike
+    for i in range(steps + warmup):  # interleaved, so drift in machine load hits all alike
         for name, (net, guard) in variants.items():
             start = time.perf_counter()
             _step(net, opts[name], x, y, guard)
-            if i >= 3:
+            if i >= warmup:
                 times[name].append(time.perf_counter() - start)
     d, p, f = (statistics.median(times[n]) for n in ("dense", "train", "finetune"))
-    return {"case": case, "batch": batch, "dense_ms": round(d * 1e3, 2),
+    return {"batch": batch, "dense_ms": round(d * 1e3, 2),
             "packnet_ms": round(p * 1e3, 2), "ratio": round(p / d, 3),
             "finetune_ms": round(f * 1e3, 2), "finetune_ratio": round(f / d, 3)}
 

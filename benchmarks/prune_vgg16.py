@@ -40,8 +40,8 @@ def measure(arch: str = "vgg16", ratio: float = 0.5) -> dict:
     anat = anatomy(net)
     process_baseline = _rss_bytes("VmRSS")  # torch and torchvision loaded, no weights yet
     g = torch.Generator().manual_seed(0)
-    weights = {f"{n}.weight": torch.randn(net.get_submodule(n).weight.shape, generator=g)
-               for n in anat.prunable}
+    shapes = {k: p.shape for k, p in net.named_parameters()}
+    weights = {k: torch.randn(shapes[k], generator=g) for k in anat.prunable}
     del net
     owners = {k: torch.zeros(w.shape, dtype=torch.uint8) for k, w in weights.items()}
     model_bytes = sum(w.numel() * w.element_size() for w in weights.values())

@@ -48,8 +48,9 @@ def main(debug: bool) -> None:
 @click.option("--weights", metavar="PATH|DEFAULT",
               help="Initial weights: a local .pt/.pth/.safetensors state_dict, or DEFAULT for "
                    "torchvision's pretrained weights (only from the local torch hub cache).")
-@click.option("--input-size", default="3x224x224", show_default=True, metavar="CxHxW",
-              callback=params.input_size, help="Input image size.")
+@click.option("--input-size", metavar="CxHxW", callback=params.input_size,
+              help="Input image size [default: the architecture's native size: image_size= "
+                   "if given, else torchvision's crop size for the name, else 3x224x224].")
 @click.option("--policy", type=click.Choice(POLICIES), default="per_task",
               show_default=True,
               help="per_task: each task its own biases and norm state; frozen: the paper's "
@@ -57,7 +58,7 @@ def main(debug: bool) -> None:
 @click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE", callback=params.kwargs,
               help="Keyword argument for the architecture builder (repeatable), e.g. hidden=64.")
 @click.option("--force", is_flag=True, help="Overwrite an existing MODEL.")
-def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int, int],
+def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int, int] | None,
          policy: str, kwargs: dict[str, Any], force: bool) -> None:
     """Create MODEL: a network with every weight free and no tasks."""
     if model.exists() and not force:

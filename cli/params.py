@@ -33,7 +33,10 @@ def json_option(func: F) -> F:
                         help="Print one JSON document on stdout instead of tables.")(func)
 
 
-def input_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
+def input_size(ctx: click.Context, param: click.Parameter, value: str | None
+               ) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
     from packtool.models import parse_input_size
 
     try:

@@ -115,15 +115,20 @@ def show_eval(console: Console, doc: dict[str, Any]) -> None:
 
 def info_doc(pack: Pack) -> dict[str, Any]:
     capacity = pack.capacity()
+    private = pack.private_values
     return {
         "arch": pack.spec.arch,
         "input_size": list(pack.spec.input_size),
         "prunable_weights": pack.prunable_weights,
         "free_fraction": pack.free_fraction,
+        "private_values": private,
+        "private_share": private / (private + pack.prunable_weights),
+        "private_tensors": [{"name": k, "shape": list(shape)}
+                            for k, shape in pack.private_state_spec.items() if len(shape) >= 2],
         "tasks": [
             {"task": t.name, "index": t.index, "classes": list(t.classes),
              "weights_owned": sum(layer.owned[t.index - 1] for layer in capacity),
-             "data": t.data}
+             "private_values": pack.stored_values(t), "data": t.data}
             for t in pack.tasks
         ],
     }
@@ -141,15 +146,23 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
     console.print(f"{path}: {doc['arch']} on {size} inputs, policy {pack.policy}, "
                   f"{count(doc['prunable_weights'])} prunable weights, "
                   f"{pct(doc['free_fraction'])} free", markup=False)
+    console.print(f"Per task, besides the weights it owns: {count(doc['private_values'])} private "
+                  f"values ({pct(doc['private_share'])} of the backbone) and its head.",
+                  markup=False)
+    matrices = doc["private_tensors"]
+    if matrices:
+        shown = ", ".join(f"{m['name']} {'x'.join(map(str, m['shape']))}" for m in matrices[:4])
+        more = f" and {len(matrices) - 4} more" if len(matrices) > 4 else ""
+        console.print(f"Kept per task, not packed: {shown}{more}.", markup=False)
     rows = []
     for t in doc["tasks"]:
         record = pack.task(t["task"])
         rows.append((str(t["index"]), t["task"], describe_data(t["data"]), str(len(t["classes"])),
-                     f"{record.prune:g}", count(t["weights_owned"]),
+                     f"{record.prune:g}", count(t["weights_owned"]), count(t["private_values"]),
                      pct(record.metrics.get("accuracy"))))
     if rows:
         show_table(console, "Tasks", ("#", "task", "data", "classes", "prune", "weights owned",
-                                      "accuracy"), rows, left=3)
+                                      "private values", "accuracy"), rows, left=3)
     else:
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
     show_capacity(console, pack)

@@ -11,8 +11,9 @@ Archive format (``pack.safetensors``, format version 1)
 One `safetensors <https://github.com/huggingface/safetensors>`_ file: an 8-byte little-endian
 header length, a JSON header, then the raw little-endian bytes of every tensor. No pickle, no
 code. ``T`` is the number of tasks, ``k`` a task index ``1..T``, ``L`` the ``state_dict`` name
-of a prunable weight (the ``weight`` of every ``Conv*d``/``Linear`` but the classifier, e.g.
-``features.0.weight``).
+of a prunable weight, as the pack recorded it (every weight matrix but the classifier's, see
+:mod:`packtool.models`; e.g. ``features.0.weight``,
+``encoder.layers.0.self_attention.in_proj_weight``).
 
 Metadata (the header's ``__metadata__``; every value is a string):
 

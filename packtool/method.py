@@ -13,10 +13,20 @@ FINETUNE   owned by tasks ``1..k``                    owned by ``k``
 EVAL       owned by tasks ``1..k``                    nothing
 =========  =========================================  ======================
 
-The module is reparametrized exactly as by the built-in methods (``<name>_orig`` parameter,
-float ``<name>_mask`` buffer, ``<name> = orig * mask`` in a forward pre-hook), so
-``prune.remove`` bakes a task. Switching task or phase rewrites the mask in place from the owner
-index: nothing is ever lost, so any task can be selected at any time.
+The module is reparametrized as by the built-in methods (``<name>_orig`` parameter, float
+``<name>_mask`` buffer, the method registered as a forward pre-hook, so ``prune.is_pruned`` and
+``prune.remove`` work). One difference: the masked tensor ``<name>`` is not stored by the hook
+before each forward but *derived at every read*, as a property of a per-module subclass (the
+mechanism of ``torch.nn.utils.parametrize``). Some modules read a child's weight without calling
+the child: ``nn.MultiheadAttention`` passes ``self.out_proj.weight`` to its functional form,
+torchvision's Swin passes ``self.qkv.weight`` and ``self.proj.weight``. A forward pre-hook never
+runs there, and the attribute it left behind is stale (another task's mask, or a tensor from an
+earlier autograd graph). A property is current wherever and however it is read, masks the task's
+weights and carries gradients to ``<name>_orig``. Switching task or phase rewrites the mask in
+place from the owner index: nothing is ever lost, so any task can be selected at any time.
+
+Any parameter can be packed, not only a ``Conv``/``Linear`` ``weight``: the functions take the
+parameter's name (``"in_proj_weight"`` of an ``nn.MultiheadAttention``, say).
 
 Only :func:`assign_owners` changes an owner index, and only from ``0`` to the task being added.
 """
@@ -24,8 +34,10 @@ Only :func:`assign_owners` changes an owner index, and only from ``0`` to the ta
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +73,7 @@ def trainable_mask(owners: Tensor, task: int, phase: Phase) -> Tensor:
 
 
 class PackNetPruning(prune.BasePruningMethod):
-    """Mask a weight by its owner index for one task and phase.
+    """Mask a tensor by its owner index for one task and phase.
 
     The owner index is passed to :meth:`apply` as the importance scores, so
     :meth:`compute_mask` maps owners to a mask. ``PRUNING_TYPE = "global"`` because the mask is
@@ -69,7 +81,7 @@ class PackNetPruning(prune.BasePruningMethod):
     (e.g. a later task's weights are masked for an old task, active again for the new one).
 
     Args:
-        task: the task whose view of the weight is in force (1..255).
+        task: the task whose view of the tensor is in force (1..255).
         phase: see :class:`Phase`.
     """
 
@@ -97,8 +109,11 @@ class PackNetPruning(prune.BasePruningMethod):
         """
         if self.all_active:
             orig = getattr(module, self._tensor_name + "_orig")
-            return orig.view_as(orig)  # not the Parameter itself: setattr would register it
+            return orig.view_as(orig)  # not the Parameter itself: it would alias the leaf
         return super().apply_mask(module)
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        """The forward pre-hook does nothing: the masked tensor is derived at every read."""
 
     @classmethod
     def apply(  # type: ignore[override]
@@ -107,7 +122,7 @@ class PackNetPruning(prune.BasePruningMethod):
         """Reparametrize ``module.<name>`` and register ``owners`` as ``<name>_owners``.
 
         Args:
-            owners: uint8 tensor shaped like the weight; moved to the weight's device.
+            owners: uint8 tensor shaped like the parameter; moved to its device.
         """
         weight = getattr(module, name)
         if owners.dtype != OWNER_DTYPE or owners.shape != weight.shape:
@@ -119,7 +134,10 @@ class PackNetPruning(prune.BasePruningMethod):
             raise ValueError(f"{name} already carries a PackNet mask; use select() to change it")
         module.register_buffer(name + "_owners", owners.to(weight.device))
         scores = module.get_buffer(name + "_owners")
-        return super().apply(module, name, task, phase, importance_scores=scores)
+        method = super().apply(module, name, task, phase, importance_scores=scores)
+        del module.__dict__[name]  # the tensor prune stored; the property replaces it
+        _set_derived(module, name, True)
+        return method
 
 
 def packnet_prune(module: nn.Module, name: str, owners: Tensor, task: int,
@@ -141,6 +159,18 @@ def packnet_method(module: nn.Module, name: str = "weight") -> PackNetPruning | 
     return None
 
 
+def packed_tensors(net: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every ``(module, name)`` of ``net`` that carries a PackNet mask, in module order."""
+    return [(module, hook._tensor_name) for module in net.modules()
+            for hook in module._forward_pre_hooks.values() if isinstance(hook, PackNetPruning)]
+
+
+def tensor_at(net: nn.Module, key: str) -> tuple[nn.Module, str]:
+    """``(module, name)`` of the ``state_dict`` key ``key`` (``"encoder.0.in_proj_weight"``)."""
+    module, _, name = key.rpartition(".")
+    return net.get_submodule(module), name
+
+
 def select(module: nn.Module, task: int, phase: Phase, name: str = "weight") -> None:
     """Put task ``task``'s ``phase`` mask in force on ``module.<name>``, in place.
 
@@ -155,38 +185,53 @@ def select(module: nn.Module, task: int, phase: Phase, name: str = "weight") -> 
     owners = module.get_buffer(name + "_owners")
     with torch.no_grad():
         mask.copy_(method.compute_mask(owners, mask))
-        # Keep the derived attribute current for code that reads it before the next forward.
-        setattr(module, name, method.apply_mask(module))
 
 
-def select_all(modules: Iterable[nn.Module], task: int, phase: Phase) -> None:
-    """:func:`select` on every module of ``modules``."""
-    for module in modules:
-        select(module, task, phase)
+def select_all(net: nn.Module, task: int, phase: Phase) -> None:
+    """:func:`select` on every PackNet-masked tensor of ``net``."""
+    for module, name in packed_tensors(net):
+        select(module, task, phase, name)
 
 
 def bake(net: nn.Module, inplace: bool = False) -> nn.Module:
-    """Turn the masks in force into plain weights (``prune.remove``) and drop the owner buffers.
+    """Turn the masks in force into plain parameters (``prune.remove``), drop the owner buffers.
 
-    The result has the original parameter names (``layer.weight``) and no hooks, ready for
-    evaluation or ONNX export. Copies first unless ``inplace``.
+    The result has the original parameter names (``layer.weight``), classes and no hooks, ready
+    for evaluation or ONNX export. Copies first unless ``inplace``.
     """
     if not inplace:
-        with torch.no_grad():
-            # The derived ``weight`` of a grad-mode forward is a non-leaf, which deepcopy refuses
-            # (pytorch#37322); recompute it without autograd first (same values).
-            for module in net.modules():
-                for hook in module._forward_pre_hooks.values():
-                    if isinstance(hook, PackNetPruning):
-                        setattr(module, hook._tensor_name, hook.apply_mask(module))
-            net = copy.deepcopy(net)
-    for module in net.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, PackNetPruning):
-                name = hook._tensor_name
-                prune.remove(module, name)
-                del module._buffers[name + "_owners"]
+        net = copy.deepcopy(net)  # derived tensors are properties: nothing non-leaf to copy
+    for module, name in packed_tensors(net):
+        _set_derived(module, name, False)
+        prune.remove(module, name)
+        del module._buffers[name + "_owners"]
     return net
+
+
+def _set_derived(module: nn.Module, name: str, derived: bool) -> None:
+    """Give ``module`` (or take away) the property that derives ``module.<name>`` on read.
+
+    As ``torch.nn.utils.parametrize`` does, a reparametrized module gets a subclass of its own
+    class (``isinstance`` checks still hold) with one property per packed tensor, and returns to
+    its class when the last one goes. A new subclass is made at every change, never an existing
+    one modified: a deep copy of the module shares its class.
+    """
+    cls = type(module)
+    base = cls.__bases__[0] if getattr(cls, "_packnet_derived", False) else cls
+    names = {k for k, v in vars(cls).items() if isinstance(v, property)} if base is not cls \
+        else set()
+    names = names | {name} if derived else names - {name}
+    if not names:
+        module.__class__ = base
+        return
+    body: dict[str, Any] = {n: property(functools.partial(_derive, name=n)) for n in sorted(names)}
+    module.__class__ = type(f"PackNet{base.__name__}", (base,), {"_packnet_derived": True, **body})
+
+
+def _derive(module: nn.Module, name: str) -> Tensor:
+    method = packnet_method(module, name)
+    assert method is not None, f"{name} lost its PackNet hook"
+    return method.apply_mask(module)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,18 +3,36 @@
 A network is described by an :class:`ArchSpec` of plain values (no pickled code), so a pack can
 rebuild it anywhere. PackNet sees three kinds of tensors in it:
 
-* **prunable weights** - the ``weight`` of every ``Conv*d`` / ``Linear`` except the classifier.
-  They are shared by all tasks; each element has one owner (see :mod:`packtool.method`).
+* **prunable weights** - every weight matrix, whichever module holds it. They are shared by all
+  tasks; each element has one owner (see :mod:`packtool.method`). The rule
+  (:func:`is_weight_matrix`):
+
+  1. the ``weight`` of every convolution (``Conv*d``, ``ConvTranspose*d``) and ``Linear``
+     (subclasses included, e.g. attention's ``out_proj``), whatever its size;
+  2. the projections of ``nn.MultiheadAttention``: ``in_proj_weight``, or ``q_proj_weight``,
+     ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes;
+  3. any other parameter a module registers itself with at least two dimensions, none of size
+     1, and at least :data:`MIN_BARE_WEIGHTS` elements.
+
+  Rule 3 keeps per task what acts like a bias or a per-channel scale rather than a weight
+  matrix: a dimension of size 1 marks a broadcast tensor (ViT's class token ``[1, 1, D]`` and
+  position embedding ``[1, N, D]``, ConvNeXt's layer scale ``[C, 1, 1]``), and tensors under
+  :data:`MIN_BARE_WEIGHTS` are lookup tables such as Swin's relative-position bias
+  ``[169, heads]``, whose private copy costs a task a few kilobytes. ``packtool info`` lists
+  the multi-dimensional parameters a model keeps private.
 * **the classifier** - the last ``nn.Linear`` in module order. Every task has its own head.
-* **task-private state** - everything else (biases, BatchNorm affine and running statistics,
-  other norms' parameters, any other parameter or buffer). Each task keeps its own copy, or, under
-  the paper's policy, task 1's copy is frozen and used by all tasks.
+* **task-private state** - everything else (biases, norm layers' parameters and statistics, the
+  tensors rule 3 leaves out, any other buffer). Each task keeps its own copy, or, under the
+  paper's policy, task 1's copy is frozen and used by all tasks.
+
+A pack records the names of its prunable weights, so a pack made under an earlier rule (which
+packed only convolutions and ``Linear``) keeps its split when it is loaded again.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +41,10 @@ from torch import nn
 
 from .errors import ArchitectureError
 
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+#: Rule 3's size floor: 64 KiB of float32 (Swin-B's largest relative-position table is 5,408).
+MIN_BARE_WEIGHTS = 16_384
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -86,6 +107,37 @@ def _default_norm(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if channels == 3:
         return IMAGENET_MEAN, IMAGENET_STD
     return (0.5,) * channels, (0.5,) * channels
+
+
+DEFAULT_INPUT_SIZE = (3, 224, 224)
+
+
+def native_input_size(arch: str, kwargs: dict[str, Any] | None = None) -> tuple[int, int, int]:
+    """The input size ``arch`` is built for: ``(3, s, s)``.
+
+    ``s`` is the builder's ``image_size`` keyword if given (ViT takes one), else the crop size
+    of torchvision's default pretrained weights for the name (224 for most models, 300 for
+    ``efficientnet_b3``), else 224.
+    """
+    size = (kwargs or {}).get("image_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return (3, size, size)
+    if ":" not in arch and arch not in BUILTINS:
+        crop = _torchvision_crop_size(arch)
+        if crop is not None:
+            return (3, crop, crop)
+    return DEFAULT_INPUT_SIZE
+
+
+def _torchvision_crop_size(name: str) -> int | None:
+    import torchvision
+
+    try:
+        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms
+    except (ValueError, KeyError, AttributeError):  # not a torchvision name, or no weights
+        return None
+    crop = getattr(transforms, "keywords", {}).get("crop_size")
+    return crop if isinstance(crop, int) else None
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
@@ -205,8 +257,9 @@ class Anatomy:
     Attributes:
         classifier: name of the classifier ``nn.Linear`` (replaced by each task's head).
         in_features, head_bias: the classifier's input width and whether it has a bias.
-        prunable: names of the layers whose ``weight`` is shared and owned element-wise.
-        private: names (``state_dict`` keys) of the backbone's task-private tensors.
+        prunable: ``state_dict`` keys of the prunable weights (``features.0.weight``,
+            ``encoder.layers.0.self_attention.in_proj_weight``), in module order.
+        private: ``state_dict`` keys of the backbone's task-private tensors.
     """
 
     classifier: str
@@ -216,29 +269,62 @@ class Anatomy:
     head_bias: bool
 
 
-def anatomy(net: nn.Module) -> Anatomy:
-    """Find the classifier, the prunable layers and the task-private tensors of ``net``."""
+def is_weight_matrix(module: nn.Module, name: str, param: torch.Tensor) -> bool:
+    """Whether ``module``'s own parameter ``name`` is packed (the rule in the module docstring)."""
+    if isinstance(module, PRUNABLE_TYPES):
+        return name == "weight"
+    if isinstance(module, nn.MultiheadAttention):
+        return name in ATTENTION_WEIGHTS
+    return param.dim() >= 2 and 1 not in param.shape and param.numel() >= MIN_BARE_WEIGHTS
+
+
+def anatomy(net: nn.Module, prunable: Sequence[str] | None = None) -> Anatomy:
+    """Find the classifier, the prunable weights and the task-private tensors of ``net``.
+
+    Args:
+        prunable: the prunable weights' keys as a pack recorded them; default: the rule.
+
+    Raises:
+        ArchitectureError: no ``nn.Linear`` classifier, nothing to prune, a recorded key that
+            is not a parameter of ``net``, or a prunable weight shared by two modules.
+    """
     linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ArchitectureError("the network has no nn.Linear classifier for per-task heads")
     classifier = linears[-1]
-    prunable = tuple(
-        name
-        for name, m in net.named_modules()
-        if isinstance(m, PRUNABLE_TYPES) and name != classifier
-    )
-    if not prunable:
-        raise ArchitectureError("the network has no Conv or Linear layer besides the classifier")
-    shared = {f"{name}.weight" for name in prunable}
     head_prefix = classifier + "."
-    private = tuple(
-        key
-        for key in net.state_dict(keep_vars=True)
-        if key not in shared and not key.startswith(head_prefix)
-    )
+    params = dict(net.named_parameters())
+    if prunable is None:
+        prunable = [f"{prefix}{'.' if prefix else ''}{name}"
+                    for prefix, module in net.named_modules() if prefix != classifier
+                    for name, p in module.named_parameters(recurse=False)
+                    if is_weight_matrix(module, name, p)]
+    prunable = tuple(prunable)
+    if not prunable:
+        raise ArchitectureError("the network has no weight matrix to pack besides the classifier")
+    unknown = [k for k in prunable if k not in params or k.startswith(head_prefix)]
+    if unknown:
+        raise ArchitectureError(f"{unknown[0]} is not a prunable parameter of the network")
+    _check_not_tied(net, prunable)
+    shared = set(prunable)
+    private = tuple(key for key in net.state_dict(keep_vars=True)
+                    if key not in shared and not key.startswith(head_prefix))
     head = net.get_submodule(classifier)
     return Anatomy(classifier=classifier, prunable=prunable, private=private,
                    in_features=head.in_features, head_bias=head.bias is not None)
+
+
+def _check_not_tied(net: nn.Module, prunable: Sequence[str]) -> None:
+    """A weight two modules share (tied weights) would be masked in one place only."""
+    names: dict[int, list[str]] = {}
+    for key, p in net.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(key)
+    params = dict(net.named_parameters())
+    for key in prunable:
+        tied = names[id(params[key])]
+        if len(tied) > 1:
+            raise ArchitectureError(f"{' and '.join(tied)} are one tied parameter; packtool "
+                                    "cannot pack tied weights")
 
 
 def new_head(anat: Anatomy, num_classes: int) -> nn.Linear:

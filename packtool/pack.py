@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -42,8 +43,16 @@ from torch import Tensor, nn
 from ._version import __version__
 from .errors import ArchitectureError, PackFormatError, PackToolError, TaskError
 from .fileio import atomic_write, load_weights_only
-from .method import FREE, MAX_TASKS, OWNER_DTYPE, Phase, bake, packnet_prune
-from .models import Anatomy, ArchSpec, anatomy, build_network, check_runs, new_head
+from .method import FREE, MAX_TASKS, OWNER_DTYPE, Phase, bake, packnet_prune, tensor_at
+from .models import (
+    Anatomy,
+    ArchSpec,
+    anatomy,
+    build_network,
+    check_runs,
+    native_input_size,
+    new_head,
+)
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -149,7 +158,7 @@ class Pack:
     def create(
         cls,
         arch: str,
-        input_size: tuple[int, int, int],
+        input_size: tuple[int, int, int] | None = None,
         *,
         kwargs: Mapping[str, Any] | None = None,
         weights: str | os.PathLike | Mapping[str, Tensor] | None = None,
@@ -161,12 +170,16 @@ class Pack:
         """A pack with no tasks and every weight free.
 
         Args:
-            arch, input_size, kwargs, mean, std: see :class:`~packtool.models.ArchSpec`.
+            arch, input_size, kwargs, mean, std: see :class:`~packtool.models.ArchSpec`;
+                ``input_size`` defaults to the architecture's native size
+                (:func:`~packtool.models.native_input_size`).
             weights: initial weights, a state_dict or a local ``.pt``/``.pth``/``.safetensors``
                 file of one (e.g. ImageNet-pretrained VGG-16). Its classifier is kept as the
                 head of a first task with the same number of classes.
             seed: seeds the random initialization (same seed, same pack).
         """
+        if input_size is None:
+            input_size = native_input_size(arch, dict(kwargs or {}))
         spec = ArchSpec(arch=arch, input_size=tuple(input_size), kwargs=dict(kwargs or {}),
                         mean=tuple(mean), std=tuple(std))
         with torch.random.fork_rng(devices=[]):
@@ -178,7 +191,7 @@ class Pack:
         check_runs(net, spec)
         anat = anatomy(net)
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        shared = {f"{name}.weight": state[f"{name}.weight"] for name in anat.prunable}
+        shared = {key: state[key] for key in anat.prunable}
         owners = {k: torch.zeros(v.shape, dtype=OWNER_DTYPE) for k, v in shared.items()}
         private = {k: state[k] for k in anat.private}
         head_prefix = anat.classifier + "."
@@ -228,6 +241,22 @@ class Pack:
     @property
     def free_fraction(self) -> float:
         return self.free_weights / self.prunable_weights
+
+    @property
+    def private_state_spec(self) -> dict[str, tuple[int, ...]]:
+        """Key -> shape of the task-private backbone state one task carries (heads excluded)."""
+        state = self.initial_private or (self.tasks[0].private if self.tasks else {})
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    @property
+    def private_values(self) -> int:
+        """Values of task-private backbone state per task: biases, norms, unpacked tensors."""
+        return sum(math.prod(shape) for shape in self.private_state_spec.values())
+
+    def stored_values(self, record: TaskRecord) -> int:
+        """Values stored for ``record`` alone: its head and its private state (none for tasks
+        after the first under policy ``frozen``)."""
+        return sum(v.numel() for part in (record.head, record.private) for v in part.values())
 
     @property
     def preprocess(self) -> Preprocess:
@@ -281,8 +310,8 @@ class Pack:
             )
         net.to(device)
         for key, owners in self.owners.items():
-            layer = net.get_submodule(key.rsplit(".", 1)[0])
-            packnet_prune(layer, "weight", owners.clone(), task, phase)
+            module, name = tensor_at(net, key)
+            packnet_prune(module, name, owners.clone(), task, phase)
         return net
 
     def model_for(self, task: str | int, device: str | torch.device | None = None) -> nn.Module:
@@ -347,13 +376,19 @@ class Pack:
         return self
 
     def _checked_anatomy(self, net: nn.Module) -> Anatomy:
-        anat = anatomy(net)
-        expected = {f"{n}.weight": net.get_submodule(n).weight.shape for n in anat.prunable}
-        actual = {k: v.shape for k, v in self.shared.items()}
-        if expected != actual:
+        """The anatomy with the prunable weights this pack recorded (see :mod:`.models`)."""
+        try:
+            anat = anatomy(net, prunable=list(self.shared))
+        except ArchitectureError as exc:
+            raise PackFormatError(f"pack weights do not match architecture {self.spec.arch}: "
+                                  f"{exc}") from exc
+        params = dict(net.named_parameters())
+        wrong = [k for k, v in self.shared.items() if params[k].shape != v.shape]
+        if wrong:
             raise PackFormatError(
-                f"pack weights do not match architecture {self.spec.arch}: "
-                f"{len(actual)} prunable layers stored, {len(expected)} in the network"
+                f"pack weights do not match architecture {self.spec.arch}: {wrong[0]} is "
+                f"{list(self.shared[wrong[0]].shape)} in the pack, "
+                f"{list(params[wrong[0]].shape)} in the network"
             )
         return anat
 

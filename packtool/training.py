@@ -29,7 +29,7 @@ from .checkpoint import Checkpoint
 from .distributed import World, sum_counts, sum_floats
 from .distributed import all_ok as dist_all_ok
 from .errors import CapacityError, DataError, PackToolError, TaskError
-from .method import MAX_TASKS, Phase, assign_owners, select_all, trainable_mask
+from .method import MAX_TASKS, Phase, assign_owners, select_all, tensor_at, trainable_mask
 from .models import new_head
 
 if TYPE_CHECKING:
@@ -144,18 +144,19 @@ class FrozenWeightGuard:
     matter: a NaN or infinite loss is an error (:func:`add_task`).
 
     Args:
-        layers: modules reparametrized by :class:`~packtool.method.PackNetPruning`.
+        packed: ``(module, name)`` of every tensor reparametrized by
+            :class:`~packtool.method.PackNetPruning`.
         task, phase: what is being trained; decides the trainable entries.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], task: int, phase: Phase) -> None:
+    def __init__(self, packed: Sequence[tuple[nn.Module, str]], task: int, phase: Phase) -> None:
         self.weights: list[Tensor] = []
         self.keep: list[Tensor] = []  # 1.0 where trainable, 0.0 elsewhere (weight's dtype)
         self.frozen_values: list[Tensor] = []  # the frozen entries' values, 0 where trainable
         with torch.no_grad():
-            for layer in layers:
-                weight = layer.get_parameter("weight_orig")
-                trainable = trainable_mask(layer.get_buffer("weight_owners"), task, phase)
+            for module, name in packed:
+                weight = module.get_parameter(name + "_orig")
+                trainable = trainable_mask(module.get_buffer(name + "_owners"), task, phase)
                 self.weights.append(weight)
                 self.keep.append(trainable.to(weight.dtype))
                 self.frozen_values.append(weight.detach() * ~trainable)
@@ -391,7 +392,7 @@ class _TaskRun:
         self.anatomy = pack.anatomy()
         head, private = self._initial_state(len(data.classes))
         self.net = pack.network(task, Phase.TRAIN, head=head, private=private, device=device)
-        self.layers = [self.net.get_submodule(n) for n in self.anatomy.prunable]
+        self.packed = {key: tensor_at(self.net, key) for key in self.anatomy.prunable}
         # Under the paper's policy, task 1's biases and norms are frozen for every later task.
         self.private_frozen = pack.policy == "frozen" and task > 1
         self.checkpoint: str | os.PathLike | None = None
@@ -445,10 +446,10 @@ class _TaskRun:
                start: Checkpoint | None = None, include_start: bool = False) -> float:
         if start is not None:
             self.net.load_state_dict(start.net)
-        select_all(self.layers, self.task, phase)
+        select_all(self.net, self.task, phase)
         if epochs == 0:
             return self._val_score().accuracy
-        guard = FrozenWeightGuard(self.layers, self.task, phase)
+        guard = FrozenWeightGuard(list(self.packed.values()), self.task, phase)
         optimizer = self._optimizer(guard.trainable_weights(), lr)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, decay_every, 0.1)
                      if decay_every else None)
@@ -579,14 +580,12 @@ class _TaskRun:
 
     @torch.no_grad()
     def _prune(self, ratio: float) -> None:
-        keys = [f"{n}.weight" for n in self.anatomy.prunable]
-        weights = {k: layer.weight_orig for k, layer in zip(keys, self.layers)}
-        owners = {k: layer.weight_owners for k, layer in zip(keys, self.layers)}
+        weights = {k: m.get_parameter(n + "_orig") for k, (m, n) in self.packed.items()}
+        owners = {k: m.get_buffer(n + "_owners") for k, (m, n) in self.packed.items()}
         new_owners = assign_owners(weights, owners, self.task, ratio, self.config.prune_scope)
-        for key, layer in zip(keys, self.layers):
-            released = new_owners[key] == 0
-            layer.weight_owners.copy_(new_owners[key])
-            layer.weight_orig.masked_fill_(released, 0.0)  # free weights are zero at rest
+        for key in self.packed:
+            owners[key].copy_(new_owners[key])
+            weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
         self._sync()  # deterministic already; broadcasting makes it so by construction
 
     # -- commit -------------------------------------------------------------------------------
@@ -598,10 +597,8 @@ class _TaskRun:
         pack, anat = self.pack, self.anatomy
         store = pack.device
         state = self.net.state_dict()
-        shared = {f"{n}.weight": state[f"{n}.weight_orig"].detach().to(store).clone()
-                  for n in anat.prunable}
-        owners = {f"{n}.weight": state[f"{n}.weight_owners"].to(store).clone()
-                  for n in anat.prunable}
+        shared = {k: state[f"{k}_orig"].detach().to(store).clone() for k in anat.prunable}
+        owners = {k: state[f"{k}_owners"].to(store).clone() for k in anat.prunable}
         _check_frozen_unchanged(pack, shared)
         head_prefix = anat.classifier + "."
         head = {k[len(head_prefix):]: v.detach().to(store).clone()

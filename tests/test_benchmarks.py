@@ -95,6 +95,21 @@ def test_cost_tables(smoke):
         assert title in markdown
 
 
+def test_architecture_tables(smoke):
+    doc, markdown = smoke
+    rows = {r["arch"]: r for r in doc["architectures"]["archs"]}
+    assert list(rows) == ["vit_b_16", "swin_t", "convnext_tiny", "efficientnet_b0",
+                          "mobilenet_v3_large"]
+    for row in rows.values():
+        assert 0.98 < row["packed_share"] < 1.0
+        assert row["private_bytes_per_task"] > 0
+    assert rows["vit_b_16"]["unpacked_matrices"] == 2  # class token, position embedding
+    assert rows["efficientnet_b0"]["unpacked_matrices"] == 0
+    step = rows["mobilenet_v3_large"]["step"]
+    assert step["ratio"] > 0 and step["finetune_ratio"] > 0
+    assert "What is packed" in markdown and "PackNet vs dense" in markdown
+
+
 def test_only_one_part_and_bad_arguments(tmp_path):
     done = _run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "nothing"], cwd=ROOT)
     assert done.returncode == 2 and "invalid choice" in done.stderr

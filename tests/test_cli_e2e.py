@@ -57,12 +57,18 @@ def test_eval_all_reports_exactly_what_add_task_reported(packed):
 def test_info_counts_follow_the_prune_ratios(packed):
     model, reports = packed
     doc = ok_json("info", model)
-    assert set(doc) == {"arch", "input_size", "prunable_weights", "free_fraction", "tasks"}
+    assert set(doc) == {"arch", "input_size", "prunable_weights", "free_fraction", "tasks",
+                        "private_values", "private_share", "private_tensors"}
     assert doc["arch"] == "mlp" and doc["input_size"] == [1, 8, 8]
     assert doc["prunable_weights"] == LAYER_WEIGHTS
+    assert doc["private_values"] == 32 + 32  # the hidden layers' biases
+    assert doc["private_share"] == 64 / (64 + LAYER_WEIGHTS) and doc["private_tensors"] == []
     free = {"1": 32 * 64, "3": 32 * 32}  # per layer, exact counts: round(ratio * free) released
     for row, (_, prune, name), report in zip(doc["tasks"], TASKS, reports):
-        assert set(row) == {"task", "index", "classes", "weights_owned", "data"}
+        assert set(row) == {"task", "index", "classes", "weights_owned", "private_values",
+                            "data"}
+        classes = len(row["classes"])
+        assert row["private_values"] == 64 + 32 * classes + classes  # + its head
         owned = 0
         for layer, n_free in free.items():
             released = release_count(n_free, prune)

@@ -13,6 +13,7 @@ from formats.make_v1 import CONFIG, Task
 from packtool import Pack
 from packtool.checkpoint import Checkpoint
 from packtool.exporters import read_archive
+from packtool.method import Phase
 
 FORMATS = Path(__file__).parent / "formats"
 X = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -47,7 +48,23 @@ def test_v1_checkpoint_resumes_to_the_recorded_result(tmp_path):
         assert torch.equal(pack.owners[key], done.owners[key])
 
 
-@pytest.mark.parametrize("name", ["lenet-2tasks.pt", "lenet-1task.pt"])
+def test_v1_transformer_keeps_its_split_and_takes_tasks():
+    """0.1.0 packed only convolutions and Linear; its packs keep that split when loaded."""
+    pack = Pack.load(FORMATS / "transformer-init.pt")
+    assert "encoder.layers.0.self_attn.in_proj_weight" in pack.private_state_spec
+    assert "encoder.layers.0.self_attn.out_proj.weight" in pack.shared
+    pack.add_task("a", Task(2, seed=0), 0.5, CONFIG)  # 0.1.0 failed here (out_proj)
+    x = X[:2]
+    with torch.no_grad():
+        first = pack.model_for("a")(x)
+    pack.add_task("b", Task(3, seed=1), 0.5, CONFIG)
+    with torch.no_grad():
+        assert torch.equal(pack.model_for("a")(x), first)
+    net = pack.network(2, Phase.EVAL, head=pack.tasks[1].head, private=pack.tasks[1].private)
+    assert net(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["lenet-2tasks.pt", "lenet-1task.pt", "transformer-init.pt"])
 def test_v1_model_files_save_again_unchanged(name, tmp_path):
     """Same content, same digest (the bytes of torch.save may differ between torch releases)."""
     Pack.load(FORMATS / name).save(tmp_path / name)
