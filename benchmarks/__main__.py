@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import cost, quality
+from . import architectures, cost, quality
 from .common import machine
 
-PARTS = {"quality": quality, "cost": cost}
+PARTS = {"quality": quality, "cost": cost, "architectures": architectures}
 
 
 def main(argv: list[str] | None = None) -> int:
