@@ -15,15 +15,10 @@ from typing import Any, NoReturn
 
 import click
 
-from packtool.errors import PackToolError
+from packtool.errors import PackToolError, one_line
 
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
-
-
-def one_line(text: object) -> str:
-    """The message on one line (a PackToolError's already is; others may not be)."""
-    return " ".join(str(text).split())
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

@@ -99,7 +99,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from packtool._version import __version__
-from packtool.errors import DataError, PackFormatError, PackToolError
+from packtool.errors import DataError, PackFormatError, PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
 from packtool.method import FREE, MAX_TASKS, OWNER_DTYPE
 from packtool.models import ArchSpec
@@ -412,7 +412,9 @@ def archive_from_bytes(data: bytes, source: str = "archive") -> Pack:
     try:
         tensors = st_load(data)
     except SafetensorError as exc:
-        raise PackFormatError(f"{source} is truncated or damaged: {_one_line(exc)}") from None
+        raise PackFormatError(
+            f"{source} is truncated or damaged: {one_line(exc, first=True)}"
+        ) from None
     if metadata.get("checksum") != checksum(tensors, metadata):
         raise PackFormatError(
             f"{source} failed its checksum: the archive is corrupted or was modified"
@@ -508,8 +510,3 @@ def _group(tensors: Mapping[str, Tensor], kind: str, count: int, half: bool
 
 def _float32(t: Tensor, half: bool) -> Tensor:
     return t.to(torch.float32) if half and t.dtype == torch.float16 else t
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -41,7 +41,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from packtool._version import __version__
-from packtool.errors import PackFormatError, PackToolError
+from packtool.errors import PackFormatError, PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack, TaskRecord
 
@@ -192,7 +192,7 @@ class _TaskExport:
             proto = program.model_proto
         except Exception as exc:  # the exporter raises many types; the message is what counts
             raise PackToolError(
-                f"cannot export task {self.record.name!r} to ONNX: {_one_line(exc)}"
+                f"cannot export task {self.record.name!r} to ONNX: {one_line(exc, first=True)}"
             ) from exc
         opsets = {o.domain: o.version for o in proto.opset_import}
         if opsets.get("", opsets.get("ai.onnx")) != self.opset:
@@ -258,8 +258,9 @@ def check_onnx(model: onnx.ModelProto, name: str = "model") -> None:
     try:
         onnx.checker.check_model(model, full_check=not model.graph.sparse_initializer)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise PackToolError(f"exported ONNX of {name} fails onnx.checker: {_one_line(exc)}"
-                            ) from exc
+        raise PackToolError(
+            f"exported ONNX of {name} fails onnx.checker: {one_line(exc, first=True)}"
+        ) from exc
 
 
 def verify_onnx(model: bytes, reference: nn.Module, input_size: Sequence[int], *,
@@ -381,8 +382,3 @@ def task_filenames(names: Sequence[str]) -> list[str]:
         taken.add(f"{candidate}.onnx".lower())
         result.append(candidate)
     return result
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from packtool.errors import PackFormatError, PackToolError, TaskError
+from packtool.errors import PackFormatError, PackToolError, TaskError, one_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -50,7 +50,9 @@ def session(model: str | os.PathLike | bytes, *,
             providers=list(execution_providers or providers()),
         )
     except Exception as exc:  # onnxruntime raises its own pybind exception types
-        raise PackFormatError(f"onnxruntime cannot load {source}: {_one_line(exc)}") from None
+        raise PackFormatError(
+            f"onnxruntime cannot load {source}: {one_line(exc, first=True)}"
+        ) from None
 
 
 def provider_of(sess: ort.InferenceSession) -> str:
@@ -159,8 +161,3 @@ def _looks_like_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{"
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

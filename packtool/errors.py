@@ -31,3 +31,23 @@ class CapacityError(PackToolError):
 
 class LockError(PackToolError):
     """Another process holds the lock on a model file."""
+
+
+def one_line(error: BaseException | str, *, first: bool = False) -> str:
+    """An error's message on one line: the one routine behind every ``Error: ...`` line and
+    every error that wraps another.
+
+    Lines are joined with runs of whitespace collapsed (``first``: only the first non-empty
+    line, for wrapping a foreign library's message, whose later lines are dumps); the type name
+    if there is no message. A message that carries a traceback (``DataLoader`` re-raising a
+    worker's exception: "Caught X in DataLoader worker ... Traceback ... X: message") gives its
+    last line, the original error's, without the ``X:`` prefix.
+    """
+    text = str(error)
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    if "Traceback (most recent call last)" in text:
+        head, sep, rest = lines[-1].partition(": ")
+        return rest if sep and head.replace(".", "").replace("_", "").isalnum() else lines[-1]
+    return lines[0] if first else " ".join(lines)

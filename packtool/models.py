@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ArchitectureError
+from .errors import ArchitectureError, one_line
 
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -209,7 +209,7 @@ def build_network(spec: ArchSpec) -> nn.Module:
     except ArchitectureError:
         raise
     except Exception as exc:  # a user's builder or torchvision can raise anything
-        raise ArchitectureError(f"cannot build {spec.arch!r}: {_one_line(exc)}") from exc
+        raise ArchitectureError(f"cannot build {spec.arch!r}: {one_line(exc, first=True)}") from exc
     if not isinstance(net, nn.Module):
         raise ArchitectureError(f"{spec.arch!r} returned {type(net).__name__}, not an nn.Module")
     return net
@@ -234,15 +234,11 @@ def _import_builder(target: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(module_name)
         builder = getattr(module, attr)
     except (ImportError, AttributeError) as exc:
-        raise ArchitectureError(f"cannot import {target!r}: {_one_line(exc)}") from exc
+        raise ArchitectureError(f"cannot import {target!r}: {one_line(exc, first=True)}") from exc
     if not callable(builder):
         raise ArchitectureError(f"{target!r} is not callable")
     return builder
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +338,7 @@ def check_runs(net: nn.Module, spec: ArchSpec) -> None:
     except Exception as exc:
         raise ArchitectureError(
             f"{spec.arch} cannot run on inputs of size {'x'.join(map(str, spec.input_size))}: "
-            f"{_one_line(exc)}"
+            f"{one_line(exc, first=True)}"
         ) from exc
     finally:
         net.train(was_training)

@@ -28,7 +28,7 @@ from . import distributed
 from .checkpoint import Checkpoint
 from .distributed import World, sum_counts, sum_floats
 from .distributed import all_ok as dist_all_ok
-from .errors import CapacityError, DataError, PackToolError, TaskError
+from .errors import CapacityError, DataError, PackToolError, TaskError, one_line
 from .method import MAX_TASKS, Phase, assign_owners, select_all, tensor_at, trainable_mask
 from .models import new_head
 
@@ -193,19 +193,12 @@ def batches(loader: DataLoader, world: World | None = None,
         except StopIteration:
             item = _END
         except DataError as exc:
-            error = _one_line(exc)
+            error = DataError(one_line(exc))
         if not dist_all_ok(world, error is None, device or torch.device("cpu")):
             raise error or PackToolError("another process failed to read its data; see its error")
         if item is _END:
             return
         yield item
-
-
-def _one_line(exc: DataError) -> DataError:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 1:
-        return DataError(lines[-1].split("DataError: ", 1)[-1])
-    return exc
 
 
 # ------------------------------------------------------------------------------------------------

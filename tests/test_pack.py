@@ -388,3 +388,18 @@ def test_weights_that_do_not_fit(tmp_path):
     torch.save({"0.weight": torch.zeros(3, 3)}, tmp_path / "w.pt")
     with pytest.raises(ArchitectureError, match="do not fit"):
         Pack.create("mlp", (1, 8, 8), weights=tmp_path / "w.pt")
+
+
+# -- one-line errors ----------------------------------------------------------------------------
+
+
+def test_one_line_joins_lines_and_unwraps_worker_tracebacks():
+    from packtool.errors import DataError, one_line
+
+    assert one_line(RuntimeError("boom\n  second   line\n")) == "boom second line"
+    assert one_line(RuntimeError("boom\nsecond line"), first=True) == "boom"
+    assert one_line(ValueError()) == "ValueError"
+    wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most "
+               "recent call last):\n  File \"x.py\", line 1, in f\npacktool.errors.DataError: "
+               "cannot read image a.png: truncated")
+    assert one_line(DataError(wrapped)) == "cannot read image a.png: truncated"
