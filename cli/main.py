@@ -352,9 +352,9 @@ def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, o
 def predict(source: Path, images: tuple[Path, ...], name: str | None, top: int,
             as_json: bool) -> None:
     """Classify IMAGEs with an exported ONNX file or archive (FILE)."""
-    from packtool.exporters.runtime import predict as run_predict
+    from packtool.exporters import predict as predict_images
 
-    result = run_predict(source, list(images), task=name, top=top)
+    result = predict_images(source, list(images), task=name, top=top)
     doc = result.to_dict()
     if as_json:
         render.print_json(doc)

@@ -37,7 +37,8 @@ from .onnx import (
     task_onnx,
     verify_onnx,
 )
-from .runtime import PredictResult, predict, providers, session
+from .predict import PredictResult, predict
+from .runtime import infer, providers, session
 
 __all__ = [
     "ARCHIVE_NAME",
@@ -53,6 +54,7 @@ __all__ = [
     "export_onnx",
     "export_onnx_bytes",
     "half_precision_change",
+    "infer",
     "owner_bits",
     "pack_bits",
     "predict",

@@ -46,7 +46,7 @@ from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack, TaskRecord
 
 from .archive import ArchiveInfo, write_archive
-from .runtime import provider_of, run, session
+from .runtime import infer, provider_of, session
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -282,7 +282,7 @@ def verify_onnx(model: bytes, reference: nn.Module, input_size: Sequence[int], *
         expected = reference.eval()(inputs).numpy()
     sess = session(model)
     provider = provider_of(sess)
-    actual = run(sess, inputs.numpy())
+    actual = infer(sess, inputs.numpy())
     if actual.shape != expected.shape:
         raise PackToolError(f"ONNX check of {name} failed: onnxruntime returns shape "
                             f"{list(actual.shape)}, PyTorch {list(expected.shape)}")

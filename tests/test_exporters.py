@@ -56,7 +56,7 @@ def exported(mlp_pack, tmp_path_factory):
 
 
 def ort_logits(path_or_bytes, x: torch.Tensor) -> np.ndarray:
-    return runtime.run(session(path_or_bytes), x.numpy())
+    return runtime.infer(session(path_or_bytes), x.numpy())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,8 +176,8 @@ def test_bad_opset_and_unknown_task_refused(mlp_pack, tmp_path):
 
 
 def test_failed_verification_writes_nothing(mlp_pack, tmp_path, monkeypatch):
-    real_run = runtime.run
-    monkeypatch.setattr(onnx_export, "run", lambda sess, x: real_run(sess, x) + 1e-3)
+    real_run = runtime.infer
+    monkeypatch.setattr(onnx_export, "infer", lambda sess, x: real_run(sess, x) + 1e-3)
     new, old = tmp_path / "new.onnx", tmp_path / "old.onnx"
     old.write_bytes(b"previous export")
     for path in (new, old):
@@ -194,8 +194,8 @@ def test_nan_is_never_within_tolerance(mlp_pack, exported, monkeypatch):
     net = mlp_pack.model_for("task 1")
     diff, provider = verify_onnx(onnx_path.read_bytes(), net, (1, 8, 8))
     assert diff <= 1e-4 and provider == "CPUExecutionProvider"
-    real_run = runtime.run
-    monkeypatch.setattr(onnx_export, "run", lambda sess, x: real_run(sess, x) * np.nan)
+    real_run = runtime.infer
+    monkeypatch.setattr(onnx_export, "infer", lambda sess, x: real_run(sess, x) * np.nan)
     with pytest.raises(PackToolError, match="nan"):
         verify_onnx(onnx_path.read_bytes(), net, (1, 8, 8), tolerance=np.inf)
 
@@ -231,7 +231,7 @@ def test_cpu_provider_without_cuda_and_no_error_logged(exported, capfd):
     capfd.readouterr()
     for source in (str(onnx_path), onnx_path.read_bytes()):
         sess = session(source)
-        runtime.run(sess, np.zeros((1, 1, 8, 8), np.float32))
+        runtime.infer(sess, np.zeros((1, 1, 8, 8), np.float32))
         assert runtime.provider_of(sess) == "CPUExecutionProvider"
     err = capfd.readouterr().err  # onnxruntime logs to the process's stderr (fd 2)
     assert "error" not in err.lower() and "[E:" not in err, err
