@@ -1,6 +1,7 @@
 """One-line errors: how every failure of a command reaches the user.
 
-- :class:`~packtool.errors.PackToolError` (anything the user can cause): ``Error: <message>``.
+- :class:`~packtool.errors.PackToolError` (anything the user can cause): ``Error: <message>``,
+  with the library's arguments named as this command line's flags (:func:`as_flags`).
 - ``OSError`` (permissions, a full disk, ...): ``Error: <reason>: <file>``.
 - Ctrl-C: ``Error: interrupted`` plus what was (not) changed, exit status 130.
 - Anything else is a bug: ``Error: internal error: <type>: <message> (run with --debug ...)``.
@@ -11,6 +12,7 @@ usage errors keep click's handling (exit status 2).
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
 
 import click
@@ -19,6 +21,26 @@ from packtool.errors import PackToolError, one_line
 
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+
+#: The library's arguments that its messages name (as `name` or `name=value`), by their flags.
+FLAGS = {
+    "resume": "--resume", "restart": "--restart", "name": "--task", "task": "--task",
+    "root": "--data-root", "lr": "--lr", "finetune_lr": "--finetune-lr", "device": "--device",
+    "half": "--half", "force": "--force", "weights": "--weights", "classes": "--classes",
+}
+_MENTION = re.compile(r"`(\w+)(?:=([^`]*))?`")
+
+
+def as_flags(message: str) -> str:
+    """A library message in this command line's terms: `resume=True` -> --resume,
+    `root=DIR` -> --data-root DIR; other quoted names keep their quotes."""
+    def flag(match: re.Match[str]) -> str:
+        name, value = match[1], match[2]
+        if name not in FLAGS:
+            return match[0]
+        return FLAGS[name] if value in (None, "True") else f"{FLAGS[name]} {value}"
+
+    return _MENTION.sub(flag, message)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -45,7 +67,7 @@ def _report(ctx: click.Context, exc: BaseException) -> NoReturn:
         note = ctx.meta.get("interrupted")
         fail("interrupted" + (f"; {note}" if note else ""), EXIT_INTERRUPTED)
     if isinstance(exc, PackToolError):
-        fail(one_line(exc))
+        fail(as_flags(one_line(exc)))
     if isinstance(exc, BrokenPipeError):  # e.g. `packtool info | head -1`
         raise click.exceptions.Exit(EXIT_FAILURE)
     if isinstance(exc, OSError) and exc.strerror:

@@ -278,7 +278,7 @@ class _Storage:
             # float16 tops out at 65504; refuse to turn a finite value into inf.
             if bool((torch.isinf(converted) & torch.isfinite(t)).any()):
                 raise PackToolError(f"cannot archive {what} in half precision: values exceed "
-                                    "the float16 range; write the archive without --half")
+                                    "the float16 range; write the archive without `half=True`")
             t = converted
         return t.contiguous().clone()
 

@@ -68,7 +68,7 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
         pack = read_archive(source)
         if task is None:
             raise TaskError(f"{source} is an archive of tasks {', '.join(pack.task_names)}: "
-                            "choose one with --task")
+                            "choose one with `task`")
         proto = task_onnx(pack, task)
         meta = TaskMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(source))
         sess = session(proto.SerializeToString())

@@ -361,7 +361,7 @@ def dataset_root(root: str | os.PathLike | None) -> Path:
     if root is None or str(root) == "":
         root = os.environ.get(ENV_ROOT) or None
         if root is None:
-            raise DataError(f"no data root: pass --data-root DIR or set {ENV_ROOT}")
+            raise DataError(f"no data root: pass `root=DIR` or set {ENV_ROOT}")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"data root {path} is not a directory")
@@ -371,7 +371,7 @@ def dataset_root(root: str | os.PathLike | None) -> Path:
 def _not_found(name: str, root: Path, missing: Sequence[str], layout: str) -> DataError:
     return DataError(
         f"dataset '{name}' not found in {root}: missing {', '.join(missing)} "
-        f"(expected {layout}; set --data-root or {ENV_ROOT} to the folder holding it)"
+        f"(expected {layout}; set `root` or {ENV_ROOT} to the folder holding it)"
     )
 
 

@@ -18,7 +18,6 @@ Only rank 0 writes files or shows progress.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .errors import PackToolError
+from .formats.digest import digest
 
 
 @dataclass(frozen=True)
@@ -118,21 +118,12 @@ def broadcast_state(world: World | None, tensors: list[Tensor]) -> None:
         dist.broadcast(t, src=0)
 
 
-def tensor_digest(tensors: dict[str, Tensor]) -> bytes:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.digest()
-
-
 def check_same_everywhere(world: World | None, tensors: dict[str, Tensor],
                           device: torch.device) -> None:
     """Raise unless every rank holds bit-identical ``tensors`` (compares SHA-256 digests)."""
     if world is None:
         return
-    mine = torch.tensor(list(tensor_digest(tensors)), dtype=torch.uint8, device=device)
+    mine = torch.tensor(list(bytes.fromhex(digest(tensors))), dtype=torch.uint8, device=device)
     gathered = [torch.empty_like(mine) for _ in range(world.size)]
     dist.all_gather(gathered, mine)
     differing = [r for r, d in enumerate(gathered) if not torch.equal(d, gathered[0])]

@@ -239,6 +239,21 @@ def _derive(module: nn.Module, name: str) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def check_owners(weights: Mapping[str, Tensor], owners: Mapping[str, Tensor], tasks: int) -> None:
+    """The owner index's invariants, checked by every reader (model file, archive, checkpoint).
+
+    ``owners`` names the tensors of ``weights`` (at least one), each uint8 and shaped like its
+    weight, and no owner is above ``tasks``, the number of tasks. Raises ValueError.
+    """
+    if not owners or weights.keys() != owners.keys():
+        raise ValueError("shared weights and owner indices name different layers")
+    for key, own in owners.items():
+        if own.dtype != OWNER_DTYPE or own.shape != weights[key].shape:
+            raise ValueError(f"owner index of {key} is not uint8 shaped like the weight")
+        if own.numel() and int(own.max()) > tasks:
+            raise ValueError(f"owner index of {key} names a task beyond {tasks}")
+
+
 def release_count(free: int, ratio: float) -> int:
     """How many of ``free`` weights a task releases at ``ratio``: ``round(ratio * free)``.
 

@@ -1,49 +1,40 @@
 """The pack: one network's shared weights, their owner index, and every task's private state.
 
-File format (``model.pt``, format version 1)
---------------------------------------------
-A ``torch.save`` file of tensors and plain values only, read back with
-``torch.load(weights_only=True)`` (no code can run on load)::
-
-    {
-      "format": "packtool.pack",        # marker: anything else is a foreign file
-      "version": 1,                     # format version; newer versions are refused
-      "meta": "<JSON string>",          # spec, policy, tasks' metadata (see Pack.meta())
-      "shared":  {"<layer>.weight": float tensor},   # prunable weights, free entries are 0
-      "owners":  {"<layer>.weight": uint8 tensor},   # same shapes; 0 free, k task k
-      "initial_private": {key: tensor},  # task-private state before any task (from --weights)
-      "pretrained_head": {key: tensor},  # the original classifier, if weights were given
-      "heads":   [{"weight", "bias"}],   # per task, in task order
-      "private": [{key: tensor}],        # per task (empty for tasks > 1 under policy 'frozen')
-      "digest":  "<sha256 hex>",        # over meta and every tensor (name, dtype, shape, bytes)
-    }
-
-Invariants (checked on load): owners are uint8 with the shapes of ``shared``; every owner is
-``<= len(tasks)``; task ``k`` is ``tasks[k-1]`` with ``index == k``; names are unique; the digest
-matches. Free weights (owner 0) are zero at rest.
+A :class:`Pack` is a value: the architecture spec, the prunable weights and their owner index,
+the task records (heads, private state, metrics), and what follows from them: any task's network
+(:meth:`Pack.network`, :meth:`Pack.model_for`) and the ownership of every layer
+(:meth:`Pack.capacity`). Its invariants are checked in one place, its constructor, so every
+reader (model file, archive, a task being added) gets the same checks. Adding a task makes a new
+pack (:func:`packtool.lifecycle.add_task`); the file format is :mod:`packtool.formats.model_file`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ._version import __version__
-from .errors import ArchitectureError, PackFormatError, PackToolError, TaskError
-from .fileio import atomic_write, load_weights_only
-from .method import FREE, MAX_TASKS, OWNER_DTYPE, Phase, bake, packnet_prune, tensor_at
+from .errors import ArchitectureError, PackFormatError, TaskError
+from .formats import model_file
+from .formats.weights import is_tensor_dict, load_state_dict_file
+from .method import (
+    FREE,
+    MAX_TASKS,
+    OWNER_DTYPE,
+    Phase,
+    bake,
+    check_owners,
+    packnet_prune,
+    tensor_at,
+)
 from .models import (
     Anatomy,
     ArchSpec,
@@ -60,8 +51,6 @@ if TYPE_CHECKING:
     from .data import Preprocess, TaskData
     from .training import Progress, TaskResult, TrainConfig
 
-FORMAT = "packtool.pack"
-FORMAT_VERSION = 1
 POLICIES = ("per_task", "frozen")
 
 
@@ -149,6 +138,27 @@ class Pack:
         self.pretrained_head = pretrained_head or {}
         self.tasks: list[TaskRecord] = list(tasks or [])
         self._anatomy: Anatomy | None = None
+        self._check()
+
+    def _check(self) -> None:
+        """The invariants every pack holds; ValueError names the first one broken.
+
+        The owner index (:func:`~packtool.method.check_owners`); task ``k`` is ``tasks[k-1]``
+        with ``index == k``; at most 255 tasks with unique names; each head has one row per
+        class.
+        """
+        if len(self.tasks) > MAX_TASKS:
+            raise ValueError(f"a pack holds at most {MAX_TASKS} tasks, this one {len(self.tasks)}")
+        check_owners(self.shared, self.owners, len(self.tasks))
+        for i, record in enumerate(self.tasks, start=1):
+            if record.index != i:
+                raise ValueError(f"task {record.name!r} has index {record.index}, expected {i}")
+            rows = record.head.get("weight", torch.empty(0)).shape[:1]
+            if rows != (len(record.classes),):
+                raise ValueError(f"task {record.name!r} has no head for its "
+                                 f"{len(record.classes)} classes")
+        if len(set(self.task_names)) != len(self.tasks):
+            raise ValueError("task names are not unique")
 
     # ---------------------------------------------------------------------------------------
     # Construction
@@ -406,31 +416,23 @@ class Pack:
         }
 
     def state(self) -> dict[str, Any]:
-        """The file's content: plain values and CPU tensors (see the module docstring)."""
-        cpu = _to_cpu
-        state: dict[str, Any] = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
+        """The model file's content: plain values and CPU tensors, digest included."""
+        return model_file.encode({
             "meta": json.dumps(self.meta(), sort_keys=True),
-            "shared": cpu(self.shared),
-            "owners": cpu(self.owners),
-            "initial_private": cpu(self.initial_private),
-            "pretrained_head": cpu(self.pretrained_head),
-            "heads": [cpu(t.head) for t in self.tasks],
-            "private": [cpu(t.private) for t in self.tasks],
-        }
-        state["digest"] = _digest(state)
-        return state
+            "shared": _to_cpu(self.shared),
+            "owners": _to_cpu(self.owners),
+            "initial_private": _to_cpu(self.initial_private),
+            "pretrained_head": _to_cpu(self.pretrained_head),
+            "heads": [_to_cpu(t.head) for t in self.tasks],
+            "private": [_to_cpu(t.private) for t in self.tasks],
+        })
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the pack to ``path`` atomically (temp file, fsync, rename)."""
-        state = self.state()
-        atomic_write(path, lambda f: torch.save(state, f))
+        model_file.write(path, self.state())
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(self.state(), buffer)
-        return buffer.getvalue()
+        return model_file.to_bytes(self.state())
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Pack:
@@ -440,91 +442,30 @@ class Pack:
             PackFormatError: the file is foreign, truncated, tampered with, holds anything but
                 tensors and plain values, or comes from a newer packtool.
         """
-        path = Path(path)
-        if not path.exists():
-            raise PackToolError(f"{path} does not exist (create it with `packtool init`)")
-        if path.is_dir():
-            raise PackToolError(f"{path} is a directory, not a model file")
-        state = _torch_load(path)
-        return cls.from_state(state, source=str(path)).to(device)
+        return cls.from_state(model_file.read(path), source=str(path)).to(device)
 
     @classmethod
     def from_state(cls, state: Any, source: str = "pack") -> Pack:
-        """Validate a loaded state (see the module docstring) and build the pack."""
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            hint = ""
-            if isinstance(state, dict) and state and all(isinstance(v, Tensor)
-                                                         for v in state.values()):
-                hint = " (it looks like a plain state_dict: pass it to `packtool init --weights`)"
-            raise PackFormatError(f"{source} is not a packtool model file{hint}")
-        version = state.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise PackFormatError(f"{source} has an invalid format version {version!r}")
-        if version > FORMAT_VERSION:
-            raise PackFormatError(
-                f"{source} uses pack format {version}, newer than this packtool "
-                f"({__version__}, format {FORMAT_VERSION}); upgrade packtool to read it"
-            )
+        """Validate a loaded model file's content (:mod:`~packtool.formats.model_file`) and
+        build the pack."""
+        state = model_file.check(state, source)
         try:
-            return _from_valid_state(state, source)
+            meta = json.loads(state["meta"])
+            metas, heads, private = meta["tasks"], state["heads"], state["private"]
+            if not len(metas) == len(heads) == len(private):
+                raise ValueError("task tables have different lengths")
+            tasks = [TaskRecord(head=_tensor_dict(h), private=_tensor_dict(p), **m)
+                     for m, h, p in zip(metas, heads, private)]
+            return cls(ArchSpec.from_dict(meta["spec"]), _tensor_dict(state["shared"]),
+                       _tensor_dict(state["owners"]), _tensor_dict(state["initial_private"]),
+                       tasks, policy=meta["policy"],
+                       pretrained_head=_tensor_dict(state["pretrained_head"]))
         except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
             raise PackFormatError(f"{source} is damaged: {type(exc).__name__}: {exc}") from exc
 
 
-def _from_valid_state(state: dict[str, Any], source: str) -> Pack:
-    if state.get("digest") != _digest({k: v for k, v in state.items() if k != "digest"}):
-        raise PackFormatError(
-            f"{source} failed its checksum: the file is corrupted or was modified"
-        )
-    meta = json.loads(state["meta"])
-    spec = ArchSpec.from_dict(meta["spec"])
-    shared, owners = _tensor_dict(state["shared"]), _tensor_dict(state["owners"])
-    if shared.keys() != owners.keys() or not shared:
-        raise ValueError("shared weights and owner indices name different layers")
-    n_tasks = len(meta["tasks"])
-    if n_tasks > MAX_TASKS or len(state["heads"]) != n_tasks or len(state["private"]) != n_tasks:
-        raise ValueError("task tables have different lengths")
-    for key, own in owners.items():
-        if own.dtype != OWNER_DTYPE or own.shape != shared[key].shape:
-            raise ValueError(f"owner index of {key} is not uint8 shaped like the weight")
-        if own.numel() and int(own.max()) > n_tasks:
-            raise ValueError(f"owner index of {key} names a task beyond {n_tasks}")
-    tasks = []
-    for i, (m, head, private) in enumerate(zip(meta["tasks"], state["heads"], state["private"]),
-                                           start=1):
-        if m["index"] != i:
-            raise ValueError(f"task {m['name']!r} has index {m['index']}, expected {i}")
-        tasks.append(TaskRecord(head=_tensor_dict(head), private=_tensor_dict(private), **m))
-    if len({t.name for t in tasks}) != len(tasks):
-        raise ValueError("task names are not unique")
-    return Pack(spec, shared, owners, _tensor_dict(state["initial_private"]), tasks,
-                policy=meta["policy"], pretrained_head=_tensor_dict(state["pretrained_head"]))
-
-
-def _torch_load(path: Path, expected: str = "a packtool model file") -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into one clear line.
-
-    ``expected`` names what the file should have been, for the message.
-    """
-    try:
-        return load_weights_only(path)
-    except pickle.UnpicklingError as exc:
-        if "global" in str(exc).lower():  # a class or function reference, i.e. code
-            raise PackFormatError(
-                f"{path} was refused: it holds Python objects other than tensors and plain "
-                "values (possibly code), so it was not loaded"
-            ) from exc
-        raise PackFormatError(f"{path} is not {expected} (unreadable)") from exc
-    except Exception as exc:  # hostile bytes can break the reader in many ways
-        raise PackFormatError(
-            f"{path} is not {expected} (unreadable, truncated or another format)"
-        ) from exc
-
-
 def _tensor_dict(obj: Any) -> dict[str, Tensor]:
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
+    if not is_tensor_dict(obj):
         raise TypeError("expected a mapping of names to tensors")
     return obj
 
@@ -533,58 +474,9 @@ def _to_cpu(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in d.items()}
 
 
-def _digest(state: Mapping[str, Any]) -> str:
-    """SHA-256 over every value of ``state`` (tensors by name, dtype, shape and raw bytes)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        _hash_value(h, key, state[key])
-    return h.hexdigest()
-
-
-def _hash_value(h: Any, name: str, value: Any) -> None:
-    if isinstance(value, Tensor):
-        t = value.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(value, dict):
-        for key in sorted(value):
-            _hash_value(h, f"{name}/{key}", value[key])
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _hash_value(h, f"{name}[{i}]", item)
-    else:
-        h.update(f"{name}={value!r}|".encode())
-
-
 # ------------------------------------------------------------------------------------------------
 # Initial weights
 # ------------------------------------------------------------------------------------------------
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a state_dict from a local ``.pt``/``.pth`` (weights_only) or ``.safetensors`` file.
-
-    A checkpoint that nests the state_dict under ``state_dict`` or ``model`` is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PackToolError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise PackFormatError(f"{path} is not a readable safetensors file: {exc}") from exc
-    obj = _torch_load(path, "a state_dict file (.pt, .pth or .safetensors)")
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    try:
-        return _tensor_dict(obj)
-    except TypeError:
-        raise PackFormatError(f"{path} does not hold a state_dict of tensors") from None
 
 
 def _load_initial_weights(net: nn.Module, state: Mapping[str, Tensor]) -> None:

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import Checkpoint, checkpoint_path
 from .data import load_task_data
 from .distributed import World
 from .errors import PackToolError, TaskError
 from .fileio import file_lock
+from .formats.checkpoint import Checkpoint, checkpoint_path
 from .pack import Pack
 from .training import Progress, TaskResult, TrainConfig, resolve_device
 
@@ -119,7 +119,7 @@ def _clear_checkpoint(ckpt: Path, pack: Pack, restart: bool) -> None:
         return
     with contextlib.suppress(PackToolError):  # an unreadable one is reported by add_task
         found = Checkpoint.load(ckpt)
-        index, task = found.run.get("index"), found.run.get("task")
+        index, task = found.identity.get("index"), found.identity.get("task")
         if isinstance(index, int) and index <= len(pack.tasks) \
                 and pack.tasks[index - 1].name == task:
             ckpt.unlink()

@@ -25,10 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed
-from .checkpoint import Checkpoint
 from .distributed import World, sum_counts, sum_floats
 from .distributed import all_ok as dist_all_ok
 from .errors import CapacityError, DataError, PackToolError, TaskError, one_line
+from .formats.checkpoint import Checkpoint
 from .method import MAX_TASKS, Phase, assign_owners, select_all, tensor_at, trainable_mask
 from .models import new_head
 
@@ -128,7 +128,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except RuntimeError as exc:
         raise PackToolError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PackToolError("CUDA was requested but is not available; use --device cpu or auto")
+        raise PackToolError("CUDA was requested but is not available; use `device=cpu` or "
+                            "`device=auto`")
     if dev.type not in ("cpu", "cuda"):
         raise PackToolError(f"unsupported device {device!r}; use auto, cpu or cuda")
     return dev
@@ -346,11 +347,11 @@ def _resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[s
     if not resume:
         found = Checkpoint.load(path)
         raise TaskError(
-            f"{path} holds an interrupted add-task ({found.describe()}); pass --resume to "
-            "continue it or --restart to discard it"
+            f"{path} holds an interrupted add-task ({found.describe()}); pass `resume=True` "
+            "to continue it or `restart=True` to discard it"
         )
     start = Checkpoint.load(path)
-    start.check_run(identity, path)
+    start.check_identity(identity, path)
     progress.message(f"resuming {start.describe()}")
     return start
 
@@ -359,7 +360,7 @@ def _check_new_task(pack: Pack, name: str, prune: float, data: TaskData) -> None
     if not name or not name.strip():
         raise TaskError("task name must not be empty")
     if name in pack.task_names:
-        raise TaskError(f"task {name!r} already exists; pick another name with --task")
+        raise TaskError(f"task {name!r} already exists; pick another `name`")
     if not (isinstance(prune, (int, float)) and 0.0 <= prune < 1.0 and math.isfinite(prune)):
         raise TaskError(f"prune ratio must be in [0, 1), got {prune}")
     if len(pack.tasks) >= MAX_TASKS:
@@ -486,7 +487,7 @@ class _TaskRun:
             return
         cuda = self.device.type == "cuda"
         Checkpoint(
-            run=self.identity, phase=phase.value, epoch=epoch, net=self.net.state_dict(),
+            identity=self.identity, phase=phase.value, epoch=epoch, net=self.net.state_dict(),
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             best_val=best.accuracy if best else -1.0,
@@ -531,7 +532,7 @@ class _TaskRun:
         # others waiting in a collective.
         if not dist_all_ok(self.world, math.isfinite(total_loss), self.device):
             raise TaskError("training diverged: the loss became NaN or infinite; lower the "
-                            "learning rate (--lr / --finetune-lr)")
+                            "learning rate (`lr`, `finetune_lr`)")
         return total_loss / max(seen, 1), correct / max(seen, 1)
 
     def _optimizer(self, weights: list[Tensor], lr: float) -> torch.optim.Optimizer:

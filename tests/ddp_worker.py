@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 
 from packtool import Pack, PackToolError, TrainConfig, load_task_data
-from packtool.distributed import init_from_env, tensor_digest
+from packtool.distributed import init_from_env
+from packtool.formats.digest import digest as tensor_digest
 
 
 def main() -> int:
@@ -32,7 +33,7 @@ def main() -> int:
         "rank": world.rank,
         "world": world.size,
         "digest": tensor_digest({**pack.shared,
-                                 **{f"owners/{k}": v for k, v in pack.owners.items()}}).hex(),
+                                 **{f"owners/{k}": v for k, v in pack.owners.items()}}),
         "accuracy": result.accuracy,
         "first_unchanged": torch.equal(first_before, first_after),
     }

@@ -12,7 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from packtool import pack, training
+from packtool import training
+from packtool.formats import model_file
 from packtool.cli.main import main
 
 
@@ -35,7 +36,7 @@ def kill_at_step(count: int) -> None:
 
 
 def kill_while_saving(name: str) -> None:
-    original = pack.atomic_write
+    original = model_file.atomic_write
 
     def atomic_write(path, write) -> None:
         if Path(path).name != name:
@@ -50,7 +51,7 @@ def kill_while_saving(name: str) -> None:
 
         return original(path, half_then_die)
 
-    pack.atomic_write = atomic_write
+    model_file.atomic_write = atomic_write
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_unknown_dataset(model):
 def test_registered_dataset_without_root(model, monkeypatch):
     monkeypatch.delenv("PACKTOOL_DATA", raising=False)
     fails_unchanged(model, "add-task", model, "--data", "cubs", "--prune", "0.5",
-                    match="data root")
+                    match="no data root: pass --data-root DIR or set PACKTOOL_DATA")
 
 
 def test_empty_image_folder(model, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from cli_helpers import assert_error, init_model, invoke, ok, sha256
 
 from packtool import Pack
-from packtool.checkpoint import Checkpoint, checkpoint_path
+from packtool.formats.checkpoint import Checkpoint, checkpoint_path
 
 HERE = Path(__file__).parent
 # digits {0,1}: 9 batches of 32 per epoch. Adam with weight decay exercises the optimizer state
@@ -124,7 +124,7 @@ def test_checkpoint_of_a_finished_task_is_dropped(tmp_path, uninterrupted):
            "--finetune-epochs", "0", cwd=tmp_path)
     # Make the leftover one of task 1 (already in MODEL) rather than of the killed run.
     leftover = Checkpoint.load(checkpoint_path(model))
-    leftover.run = {**leftover.run, "task": "digits-0-1", "index": 1}
+    leftover.identity = {**leftover.identity, "task": "digits-0-1", "index": 1}
     leftover.save(finished)
     os.replace(finished, checkpoint_path(model))
     ok(*ADD[:2], "--data", "digits", "--classes", "2,3", "--prune", "0.5", "--epochs", "1",

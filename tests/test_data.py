@@ -253,7 +253,7 @@ def test_load_image_names_corrupt_and_missing_files(tmp_path):
 def test_dataset_root(tmp_path, monkeypatch):
     monkeypatch.delenv("PACKTOOL_DATA", raising=False)
     assert dataset_root(tmp_path) == tmp_path
-    with pytest.raises(DataError, match=r"--data-root.*PACKTOOL_DATA"):
+    with pytest.raises(DataError, match=r"`root=DIR`.*PACKTOOL_DATA"):
         dataset_root(None)
     monkeypatch.setenv("PACKTOOL_DATA", str(tmp_path))
     assert dataset_root(None) == tmp_path
@@ -277,7 +277,7 @@ def test_unknown_dataset_lists_registered_names(tmp_path, monkeypatch):
 
 def test_registered_dataset_needs_a_root(monkeypatch):
     monkeypatch.delenv("PACKTOOL_DATA", raising=False)
-    with pytest.raises(DataError, match="--data-root"):
+    with pytest.raises(DataError, match="`root=DIR`"):
         load_task_data("cubs", RGB32)
 
 

@@ -307,7 +307,7 @@ def test_predict_from_onnx_and_from_archive(mlp_pack, exported, images):
 
 def test_predict_errors(exported, tmp_path, images):
     onnx_path, archive = exported
-    with pytest.raises(TaskError, match="--task"):
+    with pytest.raises(TaskError, match="`task`"):
         predict(archive, images)
     with pytest.raises(TaskError, match="unknown task"):
         predict(archive, images, task="nope")

@@ -11,8 +11,8 @@ import torch
 from formats.make_v1 import CONFIG, Task
 
 from packtool import Pack
-from packtool.checkpoint import Checkpoint
 from packtool.exporters import read_archive
+from packtool.formats.checkpoint import Checkpoint
 from packtool.method import Phase
 
 FORMATS = Path(__file__).parent / "formats"

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packtool import Pack, PackFormatError, PackToolError, TrainConfig
-from packtool.checkpoint import Checkpoint
 from packtool.exporters import archive_bytes, archive_from_bytes, export_onnx_bytes, predict
+from packtool.formats.checkpoint import Checkpoint
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

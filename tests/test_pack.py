@@ -23,7 +23,7 @@ from packtool import (
     TaskError,
     TrainConfig,
 )
-from packtool.pack import FORMAT_VERSION
+from packtool.formats.model_file import FORMAT_VERSION
 from packtool.training import score
 
 FAST = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")

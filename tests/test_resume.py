@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from packtool import Pack, Progress, TaskError, TrainConfig
-from packtool.checkpoint import Checkpoint
+from packtool.formats.checkpoint import Checkpoint
 
 CONFIG = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, finetune_lr=0.01, batch_size=16,
                      device="cpu", optimizer="adamw", weight_decay=0.01, lr_decay_epochs=2)

@@ -1,22 +1,26 @@
-"""Per-epoch checkpoints of an add-task run, so an interrupted run can resume exactly.
+"""Per-epoch checkpoints of an add-task, so an interrupted add-task can resume exactly.
 
-File format (format version 1): a ``torch.save`` file of tensors and plain values, read back with
+Format (format version 1): a ``torch.save`` file of tensors and plain values, read back with
 ``weights_only=True`` and written atomically::
 
     {
       "format": "packtool.checkpoint", "version": 1,
       "run": "<JSON>",        # identity: task, index, prune, data spec, settings, base pack digest
       "phase": "train" | "finetune", "epoch": int,    # last completed epoch of that phase
-      "net": {state_dict of the live network},        # weight_orig, masks, owners, private, head
+      "net": {state_dict of the live network},        # <key>_orig, _mask, _owners, private, head
       "optimizer": {...} | None, "scheduler": {...} | None,
       "best_val": float, "best_val_loss": float,     # the best epoch's validation score
       "best_state": {state_dict} | None,
       "metrics": {"accuracy_before_prune": float, ...},
       "rng": uint8 tensor, "loader_rng": uint8 tensor, "cuda_rng": uint8 tensor | None,
+      "digest": "<sha256 hex>",  # :func:`~.digest.digest` of every other entry
     }
 
-A checkpoint is only ever used for the run it belongs to: :meth:`Checkpoint.check_run` refuses
-one whose identity differs (another task, ratio, dataset, setting or base pack).
+``digest`` was added after the first release: a checkpoint without one (packtool 0.1.0) is read
+unchecked; one with a digest that does not match is refused. The owner index in ``net`` must
+hold for the task being added (:func:`packtool.method.check_owners`). A checkpoint is only used
+for the add-task it belongs to: :meth:`Checkpoint.check_identity` refuses one whose identity
+differs (another task, ratio, dataset, setting or base pack).
 """
 
 from __future__ import annotations
@@ -31,27 +35,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import PackFormatError, TaskError
-from .fileio import atomic_write, load_weights_only
+from ..errors import PackFormatError, TaskError
+from ..fileio import atomic_write, load_weights_only
+from ..method import check_owners
+from .digest import digest
 
 FORMAT = "packtool.checkpoint"
 FORMAT_VERSION = 1
-# Settings that may differ between the interrupted and the resumed run (they do not change
+# Settings that may differ between the interrupted and the resumed add-task (they do not change
 # the arithmetic on CPU).
 NEUTRAL_SETTINGS = ("device", "workers")
+_ORIG, _OWNERS = "_orig", "_owners"
 
 
 def checkpoint_path(model: str | os.PathLike) -> Path:
-    """Where the CLI keeps the checkpoint of an add-task on ``model``: beside it."""
+    """Where the add-task job keeps the checkpoint of an add-task on ``model``: beside it."""
     model = Path(model)
     return model.with_name(model.name + ".add-task.ckpt")
 
 
 @dataclass
 class Checkpoint:
-    """The state of an add-task run at the end of an epoch (see the module docstring)."""
+    """The state of an add-task at the end of an epoch (see the module docstring); ``identity``
+    is the file's ``run`` entry."""
 
-    run: dict[str, Any]
+    identity: dict[str, Any]
     phase: str
     epoch: int
     net: dict[str, Tensor]
@@ -66,19 +74,21 @@ class Checkpoint:
     best_val_loss: float = math.inf  # validation loss of best_state (breaks accuracy ties)
 
     def describe(self) -> str:
-        total = self.run["config"]["epochs" if self.phase == "train" else "finetune_epochs"]
-        return f"task {self.run['task']!r}, {self.phase} epoch {self.epoch}/{total}"
+        config = self.identity["config"]
+        total = config["epochs" if self.phase == "train" else "finetune_epochs"]
+        return f"task {self.identity['task']!r}, {self.phase} epoch {self.epoch}/{total}"
 
     def save(self, path: str | os.PathLike) -> None:
         state = {
             "format": FORMAT, "version": FORMAT_VERSION,
-            "run": json.dumps(self.run, sort_keys=True), "phase": self.phase,
+            "run": json.dumps(self.identity, sort_keys=True), "phase": self.phase,
             "epoch": self.epoch, "net": _cpu(self.net), "optimizer": self.optimizer,
             "scheduler": self.scheduler, "best_val": self.best_val,
             "best_state": _cpu(self.best_state) if self.best_state is not None else None,
             "metrics": dict(self.metrics), "rng": self.rng, "loader_rng": self.loader_rng,
             "cuda_rng": self.cuda_rng, "best_val_loss": self.best_val_loss,
         }
+        state["digest"] = digest(state)
         atomic_write(path, lambda f: torch.save(state, f))
 
     @classmethod
@@ -87,7 +97,8 @@ class Checkpoint:
             state = load_weights_only(path)
         except Exception as exc:  # hostile or truncated bytes break the reader in many ways
             raise PackFormatError(
-                f"checkpoint {path} is unreadable; delete it (or pass --restart) to start over"
+                f"checkpoint {path} is unreadable; delete it (or pass `restart=True`) to start "
+                "over"
             ) from exc
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise PackFormatError(f"{path} is not a packtool checkpoint")
@@ -95,28 +106,41 @@ class Checkpoint:
             raise PackFormatError(f"checkpoint {path} has unsupported version "
                                   f"{state.get('version')!r}")
         try:
+            _check(state)
             # Fields with defaults may be absent (checkpoints of an earlier packtool).
             fields = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
-            fields["run"] = json.loads(state["run"])
+            fields["identity"] = json.loads(state["run"])
             return cls(**fields)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PackFormatError(f"checkpoint {path} is damaged: {exc}") from exc
 
-    def check_run(self, run: dict[str, Any], path: str | os.PathLike) -> None:
-        """Refuse to resume a different run; name what differs."""
-        ours, theirs = _identity(self.run), _identity(run)
+    def check_identity(self, identity: dict[str, Any], path: str | os.PathLike) -> None:
+        """Refuse to resume a different add-task; name what differs."""
+        ours, theirs = _compared(self.identity), _compared(identity)
         if ours != theirs:
             differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
             raise TaskError(
-                f"checkpoint {path} belongs to another add-task run ({', '.join(differ)} "
-                "differ); rerun with the same options, or pass --restart to discard it"
+                f"checkpoint {path} belongs to another add-task ({', '.join(differ)} differ); "
+                "rerun with the same options, or pass `restart=True` to discard it"
             )
 
 
-def _identity(run: dict[str, Any]) -> dict[str, Any]:
-    identity = dict(run)
-    identity["config"] = {k: v for k, v in run["config"].items() if k not in NEUTRAL_SETTINGS}
-    return identity
+def _check(state: dict[str, Any]) -> None:
+    """The digest (if the file has one) and the owner index of the network being trained."""
+    if "digest" in state and state["digest"] != digest(
+            {k: v for k, v in state.items() if k != "digest"}):
+        raise ValueError("failed its checksum: the file is corrupted or was modified")
+    net = state["net"]
+    owners = {k[:-len(_OWNERS)]: v for k, v in net.items() if k.endswith(_OWNERS)}
+    weights = {k: net[k + _ORIG] for k in owners}
+    check_owners(weights, owners, int(json.loads(state["run"])["index"]))
+
+
+def _compared(identity: dict[str, Any]) -> dict[str, Any]:
+    compared = dict(identity)
+    compared["config"] = {k: v for k, v in identity["config"].items()
+                          if k not in NEUTRAL_SETTINGS}
+    return compared
 
 
 def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
