@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from packtool import DataError, Pack, PackToolError, TaskError, TrainConfig, __version__
+from packtool import DataError, Pack, PackToolError, TaskError, TrainConfig, __version__, load
 from packtool.data import DATASETS, load_task_data
 from packtool.fileio import file_lock
 from packtool.pack import POLICIES, TaskRecord
@@ -185,7 +185,7 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
         raise click.UsageError("use either --task or --all, not both")
     if classes is not None and data is None:
         raise click.UsageError("--classes needs --data")
-    pack = params.load_pack(model)
+    pack = load(model)
     records = [pack.task(t) for t in tasks] if tasks else pack.tasks
     if not records:
         raise TaskError(f"{model} has no tasks to evaluate yet; add one with `packtool add-task`")
@@ -234,7 +234,7 @@ def info(model: Path, plot: str | None, as_json: bool) -> None:
 
     MODEL may be a model.pt or an archive.
     """
-    pack = params.load_pack(model)
+    pack = load(model)
     doc = render.info_doc(pack)
     if plot:
         from packtool.report import plot_capacity
@@ -281,7 +281,7 @@ def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
     from packtool import exporters
 
     _check_export_mode(name, all_tasks, archive, out, half, data_root)
-    pack, sha = params.load_pack(model), params.sha256_file(model)
+    pack, sha = load(model), params.sha256_file(model)
     onnx = {"dense": dense, "opset": opset, "verify": not no_verify, "source_sha256": sha}
     files: list[Any] = []
     written = None

@@ -14,7 +14,7 @@ import click
 from packtool.errors import PackToolError
 
 if TYPE_CHECKING:
-    from packtool.pack import Pack
+    pass
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,17 +104,3 @@ def pretrained_weights_file(arch: str) -> Path:
             "--weights FILE (or copy it to that path)"
         )
     return cached
-
-
-def load_pack(path: Path) -> Pack:
-    """A model.pt, or an archive written by ``export --archive`` (a safetensors file)."""
-    from packtool.pack import Pack
-
-    if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(9)
-        if len(head) == 9 and head[8:9] == b"{":  # safetensors: header length, then JSON
-            from packtool.exporters import read_archive
-
-            return read_archive(path)
-    return Pack.load(path)

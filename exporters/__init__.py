@@ -12,16 +12,19 @@
     predict("cars.onnx", ["photo.jpg"], top=3)         # softmax top-3 with onnxruntime
 """
 
-from .archive import (
-    ArchiveInfo,
-    PrecisionChange,
-    archive_bytes,
+from packtool.formats.archive import (
     archive_from_bytes,
-    half_precision_change,
     owner_bits,
     pack_bits,
     read_archive,
     unpack_bits,
+)
+
+from .archive import (
+    ArchiveInfo,
+    PrecisionChange,
+    archive_bytes,
+    half_precision_change,
     write_archive,
 )
 from .onnx import (

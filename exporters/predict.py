@@ -17,8 +17,9 @@ import torch
 
 from packtool.data import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskError
+from packtool.formats.archive import read_archive
+from packtool.formats.sniff import is_safetensors
 
-from .archive import read_archive
 from .onnx import TaskMetadata, task_onnx
 from .runtime import infer, provider_of, session, softmax
 
@@ -64,7 +65,7 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
     source = Path(source)
     if not source.is_file():
         raise PackToolError(f"{source} does not exist")
-    if _looks_like_safetensors(source):
+    if is_safetensors(source):
         pack = read_archive(source)
         if task is None:
             raise TaskError(f"{source} is an archive of tasks {', '.join(pack.task_names)}: "
@@ -94,10 +95,3 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
                 "top": [{"class": meta.classes[i], "probability": float(probs[i])} for i in order],
             })
     return PredictResult(task=meta.task, provider=provider_of(sess), predictions=predictions)
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    """safetensors starts with an 8-byte header length then ``{``; ONNX (protobuf) cannot."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"

@@ -22,6 +22,7 @@ from .errors import (
     PackToolError,
     TaskError,
 )
+from .formats.sniff import load
 from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, select
 from .models import ArchSpec
 from .pack import LayerCapacity, Pack, TaskRecord
@@ -53,6 +54,7 @@ __all__ = [
     "add_task_to_file",
     "assign_owners",
     "bake",
+    "load",
     "load_task_data",
     "packnet_prune",
     "parse_classes",

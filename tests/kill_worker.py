@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from packtool import training
-from packtool.formats import model_file
 from packtool.cli.main import main
+from packtool.formats import model_file
 
 
 def die() -> None:

@@ -13,7 +13,7 @@ from conftest import PACK_CONFIG, build_pack, synthetic_task
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import packtool.exporters.archive as archive_mod
+import packtool.formats.archive as archive_mod
 from packtool import Pack, TrainConfig
 from packtool.errors import PackFormatError, PackToolError
 from packtool.exporters import (

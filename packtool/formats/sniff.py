@@ -1,0 +1,33 @@
+"""One ``load(path)`` for every file that holds a pack: a model file or an archive.
+
+The format is told once, from the first bytes: safetensors (an archive) starts with an 8-byte
+header length and then ``{``, which neither a ``torch.save`` zip nor ONNX (protobuf) can.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..pack import Pack
+from .archive import read_archive
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file that starts like safetensors (an 8-byte length, then ``{``)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Pack:
+    """The pack in ``path``: a ``model.pt`` (:meth:`Pack.load`) or an archive
+    (:func:`~.archive.read_archive`, which serves every archived task but cannot train)."""
+    if is_safetensors(path):
+        return read_archive(path).to(device)
+    return Pack.load(path, device)
