@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from packtool import Pack, TaskData, TrainConfig
+from packtool import Pack, TaskData, TrainConfig, add_task
 from packtool.exporters import export_onnx_bytes
 from packtool.models import ArchSpec, anatomy, build_network, native_input_size
 
@@ -88,7 +88,7 @@ def export_check(arch: str) -> dict[str, Any]:
     size = native_input_size(arch)
     pack = Pack.create(arch, size, seed=0)
     config = TrainConfig(epochs=0, finetune_epochs=0, device="cpu")
-    pack.add_task("t1", _random_task(size), 0.5, config)
+    pack, _ = add_task(pack, "t1", _random_task(size), 0.5, config)
     start = time.perf_counter()
     data, result = export_onnx_bytes(pack, "t1")
     return {"bytes": len(data), "max_abs_diff": result.max_abs_diff,

@@ -4,10 +4,10 @@ Every method gets the same network (``build_network`` of the same :class:`ArchSp
 initialization seed), the same optimizer and the same schedule as packtool's add-task:
 ``epochs`` at ``lr`` (x0.1 every ``lr_decay_epochs``), then ``finetune_epochs`` at
 ``finetune_lr`` with a fresh optimizer, the best epoch of each phase kept on the validation split
-by the same rule as :mod:`packtool.training` (:meth:`packtool.training.Score.better_than`:
-higher validation accuracy, ties broken by lower validation loss; the fine-tuning phase starts
-from its starting point as a candidate). Only
-PackNet's prune step between the two phases is missing.
+by the same rule (:class:`packtool.loop.BestEpoch`: higher validation accuracy, ties broken by
+lower validation loss; the fine-tuning phase starts from its starting point as a candidate).
+Epochs run packtool's own loop (:func:`packtool.loop.train_epoch`). Only PackNet's prune step
+between the two phases is missing.
 
 * separate networks: one network per task (upper bound; stores ``T`` networks);
 * fine-tuning: one shared backbone, a new head per task, every backbone weight trained on each
@@ -18,7 +18,6 @@ PackNet's prune step between the two phases is missing.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,9 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
-from packtool import TrainConfig
+from packtool import Score, TrainConfig, evaluate
+from packtool.loop import BestEpoch, make_optimizer, make_scheduler, train_epoch
 from packtool.models import ArchSpec, anatomy, build_network
-from packtool.training import Score, score
 
 
 @dataclass
@@ -91,12 +90,12 @@ class _TaskView(nn.Module):
         return self.model(x, self.task)
 
 
-def evaluate(model: MultiHead, task: int, dataset: Dataset) -> float:
+def accuracy(model: MultiHead, task: int, dataset: Dataset) -> float:
     return validate(model, task, dataset).accuracy
 
 
 def validate(model: MultiHead, task: int, dataset: Dataset) -> Score:
-    return score(model.view(task), dataset, batch_size=256)
+    return evaluate(model.view(task), dataset, batch_size=256)
 
 
 def fit(model: MultiHead, params: Sequence[nn.Parameter], train: Dataset,
@@ -115,27 +114,23 @@ def _phase(model: MultiHead, params: Sequence[nn.Parameter], loader: DataLoader,
            decay_every: int, include_start: bool) -> None:
     if epochs == 0:
         return
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, decay_every, 0.1)
-                 if decay_every else None)
-    best: Score | None = None
-    best_state = None
+    optimizer = make_optimizer(params, config, lr)
+    scheduler = make_scheduler(optimizer, decay_every)
+    best = BestEpoch()
     if include_start:
-        best, best_state = val_score(), copy.deepcopy(model.state_dict())
+        best.offer(val_score(), model)
     for _ in range(epochs):
         model.train()
-        for x, y, t in loader:
-            optimizer.zero_grad(set_to_none=True)
-            model.loss(x, y, t).backward()
-            optimizer.step()
+        train_epoch(model, loader, optimizer, loss_fn=_multi_head_loss)
         if scheduler is not None:
             scheduler.step()
-        val = val_score()
-        if val.better_than(best):  # packtool.training's rule
-            best, best_state = val, copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        best.offer(val_score(), model)
+    best.restore(model)
+
+
+def _multi_head_loss(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, None]:
+    x, y, tasks = batch
+    return model.loss(x, y, tasks), None
 
 
 def with_task(data: TensorDataset, task: int) -> TensorDataset:
@@ -167,8 +162,8 @@ def run_separate(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConf
         fit(model, list(model.parameters()), with_task(data.train, 0),
             lambda m=model, d=data: validate(m, 0, d.val), config)
         models.append(model)
-        just.append(evaluate(model, 0, data.test))
-    final = [evaluate(m, 0, d.test) for m, d in zip(models, tasks)]
+        just.append(accuracy(model, 0, data.test))
+    final = [accuracy(m, 0, d.test) for m, d in zip(models, tasks)]
     return SequenceRun(final, just, sum(m.stored_values() for m in models))
 
 
@@ -182,8 +177,8 @@ def run_finetune(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConf
         params = [*model.backbone.parameters(), *model.heads[k].parameters()]
         fit(model, params, with_task(data.train, k),
             lambda k=k, d=data: validate(model, k, d.val), config)
-        just.append(evaluate(model, k, data.test))
-    final = [evaluate(model, k, d.test) for k, d in enumerate(tasks)]
+        just.append(accuracy(model, k, data.test))
+    final = [accuracy(model, k, d.test) for k, d in enumerate(tasks)]
     return SequenceRun(final, just, model.stored_values())
 
 
@@ -201,5 +196,5 @@ def run_joint(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
                      sum(s.loss for s in scores) / len(scores))
 
     fit(model, list(model.parameters()), train, val_score, config)
-    final = [evaluate(model, k, d.test) for k, d in enumerate(tasks)]
+    final = [accuracy(model, k, d.test) for k, d in enumerate(tasks)]
     return SequenceRun(final, [None] * len(tasks), model.stored_values())

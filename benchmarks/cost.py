@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from packtool import Pack, Preprocess, TaskData, TrainConfig, load_task_data
+from packtool import Pack, Preprocess, TaskData, TrainConfig, add_task, load_task_data
 
 from . import masking_overhead
 from .common import fmt, fmt_int, interleaved_medians, markdown_table
@@ -114,7 +114,8 @@ def build_pack(case: PackCase) -> tuple[Pack, float]:
     for k in range(case.tasks):
         a = 2 * k
         data: TaskData = load_task_data("digits", preprocess, classes=[a, a + 1])
-        pack.add_task(f"{a}/{a + 1}", data, case.ratio if k < case.tasks - 1 else 0.0, config)
+        ratio = case.ratio if k < case.tasks - 1 else 0.0
+        pack, _ = add_task(pack, f"{a}/{a + 1}", data, ratio, config)
     return pack, time.perf_counter() - start
 
 

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from packtool import Pack
+from packtool.loop import FrozenWeightGuard
 from packtool.method import Phase, assign_owners, packed_tensors, select_all
 from packtool.models import ArchSpec, build_network
-from packtool.training import FrozenWeightGuard
 
 CASES = {
     "lenet-3x32x32": ("lenet", (3, 32, 32), {"width": 32}, 64),

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from packtool import Pack, Preprocess, TaskData, TrainConfig, load_task_data
+from packtool import Pack, Preprocess, TaskData, TrainConfig, add_task, evaluate, load_task_data
 from packtool.models import ArchSpec
 
 from . import baselines
@@ -165,9 +165,9 @@ def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainCo
                              spec={"data": "digits", "classes": list(task.classes),
                                    "permutation": task.permutation})
         prune = ratio if k < len(tasks) - 1 else 0.0
-        result = pack.add_task(task.name, task_data, prune, config)
+        pack, result = add_task(pack, task.name, task_data, prune, config)
         just.append(result.accuracy)  # the held-out accuracy right after the task was frozen
-    final = [pack.evaluate(d.name, d.test) for d in tasks]
+    final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
     stored = sum(w.numel() for w in pack.shared.values()) + sum(
         v.numel()
         for record in pack.tasks

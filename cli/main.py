@@ -8,18 +8,27 @@ command writes MODEL unless it succeeds.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from packtool import DataError, Pack, PackToolError, TaskError, TrainConfig, __version__, load
-from packtool.data import DATASETS, load_task_data
-from packtool.fileio import file_lock
-from packtool.pack import POLICIES, TaskRecord
-from packtool.runner import add_task_to_file
-from packtool.training import OPTIMIZERS
+from packtool import (
+    DATASETS,
+    OPTIMIZERS,
+    POLICIES,
+    PackToolError,
+    TrainConfig,
+    __version__,
+    add_task_to_file,
+    create_file,
+    evaluate_tasks,
+    exporters,
+    load,
+    plot_accuracy,
+    plot_capacity,
+    sha256_file,
+)
 
 from . import params, render
 from .errors import ErrorHandlingGroup
@@ -61,14 +70,8 @@ def main(debug: bool) -> None:
 def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int, int] | None,
          policy: str, kwargs: dict[str, Any], force: bool) -> None:
     """Create MODEL: a network with every weight free and no tasks."""
-    if model.exists() and not force:
-        raise PackToolError(f"{model} already exists; pass --force to overwrite it")
-    if weights == params.PRETRAINED:
-        weights = str(params.pretrained_weights_file(arch))
-    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=weights, policy=policy)
-    # Overwriting takes the lock: it fails while an add-task is running on MODEL.
-    with file_lock(model) if model.exists() else contextlib.nullcontext():
-        pack.save(model)
+    pack = create_file(model, arch, input_size=input_size, kwargs=kwargs, weights=weights,
+                       policy=policy, force=force)
     render.show_created(render.console_for(), pack, str(model))
 
 
@@ -133,7 +136,6 @@ def add_task(model: Path, data: str, prune: float, name: str | None, classes: li
     if resume and restart:
         raise click.UsageError("use either --resume or --restart, not both")
     config = TrainConfig(**options)
-    config.validate()
     click.get_current_context().meta["interrupted"] = (
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )
@@ -179,46 +181,20 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
 
     MODEL may be a model.pt or an archive.
     """
-    from packtool.training import resolve_device
-
     if tasks and all_tasks:
         raise click.UsageError("use either --task or --all, not both")
     if classes is not None and data is None:
         raise click.UsageError("--classes needs --data")
-    pack = load(model)
-    records = [pack.task(t) for t in tasks] if tasks else pack.tasks
-    if not records:
-        raise TaskError(f"{model} has no tasks to evaluate yet; add one with `packtool add-task`")
-    dev = resolve_device(device)
-    rows = []
-    for record in records:
-        task_data = _eval_data(pack, record, data, classes, data_root)
-        accuracy = pack.evaluate(record.name, task_data, batch_size=batch_size, device=dev)
-        rows.append({"task": record.name, "index": record.index, "accuracy": accuracy,
-                     "samples": len(task_data.test)})
+    rows = [row.to_dict() for row in evaluate_tasks(
+        load(model), tasks, data=data, classes=classes, root=data_root, batch_size=batch_size,
+        device=device)]
     doc = {"tasks": rows}
     if plot:
-        from packtool.report import plot_accuracy
-
         plot_accuracy(rows, plot)
     if as_json:
         render.print_json(doc)
     else:
         render.show_eval(render.console_for(), doc)
-
-
-def _eval_data(pack: Pack, record: TaskRecord, data: str | None, classes: list[int] | None,
-               data_root: str | None) -> Any:
-    """The task's own data spec, or ``--data`` (whose class count must match the task's)."""
-    if data is None:
-        return pack.task_data(record.name, root=data_root)
-    task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes)
-    if len(task_data.classes) != len(record.classes):
-        raise DataError(
-            f"--data {data} has {len(task_data.classes)} classes but task {record.name!r} has "
-            f"{len(record.classes)}; pick matching classes with --classes"
-        )
-    return task_data
 
 
 # -- info -------------------------------------------------------------------------------------
@@ -237,8 +213,6 @@ def info(model: Path, plot: str | None, as_json: bool) -> None:
     pack = load(model)
     doc = render.info_doc(pack)
     if plot:
-        from packtool.report import plot_capacity
-
         plot_capacity(pack, plot)
     if as_json:
         render.print_json(doc)
@@ -278,10 +252,8 @@ def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
 
     MODEL may be a model.pt or an archive.
     """
-    from packtool import exporters
-
     _check_export_mode(name, all_tasks, archive, out, half, data_root)
-    pack, sha = load(model), params.sha256_file(model)
+    pack, sha = load(model), sha256_file(model)
     onnx = {"dense": dense, "opset": opset, "verify": not no_verify, "source_sha256": sha}
     files: list[Any] = []
     written = None
@@ -352,9 +324,7 @@ def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, o
 def predict(source: Path, images: tuple[Path, ...], name: str | None, top: int,
             as_json: bool) -> None:
     """Classify IMAGEs with an exported ONNX file or archive (FILE)."""
-    from packtool.exporters import predict as predict_images
-
-    result = predict_images(source, list(images), task=name, top=top)
+    result = exporters.predict(source, list(images), task=name, top=top)
     doc = result.to_dict()
     if as_json:
         render.print_json(doc)

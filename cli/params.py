@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
-from packtool.errors import PackToolError
-
-if TYPE_CHECKING:
-    pass
+from packtool import PackToolError, parse_classes, parse_input_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MODEL = "model.pt"
-PRETRAINED = "DEFAULT"
 
 
 def model_argument(func: F) -> F:
@@ -37,8 +31,6 @@ def input_size(ctx: click.Context, param: click.Parameter, value: str | None
                ) -> tuple[int, int, int] | None:
     if value is None:
         return None
-    from packtool.models import parse_input_size
-
     try:
         return parse_input_size(value)
     except PackToolError as exc:
@@ -48,8 +40,6 @@ def input_size(ctx: click.Context, param: click.Parameter, value: str | None
 def classes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None
-    from packtool.data import parse_classes
-
     try:
         return parse_classes(value)
     except PackToolError as exc:
@@ -68,39 +58,3 @@ def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> 
         except json.JSONDecodeError:
             result[key.strip()] = text
     return result
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def pretrained_weights_file(arch: str) -> Path:
-    """torchvision's DEFAULT weights for ``arch`` if they are already in the local torch hub cache.
-
-    Nothing is downloaded: without a cached copy this raises a PackToolError that says where to
-    put the file (or to pass it with ``--weights FILE``).
-    """
-    import torch
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-    except (ValueError, KeyError, AttributeError):
-        raise PackToolError(
-            f"--weights DEFAULT: {arch!r} has no pretrained torchvision weights; "
-            "pass --weights FILE (a local state_dict) or leave --weights out"
-        ) from None
-    url = weights.url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if not cached.is_file():
-        raise PackToolError(
-            f"--weights DEFAULT: torchvision's {arch} weights are not cached at {cached} and "
-            f"packtool downloads nothing; fetch {url} on a machine with network access and pass "
-            "--weights FILE (or copy it to that path)"
-        )
-    return cached

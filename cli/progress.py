@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as Bars
 
-from packtool.training import Progress
+from packtool import Progress
 
 from .render import console_for
 

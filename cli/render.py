@@ -19,8 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from packtool.pack import Pack
-    from packtool.training import TaskResult
+    from packtool import Pack, TaskResult
 
 ADD_TASK_KEYS = ("task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
                  "weights_owned", "free_fraction", "seconds")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from packtool import Pack, TrainConfig, load_task_data
+from packtool import Pack, TrainConfig, add_task, evaluate, load_task_data
 from packtool.exporters import export_all
 
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
@@ -31,7 +31,7 @@ def main() -> None:
         name = f"digits-{a}-{b}"
         data[name] = load_task_data("digits", pack.preprocess, classes=[a, b])
         prune = 0.0 if (a, b) == PAIRS[-1] else 0.75  # the last task keeps every free weight
-        result = pack.add_task(name, data[name], prune, config)
+        pack, result = add_task(pack, name, data[name], prune, config)
         print(f"added {name}: test accuracy {result.accuracy:.4f}, "
               f"{result.weights_owned} weights owned, {result.free_fraction:.1%} still free")
 
@@ -41,7 +41,8 @@ def main() -> None:
     print(f"\n{'task':<12} {'before prune':>12} {'after prune':>12} {'when added':>11} "
           f"{'now':>7}")
     for record in pack.tasks:
-        now = pack.evaluate(record.name, data[record.name])  # a non-destructive re-evaluation
+        # A non-destructive re-evaluation of every task, after all of them were added.
+        now = evaluate(pack.model_for(record.name), data[record.name].test).accuracy
         m = record.metrics
         print(f"{record.name:<12} {m['accuracy_before_prune']:>12.4f} "
               f"{m['accuracy_after_prune']:>12.4f} {m['accuracy']:>11.4f} {now:>7.4f}")

@@ -12,6 +12,7 @@
     predict("cars.onnx", ["photo.jpg"], top=3)         # softmax top-3 with onnxruntime
 """
 
+from packtool.evaluate import PrecisionChange, half_precision_change
 from packtool.formats.archive import (
     archive_from_bytes,
     owner_bits,
@@ -20,13 +21,7 @@ from packtool.formats.archive import (
     unpack_bits,
 )
 
-from .archive import (
-    ArchiveInfo,
-    PrecisionChange,
-    archive_bytes,
-    half_precision_change,
-    write_archive,
-)
+from .archive import ArchiveInfo, archive_bytes, write_archive
 from .onnx import (
     ARCHIVE_NAME,
     OnnxExport,

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save as st_save
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
 
 from packtool._version import __version__
-from packtool.errors import DataError, PackToolError
+from packtool.errors import PackToolError
 from packtool.fileio import atomic_write_bytes
 from packtool.formats.archive import (
     DTYPE_CODES,
@@ -136,70 +135,3 @@ class _Storage:
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class PrecisionChange:
-    """One task served from a float16 archive against the same task in float32.
-
-    Attributes:
-        task: task name.
-        accuracy, accuracy_half: top-1 accuracy (0..1) on the task's test split, float32 pack
-            and float16 archive; ``None`` if the task's data could not be loaded.
-        samples: test images measured (0 without data).
-        max_abs_diff: largest ``|logit_half - logit|`` on those images, or on a seeded random
-            batch without data.
-    """
-
-    task: str
-    accuracy: float | None
-    accuracy_half: float | None
-    samples: int
-    max_abs_diff: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def half_precision_change(pack: Pack, half: Pack, *, data_root: str | os.PathLike | None = None,
-                          batch_size: int = 256) -> list[PrecisionChange]:
-    """What storing ``pack`` in float16 costs: each task of ``pack`` against ``half``.
-
-    ``half`` is the pack read back from ``write_archive(pack, ..., half=True)``. Each task is
-    measured on its own test split (rebuilt with :meth:`Pack.task_data`, ``data_root``
-    overriding where the data lives); a task whose data cannot be read gets ``None``
-    accuracies and the logit difference on 8 standard-normal inputs (seed 0).
-    """
-    changes = []
-    for record in pack.tasks:
-        full = pack.model_for(record.name, device="cpu")
-        reduced = half.model_for(record.name, device="cpu")
-        try:
-            changes.append(_measured_change(record.name, full, reduced,
-                                            pack.task_data(record.name, root=data_root).test,
-                                            batch_size))
-        except DataError:
-            noise = torch.randn(8, *pack.spec.input_size,
-                                generator=torch.Generator().manual_seed(0))
-            with torch.no_grad():
-                diff = float((reduced(noise) - full(noise)).abs().max())
-            changes.append(PrecisionChange(record.name, None, None, 0, diff))
-    return changes
-
-
-@torch.no_grad()
-def _measured_change(task: str, full: nn.Module, reduced: nn.Module, test: Dataset,
-                     batch_size: int) -> PrecisionChange:
-    correct = correct_half = seen = 0
-    diff = 0.0
-    for inputs, labels in DataLoader(test, batch_size=batch_size):
-        expected, actual = full(inputs), reduced(inputs)
-        correct += int((expected.argmax(1) == labels).sum())
-        correct_half += int((actual.argmax(1) == labels).sum())
-        diff = max(diff, float((actual - expected).abs().max()))
-        seen += len(labels)
-    if seen == 0:
-        raise DataError(f"task {task!r} has an empty test split")
-    return PrecisionChange(task, correct / seen, correct_half / seen, seen, diff)
-
-

@@ -2,16 +2,22 @@
 
 The public API::
 
-    from packtool import Pack, TrainConfig, load_task_data
+    from packtool import Pack, TrainConfig, add_task, load_task_data
 
     pack = Pack.create("lenet", (1, 8, 8))
     data = load_task_data("digits", pack.preprocess, classes=[0, 1])
-    pack.add_task("zero-one", data, prune=0.75, config=TrainConfig(epochs=5))
+    pack, result = add_task(pack, "zero-one", data, prune=0.75, config=TrainConfig(epochs=5))
     pack.save("model.pt")
     model = Pack.load("model.pt").model_for("zero-one")   # a plain nn.Module
+
+The lifecycle of a pack: :meth:`Pack.create` -> :func:`add_task` (train, prune, fine-tune,
+freeze; again for every task) -> :meth:`Pack.model_for` or the exporters
+(:mod:`packtool.exporters`). :func:`add_task_to_file` is the same on a model file, with a lock,
+checkpoints and torchrun, as ``packtool add-task`` runs it.
 """
 
 from ._version import __version__
+from .config import OPTIMIZERS, TrainConfig, resolve_device
 from .data import DATASETS, Preprocess, TaskData, load_task_data, parse_classes
 from .errors import (
     ArchitectureError,
@@ -21,16 +27,30 @@ from .errors import (
     PackFormatError,
     PackToolError,
     TaskError,
+    one_line,
 )
+from .evaluate import (
+    PrecisionChange,
+    Score,
+    TaskEvaluation,
+    evaluate,
+    evaluate_tasks,
+    half_precision_change,
+)
+from .fileio import file_lock, sha256_file
 from .formats.sniff import load
+from .job import add_task_to_file, create_file
+from .lifecycle import TaskResult, add_task
 from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, select
-from .models import ArchSpec
-from .pack import LayerCapacity, Pack, TaskRecord
-from .runner import add_task_to_file
-from .training import Progress, Score, TaskResult, TrainConfig, resolve_device
+from .models import ArchSpec, native_input_size, parse_input_size
+from .pack import POLICIES, LayerCapacity, Pack, TaskRecord
+from .progress import Progress
+from .report import plot_accuracy, plot_capacity
 
 __all__ = [
     "DATASETS",
+    "OPTIMIZERS",
+    "POLICIES",
     "ArchSpec",
     "ArchitectureError",
     "CapacityError",
@@ -42,22 +62,36 @@ __all__ = [
     "PackNetPruning",
     "PackToolError",
     "Phase",
+    "PrecisionChange",
     "Preprocess",
     "Progress",
     "Score",
     "TaskData",
     "TaskError",
+    "TaskEvaluation",
     "TaskRecord",
     "TaskResult",
     "TrainConfig",
     "__version__",
+    "add_task",
     "add_task_to_file",
     "assign_owners",
     "bake",
+    "create_file",
+    "evaluate",
+    "evaluate_tasks",
+    "file_lock",
+    "half_precision_change",
     "load",
     "load_task_data",
+    "native_input_size",
+    "one_line",
     "packnet_prune",
     "parse_classes",
+    "parse_input_size",
+    "plot_accuracy",
+    "plot_capacity",
     "resolve_device",
     "select",
+    "sha256_file",
 ]

@@ -19,14 +19,17 @@ Only rank 0 writes files or shows progress.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils.data import DataLoader
 
-from .errors import PackToolError
+from .errors import DataError, PackToolError, one_line
 from .formats.digest import digest
 
 
@@ -129,3 +132,32 @@ def check_same_everywhere(world: World | None, tensors: dict[str, Tensor],
     differing = [r for r, d in enumerate(gathered) if not torch.equal(d, gathered[0])]
     if differing:
         raise PackToolError(f"ranks {differing} disagree with rank 0 on the trained weights")
+
+
+_END = object()
+
+
+def batches(loader: DataLoader, world: World | None = None,
+            device: torch.device | None = None) -> Iterator[Any]:
+    """Iterate ``loader``, with one-line data errors and, across ranks, agreed failure.
+
+    DataLoader re-raises a worker's exception with the worker's traceback folded into the
+    message; this keeps the original one-line ``DataError`` message. With ``world``, every rank
+    checks at every step that all ranks got their batch, so one rank's bad file stops all of
+    them instead of leaving the others waiting in a collective. Every rank must then see the
+    same number of batches (true for ``DistributedSampler``).
+    """
+    iterator = iter(loader)
+    while True:
+        error: PackToolError | None = None
+        try:
+            item = next(iterator)
+        except StopIteration:
+            item = _END
+        except DataError as exc:
+            error = DataError(one_line(exc))
+        if not all_ok(world, error is None, device or torch.device("cpu")):
+            raise error or PackToolError("another process failed to read its data; see its error")
+        if item is _END:
+            return
+        yield item

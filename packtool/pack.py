@@ -16,12 +16,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._version import __version__
+from .data import Preprocess, TaskData, load_task_data
 from .errors import ArchitectureError, PackFormatError, TaskError
 from .formats import model_file
 from .formats.weights import is_tensor_dict, load_state_dict_file
@@ -44,12 +45,6 @@ from .models import (
     native_input_size,
     new_head,
 )
-
-if TYPE_CHECKING:
-    from torch.utils.data import Dataset
-
-    from .data import Preprocess, TaskData
-    from .training import Progress, TaskResult, TrainConfig
 
 POLICIES = ("per_task", "frozen")
 
@@ -104,9 +99,9 @@ class LayerCapacity:
 class Pack:
     """Several tasks packed into one network with PackNet.
 
-    Build one with :meth:`create`, add tasks with :meth:`add_task`, get any task's plain network
-    with :meth:`model_for`, and persist with :meth:`save` / :meth:`load`. Methods never modify a
-    task that is already in the pack.
+    Build one with :meth:`create`, add tasks with :func:`packtool.add_task` (which returns a new
+    pack), get any task's plain network with :meth:`model_for`, and persist with :meth:`save` /
+    :meth:`load`. Nothing modifies a task that is already in the pack.
 
     Attributes:
         spec: how to rebuild the network.
@@ -271,8 +266,6 @@ class Pack:
     @property
     def preprocess(self) -> Preprocess:
         """How images become this network's inputs (size, channels, normalization)."""
-        from .data import Preprocess
-
         return Preprocess(self.spec.input_size, self.spec.mean, self.spec.std)
 
     def private_state(self, record: TaskRecord) -> dict[str, Tensor]:
@@ -345,33 +338,19 @@ class Pack:
         Raises:
             DataError: the data is not there (or cannot be read) any more.
         """
-        from .data import load_task_data
-
         spec = dict(self.task(task).data)
         if root is not None:
             spec["root"] = str(root)
         return load_task_data(**spec, preprocess=self.preprocess)
 
-    def evaluate(self, task: str | int, dataset: Dataset | TaskData, *, batch_size: int = 256,
-                 device: str | torch.device | None = None) -> float:
-        """Top-1 accuracy (0..1) of task ``task`` on ``dataset`` (a TaskData: its test split)."""
-        from .training import accuracy
-
-        test = getattr(dataset, "test", dataset)
-        return accuracy(self.model_for(task, device), test, batch_size=batch_size,
-                        device=device or self.device)
-
-    def add_task(self, name: str, data: TaskData, prune: float, config: TrainConfig | None = None,
-                 *, progress: Progress | None = None, checkpoint: str | os.PathLike | None = None,
-                 resume: bool = False) -> TaskResult:
-        """Add a task: train free weights, prune ``prune`` of them, fine-tune, freeze.
-
-        See :func:`packtool.training.add_task`. The pack changes only if this returns.
-        """
-        from .training import add_task
-
-        return add_task(self, name, data, prune, config, progress=progress,
-                        checkpoint=checkpoint, resume=resume)
+    def with_task(self, record: TaskRecord, shared: dict[str, Tensor],
+                  owners: dict[str, Tensor]) -> Pack:
+        """A new pack: this one's tasks then ``record``, with ``shared`` weights and ``owners``
+        (what :func:`packtool.lifecycle.add_task` froze). This pack is not changed."""
+        pack = Pack(self.spec, shared, owners, self.initial_private, [*self.tasks, record],
+                    policy=self.policy, pretrained_head=self.pretrained_head)
+        pack._anatomy = self._anatomy
+        return pack
 
     def to(self, device: str | torch.device) -> Pack:
         """Move every tensor to ``device`` (in place); returns ``self``."""
@@ -426,6 +405,10 @@ class Pack:
             "heads": [_to_cpu(t.head) for t in self.tasks],
             "private": [_to_cpu(t.private) for t in self.tasks],
         })
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the model file's content: identifies this exact pack."""
+        return self.state()["digest"]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the pack to ``path`` atomically (temp file, fsync, rename)."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from packtool import Pack, TrainConfig
+from packtool import Pack, TrainConfig, add_task
 
 
 @dataclass
@@ -54,6 +54,6 @@ def build_pack(arch: str, size: tuple[int, int, int], kwargs: dict, tasks: list,
     ``[(classes, prune), ...]`` and task ``i`` (from 0) draws its data with seed ``i``."""
     pack = Pack.create(arch, size, kwargs=kwargs, policy=policy)
     for i, (classes, prune) in enumerate(tasks):
-        pack.add_task(f"task {i + 1}", synthetic_task(classes, seed=i, shape=size, n=n), prune,
-                      config)
+        data = synthetic_task(classes, seed=i, shape=size, n=n)
+        pack, _ = add_task(pack, f"task {i + 1}", data, prune, config)
     return pack

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from packtool import Pack, PackToolError, TrainConfig, load_task_data
+from packtool import Pack, PackToolError, TrainConfig, add_task, load_task_data
 from packtool.distributed import init_from_env
 from packtool.formats.digest import digest as tensor_digest
 
@@ -22,7 +22,7 @@ def main() -> int:
             first_before = pack.model_for("first")(x)
         data = load_task_data(data_name, pack.preprocess, classes=classes or None)
         config = TrainConfig(epochs=3, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
-        result = pack.add_task("second", data, 0.5, config)
+        pack, result = add_task(pack, "second", data, 0.5, config)
     except PackToolError as exc:
         print(f"rank {world.rank}: Error: {exc}", file=sys.stderr)
         dist.destroy_process_group()

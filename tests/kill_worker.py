@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from packtool import training
+from packtool import loop
 from packtool.cli.main import main
 from packtool.formats import model_file
 
@@ -22,7 +22,7 @@ def die() -> None:
 
 
 def kill_at_step(count: int) -> None:
-    original = training.FrozenWeightGuard.restore
+    original = loop.FrozenWeightGuard.restore
     calls = 0
 
     def restore(self) -> None:
@@ -32,7 +32,7 @@ def kill_at_step(count: int) -> None:
             die()
         original(self)
 
-    training.FrozenWeightGuard.restore = restore
+    loop.FrozenWeightGuard.restore = restore
 
 
 def kill_while_saving(name: str) -> None:

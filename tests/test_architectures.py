@@ -10,7 +10,7 @@ import torch
 from conftest import synthetic_task
 from torch import nn
 
-from packtool import Pack, Phase, TrainConfig
+from packtool import Pack, Phase, TrainConfig, add_task
 from packtool.exporters import archive_bytes, archive_from_bytes, export_onnx_bytes
 from packtool.method import active_mask, trainable_mask
 from packtool.models import ArchSpec, anatomy, build_network, native_input_size
@@ -24,8 +24,8 @@ FAST = TrainConfig(epochs=2, finetune_epochs=1, lr=0.01, batch_size=16, device="
 def test_a_weight_read_without_calling_its_module_is_masked_and_trained():
     pack = Pack.create("nets:reads_child_weight", (1, 8, 8))
     before = pack.shared["proj.weight"].clone()
-    pack.add_task("a", synthetic_task(2, seed=0), 0.5, FAST)
-    pack.add_task("b", synthetic_task(3, seed=1), 0.5, FAST)
+    pack, _ = add_task(pack, "a", synthetic_task(2, seed=0), 0.5, FAST)
+    pack, _ = add_task(pack, "b", synthetic_task(3, seed=1), 0.5, FAST)
     owners, weight = pack.owners["proj.weight"], pack.shared["proj.weight"]
     # Trained: gradients reached the packed weight in both tasks' training.
     for task in (1, 2):
@@ -60,12 +60,12 @@ def test_a_weight_read_without_calling_its_module_is_masked_and_trained():
 def transformer_packs() -> tuple[Pack, torch.Tensor, torch.Tensor]:
     """A tiny transformer after its first task and after its second, plus task 1's outputs."""
     pack = Pack.create("nets:tiny_transformer", (1, 8, 8))
-    pack.add_task("a", synthetic_task(3, seed=0), 0.5, FAST)
+    pack, _ = add_task(pack, "a", synthetic_task(3, seed=0), 0.5, FAST)
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         first = pack.model_for("a")(x)
     shared_after_a = {k: v.clone() for k, v in pack.shared.items()}
-    pack.add_task("b", synthetic_task(4, seed=1), 0.5, FAST)
+    pack, _ = add_task(pack, "b", synthetic_task(4, seed=1), 0.5, FAST)
     return pack, x, first, shared_after_a
 
 
@@ -173,11 +173,11 @@ def test_torchvision_families_take_tasks_and_export(family):
         Pack.create(arch, (3, 16, 16), kwargs=kwargs)
     assert pack.spec.input_size == (3, 16, 16)
     shape = pack.spec.input_size
-    pack.add_task("a", synthetic_task(2, seed=0, shape=shape, n=48), 0.5, FAST)
+    pack, _ = add_task(pack, "a", synthetic_task(2, seed=0, shape=shape, n=48), 0.5, FAST)
     x = torch.randn(3, *shape)
     with torch.no_grad():
         first = pack.model_for("a")(x)
-    pack.add_task("b", synthetic_task(3, seed=1, shape=shape, n=48), 0.5, FAST)
+    pack, _ = add_task(pack, "b", synthetic_task(3, seed=1, shape=shape, n=48), 0.5, FAST)
     with torch.no_grad():
         assert torch.equal(pack.model_for("a")(x), first)  # zero forgetting
         assert pack.model_for("b")(x).shape == (3, 3)  # task b's own head

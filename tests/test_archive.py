@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import packtool.formats.archive as archive_mod
-from packtool import Pack, TrainConfig
+from packtool import Pack, TrainConfig, add_task, evaluate
 from packtool.errors import PackFormatError, PackToolError
 from packtool.exporters import (
     archive_bytes,
@@ -127,8 +127,8 @@ def test_restored_pack_saves_and_keeps_adding_tasks(tmp_path):
     # caches its anatomy, and building it inside add_task consumes the seeded RNG.
     built.save(tmp_path / "original.pt")
     original = Pack.load(tmp_path / "original.pt")
-    for p in (original, restored):
-        p.add_task("next", synthetic_task(2, seed=7, shape=size), 0.5, PACK_CONFIG)
+    original, restored = (add_task(p, "next", synthetic_task(2, seed=7, shape=size), 0.5,
+                                   PACK_CONFIG)[0] for p in (original, restored))
     for key in original.shared:
         assert torch.equal(restored.owners[key], original.owners[key])
         assert torch.equal(restored.shared[key], original.shared[key])
@@ -278,7 +278,8 @@ def test_half_precision_archive(tmp_path):
     assert half.bytes < 0.6 * full.bytes
     for i, name in enumerate(pack.task_names):
         data = synthetic_task(tasks[i][0], seed=i, shape=size, n=192)
-        before, after = pack.evaluate(name, data), restored.evaluate(name, data)
+        before = evaluate(pack.model_for(name), data.test).accuracy
+        after = evaluate(restored.model_for(name), data.test).accuracy
         x = torch.stack([x for x, _ in data.test])
         with torch.no_grad():
             ref, got = pack.model_for(name)(x), restored.model_for(name)(x)

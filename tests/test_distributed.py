@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from packtool import Pack, TrainConfig, load_task_data
+from packtool import Pack, TrainConfig, add_task, load_task_data
 from packtool.fileio import file_lock
 
 HERE = Path(__file__).parent
@@ -34,7 +34,8 @@ def _torchrun(model: Path, data: str, classes: str, out: Path) -> subprocess.Com
 @pytest.fixture
 def first_pack(tmp_path) -> tuple[Path, torch.Tensor]:
     pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
-    pack.add_task("first", load_task_data("digits", pack.preprocess, classes=[0, 1]), 0.5, CONFIG)
+    first = load_task_data("digits", pack.preprocess, classes=[0, 1])
+    pack, _ = add_task(pack, "first", first, 0.5, CONFIG)
     path = tmp_path / "model.pt"
     pack.save(path)
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -64,7 +65,7 @@ def test_two_gloo_ranks_train_identically(first_pack, tmp_path):
     single.owners = {k: torch.where(o == 2, torch.zeros_like(o), o)
                      for k, o in single.owners.items()}
     data = load_task_data("digits", single.preprocess, classes=[2, 3, 4])
-    alone = single.add_task("second-alone", data, 0.5, CONFIG).accuracy
+    alone = add_task(single, "second-alone", data, 0.5, CONFIG)[1].accuracy
     assert abs(reports[0]["accuracy"] - alone) <= 0.1, (reports[0]["accuracy"], alone)
 
 

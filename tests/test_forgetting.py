@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from packtool import Pack, TrainConfig
+from packtool import Pack, TrainConfig, add_task
 
 ARCHS = {
     "mlp": ("mlp", (1, 8, 8), {"hidden": 32}),
@@ -43,7 +43,8 @@ def test_old_tasks_bit_identical_after_four_more(arch, optim, make_task):
     x = torch.randn(12, *size, generator=torch.Generator().manual_seed(1))
     snapshots = {}
     for t in range(5):
-        pack.add_task(f"task{t + 1}", make_task(2 + t % 3, seed=t, shape=size, n=48), 0.5, config)
+        data = make_task(2 + t % 3, seed=t, shape=size, n=48)
+        pack, _ = add_task(pack, f"task{t + 1}", data, 0.5, config)
         snapshots[f"task{t + 1}"] = _snapshot(pack, f"task{t + 1}", x)
         for old, snap in snapshots.items():
             now = _snapshot(pack, old, x)
@@ -60,12 +61,12 @@ def test_paper_policy_freezes_norm_statistics_after_task_one(make_task):
     pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4}, policy="frozen")
     config = TrainConfig(epochs=2, finetune_epochs=1, lr=0.05, device="cpu", weight_decay=0.01)
     x = torch.randn(8, 1, 8, 8)
-    pack.add_task("first", make_task(3, seed=0), 0.5, config)
+    pack, _ = add_task(pack, "first", make_task(3, seed=0), 0.5, config)
     stats = {k: v.clone() for k, v in pack.tasks[0].private.items()}
     with torch.no_grad():
         out = pack.model_for("first")(x)
-    pack.add_task("second", make_task(2, seed=1), 0.5, config)
-    pack.add_task("third", make_task(4, seed=2), 0.0, config)
+    pack, _ = add_task(pack, "second", make_task(2, seed=1), 0.5, config)
+    pack, _ = add_task(pack, "third", make_task(4, seed=2), 0.0, config)
     assert pack.tasks[1].private == {} and pack.tasks[2].private == {}
     assert any("running_mean" in k for k in stats)
     for key, value in stats.items():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from formats.make_v1 import CONFIG, Task
 
-from packtool import Pack
+from packtool import Pack, add_task
 from packtool.exporters import read_archive
 from packtool.formats.checkpoint import Checkpoint
 from packtool.method import Phase
@@ -41,7 +41,7 @@ def test_v1_checkpoint_resumes_to_the_recorded_result(tmp_path):
     shutil.copy(FORMATS / ckpt.name, ckpt)
     assert Checkpoint.load(ckpt).phase == "finetune"
     pack = Pack.load(model)
-    pack.add_task("second", Task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt, resume=True)
+    pack, _ = add_task(pack, "second", Task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt, resume=True)
     done = Pack.load(FORMATS / "lenet-2tasks.pt")
     for key in done.shared:
         assert torch.equal(pack.shared[key], done.shared[key])
@@ -53,11 +53,11 @@ def test_v1_transformer_keeps_its_split_and_takes_tasks():
     pack = Pack.load(FORMATS / "transformer-init.pt")
     assert "encoder.layers.0.self_attn.in_proj_weight" in pack.private_state_spec
     assert "encoder.layers.0.self_attn.out_proj.weight" in pack.shared
-    pack.add_task("a", Task(2, seed=0), 0.5, CONFIG)  # 0.1.0 failed here (out_proj)
+    pack, _ = add_task(pack, "a", Task(2, seed=0), 0.5, CONFIG)  # 0.1.0 failed here (out_proj)
     x = X[:2]
     with torch.no_grad():
         first = pack.model_for("a")(x)
-    pack.add_task("b", Task(3, seed=1), 0.5, CONFIG)
+    pack, _ = add_task(pack, "b", Task(3, seed=1), 0.5, CONFIG)
     with torch.no_grad():
         assert torch.equal(pack.model_for("a")(x), first)
     net = pack.network(2, Phase.EVAL, head=pack.tasks[1].head, private=pack.tasks[1].private)

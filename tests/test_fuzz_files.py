@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packtool import Pack, PackFormatError, PackToolError, TrainConfig
+from packtool import Pack, PackFormatError, PackToolError, TrainConfig, add_task
 from packtool.exporters import archive_bytes, archive_from_bytes, export_onnx_bytes, predict
 from packtool.formats.checkpoint import Checkpoint
 
@@ -21,7 +21,7 @@ def small_pack() -> Pack:
     from conftest import synthetic_task
 
     pack = Pack.create("mlp", (1, 4, 4), kwargs={"hidden": 8})
-    pack.add_task("t1", synthetic_task(2, 0, shape=(1, 4, 4), n=24), 0.5,
+    pack, _ = add_task(pack, "t1", synthetic_task(2, 0, shape=(1, 4, 4), n=24), 0.5,
                   TrainConfig(epochs=1, finetune_epochs=0, device="cpu"))
     return pack
 

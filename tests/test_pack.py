@@ -22,9 +22,10 @@ from packtool import (
     Score,
     TaskError,
     TrainConfig,
+    add_task,
+    evaluate,
 )
 from packtool.formats.model_file import FORMAT_VERSION
-from packtool.training import score
 
 FAST = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
 
@@ -33,7 +34,7 @@ FAST = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, batch_size=16, device="
 def pack3(make_task) -> Pack:
     pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
     for t, ratio in enumerate((0.5, 0.75, 0.0)):
-        pack.add_task(f"t{t + 1}", make_task(2 + t, seed=t), ratio, FAST)
+        pack, _ = add_task(pack, f"t{t + 1}", make_task(2 + t, seed=t), ratio, FAST)
     return pack
 
 
@@ -200,7 +201,7 @@ def test_capacity_counts_are_exact(pack3):
 def test_full_pack_refuses_another_task(pack3, make_task):
     before = pack3.to_bytes()
     with pytest.raises(CapacityError, match="no free weights"):
-        pack3.add_task("t4", make_task(2, seed=9), 0.5, FAST)
+        add_task(pack3, "t4", make_task(2, seed=9), 0.5, FAST)
     assert pack3.to_bytes() == before
 
 
@@ -212,18 +213,18 @@ def test_full_pack_refuses_another_task(pack3, make_task):
 ])
 def test_bad_task_settings(make_task, name, ratio, error):
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
-    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+    pack, _ = add_task(pack, "t1", make_task(2, seed=0), 0.5, FAST)
     with pytest.raises(TaskError, match=error):
-        pack.add_task(name, make_task(2, seed=1), ratio, FAST)
+        add_task(pack, name, make_task(2, seed=1), ratio, FAST)
     assert pack.task_names == ["t1"]
 
 
 def test_diverging_training_is_a_clear_error(make_task):
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
-    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+    pack, _ = add_task(pack, "t1", make_task(2, seed=0), 0.5, FAST)
     before = pack.to_bytes()
     with pytest.raises(TaskError, match="training diverged: the loss became NaN or infinite"):
-        pack.add_task("boom", make_task(2, seed=5), 0.5, replace(FAST, lr=1e30))
+        add_task(pack, "boom", make_task(2, seed=5), 0.5, replace(FAST, lr=1e30))
     assert pack.to_bytes() == before
 
 
@@ -234,8 +235,8 @@ def test_unknown_task_lists_known(pack3):
 
 def test_selecting_an_old_task_while_training_changes_nothing(make_task):
     pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
-    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
-    pack.add_task("t2", make_task(3, seed=1), 0.5, FAST)
+    pack, _ = add_task(pack, "t1", make_task(2, seed=0), 0.5, FAST)
+    pack, _ = add_task(pack, "t2", make_task(3, seed=1), 0.5, FAST)
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         expected = pack.model_for("t1")(x)
@@ -246,7 +247,7 @@ def test_selecting_an_old_task_while_training_changes_nothing(make_task):
             with torch.no_grad():
                 seen.append(torch.equal(pack.model_for("t1")(x), expected))
 
-    pack.add_task("t3", make_task(2, seed=2), 0.5, FAST, progress=Probe())
+    pack, _ = add_task(pack, "t3", make_task(2, seed=2), 0.5, FAST, progress=Probe())
     assert seen and all(seen)
     with torch.no_grad():
         assert torch.equal(pack.model_for("t1")(x), expected)
@@ -254,7 +255,7 @@ def test_selecting_an_old_task_while_training_changes_nothing(make_task):
 
 def test_interrupted_add_task_leaves_pack_unchanged(pack3, make_task):
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
-    pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+    pack, _ = add_task(pack, "t1", make_task(2, seed=0), 0.5, FAST)
     before = pack.to_bytes()
 
     class Interrupt(Progress):
@@ -262,7 +263,7 @@ def test_interrupted_add_task_leaves_pack_unchanged(pack3, make_task):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pack.add_task("t2", make_task(2, seed=1), 0.5, FAST, progress=Interrupt())
+        add_task(pack, "t2", make_task(2, seed=1), 0.5, FAST, progress=Interrupt())
     assert pack.to_bytes() == before
 
 
@@ -283,12 +284,12 @@ def test_model_selection_reads_validation_not_test(make_task):
     data.val, data.test = _Counting(data.val), _Counting(data.test)
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     config = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, device="cpu")
-    result = pack.add_task("t1", data, 0.5, config)
+    pack, result = add_task(pack, "t1", data, 0.5, config)
     # test: measured before pruning, after pruning and at the end - never per epoch
     assert data.test.reads == 3 * len(data.test)
     # validation: every epoch of both phases, plus the post-prune starting point
     assert data.val.reads == (3 + 2 + 1) * len(data.val)
-    assert pack.evaluate("t1", data) == result.accuracy
+    assert evaluate(pack.model_for("t1"), data.test).accuracy == result.accuracy
 
 
 def test_score_ranks_accuracy_then_loss():
@@ -302,24 +303,26 @@ def test_score_ranks_accuracy_then_loss():
 def test_saturated_validation_keeps_the_lowest_loss_epoch(make_task, monkeypatch):
     """Validation accuracy saturates at 100% after an epoch or two: the kept model is the tied
     epoch with the lowest validation loss, not the first one that reached 100%."""
-    from packtool import training
+    from packtool import lifecycle
 
     seen: list[Score] = []
-    original = training._TaskRun._val_score
+    original = lifecycle._Training.evaluate
 
-    def recording(self):
-        seen.append(original(self))
-        return seen[-1]
+    def recording(self, dataset):
+        score = original(self, dataset)
+        if dataset is self.data.val:
+            seen.append(score)
+        return score
 
-    monkeypatch.setattr(training._TaskRun, "_val_score", recording)
+    monkeypatch.setattr(lifecycle._Training, "evaluate", recording)
     data = make_task(2, seed=0)
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     # prune 0 and no fine-tuning: the final model is the training epoch that was kept
-    pack.add_task("t1", data, 0.0, TrainConfig(epochs=6, finetune_epochs=0, lr=0.05,
+    pack, _ = add_task(pack, "t1", data, 0.0, TrainConfig(epochs=6, finetune_epochs=0, lr=0.05,
                                                device="cpu"))
     tied = [s for s in seen[:6] if s.accuracy == 1.0]
     assert len(tied) >= 3, seen
-    kept = score(pack.model_for("t1"), data.val)
+    kept = evaluate(pack.model_for("t1"), data.val)
     assert kept.accuracy == 1.0
     assert kept.loss == pytest.approx(min(s.loss for s in tied), rel=1e-6)
     assert kept.loss < tied[0].loss  # the first epoch at 100% was not the one kept
@@ -328,7 +331,7 @@ def test_saturated_validation_keeps_the_lowest_loss_epoch(make_task, monkeypatch
 def test_same_seed_same_pack(make_task):
     def build():
         pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
-        pack.add_task("t1", make_task(2, seed=0), 0.5, FAST)
+        pack, _ = add_task(pack, "t1", make_task(2, seed=0), 0.5, FAST)
         return pack
 
     a, b = build(), build()
@@ -370,7 +373,7 @@ def test_network_that_cannot_run_on_the_input_size():
 def test_pretrained_weights_become_the_first_task(make_task, tmp_path, suffix):
     donor = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16, "num_classes": 3})
     data = make_task(3, seed=0)
-    donor.add_task("pre", data, 0.0, TrainConfig(epochs=3, lr=0.05, finetune_epochs=0,
+    donor, _ = add_task(donor, "pre", data, 0.0, TrainConfig(epochs=3, lr=0.05, finetune_epochs=0,
                                                  device="cpu"))
     state = donor.model_for("pre").state_dict()
     path = tmp_path / f"weights{suffix}"
@@ -379,9 +382,9 @@ def test_pretrained_weights_become_the_first_task(make_task, tmp_path, suffix):
     else:
         save_file(state, str(path))
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16, "num_classes": 3}, weights=path)
-    result = pack.add_task("pre", data, 0.5, TrainConfig(epochs=0, finetune_epochs=0,
+    pack, result = add_task(pack, "pre", data, 0.5, TrainConfig(epochs=0, finetune_epochs=0,
                                                         device="cpu"))
-    assert result.accuracy_before_prune == donor.evaluate("pre", data)
+    assert result.accuracy_before_prune == evaluate(donor.model_for("pre"), data.test).accuracy
 
 
 def test_weights_that_do_not_fit(tmp_path):

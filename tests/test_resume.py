@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from packtool import Pack, Progress, TaskError, TrainConfig
+from packtool import Pack, Progress, TaskError, TrainConfig, add_task
 from packtool.formats.checkpoint import Checkpoint
 
 CONFIG = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, finetune_lr=0.01, batch_size=16,
@@ -14,7 +14,7 @@ CONFIG = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, finetune_lr=0.01, bat
 
 def _base(make_task) -> Pack:
     pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
-    pack.add_task("first", make_task(2, seed=0), 0.5, CONFIG)
+    pack, _ = add_task(pack, "first", make_task(2, seed=0), 0.5, CONFIG)
     return pack
 
 
@@ -46,13 +46,14 @@ def _assert_same(a: Pack, b: Pack) -> None:
 def test_resumed_run_matches_uninterrupted(make_task, tmp_path, phase, epoch):
     data = make_task(3, seed=1)
     reference = _base(make_task)
-    reference.add_task("second", data, 0.5, CONFIG, checkpoint=tmp_path / "ref.ckpt")
+    reference, _ = add_task(reference, "second", data, 0.5, CONFIG,
+                            checkpoint=tmp_path / "ref.ckpt")
 
     pack = _base(make_task)
     ckpt = tmp_path / "run.ckpt"
     before = pack.to_bytes()
     with pytest.raises(KeyboardInterrupt):
-        pack.add_task("second", data, 0.5, CONFIG, checkpoint=ckpt,
+        add_task(pack, "second", data, 0.5, CONFIG, checkpoint=ckpt,
                       progress=_InterruptAt(phase, epoch))
     assert pack.to_bytes() == before
     if (phase, epoch) == ("train", 1):
@@ -60,7 +61,7 @@ def test_resumed_run_matches_uninterrupted(make_task, tmp_path, phase, epoch):
     else:
         saved = Checkpoint.load(ckpt)
         assert (saved.phase, saved.epoch) == (phase, epoch - 1)
-    pack.add_task("second", data, 0.5, CONFIG, checkpoint=ckpt, resume=True)
+    pack, _ = add_task(pack, "second", data, 0.5, CONFIG, checkpoint=ckpt, resume=True)
     _assert_same(pack, reference)
 
 
@@ -68,14 +69,14 @@ def test_stale_checkpoint_is_reported_not_used(make_task, tmp_path):
     pack = _base(make_task)
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        pack.add_task("second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt,
+        add_task(pack, "second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt,
                       progress=_InterruptAt("train", 2))
     stale = ckpt.read_bytes()
     with pytest.raises(TaskError, match=r"interrupted add-task \(task 'second', train epoch 1/3\)"):
-        pack.add_task("second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt)
+        add_task(pack, "second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=ckpt)
     assert ckpt.read_bytes() == stale
     with pytest.raises(TaskError, match="prune differ"):
-        pack.add_task("second", make_task(3, seed=1), 0.75, CONFIG, checkpoint=ckpt, resume=True)
+        add_task(pack, "second", make_task(3, seed=1), 0.75, CONFIG, checkpoint=ckpt, resume=True)
     assert len(pack.tasks) == 1
 
 
@@ -87,7 +88,7 @@ def test_resume_without_checkpoint_starts_over(make_task, tmp_path):
         def message(self, text):
             messages.append(text)
 
-    pack.add_task("second", make_task(3, seed=1), 0.5, CONFIG, checkpoint=tmp_path / "c.ckpt",
-                  resume=True, progress=Collect())
+    pack, _ = add_task(pack, "second", make_task(3, seed=1), 0.5, CONFIG,
+                       checkpoint=tmp_path / "c.ckpt", resume=True, progress=Collect())
     assert any("starting from the beginning" in m for m in messages)
     assert pack.task_names == ["first", "second"]

@@ -1,4 +1,5 @@
-"""Adding a task to a model *file*: the whole job behind ``packtool add-task``.
+"""The file-level jobs: creating a model file (``packtool init``) and adding a task to one, the
+whole of ``packtool add-task``.
 
 :func:`add_task_to_file` is what the command line runs, available to Python callers too:
 
@@ -19,17 +20,21 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import distributed
+from .config import TrainConfig, resolve_device
 from .data import load_task_data
 from .distributed import World
 from .errors import PackToolError, TaskError
 from .fileio import file_lock
 from .formats.checkpoint import Checkpoint, checkpoint_path
+from .formats.weights import PRETRAINED, pretrained_weights_file
+from .lifecycle import TaskResult, add_task
 from .pack import Pack
-from .training import Progress, TaskResult, TrainConfig, resolve_device
+from .progress import Progress
 
 
 def add_task_to_file(
@@ -63,9 +68,8 @@ def add_task_to_file(
         PackToolError: any user-caused failure, with ``model`` left as it was.
     """
     config = config or TrainConfig()
-    config.validate()
     if resume and restart:
-        raise TaskError("use either resume or restart, not both")
+        raise TaskError("use either `resume=True` or `restart=True`, not both")
     model = Path(model)
     if not model.is_file():
         Pack.load(model)  # the library's one-line error, before any lock file is created
@@ -82,13 +86,34 @@ def add_task_to_file(
             name = name or default_task_name(task_data.spec["data"], classes)
             if main:
                 _clear_checkpoint(ckpt, pack, restart)
-        result = pack.add_task(name, task_data, prune, config, progress=progress,
-                               checkpoint=ckpt, resume=resume)
+        pack, result = add_task(pack, name, task_data, prune, config, progress=progress,
+                                checkpoint=ckpt, resume=resume)
         with _agreed(world, device):
             if main:
                 pack.save(model)
                 ckpt.unlink(missing_ok=True)
     return (pack, result) if main else None
+
+
+def create_file(model: str | os.PathLike, arch: str, *,
+                input_size: tuple[int, int, int] | None = None,
+                kwargs: dict[str, Any] | None = None, weights: str | os.PathLike | None = None,
+                policy: str = "per_task", force: bool = False) -> Pack:
+    """Create the model file ``model``: :meth:`Pack.create`, saved atomically.
+
+    ``weights="DEFAULT"`` takes torchvision's pretrained weights from the local torch hub cache
+    (nothing is downloaded). An existing ``model`` is refused unless ``force``; overwriting takes
+    its lock, so it fails while an add-task is running on it.
+    """
+    model = Path(model)
+    if model.exists() and not force:
+        raise PackToolError(f"{model} already exists; pass `force=True` to overwrite it")
+    if weights == PRETRAINED:
+        weights = pretrained_weights_file(arch)
+    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=weights, policy=policy)
+    with file_lock(model) if model.exists() else contextlib.nullcontext():
+        pack.save(model)
+    return pack
 
 
 def default_task_name(data: str, classes: Sequence[int] | None) -> str:

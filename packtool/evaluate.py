@@ -1,0 +1,206 @@
+"""Measuring a model: the one evaluation routine, and what packtool reports with it.
+
+* :func:`evaluate` - accuracy and mean loss of a model on a dataset (eval mode, exact across
+  torchrun ranks); model selection, add-task's metrics and ``packtool eval`` all use it;
+* :func:`evaluate_tasks` - tasks of a pack on their own test splits (or on another dataset);
+* :func:`half_precision_change` - what serving a pack from a float16 archive costs each task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .config import resolve_device
+from .data import TaskData, load_task_data
+from .distributed import World, batches, sum_counts, sum_floats
+from .errors import DataError, TaskError
+from .pack import Pack
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model on one split: top-1 accuracy (0..1) and mean cross-entropy loss."""
+
+    accuracy: float
+    loss: float
+
+    def better_than(self, other: Score | None) -> bool:
+        """The model-selection rule: higher accuracy; on equal accuracy, lower loss.
+
+        The loss settles ties, which are common: a small validation split saturates (100% after
+        a few epochs), and keeping the first epoch that reached it keeps an undertrained model.
+        """
+        return other is None or (self.accuracy, -self.loss) > (other.accuracy, -other.loss)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
+             device: str | torch.device = "cpu", workers: int = 0,
+             world: World | None = None) -> Score:
+    """Accuracy and mean loss of ``model`` in eval mode on ``dataset``; restores the mode.
+
+    With ``world``, each rank evaluates its ``DistributedSampler`` shard and the sums are
+    reduced; the sampler's padding samples are not counted, so the result is exact and equal on
+    every rank.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise DataError("the evaluation split is empty")
+    device = torch.device(device)
+    sampler = None
+    if world is not None:
+        sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler)
+    was_training = model.training
+    model.eval()
+    correct = seen = 0
+    loss_sum = 0.0
+    try:
+        for inputs, labels in batches(loader, world, device):
+            logits = model(inputs.to(device))
+            hits = logits.argmax(1).cpu() == labels
+            losses = nn.functional.cross_entropy(logits, labels.to(device), reduction="none")
+            counted = torch.ones_like(hits)
+            if world is not None:  # sample j of this shard is dataset position rank + j * size
+                position = world.rank + (seen + torch.arange(len(labels))) * world.size
+                counted = position < n
+            correct += int((hits & counted).sum())
+            loss_sum += float(losses.double().cpu()[counted].sum())
+            seen += len(labels)
+    finally:
+        model.train(was_training)
+    (correct,) = sum_counts(world, [correct], device)
+    (loss_sum,) = sum_floats(world, [loss_sum], device)
+    return Score(correct / n, loss_sum / n)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tasks of a pack
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskEvaluation:
+    """One task measured on a test split; :meth:`to_dict` is a row of ``packtool eval --json``."""
+
+    task: str
+    index: int
+    accuracy: float
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_tasks(pack: Pack, tasks: Sequence[str] = (), *, data: str | None = None,
+                   classes: Sequence[int] | None = None, root: str | os.PathLike | None = None,
+                   batch_size: int = 256, device: str | torch.device = "auto"
+                   ) -> list[TaskEvaluation]:
+    """Top-1 accuracy of ``tasks`` (default: all) on their held-out test splits.
+
+    Each task's data is rebuilt from its record (:meth:`Pack.task_data`; ``root`` overrides
+    where it lives), or, with ``data`` (and ``classes``), read from that dataset, whose class
+    count must match the task's.
+    """
+    records = [pack.task(t) for t in tasks] if tasks else pack.tasks
+    if not records:
+        raise TaskError("the pack has no tasks to evaluate yet; add one first")
+    dev = resolve_device(device)
+    rows = []
+    for record in records:
+        if data is None:
+            task_data = pack.task_data(record.name, root=root)
+        else:
+            task_data = _other_data(pack, record.name, data, classes, root)
+        accuracy = evaluate(pack.model_for(record.name, dev), task_data.test,
+                            batch_size=batch_size, device=dev).accuracy
+        rows.append(TaskEvaluation(record.name, record.index, accuracy, len(task_data.test)))
+    return rows
+
+
+def _other_data(pack: Pack, task: str, data: str, classes: Sequence[int] | None,
+                root: str | os.PathLike | None) -> TaskData:
+    task_data = load_task_data(data, pack.preprocess, root=root, classes=classes)
+    expected = len(pack.task(task).classes)
+    if len(task_data.classes) != expected:
+        raise DataError(
+            f"`data` {data} has {len(task_data.classes)} classes but task {task!r} has "
+            f"{expected}; pick matching `classes`"
+        )
+    return task_data
+
+
+# ------------------------------------------------------------------------------------------------
+# Half precision
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrecisionChange:
+    """One task served from a float16 archive against the same task in float32.
+
+    Attributes:
+        task: task name.
+        accuracy, accuracy_half: top-1 accuracy (0..1) on the task's test split, float32 pack
+            and float16 archive; ``None`` if the task's data could not be loaded.
+        samples: test images measured (0 without data).
+        max_abs_diff: largest ``|logit_half - logit|`` on those images, or on a seeded random
+            batch without data.
+    """
+
+    task: str
+    accuracy: float | None
+    accuracy_half: float | None
+    samples: int
+    max_abs_diff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def half_precision_change(pack: Pack, half: Pack, *, data_root: str | os.PathLike | None = None,
+                          batch_size: int = 256) -> list[PrecisionChange]:
+    """What storing ``pack`` in float16 costs: each task of ``pack`` against ``half``.
+
+    ``half`` is the pack read back from ``write_archive(pack, ..., half=True)``. Each task is
+    measured on its own test split (rebuilt with :meth:`Pack.task_data`, ``data_root``
+    overriding where the data lives); a task whose data cannot be read gets ``None``
+    accuracies and the logit difference on 8 standard-normal inputs (seed 0).
+    """
+    changes = []
+    for record in pack.tasks:
+        full = pack.model_for(record.name, device="cpu")
+        reduced = half.model_for(record.name, device="cpu")
+        try:
+            test = pack.task_data(record.name, root=data_root).test
+            changes.append(_measured_change(record.name, full, reduced, test, batch_size))
+        except DataError:
+            noise = torch.randn(8, *pack.spec.input_size,
+                                generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                diff = float((reduced(noise) - full(noise)).abs().max())
+            changes.append(PrecisionChange(record.name, None, None, 0, diff))
+    return changes
+
+
+@torch.no_grad()
+def _measured_change(task: str, full: nn.Module, reduced: nn.Module, test: Dataset,
+                     batch_size: int) -> PrecisionChange:
+    correct = correct_half = seen = 0
+    diff = 0.0
+    for inputs, labels in DataLoader(test, batch_size=batch_size):
+        expected, actual = full(inputs), reduced(inputs)
+        correct += int((expected.argmax(1) == labels).sum())
+        correct_half += int((actual.argmax(1) == labels).sum())
+        diff = max(diff, float((actual - expected).abs().max()))
+        seen += len(labels)
+    if seen == 0:
+        raise DataError(f"task {task!r} has an empty test split")
+    return PrecisionChange(task, correct / seen, correct_half / seen, seen, diff)

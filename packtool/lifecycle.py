@@ -1,0 +1,376 @@
+"""The add-task lifecycle: train free weights -> prune -> fine-tune survivors -> freeze.
+
+:func:`add_task` is the only code that makes a pack with a new task. Read it top to bottom:
+
+1. **prepare** the live network of task ``k``: every weight PackNet-masked, earlier tasks'
+   weights active and frozen, a new head and the task's private state (:func:`_prepare`);
+2. **train** the free weights for ``config.epochs``, keeping the best epoch on validation
+   (:func:`_phase`, the epochs of :func:`packtool.loop.train_epoch`);
+3. **prune**: release ``prune`` of the trained weights per layer, smallest ``|w|`` first, and
+   zero them (:func:`_prune`);
+4. **fine-tune** the kept weights for ``config.finetune_epochs`` (:func:`_phase` again);
+5. **freeze**: a new pack holding the old tasks and this one (:func:`_freeze`).
+
+Old tasks' biases, norm statistics and heads live in their task records and are never loaded
+into the network being trained, so they cannot drift; their weights are restored after every
+optimizer step (:class:`packtool.loop.FrozenWeightGuard`). Model selection uses the validation
+split; the held-out test split is only measured (before pruning, after pruning, final).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from . import distributed
+from .config import TrainConfig, resolve_device
+from .data import TaskData
+from .distributed import World
+from .errors import CapacityError, DataError, TaskError
+from .evaluate import Score, evaluate
+from .formats.checkpoint import Checkpoint
+from .loop import BestEpoch, FrozenWeightGuard, make_optimizer, make_scheduler, train_epoch
+from .method import MAX_TASKS, Phase, assign_owners, select_all, tensor_at
+from .models import Anatomy, new_head
+from .pack import Pack, TaskRecord
+from .progress import Progress
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass
+class TaskResult:
+    """What :func:`add_task` reports; the same numbers are stored in the task record."""
+
+    task: str
+    index: int
+    accuracy: float
+    accuracy_before_prune: float
+    accuracy_after_prune: float
+    val_accuracy: float
+    weights_owned: int
+    free_fraction: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def add_task(pack: Pack, name: str, data: TaskData, prune: float,
+             config: TrainConfig | None = None, *, progress: Progress | None = None,
+             checkpoint: str | os.PathLike | None = None,
+             resume: bool = False) -> tuple[Pack, TaskResult]:
+    """Add task ``name`` to ``pack``: the PackNet lifecycle (see the module docstring).
+
+    Returns the new pack and what it measured; ``pack`` itself is never changed, so an
+    exception or ``KeyboardInterrupt`` leaves nothing half-done.
+
+    With ``checkpoint``, the state is saved there (atomically) after every epoch; with
+    ``resume`` too, an add-task interrupted at any point continues from its last completed
+    epoch and ends with the same result as an uninterrupted one (bit-identical on CPU). A
+    checkpoint found without ``resume`` is an error, never silently used or overwritten. The
+    checkpoint is left in place on success; delete it once the pack is saved.
+    """
+    config = config or TrainConfig()
+    _check_new_task(pack, name, prune, data)
+    world = distributed.current()
+    device = distributed.rank_device(world, resolve_device(config.device))
+    main = world is None or world.is_main
+    progress = (progress if main else None) or Progress()
+    started = time.perf_counter()
+    task = len(pack.tasks) + 1
+    identity = {"task": name, "index": task, "prune": float(prune), "data": data.spec,
+                "config": asdict(config), "pack": pack.digest() if checkpoint else None}
+    start = _resume_point(checkpoint, resume, identity, progress)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        t = _prepare(pack, task, data, config, device, world, progress)
+        t.checkpoint, t.identity = (checkpoint if main else None), identity  # one writer
+        metrics = _train_prune_finetune(t, prune, start)
+        new = _freeze(t, name, prune, metrics)
+    distributed.check_same_everywhere(
+        world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
+    final = evaluate(new.model_for(task, device), data.test, device=device, world=world)
+    new.tasks[-1].metrics["accuracy"] = final.accuracy
+    return new, TaskResult(
+        task=name, index=task, accuracy=final.accuracy,
+        accuracy_before_prune=metrics["accuracy_before_prune"],
+        accuracy_after_prune=metrics["accuracy_after_prune"],
+        val_accuracy=metrics["val_accuracy"],
+        weights_owned=sum(c.owned[task - 1] for c in new.capacity()),
+        free_fraction=new.free_fraction, seconds=time.perf_counter() - started,
+    )
+
+
+def _check_new_task(pack: Pack, name: str, prune: float, data: TaskData) -> None:
+    if not name or not name.strip():
+        raise TaskError("task name must not be empty")
+    if name in pack.task_names:
+        raise TaskError(f"task {name!r} already exists; pick another `name`")
+    if not (isinstance(prune, (int, float)) and 0.0 <= prune < 1.0 and math.isfinite(prune)):
+        raise TaskError(f"prune ratio must be in [0, 1), got {prune}")
+    if len(pack.tasks) >= MAX_TASKS:
+        raise CapacityError(f"a pack holds at most {MAX_TASKS} tasks")
+    if pack.free_weights == 0:
+        raise CapacityError(
+            "no free weights are left for another task: every weight is owned "
+            f"by one of {len(pack.tasks)} tasks (prune earlier tasks harder next time)"
+        )
+    if not data.classes:
+        raise DataError("the dataset has no classes")
+    if len(data.train) == 0 or len(data.test) == 0 or len(data.val) == 0:
+        raise DataError("the dataset needs non-empty train, validation and test splits")
+
+
+def _resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[str, Any],
+                  progress: Progress) -> Checkpoint | None:
+    if path is None or not Path(path).exists():
+        if resume:
+            progress.message("no checkpoint to resume from; starting from the beginning")
+        return None
+    if not resume:
+        found = Checkpoint.load(path)
+        raise TaskError(
+            f"{path} holds an interrupted add-task ({found.describe()}); pass `resume=True` "
+            "to continue it or `restart=True` to discard it"
+        )
+    start = Checkpoint.load(path)
+    start.check_identity(identity, path)
+    progress.message(f"resuming {start.describe()}")
+    return start
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Prepare
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Training:
+    """What every step of one add-task works on: the live network, its data and settings."""
+
+    pack: Pack
+    task: int
+    data: TaskData
+    config: TrainConfig
+    device: torch.device
+    world: World | None
+    progress: Progress
+    anatomy: Anatomy
+    net: nn.Module  # PackNet-masked; ``model`` is the same network, wrapped in DDP if any
+    model: nn.Module
+    packed: dict[str, tuple[nn.Module, str]]  # prunable weight key -> (module, tensor name)
+    private_frozen: bool  # the paper's policy after task 1: biases and norms stay task 1's
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    generator: torch.Generator
+    checkpoint: str | os.PathLike | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def evaluate(self, dataset: Dataset) -> Score:
+        return evaluate(self.net, dataset, batch_size=max(self.config.batch_size, 256),
+                        device=self.device, workers=self.config.workers, world=self.world)
+
+
+def _prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: torch.device,
+             world: World | None, progress: Progress) -> _Training:
+    anat = pack.anatomy()
+    head, private = _initial_state(pack, anat, len(data.classes))
+    net = pack.network(task, Phase.TRAIN, head=head, private=private, device=device)
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = None
+    if world is not None:  # each rank trains on its shard; the batch size is per process
+        sampler = DistributedSampler(data.train, world.size, world.rank, shuffle=True,
+                                     seed=config.seed)
+    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
+                        sampler=sampler, generator=generator, num_workers=config.workers,
+                        pin_memory=device.type == "cuda")
+    model = net
+    if world is not None:  # after the reparametrization: masks and owners are buffers it syncs
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                        else None)
+    return _Training(pack, task, data, config, device, world, progress, anat, net, model,
+                     {key: tensor_at(net, key) for key in anat.prunable},
+                     pack.policy == "frozen" and task > 1, loader, sampler, generator)
+
+
+def _initial_state(pack: Pack, anat: Anatomy, classes: int
+                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The new task's head and private state: the pretrained classifier for a first task of
+    the same size, else a new head; the last task's private state (the initial one first)."""
+    previous = pack.tasks[-1] if pack.tasks else None
+    private = pack.private_state(previous) if previous else pack.initial_private
+    pretrained = pack.pretrained_head
+    if not pack.tasks and pretrained and pretrained["weight"].shape[0] == classes:
+        return dict(pretrained), dict(private)
+    head = new_head(anat, classes).to(pack.device)
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}, dict(private)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2-4. Train, prune, fine-tune
+# ------------------------------------------------------------------------------------------------
+
+
+def _train_prune_finetune(t: _Training, prune: float, start: Checkpoint | None
+                          ) -> dict[str, float]:
+    config = t.config
+    if start is None or start.phase == Phase.TRAIN.value:
+        _phase(t, Phase.TRAIN, config.epochs, config.lr, config.lr_decay_epochs, start)
+        start = None
+        t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
+        _prune(t, prune)
+        t.metrics["accuracy_after_prune"] = t.evaluate(t.data.test).accuracy
+    else:
+        t.metrics.update(start.metrics)
+    best_val = _phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0, start,
+                      include_start=True)
+    return {**t.metrics, "val_accuracy": best_val}
+
+
+def _phase(t: _Training, phase: Phase, epochs: int, lr: float, decay_every: int,
+           start: Checkpoint | None = None, include_start: bool = False) -> float:
+    """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy."""
+    if start is not None:
+        t.net.load_state_dict(start.net)
+    select_all(t.net, t.task, phase)
+    if epochs == 0:
+        return t.evaluate(t.data.val).accuracy
+    guard = FrozenWeightGuard(list(t.packed.values()), t.task, phase)
+    optimizer = make_optimizer(guard.trainable_weights() + _head_and_private(t), t.config, lr)
+    scheduler = make_scheduler(optimizer, decay_every)
+    best, first = BestEpoch(), 1
+    if start is not None:
+        best = BestEpoch(Score(start.best_val, start.best_val_loss), start.best_state)
+        first = start.epoch + 1
+        _restore(t, start, optimizer, scheduler)
+    elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate
+        best.offer(t.evaluate(t.data.val), t.net)
+        _save(t, phase, 0, optimizer, scheduler, best)
+    t.progress.phase_start(phase.value, epochs, len(t.loader))
+    for epoch in range(first, epochs + 1):
+        if t.sampler is not None:  # a different shuffle for every epoch of both phases
+            t.sampler.set_epoch(epoch if phase is Phase.TRAIN else 10_000 + epoch)
+        _train_mode(t)
+        loss, acc = train_epoch(t.model, t.loader, optimizer, device=t.device,
+                                after_step=guard.restore, world=t.world, progress=t.progress)
+        _sync(t)
+        if scheduler is not None:
+            scheduler.step()
+        val = t.evaluate(t.data.val)
+        t.progress.epoch_end(epoch, loss, acc, val.accuracy)
+        best.offer(val, t.net)
+        _save(t, phase, epoch, optimizer, scheduler, best)
+    t.progress.phase_end(phase.value)
+    best.restore(t.net)
+    assert best.score is not None  # epochs >= 1 ran, or a checkpoint had one
+    return best.score.accuracy
+
+
+def _head_and_private(t: _Training) -> list[Tensor]:
+    """The head's parameters and, unless frozen, the task's private ones (set trainable)."""
+    private = set(t.anatomy.private)
+    params = [p for n, p in t.net.named_parameters() if n in private]
+    for p in params:
+        p.requires_grad_(not t.private_frozen)
+    head = list(t.net.get_submodule(t.anatomy.classifier).parameters())
+    return head + ([] if t.private_frozen else params)
+
+
+def _train_mode(t: _Training) -> None:
+    t.net.train()
+    if t.private_frozen:  # running statistics would otherwise keep updating
+        for module in t.net.modules():
+            if isinstance(module, NORM_TYPES):
+                module.eval()
+
+
+@torch.no_grad()
+def _prune(t: _Training, ratio: float) -> None:
+    weights = {k: m.get_parameter(n + "_orig") for k, (m, n) in t.packed.items()}
+    owners = {k: m.get_buffer(n + "_owners") for k, (m, n) in t.packed.items()}
+    new_owners = assign_owners(weights, owners, t.task, ratio, t.config.prune_scope)
+    for key in t.packed:
+        owners[key].copy_(new_owners[key])
+        weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
+    _sync(t)  # deterministic already; broadcasting makes it so by construction
+
+
+def _sync(t: _Training) -> None:
+    """Make every rank hold rank 0's state (norm statistics drift with local batches)."""
+    distributed.broadcast_state(t.world, list(t.net.state_dict().values()))
+
+
+def _save(t: _Training, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
+          scheduler: Any, best: BestEpoch) -> None:
+    if t.checkpoint is None:
+        return
+    cuda = t.device.type == "cuda"
+    Checkpoint(
+        identity=t.identity, phase=phase.value, epoch=epoch, net=t.net.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict() if scheduler is not None else None,
+        best_val=best.score.accuracy if best.score else -1.0,
+        best_val_loss=best.score.loss if best.score else math.inf,
+        best_state=best.state, metrics=dict(t.metrics),
+        rng=torch.get_rng_state(), loader_rng=t.generator.get_state(),
+        cuda_rng=torch.cuda.get_rng_state(t.device) if cuda else None,
+    ).save(t.checkpoint)
+
+
+def _restore(t: _Training, start: Checkpoint, optimizer: torch.optim.Optimizer,
+             scheduler: Any) -> None:
+    if start.optimizer is not None:
+        optimizer.load_state_dict(start.optimizer)
+    if scheduler is not None and start.scheduler is not None:
+        scheduler.load_state_dict(start.scheduler)
+    torch.set_rng_state(start.rng)
+    t.generator.set_state(start.loader_rng)
+    if start.cuda_rng is not None and t.device.type == "cuda":
+        torch.cuda.set_rng_state(start.cuda_rng, t.device)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Freeze
+# ------------------------------------------------------------------------------------------------
+
+
+def _freeze(t: _Training, name: str, prune: float, metrics: dict[str, float]) -> Pack:
+    """A new pack holding the old tasks and this one; ``t.pack`` is not changed."""
+    pack, anat, store = t.pack, t.anatomy, t.pack.device
+    state = t.net.state_dict()
+    shared = {k: state[f"{k}_orig"].detach().to(store).clone() for k in anat.prunable}
+    owners = {k: state[f"{k}_owners"].to(store).clone() for k in anat.prunable}
+    _check_frozen_unchanged(pack, shared)
+    head_prefix = anat.classifier + "."
+    head = {k[len(head_prefix):]: v.detach().to(store).clone()
+            for k, v in state.items() if k.startswith(head_prefix)}
+    private = {} if t.private_frozen else {
+        k: state[k].detach().to(store).clone() for k in anat.private
+    }
+    record = TaskRecord(
+        name=name, index=t.task, classes=list(t.data.classes), data=t.data.spec,
+        prune=float(prune), hparams=asdict(t.config), metrics=dict(metrics),
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), head=head,
+        private=private,
+    )
+    return pack.with_task(record, shared, owners)
+
+
+def _check_frozen_unchanged(pack: Pack, shared: dict[str, Tensor]) -> None:
+    """Refuse to commit if any weight of an earlier task moved (a guard failure is a bug)."""
+    for key, old in pack.shared.items():
+        owned = pack.owners[key] != 0
+        if not torch.equal(old[owned], shared[key][owned]):
+            raise RuntimeError(f"internal error: frozen weights of {key} changed during training")

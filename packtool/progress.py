@@ -1,0 +1,17 @@
+"""Progress of an add-task: what a training loop reports, for a command line or a notebook."""
+
+from __future__ import annotations
+
+
+class Progress:
+    """Receives training progress; subclass and override what you want to show. No-op here."""
+
+    def phase_start(self, phase: str, epochs: int, batches: int) -> None: ...
+
+    def batch_end(self, batch: int, loss: float, accuracy: float) -> None: ...
+
+    def epoch_end(self, epoch: int, loss: float, accuracy: float, val_accuracy: float) -> None: ...
+
+    def phase_end(self, phase: str) -> None: ...
+
+    def message(self, text: str) -> None: ...
