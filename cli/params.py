@@ -12,6 +12,7 @@ import click
 from packtool import PackToolError, parse_classes, parse_input_size
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 DEFAULT_MODEL = "model.pt"
 
@@ -27,23 +28,22 @@ def json_option(func: F) -> F:
                         help="Print one JSON document on stdout instead of tables.")(func)
 
 
-def input_size(ctx: click.Context, param: click.Parameter, value: str | None
-               ) -> tuple[int, int, int] | None:
-    if value is None:
-        return None
-    try:
-        return parse_input_size(value)
-    except PackToolError as exc:
-        raise click.BadParameter(str(exc)) from None
+def _optional(parse: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str | None],
+                                                     T | None]:
+    """A click callback: ``parse`` the value if given; its PackToolError is a usage error."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except PackToolError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
-def classes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return parse_classes(value)
-    except PackToolError as exc:
-        raise click.BadParameter(str(exc)) from None
+input_size = _optional(parse_input_size)
+classes = _optional(parse_classes)
 
 
 def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, Any]:

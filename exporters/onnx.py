@@ -43,7 +43,8 @@ from torch import nn
 from packtool._version import __version__
 from packtool.errors import PackFormatError, PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
-from packtool.pack import Pack, TaskRecord
+from packtool.pack import Pack
+from packtool.records import TaskRecord
 
 from .archive import ArchiveInfo, write_archive
 from .runtime import infer, provider_of, session

@@ -43,8 +43,9 @@ from .job import add_task_to_file, create_file
 from .lifecycle import TaskResult, add_task
 from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, select
 from .models import ArchSpec, native_input_size, parse_input_size
-from .pack import POLICIES, LayerCapacity, Pack, TaskRecord
+from .pack import POLICIES, Pack
 from .progress import Progress
+from .records import LayerCapacity, TaskRecord
 from .report import plot_accuracy, plot_capacity
 
 __all__ = [

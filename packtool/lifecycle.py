@@ -42,8 +42,9 @@ from .formats.checkpoint import Checkpoint
 from .loop import BestEpoch, FrozenWeightGuard, make_optimizer, make_scheduler, train_epoch
 from .method import MAX_TASKS, Phase, assign_owners, select_all, tensor_at
 from .models import Anatomy, new_head
-from .pack import Pack, TaskRecord
+from .pack import Pack
 from .progress import Progress
+from .records import TaskRecord
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 

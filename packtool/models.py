@@ -32,7 +32,7 @@ packed only convolutions and ``Linear``) keeps its split when it is loaded again
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,6 +326,22 @@ def _check_not_tied(net: nn.Module, prunable: Sequence[str]) -> None:
 def new_head(anat: Anatomy, num_classes: int) -> nn.Linear:
     """A freshly initialized head like the classifier, with ``num_classes`` outputs (CPU)."""
     return nn.Linear(anat.in_features, num_classes, bias=anat.head_bias)
+
+
+def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a state_dict that must fit ``net`` exactly; ArchitectureError says what does not."""
+    try:
+        result = net.load_state_dict(dict(state), strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = str(exc).strip().splitlines()
+        raise ArchitectureError(
+            f"weights do not fit the architecture: {detail[-1].strip() if detail else exc}"
+        ) from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise ArchitectureError(
+            "weights do not fit the architecture: "
+            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
 
 
 def check_runs(net: nn.Module, spec: ArchSpec) -> None:

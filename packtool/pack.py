@@ -14,8 +14,6 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -42,58 +40,13 @@ from .models import (
     anatomy,
     build_network,
     check_runs,
+    load_weights,
     native_input_size,
     new_head,
 )
+from .records import LayerCapacity, TaskRecord
 
 POLICIES = ("per_task", "frozen")
-
-
-@dataclass
-class TaskRecord:
-    """One task in a pack.
-
-    Attributes:
-        name: unique task name.
-        index: 1-based task index; the owner value of the weights it owns.
-        classes: class names in logit order (``len(classes)`` = head outputs).
-        data: the data spec that rebuilds its dataset (see :func:`packtool.data.load_task_data`).
-        prune: ratio of its trained weights released after training.
-        hparams: training settings used.
-        metrics: accuracies (fractions) before/after pruning and final, on the held-out split.
-        created: ISO 8601 UTC time the task was added.
-        head: classifier state, ``weight`` ``[classes, in_features]`` and ``bias`` ``[classes]``.
-        private: task-private backbone state (biases, norm layers' parameters and statistics).
-    """
-
-    name: str
-    index: int
-    classes: list[str]
-    data: dict[str, Any] = field(default_factory=dict)
-    prune: float = 0.0
-    hparams: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
-    head: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    private: dict[str, Tensor] = field(default_factory=dict, repr=False)
-
-    def meta(self) -> dict[str, Any]:
-        """The record without tensors, as plain JSON-able values."""
-        return {
-            "name": self.name, "index": self.index, "classes": list(self.classes),
-            "data": self.data, "prune": self.prune, "hparams": self.hparams,
-            "metrics": self.metrics, "created": self.created,
-        }
-
-
-@dataclass(frozen=True)
-class LayerCapacity:
-    """Ownership of one prunable layer: ``free + sum(owned) == total``."""
-
-    name: str
-    total: int
-    free: int
-    owned: tuple[int, ...]  # owned[k-1]: weights owned by task k
 
 
 class Pack:
@@ -192,7 +145,7 @@ class Pack:
             net = build_network(spec)
         if weights is not None:
             state = load_state_dict_file(weights) if not isinstance(weights, Mapping) else weights
-            _load_initial_weights(net, state)
+            load_weights(net, state)
         check_runs(net, spec)
         anat = anatomy(net)
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -455,27 +408,3 @@ def _tensor_dict(obj: Any) -> dict[str, Tensor]:
 
 def _to_cpu(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in d.items()}
-
-
-# ------------------------------------------------------------------------------------------------
-# Initial weights
-# ------------------------------------------------------------------------------------------------
-
-
-def _load_initial_weights(net: nn.Module, state: Mapping[str, Tensor]) -> None:
-    try:
-        result = net.load_state_dict(dict(state), strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        detail = str(exc).strip().splitlines()
-        raise ArchitectureError(
-            f"weights do not fit the architecture: {detail[-1].strip() if detail else exc}"
-        ) from exc
-    if result.missing_keys or result.unexpected_keys:
-        raise ArchitectureError(
-            "weights do not fit the architecture: "
-            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
-        )
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

@@ -101,7 +101,8 @@ from .._version import __version__
 from ..errors import PackFormatError, PackToolError, TaskError, one_line
 from ..method import FREE, MAX_TASKS, OWNER_DTYPE
 from ..models import ArchSpec
-from ..pack import Pack, TaskRecord
+from ..pack import Pack
+from ..records import TaskRecord
 from .digest import tensor_bytes
 
 FORMAT = "packtool.archive"

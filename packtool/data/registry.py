@@ -1,0 +1,196 @@
+"""The dataset registry and a task's data: :data:`DATASETS` and :func:`load_task_data`."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from . import cars, cifar100, cubs, digits, flowers
+from .folders import IMAGENET, SKETCH, WIKIART, read_folder
+from .layout import DatasetInfo, Splits, dataset_root, stratified_split
+from .preprocess import Preprocess
+from .sources import TaskSplit
+
+_MAX_CLASSES = 1_000_000  # bounds the size of a --classes range such as "0-999999999999"
+
+#: The registered datasets by name (``DATA`` on the command line).
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
+    digits.INFO, cubs.INFO, cars.INFO, flowers.INFO, IMAGENET, cifar100.INFO, SKETCH, WIKIART,
+)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskData:
+    """The data of one task.
+
+    Attributes:
+        train, val, test: :class:`TaskSplit` datasets of ``(float32 [C, H, W], int label)``;
+            disjoint; ``val`` is for model selection, ``test`` is held out.
+        classes: class names in label order.
+        spec: JSON-able; ``load_task_data(**spec, preprocess=...)`` rebuilds this TaskData.
+        augment: whether ``train`` flips images at random.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    classes: list[str]
+    spec: dict
+    augment: bool
+
+
+def parse_classes(text: str) -> list[int]:
+    """Parse ``--classes``: ``"0,1"``, ``"0-4"``, ``"0-2,7"`` -> class indices in the given order.
+
+    Ranges are inclusive and ascending. Duplicates, negative numbers and anything else that is
+    not a comma-separated list of indices or ranges raise DataError.
+    """
+    result: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part, re.ASCII)
+        if match is None:
+            what = "negative class index" if re.fullmatch(r"-\s*\d+.*", part) else "bad class item"
+            raise DataError(f"{what} {part!r} in {text!r} (use e.g. 0,1 or 0-4 or 0-2,7)")
+        low = int(match[1])
+        high = low if match[2] is None else int(match[2])
+        if high < low:
+            raise DataError(f"class range {part!r} in {text!r} runs backwards")
+        if len(result) + high - low + 1 > _MAX_CLASSES:
+            raise DataError(f"{text!r} selects more than {_MAX_CLASSES} classes")
+        result.extend(range(low, high + 1))
+    seen: set[int] = set()
+    for k in result:
+        if k in seen:
+            raise DataError(f"class {k} is listed twice in {text!r}")
+        seen.add(k)
+    return result
+
+
+def _check_classes(classes: Sequence[int] | str | None, count: int, data: str) -> list[int]:
+    if classes is None:
+        return list(range(count))
+    if isinstance(classes, str):
+        classes = parse_classes(classes)
+    chosen = []
+    for k in classes:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise DataError(f"class indices must be integers, got {k!r}")
+        chosen.append(int(k))
+    if not chosen:
+        raise DataError("the class subset is empty")
+    if len(set(chosen)) != len(chosen):
+        raise DataError(f"a class is listed twice in {chosen}")
+    bad = [k for k in chosen if not 0 <= k < count]
+    if bad:
+        raise DataError(f"class index {bad[0]} is out of range: {data} has classes 0..{count - 1}")
+    return chosen
+
+
+def _resolve(data: str) -> tuple[DatasetInfo | None, Path | None]:
+    """A registered name, or a path (anything that looks like one, or an existing folder)."""
+    looks_like_path = os.sep in data or "/" in data or data.startswith(".")
+    if data in DATASETS and not looks_like_path:
+        return DATASETS[data], None
+    path = Path(data).expanduser()
+    if looks_like_path or path.exists():
+        return None, path.resolve()
+    raise DataError(f"unknown dataset '{data}': not a registered name "
+                    f"({', '.join(sorted(DATASETS))}) nor an existing folder")
+
+
+def load_task_data(
+    data: str,
+    preprocess: Preprocess,
+    *,
+    root: str | os.PathLike | None = None,
+    classes: Sequence[int] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> TaskData:
+    """Build a task's train/val/test datasets.
+
+    Args:
+        data: a name in :data:`DATASETS`, or a path to an image folder with ``train/`` and
+            ``val/`` or ``test/`` subfolders of one folder per class (names sorted = labels).
+        preprocess: the network's input size and normalization.
+        root: where registered datasets live; default ``$PACKTOOL_DATA``. Unused for
+            ``digits`` and folder paths.
+        classes: dataset class indices to keep (a list, or ``--classes`` text); labels become
+            ``0..len(classes)-1`` in the given order and class names are kept.
+        val_fraction: fraction of each class's training data carved off as ``val``, in [0, 1);
+            ignored where the dataset publishes a validation split.
+        seed: seeds the val carve (the test split never depends on it).
+
+    Raises:
+        DataError: unknown dataset, missing or malformed files, bad ``classes``.
+    """
+    if not isinstance(preprocess, Preprocess):
+        raise TypeError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    splits, spec_data, spec_root, natural = _read(str(data), root)
+    chosen = _check_classes(classes, len(splits.classes), spec_data)
+    label_map = np.full(len(splits.classes), -1, dtype=np.int64)
+    label_map[chosen] = np.arange(len(chosen))
+    train, val, test = _task_positions(splits, chosen, label_map, val_fraction, seed, spec_data)
+    augment = natural and min(preprocess.input_size[1:]) >= 32
+    evaluate = preprocess.transform()
+    return TaskData(
+        train=TaskSplit(splits.source, train, label_map,
+                        preprocess.transform(train=True, augment=augment)),
+        val=TaskSplit(splits.source, val, label_map, evaluate),
+        test=TaskSplit(splits.source, test, label_map, evaluate),
+        classes=[splits.classes[k] for k in chosen],
+        spec={"data": spec_data, "root": spec_root,
+              "classes": None if classes is None else chosen,
+              "val_fraction": float(val_fraction), "seed": int(seed)},
+        augment=augment,
+    )
+
+
+def _read(data: str, root: str | os.PathLike | None) -> tuple[Splits, str, str | None, bool]:
+    """The dataset's splits, its name as recorded, the root to record, and whether its images
+    are natural ones (flipped at random in training)."""
+    info, path = _resolve(data)
+    if info is None:
+        assert path is not None
+        return read_folder(path), str(path), None, True
+    base = dataset_root(root) if info.needs_root else None
+    # An explicit root is recorded; one from $PACKTOOL_DATA is looked up again on reload.
+    spec_root = None if base is None or root in (None, "") else str(base.resolve())
+    return info.load(base), info.name, spec_root, info.natural
+
+
+def _task_positions(splits: Splits, chosen: list[int], label_map: np.ndarray,
+                    val_fraction: float, seed: int, name: str
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of the task's train, val and test samples (its classes only)."""
+    labels = splits.source.labels
+
+    def pick(positions: np.ndarray) -> np.ndarray:
+        return positions[label_map[labels[positions]] >= 0]
+
+    train = pick(splits.train)
+    counts = np.bincount(labels[train], minlength=len(splits.classes))
+    empty = [k for k in chosen if counts[k] == 0]
+    if empty:
+        raise DataError(f"{name} has no training images of class {empty[0]} "
+                        f"('{splits.classes[empty[0]]}')")
+    if splits.val is None:
+        train, val = stratified_split(labels, train, val_fraction, seed, salt=0)
+    else:
+        val = pick(splits.val)
+    return train, val, pick(splits.test)

@@ -1,0 +1,110 @@
+"""Sources: all samples of a dataset (every split), read by position, and one task's split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .preprocess import read_image
+
+
+class ImageFiles:
+    """Image files with labels and optional bounding boxes, read lazily.
+
+    Attributes:
+        base: directory the paths are relative to.
+        paths: relative file paths, one per sample.
+        labels: int64 ``[N]``, the dataset's class index of each sample.
+        boxes: float64 ``[N, 4]`` ``(left, top, right, bottom)`` crops, or None (whole images).
+    """
+
+    def __init__(self, base: Path, paths: list[str], labels: Sequence[int],
+                 boxes: np.ndarray | None = None) -> None:
+        self.base = Path(base)
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(self.labels) != len(paths) or (self.boxes is not None
+                                              and len(self.boxes) != len(paths)):
+            raise ValueError("paths, labels and boxes must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> Image.Image:
+        """The ``i``-th image (cropped to its box), decoded; DataError naming the file if bad."""
+        box = None if self.boxes is None else self.boxes[i].tolist()
+        return read_image(self.base / self.paths[i], box)
+
+    def check_exist(self, listed_in: str, positions: np.ndarray | None = None) -> None:
+        """Raise DataError if a file (of ``positions``, default all) is missing.
+
+        For annotation-listed datasets: a partly extracted archive fails here, at once, rather
+        than hours into training. Folder listings need no check.
+        """
+        paths = self.paths if positions is None else [self.paths[i] for i in positions]
+        missing = [p for p in paths if not (self.base / p).is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} of {len(paths)} images listed in {listed_in} are missing, "
+                f"e.g. {self.base / missing[0]}"
+            )
+
+
+class ImageArray:
+    """Images held in memory as an array ``[N, c, h, w]`` (digits, CIFAR-100).
+
+    ``images`` may be any numeric dtype; ``load`` returns float32 ``images[i] / scale`` in 0..1.
+    """
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], scale: float) -> None:
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.scale = float(scale)
+        if images.ndim != 4 or len(images) != len(self.labels):
+            raise ValueError("images must be [N, c, h, w] with one label per image")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.images[i], dtype=np.float32) / self.scale)
+
+
+Source = ImageFiles | ImageArray
+
+
+class TaskSplit(Dataset):
+    """One split of a task: the samples ``source[indices]`` with labels remapped.
+
+    Item ``i`` is ``(transform(source.load(indices[i])), int(labels[i]))`` where ``labels[i] ==
+    label_map[source.labels[indices[i]]]``. The splits of one task share one ``source``, so their
+    ``indices`` are directly comparable (they are disjoint).
+
+    Attributes:
+        source: the dataset's samples (all splits).
+        indices: int64 ``[n]``, positions in ``source``.
+        labels: int64 ``[n]``, task labels in ``0..num_classes-1`` (no image is read).
+        transform: image -> float32 ``[C, H, W]``.
+    """
+
+    def __init__(self, source: Source, indices: np.ndarray, label_map: np.ndarray,
+                 transform: Callable[[Any], torch.Tensor]) -> None:
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = label_map[source.labels[self.indices]]
+        self.transform = transform
+        assert (self.labels >= 0).all(), "indices must only pick classes of the task"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.source.load(int(self.indices[i]))), int(self.labels[i])
