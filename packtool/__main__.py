@@ -1,13 +1,10 @@
-"""``python -m packtool``: the command line (same as the ``packtool`` console script)."""
+"""``python -m packtool``: the command line (same as the ``packtool`` console script).
 
+The entry point sits on top of all three layers: it is the one module of ``packtool/`` that
+imports the CLI (torchrun launches ``-m packtool``).
+"""
 
-def _run() -> None:
-    # The library never imports the CLI; this entry point is the one exception, kept local so
-    # that importing packtool.__main__ by accident costs nothing.
-    from packtool.cli.main import main
-
-    main(prog_name="packtool")
-
+from packtool.cli.main import main
 
 if __name__ == "__main__":
-    _run()
+    main(prog_name="packtool")

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data.preprocess import check_input
 from .errors import ArchitectureError, one_line
 
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -68,17 +69,11 @@ class ArchSpec:
     std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        size = tuple(int(v) for v in self.input_size)
-        if len(size) != 3 or min(size) < 1:
-            raise ArchitectureError(f"input size must be C x H x W with positive sides, got {size}")
+        channels = int(self.input_size[0]) if len(self.input_size) else 0
+        default_mean, default_std = _default_norm(channels)
+        size, mean, std = check_input(self.input_size, self.mean or default_mean,
+                                      self.std or default_std)
         object.__setattr__(self, "input_size", size)
-        channels = size[0]
-        mean = tuple(float(v) for v in self.mean) or _default_norm(channels)[0]
-        std = tuple(float(v) for v in self.std) or _default_norm(channels)[1]
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise ArchitectureError(
-                f"mean and std need {channels} values each with std > 0, got {mean} and {std}"
-            )
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 

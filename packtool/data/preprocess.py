@@ -19,6 +19,24 @@ _LUMA = (0.299, 0.587, 0.114)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
+def check_input(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]
+                ) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+    """The one check of a network input's description (a pack's spec, a Preprocess).
+
+    ``input_size`` is ``C x H x W`` with positive sides; ``mean`` and ``std`` have one value per
+    channel, every std > 0. Returns them as tuples of int and float; DataError otherwise.
+    """
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3 or min(size) < 1:
+        raise DataError(f"input size must be C x H x W with positive sides, got {size}")
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != size[0] or len(std) != size[0] or min(std) <= 0:
+        raise DataError(
+            f"mean and std need {size[0]} values each with std > 0, got {mean} and {std}"
+        )
+    return size, mean, std  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes a network input.
@@ -34,15 +52,7 @@ class Preprocess:
     std: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        size = tuple(int(v) for v in self.input_size)
-        mean = tuple(float(v) for v in self.mean)
-        std = tuple(float(v) for v in self.std)
-        if len(size) != 3 or min(size) < 1:
-            raise DataError(f"input size must be C x H x W with positive sides, got {size}")
-        if len(mean) != size[0] or len(std) != size[0] or min(std) <= 0:
-            raise DataError(
-                f"mean and std need {size[0]} values each with std > 0, got {mean} and {std}"
-            )
+        size, mean, std = check_input(self.input_size, self.mean, self.std)
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
