@@ -183,3 +183,22 @@ def test_torchvision_families_take_tasks_and_export(family):
         assert pack.model_for("b")(x).shape == (3, 3)  # task b's own head
     _, result = export_onnx_bytes(pack, "b")
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+
+
+@pytest.mark.slow
+def test_vit_b_16_by_name_on_the_command_line(tmp_path):
+    """ViT-B/16 itself, by name: its native size from ``image_size=``, a task, the info report
+    of what it keeps private, and a verified ONNX export with attention."""
+    from cli_helpers import ok, ok_json
+
+    model = tmp_path / "vit.pt"
+    ok("init", model, "--arch", "vit_b_16", "--kwarg", "image_size=32")
+    ok("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.5",
+       "--epochs", "0", "--finetune-epochs", "0", "--device", "cpu")
+    info = ok_json("info", model)
+    assert info["input_size"] == [3, 32, 32]
+    assert {t["name"] for t in info["private_tensors"]} == {"class_token",
+                                                            "encoder.pos_embedding"}
+    assert info["private_share"] < 0.01
+    export = ok_json("export", model, "--task", "digits-0-1", "--out", tmp_path / "vit.onnx")
+    assert export["files"][0]["max_abs_diff"] <= 1e-4
