@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from packtool import (
+    AUTO,
     DATASETS,
     OPTIMIZERS,
     POLICIES,
@@ -83,8 +84,17 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--data", required=True, metavar="DATA",
               help=f"Registered dataset ({', '.join(DATASETS)}) or an image folder with train/ "
                    "and val/ or test/.")
-@click.option("--prune", type=click.FloatRange(0, 1, max_open=True), required=True,
-              metavar="RATIO", help="Fraction of the task's trained weights to release, [0, 1).")
+@click.option("--prune", type=params.PruneRatio(), required=True, metavar="RATIO|auto",
+              help="Fraction of the task's trained weights to release, [0, 1), or auto: the "
+                   "largest that keeps validation accuracy within --tolerance.")
+@click.option("--tolerance", type=click.FloatRange(min=0), metavar="PP",
+              help="With --prune auto: validation accuracy points the task may lose [default: "
+                   "1.0].")
+@click.option("--auto-trials", type=click.IntRange(min=1), metavar="N",
+              help="With --prune auto: fine-tuning trials at most [default: 3].")
+@click.option("--reserve", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N", help="Keep room for N more tasks of this size in every layer "
+                                "(raises the ratio where needed).")
 @click.option("--task", "name", metavar="NAME",
               help="Task name [default: DATA plus the classes, e.g. digits-0-1].")
 @click.option("--classes", callback=params.classes, metavar="LIST",
@@ -125,9 +135,10 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--restart", is_flag=True,
               help="Discard the checkpoint of an interrupted add-task and start over.")
 @params.json_option
-def add_task(model: Path, data: str, prune: float, name: str | None, classes: list[int] | None,
-             data_root: str | None, val_fraction: float, resume: bool, restart: bool,
-             as_json: bool, **options: Any) -> None:
+def add_task(model: Path, data: str, prune: float | str, tolerance: float | None,
+             auto_trials: int | None, reserve: int, name: str | None,
+             classes: list[int] | None, data_root: str | None, val_fraction: float,
+             resume: bool, restart: bool, as_json: bool, **options: Any) -> None:
     """Train a new task on the free weights, prune, fine-tune, and save MODEL.
 
     Progress is checkpointed beside MODEL after every epoch; after a crash or Ctrl-C, rerun the
@@ -135,14 +146,19 @@ def add_task(model: Path, data: str, prune: float, name: str | None, classes: li
     """
     if resume and restart:
         raise click.UsageError("use either --resume or --restart, not both")
+    if prune != AUTO and (tolerance is not None or auto_trials is not None):
+        raise click.UsageError("--tolerance and --auto-trials apply to --prune auto only")
     config = TrainConfig(**options)
+    planner = {"tolerance": 1.0 if tolerance is None else tolerance,
+               "auto_trials": 3 if auto_trials is None else auto_trials}
     click.get_current_context().meta["interrupted"] = (
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )
     with training_progress(as_json) as progress:
-        done = add_task_to_file(model, data, prune, config, name=name, classes=classes,
-                                data_root=data_root, val_fraction=val_fraction, resume=resume,
-                                restart=restart, progress=progress)
+        done = add_task_to_file(model, data, prune, config, reserve=reserve, **planner,
+                                name=name, classes=classes, data_root=data_root,
+                                val_fraction=val_fraction, resume=resume, restart=restart,
+                                progress=progress)
     if done is None:  # a torchrun rank other than 0: rank 0 reports
         return
     pack, result = done
@@ -204,14 +220,16 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
 @params.model_argument
 @click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also write a per-layer capacity chart (needs matplotlib).")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True), metavar="S",
+              help="Also forecast how many tasks fit that each own this share of every layer.")
 @params.json_option
-def info(model: Path, plot: str | None, as_json: bool) -> None:
+def info(model: Path, plot: str | None, share: float | None, as_json: bool) -> None:
     """Show MODEL's tasks and how much of each layer each task owns.
 
     MODEL may be a model.pt or an archive.
     """
     pack = load(model)
-    doc = render.info_doc(pack)
+    doc = render.info_doc(pack, share)
     if plot:
         plot_capacity(pack, plot)
     if as_json:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from packtool import PackToolError, parse_classes, parse_input_size
+from packtool import AUTO, PackToolError, parse_classes, parse_input_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -44,6 +45,24 @@ def _optional(parse: Callable[[str], T]) -> Callable[[click.Context, click.Param
 
 input_size = _optional(parse_input_size)
 classes = _optional(parse_classes)
+
+
+class PruneRatio(click.ParamType):
+    """``--prune``: a ratio in [0, 1), or ``auto``."""
+
+    name = "ratio"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or value == AUTO:
+            return value
+        try:
+            ratio = float(value)
+        except ValueError:
+            ratio = math.nan
+        if not 0.0 <= ratio < 1.0:
+            self.fail(f"{value!r} is neither a number in [0, 1) nor 'auto'", param, ctx)
+        return ratio
 
 
 def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, Any]:

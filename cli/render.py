@@ -18,11 +18,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from packtool import forecast
+
 if TYPE_CHECKING:
     from packtool import Pack, TaskResult
 
 ADD_TASK_KEYS = ("task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
-                 "weights_owned", "free_fraction", "seconds")
+                 "weights_owned", "free_fraction", "seconds", "prune", "prune_reason")
 PIPE_WIDTH = 200  # piped output is not wrapped at 80 columns; tables take what they need
 
 
@@ -82,12 +84,21 @@ def show_created(console: Console, pack: Pack, path: str) -> None:
 
 def add_task_doc(result: TaskResult) -> dict[str, Any]:
     values = result.to_dict()
-    return {key: values[key] for key in ADD_TASK_KEYS}
+    doc = {key: values[key] for key in ADD_TASK_KEYS}
+    if result.prune_search is not None:
+        doc["prune_search"] = result.prune_search
+    return doc
+
+
+#: Why a task's prune ratio is what it is, for tables.
+REASONS = {"fixed": "as given", "reserve": "raised to keep room for more tasks (--reserve)",
+           "tolerance": "the largest within the tolerance (--prune auto)"}
 
 
 def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> None:
     share = doc["weights_owned"] / pack.prunable_weights
     rows = [
+        ("prune ratio", f"{doc['prune']:g}, {REASONS.get(doc['prune_reason'], '')}"),
         ("accuracy before pruning", pct(doc["accuracy_before_prune"])),
         ("accuracy after pruning", pct(doc["accuracy_after_prune"])),
         ("accuracy after fine-tuning", pct(doc["accuracy"])),
@@ -97,6 +108,17 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
     ]
     title = f"Task {doc['task']!r} (#{doc['index']}) saved to {path}"
     show_table(console, title, ("", "value"), rows, header=False)
+    if doc.get("prune_search"):
+        show_search(console, doc["prune_search"], doc["prune"])
+
+
+def show_search(console: Console, search: list[dict[str, Any]], chosen: float) -> None:
+    """The planner's candidates: validation accuracy pruned, and fine-tuned where tried."""
+    rows = [(f"{c['ratio']:g}", pct(c["val_pruned"]),
+             "-" if c["val_finetuned"] is None else pct(c["val_finetuned"]),
+             "chosen" if c["ratio"] == chosen else "") for c in search]
+    show_table(console, "Prune search (validation accuracy)",
+               ("ratio", "pruned", "fine-tuned", ""), rows)
 
 
 # -- eval -------------------------------------------------------------------------------------
@@ -112,7 +134,7 @@ def show_eval(console: Console, doc: dict[str, Any]) -> None:
 # -- info -------------------------------------------------------------------------------------
 
 
-def info_doc(pack: Pack) -> dict[str, Any]:
+def info_doc(pack: Pack, share: float | None = None) -> dict[str, Any]:
     capacity = pack.capacity()
     private = pack.private_values
     return {
@@ -127,9 +149,11 @@ def info_doc(pack: Pack) -> dict[str, Any]:
         "tasks": [
             {"task": t.name, "index": t.index, "classes": list(t.classes),
              "weights_owned": sum(layer.owned[t.index - 1] for layer in capacity),
-             "private_values": pack.stored_values(t), "data": t.data}
+             "private_values": pack.stored_values(t), "data": t.data, "prune": t.prune,
+             "prune_reason": t.prune_reason, "prune_search": t.prune_search}
             for t in pack.tasks
         ],
+        "forecast": forecast(capacity, share).to_dict(),
     }
 
 
@@ -156,8 +180,10 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
     rows = []
     for t in doc["tasks"]:
         record = pack.task(t["task"])
+        prune = f"{record.prune:g}" + ("" if record.prune_reason == "fixed" else
+                                        f" ({record.prune_reason})")
         rows.append((str(t["index"]), t["task"], describe_data(t["data"]), str(len(t["classes"])),
-                     f"{record.prune:g}", count(t["weights_owned"]), count(t["private_values"]),
+                     prune, count(t["weights_owned"]), count(t["private_values"]),
                      pct(record.metrics.get("accuracy"))))
     if rows:
         show_table(console, "Tasks", ("#", "task", "data", "classes", "prune", "weights owned",
@@ -165,6 +191,18 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
     else:
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
     show_capacity(console, pack)
+    show_forecast(console, doc["forecast"])
+
+
+def show_forecast(console: Console, doc: dict[str, Any]) -> None:
+    """How many more tasks fit, at the median share so far and at --share."""
+    lines = [f"Forecast: {pct(doc['free_fraction'])} of the prunable weights are free"]
+    if doc["median_share"] is not None:
+        lines.append(f"room for {doc['tasks_fit']} more task(s) owning {pct(doc['median_share'])}"
+                     " of every layer (the median share so far)")
+    if doc["share"] is not None:
+        lines.append(f"for {doc['tasks_fit_at_share']} owning {pct(doc['share'])} (--share)")
+    console.print("; ".join(lines) + ".", markup=False)
 
 
 def show_capacity(console: Console, pack: Pack) -> None:

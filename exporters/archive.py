@@ -26,7 +26,6 @@ from packtool.fileio import atomic_write_bytes
 from packtool.formats.archive import (
     DTYPE_CODES,
     FORMAT,
-    FORMAT_VERSION,
     checksum,
     owner_bits,
     pack_bits,
@@ -97,7 +96,7 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
     spec = pack.spec
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(2 if any(t.planner_meta() for t in pack.tasks) else 1),
         "packtool_version": __version__,
         "spec": _json(spec.to_dict()),
         "policy": pack.policy,

@@ -40,15 +40,17 @@ from .evaluate import (
 from .fileio import file_lock, sha256_file
 from .formats.sniff import load
 from .job import add_task_to_file, create_file
-from .lifecycle import TaskResult, add_task
+from .lifecycle import add_task
 from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, select
 from .models import ArchSpec, native_input_size, parse_input_size
 from .pack import POLICIES, Pack
+from .planner import AUTO, Forecast, Pruning, forecast
 from .progress import Progress
-from .records import LayerCapacity, TaskRecord
+from .records import LayerCapacity, TaskRecord, TaskResult
 from .report import plot_accuracy, plot_capacity
 
 __all__ = [
+    "AUTO",
     "DATASETS",
     "OPTIMIZERS",
     "POLICIES",
@@ -56,6 +58,7 @@ __all__ = [
     "ArchitectureError",
     "CapacityError",
     "DataError",
+    "Forecast",
     "LayerCapacity",
     "LockError",
     "Pack",
@@ -66,6 +69,7 @@ __all__ = [
     "PrecisionChange",
     "Preprocess",
     "Progress",
+    "Pruning",
     "Score",
     "TaskData",
     "TaskError",
@@ -82,6 +86,7 @@ __all__ = [
     "evaluate",
     "evaluate_tasks",
     "file_lock",
+    "forecast",
     "half_precision_change",
     "load",
     "load_task_data",

@@ -32,17 +32,22 @@ from .errors import PackToolError, TaskError
 from .fileio import file_lock
 from .formats.checkpoint import Checkpoint, checkpoint_path
 from .formats.weights import PRETRAINED, pretrained_weights_file
-from .lifecycle import TaskResult, add_task
+from .lifecycle import add_task
 from .pack import Pack
+from .planner import Pruning
 from .progress import Progress
+from .records import TaskResult
 
 
 def add_task_to_file(
     model: str | os.PathLike,
     data: str,
-    prune: float,
+    prune: float | str,
     config: TrainConfig | None = None,
     *,
+    reserve: int = 0,
+    tolerance: float = 1.0,
+    auto_trials: int = 3,
     name: str | None = None,
     classes: Sequence[int] | None = None,
     data_root: str | os.PathLike | None = None,
@@ -54,6 +59,8 @@ def add_task_to_file(
     """Add a task to the pack in ``model`` and save it; see the module docstring.
 
     Args:
+        prune, reserve, tolerance, auto_trials: how much to prune, as for
+            :func:`packtool.lifecycle.add_task` (``prune="auto"``: the planner decides).
         data, classes, data_root, val_fraction: the dataset, as for
             :func:`packtool.data.load_task_data` (the split is seeded with ``config.seed``).
         name: task name; default :func:`default_task_name` of ``data`` and ``classes``.
@@ -68,6 +75,7 @@ def add_task_to_file(
         PackToolError: any user-caused failure, with ``model`` left as it was.
     """
     config = config or TrainConfig()
+    Pruning(prune, reserve, tolerance, auto_trials)  # bad settings fail before MODEL is locked
     if resume and restart:
         raise TaskError("use either `resume=True` or `restart=True`, not both")
     model = Path(model)
@@ -86,8 +94,9 @@ def add_task_to_file(
             name = name or default_task_name(task_data.spec["data"], classes)
             if main:
                 _clear_checkpoint(ckpt, pack, restart)
-        pack, result = add_task(pack, name, task_data, prune, config, progress=progress,
-                                checkpoint=ckpt, resume=resume)
+        pack, result = add_task(pack, name, task_data, prune, config, reserve=reserve,
+                                tolerance=tolerance, auto_trials=auto_trials,
+                                progress=progress, checkpoint=ckpt, resume=resume)
         with _agreed(world, device):
             if main:
                 pack.save(model)

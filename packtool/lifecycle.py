@@ -39,42 +39,38 @@ from .distributed import World
 from .errors import CapacityError, DataError, TaskError
 from .evaluate import Score, evaluate
 from .formats.checkpoint import Checkpoint
-from .loop import BestEpoch, FrozenWeightGuard, make_optimizer, make_scheduler, train_epoch
+from .loop import (
+    BestEpoch,
+    FrozenWeightGuard,
+    RngState,
+    make_optimizer,
+    make_scheduler,
+    snapshot,
+    train_epoch,
+)
 from .method import MAX_TASKS, Phase, assign_owners, select_all, tensor_at
 from .models import Anatomy, new_head
 from .pack import Pack
+from .planner import FIXED, RESERVE, Decision, Pruning, candidates, plan, target
 from .progress import Progress
-from .records import TaskRecord
+from .records import TaskRecord, TaskResult
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-@dataclass
-class TaskResult:
-    """What :func:`add_task` reports; the same numbers are stored in the task record."""
-
-    task: str
-    index: int
-    accuracy: float
-    accuracy_before_prune: float
-    accuracy_after_prune: float
-    val_accuracy: float
-    weights_owned: int
-    free_fraction: float
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def add_task(pack: Pack, name: str, data: TaskData, prune: float,
-             config: TrainConfig | None = None, *, progress: Progress | None = None,
+def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
+             config: TrainConfig | None = None, *, reserve: int = 0, tolerance: float = 1.0,
+             auto_trials: int = 3, progress: Progress | None = None,
              checkpoint: str | os.PathLike | None = None,
              resume: bool = False) -> tuple[Pack, TaskResult]:
     """Add task ``name`` to ``pack``: the PackNet lifecycle (see the module docstring).
 
-    Returns the new pack and what it measured; ``pack`` itself is never changed, so an
-    exception or ``KeyboardInterrupt`` leaves nothing half-done.
+    ``prune`` is the share of the task's trained weights released, or ``"auto"``: the largest
+    ratio that keeps validation accuracy within ``tolerance`` points of the unpruned network's,
+    found with at most ``auto_trials`` fine-tunings (:mod:`packtool.planner`). ``reserve``
+    keeps room for that many more tasks of the same size in every layer, releasing more where
+    the ratio would keep too much. Returns the new pack and what it measured; ``pack`` itself
+    is never changed, so an exception or ``KeyboardInterrupt`` leaves nothing half-done.
 
     With ``checkpoint``, the state is saved there (atomically) after every epoch; with
     ``resume`` too, an add-task interrupted at any point continues from its last completed
@@ -83,22 +79,23 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
     checkpoint is left in place on success; delete it once the pack is saved.
     """
     config = config or TrainConfig()
-    _check_new_task(pack, name, prune, data)
+    pruning = Pruning(prune, reserve, tolerance, auto_trials)
+    _check_new_task(pack, name, data)
     world = distributed.current()
     device = distributed.rank_device(world, resolve_device(config.device))
     main = world is None or world.is_main
     progress = (progress if main else None) or Progress()
     started = time.perf_counter()
     task = len(pack.tasks) + 1
-    identity = {"task": name, "index": task, "prune": float(prune), "data": data.spec,
+    identity = {"task": name, "index": task, **pruning.identity(), "data": data.spec,
                 "config": asdict(config), "pack": pack.digest() if checkpoint else None}
     start = _resume_point(checkpoint, resume, identity, progress)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         t = _prepare(pack, task, data, config, device, world, progress)
         t.checkpoint, t.identity = (checkpoint if main else None), identity  # one writer
-        metrics = _train_prune_finetune(t, prune, start)
-        new = _freeze(t, name, prune, metrics)
+        decision, metrics = _train_prune_finetune(t, pruning, start)
+        new = _freeze(t, name, decision, metrics)
     distributed.check_same_everywhere(
         world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
     final = evaluate(new.model_for(task, device), data.test, device=device, world=world)
@@ -110,16 +107,17 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float,
         val_accuracy=metrics["val_accuracy"],
         weights_owned=sum(c.owned[task - 1] for c in new.capacity()),
         free_fraction=new.free_fraction, seconds=time.perf_counter() - started,
+        prune=decision.ratio, prune_reason=decision.reason,
+        prune_search=None if decision.search is None else
+        [c.to_dict() for c in decision.search],
     )
 
 
-def _check_new_task(pack: Pack, name: str, prune: float, data: TaskData) -> None:
+def _check_new_task(pack: Pack, name: str, data: TaskData) -> None:
     if not name or not name.strip():
         raise TaskError("task name must not be empty")
     if name in pack.task_names:
         raise TaskError(f"task {name!r} already exists; pick another `name`")
-    if not (isinstance(prune, (int, float)) and 0.0 <= prune < 1.0 and math.isfinite(prune)):
-        raise TaskError(f"prune ratio must be in [0, 1), got {prune}")
     if len(pack.tasks) >= MAX_TASKS:
         raise CapacityError(f"a pack holds at most {MAX_TASKS} tasks")
     if pack.free_weights == 0:
@@ -178,6 +176,7 @@ class _Training:
     checkpoint: str | os.PathLike | None = None
     identity: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    search: dict[str, Any] | None = None  # an auto search under way (saved in checkpoints)
 
     def evaluate(self, dataset: Dataset) -> Score:
         return evaluate(self.net, dataset, batch_size=max(self.config.batch_size, 256),
@@ -224,20 +223,102 @@ def _initial_state(pack: Pack, anat: Anatomy, classes: int
 # ------------------------------------------------------------------------------------------------
 
 
-def _train_prune_finetune(t: _Training, prune: float, start: Checkpoint | None
-                          ) -> dict[str, float]:
-    config = t.config
+def _train_prune_finetune(t: _Training, pruning: Pruning, start: Checkpoint | None
+                          ) -> tuple[Decision, dict[str, float]]:
+    """Train, then prune at the given ratio or the planner's, and fine-tune."""
+    config, search = t.config, start.search if start is not None else None
+    after = None  # resuming a fixed ratio's fine-tuning: its checkpoint holds all it needs
     if start is None or start.phase == Phase.TRAIN.value:
-        _phase(t, Phase.TRAIN, config.epochs, config.lr, config.lr_decay_epochs, start)
+        reference = _phase(t, Phase.TRAIN, config.epochs, config.lr, config.lr_decay_epochs,
+                           start)
         start = None
+        after = _AfterTraining(snapshot(t.net), RngState.capture(t.generator, t.device),
+                               reference)
+    elif search is not None:  # resuming inside a search
+        after = _AfterTraining(search["start"], RngState.from_dict(search["rng"]),
+                               search["reference"])
+    if pruning.auto:
+        assert after is not None
+        return _auto(t, pruning, after, start)
+    ratio = float(pruning.ratio)
+    if start is None:
+        assert after is not None
         t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
-        _prune(t, prune)
+        _prune(t, ratio, pruning.reserve)
         t.metrics["accuracy_after_prune"] = t.evaluate(t.data.test).accuracy
+        after.rng.restore(t.generator, t.device)  # fine-tuning starts as an auto trial does
     else:
         t.metrics.update(start.metrics)
     best_val = _phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0, start,
                       include_start=True)
-    return {**t.metrics, "val_accuracy": best_val}
+    reason = RESERVE if t.metrics.get("reserve_raised_layers") else FIXED
+    return Decision(ratio, reason, None, None), {**t.metrics, "val_accuracy": best_val}
+
+
+@dataclass
+class _AfterTraining:
+    """The network and random state right after training (where every pruning starts), and
+    its validation accuracy (the reference the planner's tolerance counts from)."""
+
+    state: dict[str, Tensor]
+    rng: RngState
+    reference: float
+
+
+def _auto(t: _Training, pruning: Pruning, after: _AfterTraining, start: Checkpoint | None
+          ) -> tuple[Decision, dict[str, float]]:
+    """The planner's choice (:mod:`packtool.planner`), on the validation split only; the
+    test split is read after it decided. Checkpoints carry the search, so it resumes."""
+    resumed = (start.search if start is not None else None) or {}
+    done = {r: v for r, v in resumed.get("done", [])}
+    goal = target(after.reference, pruning.tolerance)
+    t.search = {"reference": after.reference, "start": after.state, "rng": after.rng.to_dict(),
+                "done": [list(d) for d in resumed.get("done", [])], "current": None,
+                "best": resumed.get("best"), "best_ratio": resumed.get("best_ratio")}
+
+    def scan(ratio: float) -> float:
+        _load(t, after.state, Phase.TRAIN)
+        _prune(t, ratio, pruning.reserve)
+        select_all(t.net, t.task, Phase.FINETUNE)
+        return t.evaluate(t.data.val).accuracy
+
+    def finetune(ratio: float) -> tuple[float, Any]:
+        if ratio in done:  # a trial of the run this one resumes
+            return done[ratio], t.search["best"] if ratio == t.search["best_ratio"] else None
+        here = start if start is not None and resumed.get("current") == ratio else None
+        if here is None:
+            _load(t, after.state, Phase.TRAIN)
+            _prune(t, ratio, pruning.reserve)
+            after.rng.restore(t.generator, t.device)
+        t.search["current"] = ratio
+        val = _phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0, here,
+                     include_start=True)
+        state = snapshot(t.net)
+        t.search["done"].append([ratio, val])
+        t.search["current"] = None
+        if val >= goal:
+            t.search["best"], t.search["best_ratio"] = state, ratio
+        t.progress.message(f"prune {ratio:g}: validation accuracy {val:.2%} after fine-tuning "
+                           f"(target {max(goal, 0.0):.2%})")
+        return val, state
+
+    decision = plan(candidates(pruning.minimum), after.reference, pruning.tolerance,
+                    pruning.trials, scan, finetune)
+    t.search = None
+    _load(t, after.state, Phase.TRAIN)
+    t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
+    _prune(t, decision.ratio, pruning.reserve)
+    t.metrics["accuracy_after_prune"] = t.evaluate(t.data.test).accuracy
+    _load(t, decision.state, Phase.FINETUNE)
+    winner = next(c for c in decision.search if c.ratio == decision.ratio)
+    return decision, {**t.metrics, "val_accuracy": winner.val_finetuned}
+
+
+def _load(t: _Training, state: dict[str, Tensor], phase: Phase) -> None:
+    """Load a state of the live network and put ``phase``'s masks in force (always both: the
+    masks' cached all-ones flags follow the owners, not the loaded mask buffers)."""
+    t.net.load_state_dict(state)
+    select_all(t.net, t.task, phase)
 
 
 def _phase(t: _Training, phase: Phase, epochs: int, lr: float, decay_every: int,
@@ -245,7 +326,7 @@ def _phase(t: _Training, phase: Phase, epochs: int, lr: float, decay_every: int,
     """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy."""
     if start is not None:
         t.net.load_state_dict(start.net)
-    select_all(t.net, t.task, phase)
+    select_all(t.net, t.task, phase)  # (see _load)
     if epochs == 0:
         return t.evaluate(t.data.val).accuracy
     guard = FrozenWeightGuard(list(t.packed.values()), t.task, phase)
@@ -298,10 +379,21 @@ def _train_mode(t: _Training) -> None:
 
 
 @torch.no_grad()
-def _prune(t: _Training, ratio: float) -> None:
+def _prune(t: _Training, ratio: float, reserve: int = 0) -> None:
+    """Release ``ratio`` of the trained weights (more where ``reserve`` needs room) and zero
+    them; with a reserve, ``t.metrics`` counts the layers it raised."""
     weights = {k: m.get_parameter(n + "_orig") for k, (m, n) in t.packed.items()}
     owners = {k: m.get_buffer(n + "_owners") for k, (m, n) in t.packed.items()}
-    new_owners = assign_owners(weights, owners, t.task, ratio, t.config.prune_scope)
+    scope = t.config.prune_scope
+    new_owners = assign_owners(weights, owners, t.task, ratio, scope, reserve)
+    if reserve:
+        plain = assign_owners(weights, owners, t.task, ratio, scope)
+        raised = sum(int((new_owners[k] == 0).sum()) > int((plain[k] == 0).sum())
+                     for k in t.packed)
+        t.metrics["reserve_raised_layers"] = raised
+        if raised:
+            t.progress.message(f"reserve {reserve}: released more than ratio {ratio:g} in "
+                               f"{raised} of {len(t.packed)} layers to leave room")
     for key in t.packed:
         owners[key].copy_(new_owners[key])
         weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
@@ -317,7 +409,7 @@ def _save(t: _Training, phase: Phase, epoch: int, optimizer: torch.optim.Optimiz
           scheduler: Any, best: BestEpoch) -> None:
     if t.checkpoint is None:
         return
-    cuda = t.device.type == "cuda"
+    rng = RngState.capture(t.generator, t.device)
     Checkpoint(
         identity=t.identity, phase=phase.value, epoch=epoch, net=t.net.state_dict(),
         optimizer=optimizer.state_dict(),
@@ -325,8 +417,7 @@ def _save(t: _Training, phase: Phase, epoch: int, optimizer: torch.optim.Optimiz
         best_val=best.score.accuracy if best.score else -1.0,
         best_val_loss=best.score.loss if best.score else math.inf,
         best_state=best.state, metrics=dict(t.metrics),
-        rng=torch.get_rng_state(), loader_rng=t.generator.get_state(),
-        cuda_rng=torch.cuda.get_rng_state(t.device) if cuda else None,
+        rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda, search=t.search,
     ).save(t.checkpoint)
 
 
@@ -336,10 +427,7 @@ def _restore(t: _Training, start: Checkpoint, optimizer: torch.optim.Optimizer,
         optimizer.load_state_dict(start.optimizer)
     if scheduler is not None and start.scheduler is not None:
         scheduler.load_state_dict(start.scheduler)
-    torch.set_rng_state(start.rng)
-    t.generator.set_state(start.loader_rng)
-    if start.cuda_rng is not None and t.device.type == "cuda":
-        torch.cuda.set_rng_state(start.cuda_rng, t.device)
+    RngState(start.rng, start.loader_rng, start.cuda_rng).restore(t.generator, t.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,7 +435,7 @@ def _restore(t: _Training, start: Checkpoint, optimizer: torch.optim.Optimizer,
 # ------------------------------------------------------------------------------------------------
 
 
-def _freeze(t: _Training, name: str, prune: float, metrics: dict[str, float]) -> Pack:
+def _freeze(t: _Training, name: str, decision: Decision, metrics: dict[str, float]) -> Pack:
     """A new pack holding the old tasks and this one; ``t.pack`` is not changed."""
     pack, anat, store = t.pack, t.anatomy, t.pack.device
     state = t.net.state_dict()
@@ -362,7 +450,9 @@ def _freeze(t: _Training, name: str, prune: float, metrics: dict[str, float]) ->
     }
     record = TaskRecord(
         name=name, index=t.task, classes=list(t.data.classes), data=t.data.spec,
-        prune=float(prune), hparams=asdict(t.config), metrics=dict(metrics),
+        prune=decision.ratio, prune_reason=decision.reason,
+        prune_search=[c.to_dict() for c in decision.search or []],
+        hparams=asdict(t.config), metrics=dict(metrics),
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), head=head,
         private=private,
     )

@@ -107,6 +107,34 @@ class BestEpoch:
             model.load_state_dict(self.state)
 
 
+@dataclass
+class RngState:
+    """The random state training draws from: the global CPU generator, the training loader's
+    generator and, on CUDA, the device's generator."""
+
+    cpu: Tensor
+    loader: Tensor
+    cuda: Tensor | None = None
+
+    @classmethod
+    def capture(cls, generator: torch.Generator, device: torch.device) -> RngState:
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        return cls(torch.get_rng_state(), generator.get_state(), cuda)
+
+    def restore(self, generator: torch.Generator, device: torch.device) -> None:
+        torch.set_rng_state(self.cpu)
+        generator.set_state(self.loader)
+        if self.cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(self.cuda, device)
+
+    def to_dict(self) -> dict[str, Tensor | None]:
+        return {"cpu": self.cpu, "loader": self.loader, "cuda": self.cuda}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RngState:
+        return cls(d["cpu"], d["loader"], d.get("cuda"))
+
+
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
     """A detached copy of ``model``'s state_dict."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -265,7 +265,7 @@ def release_count(free: int, ratio: float) -> int:
 
 def assign_owners(
     weights: Mapping[str, Tensor], owners: Mapping[str, Tensor], task: int, ratio: float,
-    scope: str = "layer",
+    scope: str = "layer", reserve: int = 0,
 ) -> dict[str, Tensor]:
     """Give task ``task`` the largest-magnitude free weights; release the rest.
 
@@ -279,6 +279,10 @@ def assign_owners(
         weights: name -> float weight tensor.
         owners: name -> uint8 owner index shaped like the weight; not modified.
         task: the task being added; no owner may already be ``>= task``.
+        reserve: keep room for this many more tasks of the same size: in every layer the task
+            keeps at most ``n_free // (reserve + 1)`` of its ``n_free`` free weights (so at
+            least ``reserve / (reserve + 1)`` of them stay free), releasing more of its
+            smallest weights where the ratio alone would keep more.
 
     Returns:
         name -> new owner index (new tensors on the owners' devices).
@@ -286,28 +290,43 @@ def assign_owners(
     _check_task(task)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if reserve < 0:
+        raise ValueError(f"reserve must be >= 0, got {reserve}")
     for name, own in owners.items():
         if own.numel() and int(own.max()) >= task:
             raise ValueError(f"{name} has weights owned by task >= {task}")
     if scope == "layer":
         # One layer at a time keeps the temporaries to a single layer's size.
-        return {n: _assign_layer(weights[n], own, task, ratio) for n, own in owners.items()}
+        return {n: _assign_layer(weights[n], own, task, ratio, reserve)
+                for n, own in owners.items()}
     free = {name: (own == FREE).flatten() for name, own in owners.items()}
     scores = torch.cat([_free_scores(weights[n], free[n]).cpu() for n in owners])
-    released_all = _release_mask(scores, ratio)
+    released_all = smallest_k(scores, release_count(scores.numel(), ratio))
     del scores
     result, start = {}, 0
     for name, own in owners.items():
         count = int(free[name].sum())
         released = released_all[start:start + count].to(own.device)
+        floor = reserved_release(count, reserve)
+        if int(released.sum()) < floor:  # the reserve releases more of this layer
+            released = smallest_k(_free_scores(weights[name], free[name]), floor) | released
         result[name] = _owners_after(own, free[name], released, task)
         start += count
     return result
 
 
-def _assign_layer(weight: Tensor, owners: Tensor, task: int, ratio: float) -> Tensor:
+def reserved_release(free: int, reserve: int) -> int:
+    """How many of ``free`` weights must stay free to leave room for ``reserve`` more tasks:
+    all but ``free // (reserve + 1)``."""
+    return free - free // (reserve + 1) if reserve else 0
+
+
+def _assign_layer(weight: Tensor, owners: Tensor, task: int, ratio: float,
+                  reserve: int) -> Tensor:
     free = (owners == FREE).flatten()
-    released = _release_mask(_free_scores(weight, free), ratio)
+    count = int(free.sum())
+    released = smallest_k(_free_scores(weight, free),
+                             max(release_count(count, ratio), reserved_release(count, reserve)))
     return _owners_after(owners, free, released, task)
 
 
@@ -324,11 +343,6 @@ def _free_scores(weight: Tensor, free: Tensor) -> Tensor:
     """``|w|`` of the free entries, flat float32 (exact ordering for any float dtype)."""
     scores = weight.detach().flatten().abs().float()
     return scores if bool(free.all()) else scores[free]
-
-
-def _release_mask(scores: Tensor, ratio: float) -> Tensor:
-    """Bool mask over ``scores``: the ``release_count`` smallest, earliest first on ties."""
-    return smallest_k(scores, release_count(scores.numel(), ratio))
 
 
 def smallest_k(scores: Tensor, k: int) -> Tensor:

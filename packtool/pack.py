@@ -348,7 +348,9 @@ class Pack:
         }
 
     def state(self) -> dict[str, Any]:
-        """The model file's content: plain values and CPU tensors, digest included."""
+        """The model file's content: plain values and CPU tensors, digest included (format
+        version 1 unless a task records how the planner chose its ratio)."""
+        version = 2 if any(t.planner_meta() for t in self.tasks) else 1
         return model_file.encode({
             "meta": json.dumps(self.meta(), sort_keys=True),
             "shared": _to_cpu(self.shared),
@@ -357,7 +359,7 @@ class Pack:
             "pretrained_head": _to_cpu(self.pretrained_head),
             "heads": [_to_cpu(t.head) for t in self.tasks],
             "private": [_to_cpu(t.private) for t in self.tasks],
-        })
+        }, version)
 
     def digest(self) -> str:
         """SHA-256 (hex) of the model file's content: identifies this exact pack."""

@@ -1,8 +1,9 @@
-"""The records a pack is made of: one per task, and the ownership of one layer."""
+"""The records of a pack: one per task, the ownership of one layer, and what adding a task
+reports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import Tensor
@@ -17,7 +18,12 @@ class TaskRecord:
         index: 1-based task index; the owner value of the weights it owns.
         classes: class names in logit order (``len(classes)`` = head outputs).
         data: the data spec that rebuilds its dataset (see :func:`packtool.data.load_task_data`).
-        prune: ratio of its trained weights released after training.
+        prune: ratio of its trained weights released after training (for ``auto``, the one
+            chosen).
+        prune_reason: why that ratio: ``fixed`` (given), ``reserve`` (raised, or chosen, to
+            leave room for more tasks) or ``tolerance`` (the largest within the tolerance).
+        prune_search: for ``auto``, every candidate ratio and its validation accuracies
+            (:class:`packtool.planner.Candidate`); empty otherwise.
         hparams: training settings used.
         metrics: accuracies (fractions) before/after pruning and final, on the held-out split.
         created: ISO 8601 UTC time the task was added.
@@ -30,6 +36,8 @@ class TaskRecord:
     classes: list[str]
     data: dict[str, Any] = field(default_factory=dict)
     prune: float = 0.0
+    prune_reason: str = "fixed"
+    prune_search: list[dict[str, Any]] = field(default_factory=list)
     hparams: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -42,7 +50,18 @@ class TaskRecord:
             "name": self.name, "index": self.index, "classes": list(self.classes),
             "data": self.data, "prune": self.prune, "hparams": self.hparams,
             "metrics": self.metrics, "created": self.created,
+            **self.planner_meta(),
         }
+
+    def planner_meta(self) -> dict[str, Any]:
+        """``prune_reason`` and ``prune_search`` where they say more than a fixed ratio (files
+        that hold them are format version 2; without them a record is as version 1 wrote it)."""
+        found: dict[str, Any] = {}
+        if self.prune_reason != "fixed":
+            found["prune_reason"] = self.prune_reason
+        if self.prune_search:
+            found["prune_search"] = self.prune_search
+        return found
 
 
 @dataclass(frozen=True)
@@ -53,3 +72,24 @@ class LayerCapacity:
     total: int
     free: int
     owned: tuple[int, ...]  # owned[k-1]: weights owned by task k
+
+
+@dataclass
+class TaskResult:
+    """What :func:`add_task` reports; the same numbers are stored in the task record."""
+
+    task: str
+    index: int
+    accuracy: float
+    accuracy_before_prune: float
+    accuracy_after_prune: float
+    val_accuracy: float
+    weights_owned: int
+    free_fraction: float
+    seconds: float
+    prune: float = 0.0
+    prune_reason: str = "fixed"
+    prune_search: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -33,10 +33,11 @@ def packed(tmp_path_factory):
 def test_add_task_reports_contract_keys_and_default_names(packed):
     _, reports = packed
     keys = {"task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
-            "weights_owned", "free_fraction", "seconds"}
-    for k, (report, (_, _, name)) in enumerate(zip(reports, TASKS), start=1):
-        assert set(report) == keys
+            "weights_owned", "free_fraction", "seconds", "prune", "prune_reason"}
+    for k, (report, (_, prune, name)) in enumerate(zip(reports, TASKS), start=1):
+        assert set(report) == keys  # prune_search only with --prune auto
         assert report["task"] == name and report["index"] == k
+        assert report["prune"] == float(prune) and report["prune_reason"] == "fixed"
         for key in ("accuracy", "accuracy_before_prune", "accuracy_after_prune"):
             assert 0.0 <= report[key] <= 1.0
     assert reports[0]["accuracy"] > 0.5  # two digits are easy even after two epochs
@@ -58,7 +59,7 @@ def test_info_counts_follow_the_prune_ratios(packed):
     model, reports = packed
     doc = ok_json("info", model)
     assert set(doc) == {"arch", "input_size", "prunable_weights", "free_fraction", "tasks",
-                        "private_values", "private_share", "private_tensors"}
+                        "private_values", "private_share", "private_tensors", "forecast"}
     assert doc["arch"] == "mlp" and doc["input_size"] == [1, 8, 8]
     assert doc["prunable_weights"] == LAYER_WEIGHTS
     assert doc["private_values"] == 32 + 32  # the hidden layers' biases
@@ -66,7 +67,9 @@ def test_info_counts_follow_the_prune_ratios(packed):
     free = {"1": 32 * 64, "3": 32 * 32}  # per layer, exact counts: round(ratio * free) released
     for row, (_, prune, name), report in zip(doc["tasks"], TASKS, reports):
         assert set(row) == {"task", "index", "classes", "weights_owned", "private_values",
-                            "data"}
+                            "data", "prune", "prune_reason", "prune_search"}
+        assert row["prune"] == prune and row["prune_reason"] == "fixed"
+        assert row["prune_search"] == []
         classes = len(row["classes"])
         assert row["private_values"] == 64 + 32 * classes + classes  # + its head
         owned = 0
@@ -207,3 +210,28 @@ def test_data_root_needs_half(packed, tmp_path):
     result = invoke("export", model, "--data-root", tmp_path, "--archive", tmp_path / "x")
     assert result.exit_code == 2 and "--data-root applies to --half only" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
+    model = tmp_path / "model.pt"
+    ok("init", model, *ARCH)
+    doc = ok_json("add-task", model, "--data", "digits", "--classes", "0-4", "--prune", "auto",
+                  "--tolerance", "2", "--auto-trials", "2", "--reserve", "1", *FAST)
+    assert doc["prune_reason"] in ("tolerance", "reserve") and doc["prune"] >= 0.5  # reserve 1
+    search = doc["prune_search"]
+    assert [c["ratio"] for c in search] == sorted(c["ratio"] for c in search)
+    assert set(search[0]) == {"ratio", "val_pruned", "val_finetuned"}
+    assert sum(c["val_finetuned"] is not None for c in search) <= 2
+    assert any(c["ratio"] == doc["prune"] and c["val_finetuned"] is not None for c in search)
+    info = ok_json("info", model, "--share", "0.1")
+    task = info["tasks"][0]
+    assert task["prune"] == doc["prune"] and task["prune_search"] == search
+    forecast = info["forecast"]
+    assert forecast["share"] == 0.1 and forecast["tasks_fit_at_share"] >= 4
+    assert forecast["median_share"] == pytest.approx(1 - info["free_fraction"])
+    assert [layer["layer"] for layer in forecast["layers"]] == ["1.weight", "3.weight"]
+    text = ok("info", model, "--share", "0.1").stdout
+    assert "Forecast:" in text and "(--share)" in text
+    table = ok("add-task", model, "--data", "digits", "--classes", "5-9", "--prune", "auto",
+               *FAST).stdout
+    assert "Prune search (validation accuracy)" in table and "chosen" in table

@@ -165,6 +165,19 @@ def test_prune_ratio_out_of_range(model, ratio):
                     match="--prune")
 
 
+@pytest.mark.parametrize("args", [
+    ("--prune", "auto", "--tolerance", "-1"), ("--prune", "auto", "--auto-trials", "0"),
+    ("--prune", "0.5", "--reserve", "-1"), ("--prune", "nan"), ("--prune", "automatic"),
+    ("--prune", "0.5", "--tolerance", "2"), ("--prune", "0.5", "--auto-trials", "2"),
+])
+def test_bad_planner_settings_are_usage_errors(model, args):
+    fails_unchanged(model, "add-task", model, "--data", "digits", *args, code=2)
+
+
+def test_bad_forecast_share(model):
+    fails_unchanged(model, "info", model, "--share", "0", code=2)
+
+
 @pytest.mark.parametrize("classes", ["a,b", "3-1", "1,1"])
 def test_bad_classes_is_usage_error(model, classes):
     fails_unchanged(model, "add-task", model, *ADD, "--classes", classes, code=2)

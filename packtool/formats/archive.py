@@ -24,7 +24,8 @@ Metadata (the header's ``__metadata__``; every value is a string):
 key                     value
 ======================  ============================================================================
 ``format``              ``packtool.archive``; any other value (or none): not an archive
-``format_version``      ``1``; readers refuse a larger number
+``format_version``      ``1`` or ``2``; readers refuse a larger number. ``2`` when a task
+                        carries ``prune_reason``/``prune_search`` (how its ratio was chosen)
 ``packtool_version``    the packtool that wrote the file
 ``spec``                JSON ``{"arch", "input_size": [C, H, W], "kwargs", "mean", "std"}``: how
                         to build the network (a torchvision model name with ``weights=None`` and
@@ -33,7 +34,8 @@ key                     value
                         task uses ``private/1/*``, the only private tensors stored)
 ``tasks``               JSON list in index order; item ``k-1`` is task ``k``: ``{"name",
                         "index", "classes" (names in logit order), "data", "prune", "hparams",
-                        "metrics", "created"}``
+                        "metrics", "created"}`` and, in version 2, ``"prune_reason"`` and
+                        ``"prune_search"`` where a task has them
 ``layers``              JSON list ``[[L, shape], ...]`` of the prunable weights, in network order
 ``bits``                ``b``, owner-index bits per weight: ``ceil(log2(T + 1))``, 1..8
 ``float_dtype``         ``float32`` or ``float16``: how floating tensors are stored (``--half``);
@@ -106,7 +108,7 @@ from ..records import TaskRecord
 from .digest import tensor_bytes
 
 FORMAT = "packtool.archive"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this packtool reads and writes
 
 # safetensors' dtype codes: part of the checksum, so the spec does not depend on torch's names.
 DTYPE_CODES: dict[torch.dtype, str] = {

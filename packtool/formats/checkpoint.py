@@ -13,14 +13,18 @@ Format (format version 1): a ``torch.save`` file of tensors and plain values, re
       "best_state": {state_dict} | None,
       "metrics": {"accuracy_before_prune": float, ...},
       "rng": uint8 tensor, "loader_rng": uint8 tensor, "cuda_rng": uint8 tensor | None,
+      "search": None | {                 # an auto prune search under way (packtool.planner)
+          "reference": float, "start": {state_dict after training}, "rng": {...},
+          "done": [[ratio, val_accuracy], ...], "current": ratio | None,
+          "best": {state_dict} | None, "best_ratio": ratio | None},
       "digest": "<sha256 hex>",  # :func:`~.digest.digest` of every other entry
     }
 
-``digest`` was added after the first release: a checkpoint without one (packtool 0.1.0) is read
-unchecked; one with a digest that does not match is refused. The owner index in ``net`` must
-hold for the task being added (:func:`packtool.method.check_owners`). A checkpoint is only used
-for the add-task it belongs to: :meth:`Checkpoint.check_identity` refuses one whose identity
-differs (another task, ratio, dataset, setting or base pack).
+``digest`` and ``search`` were added after the first release: a checkpoint without a digest
+(packtool 0.1.0) is read unchecked; one with a digest that does not match is refused. The owner
+index in ``net`` must hold for the task being added (:func:`packtool.method.check_owners`). A
+checkpoint is only used for the add-task it belongs to: :meth:`Checkpoint.check_identity`
+refuses one whose identity differs (another task, ratio, dataset, setting or base pack).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Checkpoint:
     loader_rng: Tensor
     cuda_rng: Tensor | None = None
     best_val_loss: float = math.inf  # validation loss of best_state (breaks accuracy ties)
+    search: dict[str, Any] | None = None
 
     def describe(self) -> str:
         config = self.identity["config"]
@@ -87,6 +92,7 @@ class Checkpoint:
             "best_state": _cpu(self.best_state) if self.best_state is not None else None,
             "metrics": dict(self.metrics), "rng": self.rng, "loader_rng": self.loader_rng,
             "cuda_rng": self.cuda_rng, "best_val_loss": self.best_val_loss,
+            "search": _cpu_tree(self.search),
         }
         state["digest"] = digest(state)
         atomic_write(path, lambda f: torch.save(state, f))
@@ -145,3 +151,14 @@ def _compared(identity: dict[str, Any]) -> dict[str, Any]:
 
 def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu") for k, v in state.items()}
+
+
+def _cpu_tree(value: Any) -> Any:
+    """``value`` with every tensor in it (nested dicts and lists) moved to the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu")
+    if isinstance(value, dict):
+        return {k: _cpu_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cpu_tree(v) for v in value]
+    return value

@@ -1,0 +1,244 @@
+"""The capacity planner (issue 13): --prune auto, --reserve and the forecast."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from conftest import synthetic_task
+from torch.utils.data import Dataset
+
+from packtool import (
+    Pack,
+    PackToolError,
+    Progress,
+    TaskError,
+    TrainConfig,
+    add_task,
+    forecast,
+    load_task_data,
+)
+from packtool import lifecycle as lifecycle_module
+from packtool.exporters import archive_bytes, archive_from_bytes
+from packtool.formats.model_file import FORMAT_VERSION
+from packtool.planner import GRID, RESERVE, TOLERANCE, Pruning, candidates, plan, target
+from packtool.records import LayerCapacity
+
+CONFIG = TrainConfig(epochs=4, finetune_epochs=2, lr=0.05, device="cpu")
+
+
+# -- the plan, with made-up scores --------------------------------------------------------------
+
+
+def _plan(pruned, tuned, trials=3, reference=1.0, tolerance=1.0, ratios=GRID):
+    tried = []
+
+    def finetune(r):
+        tried.append(r)
+        return tuned(r), f"state {r}"
+
+    return plan(list(ratios), reference, tolerance, trials, pruned, finetune), tried
+
+
+def test_the_largest_safe_ratio_needs_no_search_beyond_a_failure():
+    decision, tried = _plan(lambda r: 1.0 if r <= 0.5 else 0.5,
+                            lambda r: 1.0 if r <= 0.6 else 0.8)
+    assert tried == [0.55, 0.6, 0.65]  # above the safe 0.5, most promising first, until a miss
+    assert (decision.ratio, decision.reason, decision.state) == (0.6, TOLERANCE, "state 0.6")
+    scores = {c.ratio: c.val_finetuned for c in decision.search}
+    assert scores[0.6] == 1.0 and scores[0.65] == 0.8 and scores[0.5] is None
+
+
+def test_the_trial_budget_keeps_one_for_the_safe_ratio():
+    decision, tried = _plan(lambda r: 1.0 if r <= 0.3 else 0.0, lambda r: 1.0 if r <= 0.3 else 0,
+                            trials=2)
+    assert tried == [0.35, 0.3] and decision.ratio == 0.3
+    decision, tried = _plan(lambda r: 1.0 if r <= 0.3 else 0.0, lambda r: 1.0, trials=1)
+    assert tried == [0.3] and decision.ratio == 0.3  # one trial: the safe ratio only
+
+
+def test_with_every_trial_the_choice_is_the_brute_force_one():
+    pruned = {r: 1.0 - r for r in GRID}  # falls with the ratio
+    tuned = {r: 1.0 - r / 4 for r in GRID}  # fine-tuning recovers three quarters
+    brute = max(r for r in GRID if tuned[r] >= target(1.0, 10.0))
+    decision, _ = _plan(pruned.get, tuned.get, trials=len(GRID), tolerance=10.0)
+    assert decision.ratio == brute == 0.4
+
+
+def test_a_reserve_minimum_that_misses_the_tolerance_is_still_the_floor():
+    ratios = candidates(Pruning(0.0, reserve=3).minimum)
+    assert ratios[0] == 0.75 and ratios[1:] == [r for r in GRID if r > 0.75]
+    decision, _ = _plan(lambda r: 0.5, lambda r: 0.6, ratios=ratios)
+    assert (decision.ratio, decision.reason) == (0.75, RESERVE)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"ratio": 1.0}, r"\[0, 1\) or 'auto'"), ({"ratio": "half"}, "or 'auto'"),
+    ({"ratio": "auto", "tolerance": -1.0}, "tolerance"),
+    ({"ratio": "auto", "trials": 0}, "auto_trials"), ({"ratio": 0.5, "reserve": -1}, "reserve"),
+])
+def test_bad_pruning_settings(kwargs, match):
+    with pytest.raises(TaskError, match=match):
+        Pruning(**kwargs)
+
+
+# -- add_task with auto ------------------------------------------------------------------------
+
+
+def _base() -> Pack:
+    """An MLP narrow enough that pruning costs accuracy on the ten digits."""
+    return Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_task_data("digits", _base().preprocess)
+
+
+def test_auto_is_the_largest_fixed_ratio_within_the_tolerance(digits):
+    """Brute force: a fixed-ratio add-task at every grid ratio (each fine-tunes from the same
+    trained state as the planner's trials); the planner, allowed every trial, agrees."""
+    data = digits
+    _, auto = add_task(_base(), "t", data, "auto", CONFIG, tolerance=3.0, auto_trials=len(GRID))
+    reference = auto.prune_search[0]["val_pruned"]  # ratio 0 prunes nothing
+    fixed = {r: add_task(_base(), "t", data, r, CONFIG)[1].val_accuracy for r in GRID}
+    tried = {c["ratio"]: c["val_finetuned"] for c in auto.prune_search
+             if c["val_finetuned"] is not None}
+    for ratio, val in tried.items():
+        assert val == fixed[ratio]  # every trial is exactly the fixed-ratio fine-tuning
+    goal = target(reference, 3.0)
+    passing = sorted(r for r in GRID if fixed[r] >= goal)
+    safe = max(c["ratio"] for c in auto.prune_search if c["val_pruned"] >= goal)
+    # The largest passing ratio reachable from the safe one without a miss in between.
+    brute = safe
+    for r in (r for r in GRID if r > safe):
+        if r not in passing:
+            break
+        brute = r
+    assert auto.prune == brute and auto.prune_reason == TOLERANCE
+    assert 0.0 < brute < 0.95 and len(tried) >= 2  # a real search: pruning costs accuracy here
+    assert add_task(_base(), "t", data, "auto", CONFIG, tolerance=3.0,
+                    auto_trials=len(GRID))[1].prune == auto.prune  # same seed, same choice
+
+
+class _Guarded(Dataset):
+    """A test split that must not be read while the planner decides."""
+
+    searching = False
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        if _Guarded.searching:
+            raise AssertionError("the test split was read during the search")
+        return self.inner[i]
+
+
+def test_the_test_split_is_never_read_during_the_search(monkeypatch, digits):
+    real_plan = lifecycle_module.plan
+
+    def guarded_plan(*args, **kwargs):
+        _Guarded.searching = True
+        try:
+            return real_plan(*args, **kwargs)
+        finally:
+            _Guarded.searching = False
+
+    monkeypatch.setattr(lifecycle_module, "plan", guarded_plan)
+    data = copy.copy(digits)
+    data.test = _Guarded(digits.test)
+    pack, result = add_task(_base(), "t", data, "auto", CONFIG)
+    assert 0.0 <= result.accuracy_after_prune <= 1.0  # measured on test, after the decision
+    assert pack.tasks[0].prune == result.prune
+
+
+def test_auto_keeps_zero_forgetting_and_the_record():
+    pack, _ = add_task(_base(), "a", synthetic_task(2, seed=0), "auto", CONFIG)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        before = pack.model_for("a")(x)
+    pack, second = add_task(pack, "b", synthetic_task(3, seed=1), "auto", CONFIG)
+    with torch.no_grad():
+        assert torch.equal(pack.model_for("a")(x), before)
+    record = pack.tasks[1]
+    assert record.prune == second.prune and record.prune_reason == second.prune_reason
+    assert record.prune_search == second.prune_search and len(record.prune_search) == len(GRID)
+    assert pack.state()["version"] == FORMAT_VERSION == 2  # records of the planner: version 2
+    restored = archive_from_bytes(archive_bytes(pack))
+    assert restored.tasks[1].prune_search == record.prune_search
+
+
+class _StopAfter(Progress):
+    def __init__(self, epochs: int) -> None:
+        self.left = epochs
+
+    def epoch_end(self, epoch, loss, accuracy, val_accuracy) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_after", [5, 7])  # 4 training epochs, then two trials of 2
+def test_resume_mid_search_ends_bit_identical(tmp_path, stop_after, digits):
+    data = digits
+    settings = {"tolerance": 3.0, "auto_trials": 3}
+    reference, expected = add_task(_base(), "t", data, "auto", CONFIG, **settings)
+    assert sum(c["val_finetuned"] is not None for c in expected.prune_search) == 2
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        add_task(_base(), "t", data, "auto", CONFIG, **settings, checkpoint=ckpt,
+                 progress=_StopAfter(stop_after))
+    saved = shutil.copy(ckpt, tmp_path / "saved.ckpt")
+    pack, result = add_task(_base(), "t", data, "auto", CONFIG, **settings, checkpoint=ckpt,
+                            resume=True)
+    assert result.prune == expected.prune and result.prune_search == expected.prune_search
+    for key in reference.shared:
+        assert torch.equal(pack.shared[key], reference.shared[key])
+        assert torch.equal(pack.owners[key], reference.owners[key])
+    assert saved.exists()
+
+
+# -- reserve ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("reserve", [1, 3])
+def test_reserve_leaves_the_promised_free_share_in_every_layer(scope, reserve):
+    config = TrainConfig(epochs=1, finetune_epochs=0, lr=0.05, device="cpu", prune_scope=scope)
+    pack, _ = add_task(_base(), "a", synthetic_task(2, seed=0), 0.3, config)
+    free_before = {c.name: c.free for c in pack.capacity()}
+    pack, result = add_task(pack, "b", synthetic_task(2, seed=1), 0.1, config, reserve=reserve)
+    for layer in pack.capacity():
+        assert layer.free >= free_before[layer.name] * reserve / (reserve + 1)
+    assert result.prune_reason == RESERVE and pack.tasks[1].metrics["reserve_raised_layers"] > 0
+
+
+def test_a_reserve_the_ratio_already_meets_changes_nothing():
+    config = TrainConfig(epochs=1, finetune_epochs=0, lr=0.05, device="cpu")
+    data = synthetic_task(2, seed=0)
+    plain, _ = add_task(_base(), "a", data, 0.9, config)
+    reserved, result = add_task(_base(), "a", data, 0.9, config, reserve=1)
+    assert result.prune_reason == "fixed"
+    for key in plain.owners:
+        assert torch.equal(plain.owners[key], reserved.owners[key])
+
+
+# -- forecast -----------------------------------------------------------------------------------
+
+
+def test_forecast_counts_tasks_that_fit_in_the_fullest_layer():
+    layers = [LayerCapacity("a", 100, 40, (40, 20)), LayerCapacity("b", 100, 30, (50, 20))]
+    found = forecast(layers, share=0.1)
+    assert found.free_fraction == 70 / 200
+    assert found.median_share == pytest.approx((90 / 200 + 40 / 200) / 2)
+    assert found.tasks_fit == 0  # a task of 32.5% does not fit in b's 30%
+    assert found.tasks_fit_at_share == 3
+    assert forecast([LayerCapacity("a", 10, 10, ())]).tasks_fit is None
+    with pytest.raises(PackToolError, match="share"):
+        forecast(layers, share=0.0)
