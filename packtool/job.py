@@ -58,21 +58,15 @@ def add_task_to_file(
 ) -> tuple[Pack, TaskResult] | None:
     """Add a task to the pack in ``model`` and save it; see the module docstring.
 
-    Args:
-        prune, reserve, tolerance, auto_trials: how much to prune, as for
-            :func:`packtool.lifecycle.add_task` (``prune="auto"``: the planner decides).
-        data, classes, data_root, val_fraction: the dataset, as for
-            :func:`packtool.data.load_task_data` (the split is seeded with ``config.seed``).
-        name: task name; default :func:`default_task_name` of ``data`` and ``classes``.
-        resume: continue the run interrupted in this file's checkpoint.
-        restart: discard a leftover checkpoint and start over.
+    ``prune``, ``reserve``, ``tolerance``, ``auto_trials`` are as for
+    :func:`packtool.lifecycle.add_task`; ``data``, ``classes``, ``data_root``, ``val_fraction``
+    as for :func:`packtool.data.load_task_data` (the split seeded with ``config.seed``);
+    ``name`` defaults to :func:`default_task_name`. ``resume`` continues the add-task
+    interrupted in this file's checkpoint, ``restart`` discards it.
 
-    Returns:
-        ``(pack, result)`` on rank 0 (the only process when not under torchrun); ``None`` on
-        the other ranks, which write and report nothing.
-
-    Raises:
-        PackToolError: any user-caused failure, with ``model`` left as it was.
+    Returns ``(pack, result)`` on rank 0 (the only process when not under torchrun) and
+    ``None`` on the other ranks, which write and report nothing. A PackToolError leaves
+    ``model`` as it was.
     """
     config = config or TrainConfig()
     Pruning(prune, reserve, tolerance, auto_trials)  # bad settings fail before MODEL is locked

@@ -19,23 +19,19 @@ split; the held-out test split is only measured (before pruning, after pruning, 
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch import Tensor
 
 from . import distributed
 from .config import TrainConfig, resolve_device
 from .data import TaskData
-from .distributed import World
 from .errors import CapacityError, DataError, TaskError
 from .evaluate import Score, evaluate
 from .formats.checkpoint import Checkpoint
@@ -48,14 +44,12 @@ from .loop import (
     snapshot,
     train_epoch,
 )
-from .method import MAX_TASKS, Phase, assign_owners, select_all, tensor_at
-from .models import Anatomy, new_head
+from .method import MAX_TASKS, Phase, assign_owners, select_all
 from .pack import Pack
 from .planner import FIXED, RESERVE, Decision, Pruning, candidates, plan, target
 from .progress import Progress
 from .records import TaskRecord, TaskResult
-
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+from .session import Session, prepare
 
 
 def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
@@ -92,7 +86,7 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     start = _resume_point(checkpoint, resume, identity, progress)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        t = _prepare(pack, task, data, config, device, world, progress)
+        t = prepare(pack, task, data, config, device, world, progress)
         t.checkpoint, t.identity = (checkpoint if main else None), identity  # one writer
         decision, metrics = _train_prune_finetune(t, pruning, start)
         new = _freeze(t, name, decision, metrics)
@@ -150,80 +144,11 @@ def _resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[s
 
 
 # ------------------------------------------------------------------------------------------------
-# 1. Prepare
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Training:
-    """What every step of one add-task works on: the live network, its data and settings."""
-
-    pack: Pack
-    task: int
-    data: TaskData
-    config: TrainConfig
-    device: torch.device
-    world: World | None
-    progress: Progress
-    anatomy: Anatomy
-    net: nn.Module  # PackNet-masked; ``model`` is the same network, wrapped in DDP if any
-    model: nn.Module
-    packed: dict[str, tuple[nn.Module, str]]  # prunable weight key -> (module, tensor name)
-    private_frozen: bool  # the paper's policy after task 1: biases and norms stay task 1's
-    loader: DataLoader
-    sampler: DistributedSampler | None
-    generator: torch.Generator
-    checkpoint: str | os.PathLike | None = None
-    identity: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    search: dict[str, Any] | None = None  # an auto search under way (saved in checkpoints)
-
-    def evaluate(self, dataset: Dataset) -> Score:
-        return evaluate(self.net, dataset, batch_size=max(self.config.batch_size, 256),
-                        device=self.device, workers=self.config.workers, world=self.world)
-
-
-def _prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: torch.device,
-             world: World | None, progress: Progress) -> _Training:
-    anat = pack.anatomy()
-    head, private = _initial_state(pack, anat, len(data.classes))
-    net = pack.network(task, Phase.TRAIN, head=head, private=private, device=device)
-    generator = torch.Generator().manual_seed(config.seed)
-    sampler = None
-    if world is not None:  # each rank trains on its shard; the batch size is per process
-        sampler = DistributedSampler(data.train, world.size, world.rank, shuffle=True,
-                                     seed=config.seed)
-    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
-                        sampler=sampler, generator=generator, num_workers=config.workers,
-                        pin_memory=device.type == "cuda")
-    model = net
-    if world is not None:  # after the reparametrization: masks and owners are buffers it syncs
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
-                                        else None)
-    return _Training(pack, task, data, config, device, world, progress, anat, net, model,
-                     {key: tensor_at(net, key) for key in anat.prunable},
-                     pack.policy == "frozen" and task > 1, loader, sampler, generator)
-
-
-def _initial_state(pack: Pack, anat: Anatomy, classes: int
-                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The new task's head and private state: the pretrained classifier for a first task of
-    the same size, else a new head; the last task's private state (the initial one first)."""
-    previous = pack.tasks[-1] if pack.tasks else None
-    private = pack.private_state(previous) if previous else pack.initial_private
-    pretrained = pack.pretrained_head
-    if not pack.tasks and pretrained and pretrained["weight"].shape[0] == classes:
-        return dict(pretrained), dict(private)
-    head = new_head(anat, classes).to(pack.device)
-    return {k: v.detach().clone() for k, v in head.state_dict().items()}, dict(private)
-
-
-# ------------------------------------------------------------------------------------------------
 # 2-4. Train, prune, fine-tune
 # ------------------------------------------------------------------------------------------------
 
 
-def _train_prune_finetune(t: _Training, pruning: Pruning, start: Checkpoint | None
+def _train_prune_finetune(t: Session, pruning: Pruning, start: Checkpoint | None
                           ) -> tuple[Decision, dict[str, float]]:
     """Train, then prune at the given ratio or the planner's, and fine-tune."""
     config, search = t.config, start.search if start is not None else None
@@ -265,7 +190,7 @@ class _AfterTraining:
     reference: float
 
 
-def _auto(t: _Training, pruning: Pruning, after: _AfterTraining, start: Checkpoint | None
+def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint | None
           ) -> tuple[Decision, dict[str, float]]:
     """The planner's choice (:mod:`packtool.planner`), on the validation split only; the
     test split is read after it decided. Checkpoints carry the search, so it resumes."""
@@ -277,7 +202,7 @@ def _auto(t: _Training, pruning: Pruning, after: _AfterTraining, start: Checkpoi
                 "best": resumed.get("best"), "best_ratio": resumed.get("best_ratio")}
 
     def scan(ratio: float) -> float:
-        _load(t, after.state, Phase.TRAIN)
+        t.load(after.state, Phase.TRAIN)
         _prune(t, ratio, pruning.reserve)
         select_all(t.net, t.task, Phase.FINETUNE)
         return t.evaluate(t.data.val).accuracy
@@ -287,7 +212,7 @@ def _auto(t: _Training, pruning: Pruning, after: _AfterTraining, start: Checkpoi
             return done[ratio], t.search["best"] if ratio == t.search["best_ratio"] else None
         here = start if start is not None and resumed.get("current") == ratio else None
         if here is None:
-            _load(t, after.state, Phase.TRAIN)
+            t.load(after.state, Phase.TRAIN)
             _prune(t, ratio, pruning.reserve)
             after.rng.restore(t.generator, t.device)
         t.search["current"] = ratio
@@ -305,23 +230,16 @@ def _auto(t: _Training, pruning: Pruning, after: _AfterTraining, start: Checkpoi
     decision = plan(candidates(pruning.minimum), after.reference, pruning.tolerance,
                     pruning.trials, scan, finetune)
     t.search = None
-    _load(t, after.state, Phase.TRAIN)
+    t.load(after.state, Phase.TRAIN)
     t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
     _prune(t, decision.ratio, pruning.reserve)
     t.metrics["accuracy_after_prune"] = t.evaluate(t.data.test).accuracy
-    _load(t, decision.state, Phase.FINETUNE)
+    t.load(decision.state, Phase.FINETUNE)
     winner = next(c for c in decision.search if c.ratio == decision.ratio)
     return decision, {**t.metrics, "val_accuracy": winner.val_finetuned}
 
 
-def _load(t: _Training, state: dict[str, Tensor], phase: Phase) -> None:
-    """Load a state of the live network and put ``phase``'s masks in force (always both: the
-    masks' cached all-ones flags follow the owners, not the loaded mask buffers)."""
-    t.net.load_state_dict(state)
-    select_all(t.net, t.task, phase)
-
-
-def _phase(t: _Training, phase: Phase, epochs: int, lr: float, decay_every: int,
+def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
            start: Checkpoint | None = None, include_start: bool = False) -> float:
     """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy."""
     if start is not None:
@@ -330,56 +248,38 @@ def _phase(t: _Training, phase: Phase, epochs: int, lr: float, decay_every: int,
     if epochs == 0:
         return t.evaluate(t.data.val).accuracy
     guard = FrozenWeightGuard(list(t.packed.values()), t.task, phase)
-    optimizer = make_optimizer(guard.trainable_weights() + _head_and_private(t), t.config, lr)
+    optimizer = make_optimizer(guard.trainable_weights() + t.head_and_private(), t.config, lr)
     scheduler = make_scheduler(optimizer, decay_every)
     best, first = BestEpoch(), 1
     if start is not None:
         best = BestEpoch(Score(start.best_val, start.best_val_loss), start.best_state)
         first = start.epoch + 1
-        _restore(t, start, optimizer, scheduler)
+        t.restore(start, optimizer, scheduler)
     elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate
         best.offer(t.evaluate(t.data.val), t.net)
-        _save(t, phase, 0, optimizer, scheduler, best)
+        t.save(phase, 0, optimizer, scheduler, best)
     t.progress.phase_start(phase.value, epochs, len(t.loader))
     for epoch in range(first, epochs + 1):
         if t.sampler is not None:  # a different shuffle for every epoch of both phases
             t.sampler.set_epoch(epoch if phase is Phase.TRAIN else 10_000 + epoch)
-        _train_mode(t)
+        t.train_mode()
         loss, acc = train_epoch(t.model, t.loader, optimizer, device=t.device,
                                 after_step=guard.restore, world=t.world, progress=t.progress)
-        _sync(t)
+        t.sync()
         if scheduler is not None:
             scheduler.step()
         val = t.evaluate(t.data.val)
         t.progress.epoch_end(epoch, loss, acc, val.accuracy)
         best.offer(val, t.net)
-        _save(t, phase, epoch, optimizer, scheduler, best)
+        t.save(phase, epoch, optimizer, scheduler, best)
     t.progress.phase_end(phase.value)
     best.restore(t.net)
     assert best.score is not None  # epochs >= 1 ran, or a checkpoint had one
     return best.score.accuracy
 
 
-def _head_and_private(t: _Training) -> list[Tensor]:
-    """The head's parameters and, unless frozen, the task's private ones (set trainable)."""
-    private = set(t.anatomy.private)
-    params = [p for n, p in t.net.named_parameters() if n in private]
-    for p in params:
-        p.requires_grad_(not t.private_frozen)
-    head = list(t.net.get_submodule(t.anatomy.classifier).parameters())
-    return head + ([] if t.private_frozen else params)
-
-
-def _train_mode(t: _Training) -> None:
-    t.net.train()
-    if t.private_frozen:  # running statistics would otherwise keep updating
-        for module in t.net.modules():
-            if isinstance(module, NORM_TYPES):
-                module.eval()
-
-
 @torch.no_grad()
-def _prune(t: _Training, ratio: float, reserve: int = 0) -> None:
+def _prune(t: Session, ratio: float, reserve: int = 0) -> None:
     """Release ``ratio`` of the trained weights (more where ``reserve`` needs room) and zero
     them; with a reserve, ``t.metrics`` counts the layers it raised."""
     weights = {k: m.get_parameter(n + "_orig") for k, (m, n) in t.packed.items()}
@@ -397,37 +297,7 @@ def _prune(t: _Training, ratio: float, reserve: int = 0) -> None:
     for key in t.packed:
         owners[key].copy_(new_owners[key])
         weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
-    _sync(t)  # deterministic already; broadcasting makes it so by construction
-
-
-def _sync(t: _Training) -> None:
-    """Make every rank hold rank 0's state (norm statistics drift with local batches)."""
-    distributed.broadcast_state(t.world, list(t.net.state_dict().values()))
-
-
-def _save(t: _Training, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
-          scheduler: Any, best: BestEpoch) -> None:
-    if t.checkpoint is None:
-        return
-    rng = RngState.capture(t.generator, t.device)
-    Checkpoint(
-        identity=t.identity, phase=phase.value, epoch=epoch, net=t.net.state_dict(),
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict() if scheduler is not None else None,
-        best_val=best.score.accuracy if best.score else -1.0,
-        best_val_loss=best.score.loss if best.score else math.inf,
-        best_state=best.state, metrics=dict(t.metrics),
-        rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda, search=t.search,
-    ).save(t.checkpoint)
-
-
-def _restore(t: _Training, start: Checkpoint, optimizer: torch.optim.Optimizer,
-             scheduler: Any) -> None:
-    if start.optimizer is not None:
-        optimizer.load_state_dict(start.optimizer)
-    if scheduler is not None and start.scheduler is not None:
-        scheduler.load_state_dict(start.scheduler)
-    RngState(start.rng, start.loader_rng, start.cuda_rng).restore(t.generator, t.device)
+    t.sync()  # deterministic already; broadcasting makes it so by construction
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,7 +305,7 @@ def _restore(t: _Training, start: Checkpoint, optimizer: torch.optim.Optimizer,
 # ------------------------------------------------------------------------------------------------
 
 
-def _freeze(t: _Training, name: str, decision: Decision, metrics: dict[str, float]) -> Pack:
+def _freeze(t: Session, name: str, decision: Decision, metrics: dict[str, float]) -> Pack:
     """A new pack holding the old tasks and this one; ``t.pack`` is not changed."""
     pack, anat, store = t.pack, t.anatomy, t.pack.device
     state = t.net.state_dict()

@@ -303,10 +303,10 @@ def test_score_ranks_accuracy_then_loss():
 def test_saturated_validation_keeps_the_lowest_loss_epoch(make_task, monkeypatch):
     """Validation accuracy saturates at 100% after an epoch or two: the kept model is the tied
     epoch with the lowest validation loss, not the first one that reached 100%."""
-    from packtool import lifecycle
+    from packtool import session
 
     seen: list[Score] = []
-    original = lifecycle._Training.evaluate
+    original = session.Session.evaluate
 
     def recording(self, dataset):
         score = original(self, dataset)
@@ -314,7 +314,7 @@ def test_saturated_validation_keeps_the_lowest_loss_epoch(make_task, monkeypatch
             seen.append(score)
         return score
 
-    monkeypatch.setattr(lifecycle._Training, "evaluate", recording)
+    monkeypatch.setattr(session.Session, "evaluate", recording)
     data = make_task(2, seed=0)
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     # prune 0 and no fine-tuning: the final model is the training epoch that was kept

@@ -1,0 +1,147 @@
+"""The state one add-task works on (:class:`Session`): the live PackNet-masked network, its
+data, settings and checkpoints. :mod:`packtool.lifecycle` runs the steps on it."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from . import distributed
+from .config import TrainConfig
+from .data import TaskData
+from .distributed import World
+from .evaluate import Score, evaluate
+from .formats.checkpoint import Checkpoint
+from .loop import BestEpoch, RngState
+from .method import Phase, select_all, tensor_at
+from .models import Anatomy, new_head
+from .pack import Pack
+from .progress import Progress
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass
+class Session:
+    """What every step of one add-task works on: the live network, its data and settings."""
+
+    pack: Pack
+    task: int
+    data: TaskData
+    config: TrainConfig
+    device: torch.device
+    world: World | None
+    progress: Progress
+    anatomy: Anatomy
+    net: nn.Module  # PackNet-masked; ``model`` is the same network, wrapped in DDP if any
+    model: nn.Module
+    packed: dict[str, tuple[nn.Module, str]]  # prunable weight key -> (module, tensor name)
+    private_frozen: bool  # the paper's policy after task 1: biases and norms stay task 1's
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    generator: torch.Generator
+    checkpoint: str | os.PathLike | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    search: dict[str, Any] | None = None  # an auto search under way (saved in checkpoints)
+
+    def evaluate(self, dataset: Dataset) -> Score:
+        """``dataset`` scored by the live network in eval mode (every rank agrees)."""
+        return evaluate(self.net, dataset, batch_size=max(self.config.batch_size, 256),
+                        device=self.device, workers=self.config.workers, world=self.world)
+
+    def load(self, state: dict[str, Tensor], phase: Phase) -> None:
+        """Load a state of the live network and put ``phase``'s masks in force (always both: the
+        masks' cached all-ones flags follow the owners, not the loaded mask buffers)."""
+        self.net.load_state_dict(state)
+        select_all(self.net, self.task, phase)
+
+    def head_and_private(self) -> list[Tensor]:
+        """The head's parameters and, unless frozen, the task's private ones (set trainable)."""
+        private = set(self.anatomy.private)
+        params = [p for n, p in self.net.named_parameters() if n in private]
+        for p in params:
+            p.requires_grad_(not self.private_frozen)
+        head = list(self.net.get_submodule(self.anatomy.classifier).parameters())
+        return head + ([] if self.private_frozen else params)
+
+    def train_mode(self) -> None:
+        """Train mode, with norm layers kept in eval mode when the task may not change them."""
+        self.net.train()
+        if self.private_frozen:  # running statistics would otherwise keep updating
+            for module in self.net.modules():
+                if isinstance(module, NORM_TYPES):
+                    module.eval()
+
+    def sync(self) -> None:
+        """Make every rank hold rank 0's state (norm statistics drift with local batches)."""
+        distributed.broadcast_state(self.world, list(self.net.state_dict().values()))
+
+    def save(self, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
+             scheduler: Any, best: BestEpoch) -> None:
+        """Checkpoint the end of ``epoch`` (nothing without a checkpoint path)."""
+        if self.checkpoint is None:
+            return
+        rng = RngState.capture(self.generator, self.device)
+        Checkpoint(
+            identity=self.identity, phase=phase.value, epoch=epoch, net=self.net.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            best_val=best.score.accuracy if best.score else -1.0,
+            best_val_loss=best.score.loss if best.score else math.inf,
+            best_state=best.state, metrics=dict(self.metrics),
+            rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda, search=self.search,
+        ).save(self.checkpoint)
+
+    def restore(self, start: Checkpoint, optimizer: torch.optim.Optimizer,
+                scheduler: Any) -> None:
+        """Continue from checkpoint ``start``: optimizer, schedule and random state."""
+        if start.optimizer is not None:
+            optimizer.load_state_dict(start.optimizer)
+        if scheduler is not None and start.scheduler is not None:
+            scheduler.load_state_dict(start.scheduler)
+        RngState(start.rng, start.loader_rng, start.cuda_rng).restore(self.generator, self.device)
+
+
+def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: torch.device,
+            world: World | None, progress: Progress) -> Session:
+    """The live network of task ``task`` (PackNet-masked for training), its loader and, under
+    torchrun, its DDP wrapper and sampler."""
+    anat = pack.anatomy()
+    head, private = _initial_state(pack, anat, len(data.classes))
+    net = pack.network(task, Phase.TRAIN, head=head, private=private, device=device)
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = None
+    if world is not None:  # each rank trains on its shard; the batch size is per process
+        sampler = DistributedSampler(data.train, world.size, world.rank, shuffle=True,
+                                     seed=config.seed)
+    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
+                        sampler=sampler, generator=generator, num_workers=config.workers,
+                        pin_memory=device.type == "cuda")
+    model = net
+    if world is not None:  # after the reparametrization: masks and owners are buffers it syncs
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                        else None)
+    return Session(pack, task, data, config, device, world, progress, anat, net, model,
+                   {key: tensor_at(net, key) for key in anat.prunable},
+                   pack.policy == "frozen" and task > 1, loader, sampler, generator)
+
+
+def _initial_state(pack: Pack, anat: Anatomy, classes: int
+                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The new task's head and private state: the pretrained classifier for a first task of
+    the same size, else a new head; the last task's private state (the initial one first)."""
+    previous = pack.tasks[-1] if pack.tasks else None
+    private = pack.private_state(previous) if previous else pack.initial_private
+    pretrained = pack.pretrained_head
+    if not pack.tasks and pretrained and pretrained["weight"].shape[0] == classes:
+        return dict(pretrained), dict(private)
+    head = new_head(anat, classes).to(pack.device)
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}, dict(private)
