@@ -35,7 +35,16 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from packtool import Pack, Preprocess, TaskData, TrainConfig, add_task, evaluate, load_task_data
+from packtool import (
+    FREE_INITS,
+    Pack,
+    Preprocess,
+    TaskData,
+    TrainConfig,
+    add_task,
+    evaluate,
+    load_task_data,
+)
 from packtool.models import ArchSpec
 
 from . import baselines
@@ -46,10 +55,16 @@ PACKNET_RATIOS = (0.5, 0.75)
 METHODS = {
     "packnet-0.5": "PackNet, prune 0.5 (packtool)",
     "packnet-0.75": "PackNet, prune 0.75 (packtool)",
+    "packnet-auto": "PackNet, prune auto (packtool)",
     "separate": "Separate networks (upper bound)",
     "finetune": "Fine-tuning, new head per task",
     "joint": "Joint training, multi-head",
 }
+#: Where a new task's free weights start (``init --free-init``), compared at prune 0.75 on the
+#: sequences that have ``init_study``.
+FREE_INIT_METHODS = {f"packnet-0.75@{init}": f"PackNet 0.75, free weights start {label}"
+                     for init, label in (("zero", "at zero"), ("kept", "as trained (kept)"),
+                                         ("reinit", "re-initialized"))}
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ class SequenceSpec:
     input_size: tuple[int, int, int]
     kwargs: dict[str, Any]
     tasks: tuple[TaskSpec, ...]
+    init_study: bool = False  # also compare where the free weights start (FREE_INIT_METHODS)
 
     @property
     def spec(self) -> ArchSpec:
@@ -84,6 +100,14 @@ SEQUENCES = {
         "permutation (task 1 unpermuted), mlp 2x16 hidden (capacity pressure)",
         "mlp", (1, 8, 8), {"hidden": 16},
         tuple(TaskSpec(f"P{t + 1}", tuple(range(10)), None if t == 0 else t) for t in range(5)),
+    ),
+    "long-permuted-digits": SequenceSpec(
+        "long-permuted-digits", "ten ten-class tasks as permuted-digits, mlp 2x32 hidden "
+        "(capacity runs out)",
+        "mlp", (1, 8, 8), {"hidden": 32},
+        tuple(TaskSpec(f"P{t + 1}", tuple(range(10)), None if t == 0 else t)
+              for t in range(10)),
+        init_study=True,
     ),
 }
 
@@ -155,9 +179,11 @@ def _tensors(dataset: Any, perm: torch.Tensor | None) -> TensorDataset:
 
 
 def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
-                seed: int, ratio: float) -> SequenceRun:
-    """packtool's PackNet: ``ratio`` for every task but the last, which keeps the rest (0)."""
-    pack = Pack.create(seq.arch, seq.input_size, kwargs=seq.kwargs, seed=seed)
+                seed: int, ratio: float | str, free_init: str = FREE_INITS[0]) -> SequenceRun:
+    """packtool's PackNet: ``ratio`` (a number, or ``auto``: the planner at its defaults) for
+    every task but the last, which keeps the rest (0)."""
+    pack = Pack.create(seq.arch, seq.input_size, kwargs=seq.kwargs, seed=seed,
+                       free_init=free_init)
     just = []
     for k, (task, data) in enumerate(zip(seq.tasks, tasks)):
         task_data = TaskData(train=data.train, val=data.val, test=data.test,
@@ -182,7 +208,9 @@ def run_method(method: str, seq: SequenceSpec, tasks: Sequence[TaskTensors],
     config = settings.config(seed)
     start = time.perf_counter()
     if method.startswith("packnet-"):
-        run = run_packnet(seq, tasks, config, seed, float(method.split("-", 1)[1]))
+        ratio, _, free_init = method.split("-", 1)[1].partition("@")
+        run = run_packnet(seq, tasks, config, seed, ratio if ratio == "auto" else float(ratio),
+                          free_init or FREE_INITS[0])
     else:
         runner = {"separate": baselines.run_separate, "finetune": baselines.run_finetune,
                   "joint": baselines.run_joint}[method]
@@ -207,16 +235,17 @@ def run_sequence(name: str, settings: QualitySettings, log: Any = None) -> dict[
     seq = SEQUENCES[name]
     tasks = load_sequence(seq)
     _warm_up(seq, tasks, settings)
-    per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+    methods = {**METHODS, **(FREE_INIT_METHODS if seq.init_study else {})}
+    per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in settings.seeds:  # seeds outside: a slow spell of the machine hits every method
-        for method in METHODS:
+        for method in methods:
             result = run_method(method, seq, tasks, settings, seed)
             per_method[method].append(result)
             if log:
                 log(f"quality {name} seed {seed} {method}: avg accuracy "
                     f"{result['avg_accuracy']:.4f}, {result['seconds']:.1f} s")
     rows = []
-    for method, label in METHODS.items():
+    for method, label in methods.items():
         per_seed = per_method[method]
         rows.append({
             "method": method,
@@ -277,6 +306,7 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "measured": f"max abs forgetting = {max(abs(v) for v in values)!r}",
                 "ok": all(v == 0.0 for v in values),
             })
+        out += _auto_checks(seq)
         if seq["sequence"] == "split-digits":
             rows = {r["method"]: r for r in seq["rows"]}
             sep = rows["separate"]["avg_accuracy"]
@@ -289,6 +319,36 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "measured": f"{100 * pn:.2f} vs {100 * sep:.2f} ({gap:+.2f} points behind)",
                     "ok": gap <= 1.0,
                 })
+    return out
+
+
+def _auto_checks(seq: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13's targets: ``auto`` at least as good as the best fixed ratio in hindsight, its
+    search at most 1.5x a fixed ratio's time, and on the long sequence within 3 points of
+    separate networks."""
+    rows = {r["method"]: r for r in seq["rows"]}
+    auto = rows["packnet-auto"]
+    best = max((rows[f"packnet-{r}"] for r in PACKNET_RATIOS), key=lambda r: r["avg_accuracy"])
+    name = seq["sequence"]
+    fixed_time = rows["packnet-0.75"]["seconds"]
+    out = [{
+        "target": f"{name}: packnet-auto average accuracy at least the best fixed ratio's",
+        "measured": f"{100 * auto['avg_accuracy']:.2f} vs {100 * best['avg_accuracy']:.2f} "
+                    f"({best['method']})",
+        "ok": auto["avg_accuracy"] >= best["avg_accuracy"],
+    }, {
+        "target": f"{name}: packnet-auto time at most 1.5x packnet-0.75's (the search)",
+        "measured": f"{auto['seconds']:.1f} s vs {fixed_time:.1f} s "
+                    f"({auto['seconds'] / fixed_time:.2f}x)",
+        "ok": auto["seconds"] <= 1.5 * fixed_time,
+    }]
+    if name == "long-permuted-digits":
+        gap = 100 * (rows["separate"]["avg_accuracy"] - auto["avg_accuracy"])
+        out.append({
+            "target": f"{name}: packnet-auto within 3 points of separate networks",
+            "measured": f"{gap:.2f} points behind",
+            "ok": gap <= 3.0,
+        })
     return out
 
 

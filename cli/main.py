@@ -16,6 +16,7 @@ import click
 from packtool import (
     AUTO,
     DATASETS,
+    FREE_INITS,
     OPTIMIZERS,
     POLICIES,
     PackToolError,
@@ -65,14 +66,19 @@ def main(debug: bool) -> None:
               show_default=True,
               help="per_task: each task its own biases and norm state; frozen: the paper's "
                    "(task 1's are frozen and shared).")
+@click.option("--free-init", type=click.Choice(FREE_INITS), default=FREE_INITS[0],
+              show_default=True,
+              help="How each new task's free weights start: fresh values of the network's own "
+                   "initialization (reinit), the values the task that released them trained "
+                   "(kept), or zero.")
 @click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE", callback=params.kwargs,
               help="Keyword argument for the architecture builder (repeatable), e.g. hidden=64.")
 @click.option("--force", is_flag=True, help="Overwrite an existing MODEL.")
 def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int, int] | None,
-         policy: str, kwargs: dict[str, Any], force: bool) -> None:
+         policy: str, free_init: str, kwargs: dict[str, Any], force: bool) -> None:
     """Create MODEL: a network with every weight free and no tasks."""
     pack = create_file(model, arch, input_size=input_size, kwargs=kwargs, weights=weights,
-                       policy=policy, force=force)
+                       policy=policy, free_init=free_init, force=force)
     render.show_created(render.console_for(), pack, str(model))
 
 

@@ -100,6 +100,7 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
         "packtool_version": __version__,
         "spec": _json(spec.to_dict()),
         "policy": pack.policy,
+        **({"free_init": pack.free_init} if pack.free_init != "zero" else {}),
         "tasks": _json([t.meta() for t in pack.tasks]),
         "layers": _json(layers),
         "bits": str(bits),

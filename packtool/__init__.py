@@ -43,7 +43,7 @@ from .job import add_task_to_file, create_file
 from .lifecycle import add_task
 from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, select
 from .models import ArchSpec, native_input_size, parse_input_size
-from .pack import POLICIES, Pack
+from .pack import FREE_INITS, POLICIES, Pack
 from .planner import AUTO, Forecast, Pruning, forecast
 from .progress import Progress
 from .records import LayerCapacity, TaskRecord, TaskResult
@@ -52,6 +52,7 @@ from .report import plot_accuracy, plot_capacity
 __all__ = [
     "AUTO",
     "DATASETS",
+    "FREE_INITS",
     "OPTIMIZERS",
     "POLICIES",
     "ArchSpec",

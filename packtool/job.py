@@ -33,7 +33,7 @@ from .fileio import file_lock
 from .formats.checkpoint import Checkpoint, checkpoint_path
 from .formats.weights import PRETRAINED, pretrained_weights_file
 from .lifecycle import add_task
-from .pack import Pack
+from .pack import FREE_INITS, Pack
 from .planner import Pruning
 from .progress import Progress
 from .records import TaskResult
@@ -101,7 +101,8 @@ def add_task_to_file(
 def create_file(model: str | os.PathLike, arch: str, *,
                 input_size: tuple[int, int, int] | None = None,
                 kwargs: dict[str, Any] | None = None, weights: str | os.PathLike | None = None,
-                policy: str = "per_task", force: bool = False) -> Pack:
+                policy: str = "per_task", free_init: str = FREE_INITS[0],
+                force: bool = False) -> Pack:
     """Create the model file ``model``: :meth:`Pack.create`, saved atomically.
 
     ``weights="DEFAULT"`` takes torchvision's pretrained weights from the local torch hub cache
@@ -113,7 +114,8 @@ def create_file(model: str | os.PathLike, arch: str, *,
         raise PackToolError(f"{model} already exists; pass `force=True` to overwrite it")
     if weights == PRETRAINED:
         weights = pretrained_weights_file(arch)
-    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=weights, policy=policy)
+    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=weights, policy=policy,
+                       free_init=free_init)
     with file_lock(model) if model.exists() else contextlib.nullcontext():
         pack.save(model)
     return pack

@@ -174,6 +174,7 @@ def _train_prune_finetune(t: Session, pruning: Pruning, start: Checkpoint | None
         after.rng.restore(t.generator, t.device)  # fine-tuning starts as an auto trial does
     else:
         t.metrics.update(start.metrics)
+        t.released = start.released
     best_val = _phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0, start,
                       include_start=True)
     reason = RESERVE if t.metrics.get("reserve_raised_layers") else FIXED
@@ -294,6 +295,8 @@ def _prune(t: Session, ratio: float, reserve: int = 0) -> None:
         if raised:
             t.progress.message(f"reserve {reserve}: released more than ratio {ratio:g} in "
                                f"{raised} of {len(t.packed)} layers to leave room")
+    if t.pack.free_init == "kept":  # kept aside for the next task: the weights stay zero
+        t.released = {k: weights[k][new_owners[k] == 0].detach().clone() for k in t.packed}
     for key in t.packed:
         owners[key].copy_(new_owners[key])
         weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
@@ -326,7 +329,9 @@ def _freeze(t: Session, name: str, decision: Decision, metrics: dict[str, float]
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), head=head,
         private=private,
     )
-    return pack.with_task(record, shared, owners)
+    released = None if t.released is None else {
+        k: v.to(store).clone() for k, v in t.released.items()}
+    return pack.with_task(record, shared, owners, released)
 
 
 def _check_frozen_unchanged(pack: Pack, shared: dict[str, Tensor]) -> None:

@@ -47,6 +47,10 @@ from .models import (
 from .records import LayerCapacity, TaskRecord
 
 POLICIES = ("per_task", "frozen")
+#: How a new task's free weights start (they were released, and zeroed, by earlier tasks):
+#: ``zero``; ``reinit``, fresh values of the network's own initialization; ``kept``, the values
+#: the task that released them had trained (kept aside, see :attr:`Pack.released`).
+FREE_INITS = ("reinit", "kept", "zero")
 
 
 class Pack:
@@ -60,9 +64,14 @@ class Pack:
         spec: how to rebuild the network.
         policy: ``"per_task"`` (each task its own biases and norm state, the default) or
             ``"frozen"`` (the paper: task 1's are frozen and shared by all later tasks).
-        shared: ``"<layer>.weight"`` -> prunable weight (float, any shape).
+        shared: ``"<layer>.weight"`` -> prunable weight (float, any shape); free weights that
+            a task released are zero.
         owners: ``"<layer>.weight"`` -> uint8 owner index, same shape as the weight.
         tasks: task records in index order.
+        free_init: how the next task's free weights start (:data:`FREE_INITS`).
+        released: with ``free_init="kept"``, the trained values of the free weights, flat in
+            row-major order of the positions where ``owners == 0`` (kept aside, so released
+            weights stay zero at rest); empty otherwise.
     """
 
     def __init__(
@@ -75,11 +84,17 @@ class Pack:
         *,
         policy: str = "per_task",
         pretrained_head: dict[str, Tensor] | None = None,
+        free_init: str = FREE_INITS[0],
+        released: dict[str, Tensor] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise TaskError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
+        if free_init not in FREE_INITS:
+            raise TaskError(f"unknown free_init {free_init!r}; use one of {', '.join(FREE_INITS)}")
         self.spec = spec
         self.policy = policy
+        self.free_init = free_init
+        self.released = released or {}
         self.shared = shared
         self.owners = owners
         self.initial_private = initial_private
@@ -107,6 +122,10 @@ class Pack:
                                  f"{len(record.classes)} classes")
         if len(set(self.task_names)) != len(self.tasks):
             raise ValueError("task names are not unique")
+        for key, values in self.released.items():
+            free = int((self.owners[key] == FREE).sum()) if key in self.owners else -1
+            if values.dim() != 1 or values.numel() != free:
+                raise ValueError(f"released values of {key} do not match its free weights")
 
     # ---------------------------------------------------------------------------------------
     # Construction
@@ -123,6 +142,7 @@ class Pack:
         mean: tuple[float, ...] = (),
         std: tuple[float, ...] = (),
         policy: str = "per_task",
+        free_init: str = FREE_INITS[0],
         seed: int = 0,
     ) -> Pack:
         """A pack with no tasks and every weight free.
@@ -154,7 +174,7 @@ class Pack:
         private = {k: state[k] for k in anat.private}
         head_prefix = anat.classifier + "."
         head = {k[len(head_prefix):]: v for k, v in state.items() if k.startswith(head_prefix)}
-        pack = cls(spec, shared, owners, private, policy=policy,
+        pack = cls(spec, shared, owners, private, policy=policy, free_init=free_init,
                    pretrained_head=head if weights is not None else None)
         pack._anatomy = anat
         return pack
@@ -297,11 +317,13 @@ class Pack:
         return load_task_data(**spec, preprocess=self.preprocess)
 
     def with_task(self, record: TaskRecord, shared: dict[str, Tensor],
-                  owners: dict[str, Tensor]) -> Pack:
-        """A new pack: this one's tasks then ``record``, with ``shared`` weights and ``owners``
-        (what :func:`packtool.lifecycle.add_task` froze). This pack is not changed."""
+                  owners: dict[str, Tensor], released: dict[str, Tensor] | None = None) -> Pack:
+        """A new pack: this one's tasks then ``record``, with ``shared`` weights, ``owners``
+        and ``released`` values (what :func:`packtool.lifecycle.add_task` froze). This pack is
+        not changed."""
         pack = Pack(self.spec, shared, owners, self.initial_private, [*self.tasks, record],
-                    policy=self.policy, pretrained_head=self.pretrained_head)
+                    policy=self.policy, pretrained_head=self.pretrained_head,
+                    free_init=self.free_init, released=released)
         pack._anatomy = self._anatomy
         return pack
 
@@ -313,6 +335,7 @@ class Pack:
         self.shared, self.owners = move(self.shared), move(self.owners)
         self.initial_private, self.pretrained_head = (move(self.initial_private),
                                                       move(self.pretrained_head))
+        self.released = move(self.released)
         for record in self.tasks:
             record.head, record.private = move(record.head), move(record.private)
         return self
@@ -344,6 +367,8 @@ class Pack:
             "packtool_version": __version__,
             "spec": self.spec.to_dict(),
             "policy": self.policy,
+            # Absent means "zero", as packtool 0.1.0 wrote (its files keep their digest).
+            **({"free_init": self.free_init} if self.free_init != "zero" else {}),
             "tasks": [t.meta() for t in self.tasks],
         }
 
@@ -359,6 +384,7 @@ class Pack:
             "pretrained_head": _to_cpu(self.pretrained_head),
             "heads": [_to_cpu(t.head) for t in self.tasks],
             "private": [_to_cpu(t.private) for t in self.tasks],
+            **({"released": _to_cpu(self.released)} if self.released else {}),
         }, version)
 
     def digest(self) -> str:
@@ -397,7 +423,9 @@ class Pack:
             return cls(ArchSpec.from_dict(meta["spec"]), _tensor_dict(state["shared"]),
                        _tensor_dict(state["owners"]), _tensor_dict(state["initial_private"]),
                        tasks, policy=meta["policy"],
-                       pretrained_head=_tensor_dict(state["pretrained_head"]))
+                       pretrained_head=_tensor_dict(state["pretrained_head"]),
+                       free_init=meta.get("free_init", "zero"),  # 0.1.0: released at zero
+                       released=_tensor_dict(state.get("released", {})))
         except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
             raise PackFormatError(f"{source} is damaged: {type(exc).__name__}: {exc}") from exc
 

@@ -21,7 +21,7 @@ from .evaluate import Score, evaluate
 from .formats.checkpoint import Checkpoint
 from .loop import BestEpoch, RngState
 from .method import Phase, select_all, tensor_at
-from .models import Anatomy, new_head
+from .models import Anatomy, build_network, new_head
 from .pack import Pack
 from .progress import Progress
 
@@ -51,6 +51,7 @@ class Session:
     identity: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     search: dict[str, Any] | None = None  # an auto search under way (saved in checkpoints)
+    released: dict[str, Tensor] | None = None  # trained values of what the prune released
 
     def evaluate(self, dataset: Dataset) -> Score:
         """``dataset`` scored by the live network in eval mode (every rank agrees)."""
@@ -98,6 +99,7 @@ class Session:
             best_val_loss=best.score.loss if best.score else math.inf,
             best_state=best.state, metrics=dict(self.metrics),
             rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda, search=self.search,
+            released=self.released,
         ).save(self.checkpoint)
 
     def restore(self, start: Checkpoint, optimizer: torch.optim.Optimizer,
@@ -117,6 +119,9 @@ def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: 
     anat = pack.anatomy()
     head, private = _initial_state(pack, anat, len(data.classes))
     net = pack.network(task, Phase.TRAIN, head=head, private=private, device=device)
+    packed = {key: tensor_at(net, key) for key in anat.prunable}
+    if pack.tasks:  # its free weights were released by earlier tasks; a first task's are initial
+        _start_free_weights(pack, packed, seed=config.seed + task)
     generator = torch.Generator().manual_seed(config.seed)
     sampler = None
     if world is not None:  # each rank trains on its shard; the batch size is per process
@@ -130,8 +135,33 @@ def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: 
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                         else None)
     return Session(pack, task, data, config, device, world, progress, anat, net, model,
-                   {key: tensor_at(net, key) for key in anat.prunable},
-                   pack.policy == "frozen" and task > 1, loader, sampler, generator)
+                   packed, pack.policy == "frozen" and task > 1, loader, sampler, generator)
+
+
+@torch.no_grad()
+def _start_free_weights(pack: Pack, packed: dict[str, tuple[nn.Module, str]], seed: int
+                        ) -> None:
+    """Set the free weights a new task trains as ``pack.free_init`` says (zero: as they are).
+
+    ``reinit`` draws the network's own initialization from a generator seeded with ``seed``
+    (the task's seed and index), apart from the training's random stream.
+    """
+    if pack.free_init == "zero":
+        return
+    if pack.free_init == "reinit":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = dict(build_network(pack.spec).named_parameters())
+    for key, (module, name) in packed.items():
+        weight = module.get_parameter(name + "_orig")
+        free = module.get_buffer(name + "_owners") == 0
+        if pack.free_init == "reinit":
+            values = fresh[key].detach().to(weight.device)[free]
+        elif key in pack.released:  # kept (none after an archive, which keeps no free values)
+            values = pack.released[key].to(weight.device)
+        else:
+            continue
+        weight.masked_scatter_(free, values.to(weight.dtype))
 
 
 def _initial_state(pack: Pack, anat: Anatomy, classes: int

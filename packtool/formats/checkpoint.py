@@ -17,14 +17,16 @@ Format (format version 1): a ``torch.save`` file of tensors and plain values, re
           "reference": float, "start": {state_dict after training}, "rng": {...},
           "done": [[ratio, val_accuracy], ...], "current": ratio | None,
           "best": {state_dict} | None, "best_ratio": ratio | None},
+      "released": None | {key: float tensor},   # free_init "kept": what the prune released
       "digest": "<sha256 hex>",  # :func:`~.digest.digest` of every other entry
     }
 
-``digest`` and ``search`` were added after the first release: a checkpoint without a digest
-(packtool 0.1.0) is read unchecked; one with a digest that does not match is refused. The owner
-index in ``net`` must hold for the task being added (:func:`packtool.method.check_owners`). A
-checkpoint is only used for the add-task it belongs to: :meth:`Checkpoint.check_identity`
-refuses one whose identity differs (another task, ratio, dataset, setting or base pack).
+``digest``, ``search`` and ``released`` were added after the first release: a checkpoint
+without a digest (packtool 0.1.0) is read unchecked; one with a digest that does not match is
+refused. The owner index in ``net`` must hold for the task being added
+(:func:`packtool.method.check_owners`). A checkpoint is only used for the add-task it belongs
+to: :meth:`Checkpoint.check_identity` refuses one whose identity differs (another task, ratio,
+dataset, setting or base pack).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Checkpoint:
     cuda_rng: Tensor | None = None
     best_val_loss: float = math.inf  # validation loss of best_state (breaks accuracy ties)
     search: dict[str, Any] | None = None
+    released: dict[str, Tensor] | None = None
 
     def describe(self) -> str:
         config = self.identity["config"]
@@ -92,7 +95,7 @@ class Checkpoint:
             "best_state": _cpu(self.best_state) if self.best_state is not None else None,
             "metrics": dict(self.metrics), "rng": self.rng, "loader_rng": self.loader_rng,
             "cuda_rng": self.cuda_rng, "best_val_loss": self.best_val_loss,
-            "search": _cpu_tree(self.search),
+            "search": _cpu_tree(self.search), "released": _cpu_tree(self.released),
         }
         state["digest"] = digest(state)
         atomic_write(path, lambda f: torch.save(state, f))
