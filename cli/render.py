@@ -142,6 +142,7 @@ def info_doc(pack: Pack, share: float | None = None) -> dict[str, Any]:
         "input_size": list(pack.spec.input_size),
         "prunable_weights": pack.prunable_weights,
         "free_fraction": pack.free_fraction,
+        "free_init": pack.free_init,
         "private_values": private,
         "private_share": private / (private + pack.prunable_weights),
         "private_tensors": [{"name": k, "shape": list(shape)}
@@ -168,7 +169,8 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
     size = "x".join(map(str, doc["input_size"]))
     console.print(f"{path}: {doc['arch']} on {size} inputs, policy {pack.policy}, "
                   f"{count(doc['prunable_weights'])} prunable weights, "
-                  f"{pct(doc['free_fraction'])} free", markup=False)
+                  f"{pct(doc['free_fraction'])} free (a new task starts them: "
+                  f"{doc['free_init']})", markup=False)
     console.print(f"Per task, besides the weights it owns: {count(doc['private_values'])} private "
                   f"values ({pct(doc['private_share'])} of the backbone) and its head.",
                   markup=False)

@@ -59,7 +59,8 @@ def test_info_counts_follow_the_prune_ratios(packed):
     model, reports = packed
     doc = ok_json("info", model)
     assert set(doc) == {"arch", "input_size", "prunable_weights", "free_fraction", "tasks",
-                        "private_values", "private_share", "private_tensors", "forecast"}
+                        "private_values", "private_share", "private_tensors", "forecast",
+                        "free_init"}
     assert doc["arch"] == "mlp" and doc["input_size"] == [1, 8, 8]
     assert doc["prunable_weights"] == LAYER_WEIGHTS
     assert doc["private_values"] == 32 + 32  # the hidden layers' biases

@@ -174,6 +174,11 @@ def test_bad_planner_settings_are_usage_errors(model, args):
     fails_unchanged(model, "add-task", model, "--data", "digits", *args, code=2)
 
 
+def test_bad_free_init(tmp_path):
+    assert_error(invoke("init", tmp_path / "m.pt", *ARCH, "--free-init", "random"), 2)
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_bad_forecast_share(model):
     fails_unchanged(model, "info", model, "--share", "0", code=2)
 
