@@ -20,7 +20,6 @@ from packtool import (
     OPTIMIZERS,
     POLICIES,
     PackToolError,
-    TrainConfig,
     __version__,
     add_task_to_file,
     create_file,
@@ -109,10 +108,12 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               metavar="N", help="Training epochs on the free weights.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=10, show_default=True,
               metavar="M", help="Fine-tuning epochs after pruning.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
-              show_default=True, metavar="LR", help="Training learning rate.")
-@click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4,
-              show_default=True, metavar="LR", help="Fine-tuning learning rate.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), metavar="LR",
+              help="Training learning rate [default: 0.001, the paper's, for a network with "
+                   "pretrained weights; else 0.05, from scratch].")
+@click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), metavar="LR",
+              help="Fine-tuning learning rate [default: 0.0001 with pretrained weights; else "
+                   "0.005].")
 @click.option("--lr-decay-epochs", type=click.IntRange(min=0), default=10, show_default=True,
               metavar="N", help="Multiply the training lr by 0.1 every N epochs (0: never).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -128,23 +129,33 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
                    "every layer, as the paper).")
 @click.option("--device", default="auto", show_default=True, metavar="DEVICE",
               help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              metavar="W", help="Data loading worker processes.")
+@click.option("--workers", type=params.Workers(), default="auto", show_default=True,
+              metavar="auto|W", help="Data loading worker processes (auto: none for data in "
+                                     "memory or small, else the CPUs available, at most 8).")
+@click.option("--amp", is_flag=True,
+              help="Mixed precision: bfloat16 on the CPU, float16 (or bfloat16) on CUDA.")
 @click.option("--seed", type=int, default=0, show_default=True, metavar="S",
               help="Seeds initialization, shuffling and the validation split.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Share of the training data held out for model selection.")
 @click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder holding the registered datasets [default: $PACKTOOL_DATA].")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out image files that cannot be read (every file's header is checked "
+                   "before training; without this flag, bad files stop the add-task).")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=0, show_default=True,
+              metavar="MIN", help="Minutes between checkpoints (0: after every epoch); longer "
+                                  "saves time on large networks, and a resume repeats more.")
 @click.option("--resume", is_flag=True,
-              help="Continue the add-task interrupted on MODEL from its last completed epoch.")
+              help="Continue the add-task interrupted on MODEL from its last checkpoint.")
 @click.option("--restart", is_flag=True,
               help="Discard the checkpoint of an interrupted add-task and start over.")
 @params.json_option
 def add_task(model: Path, data: str, prune: float | str, tolerance: float | None,
              auto_trials: int | None, reserve: int, name: str | None,
              classes: list[int] | None, data_root: str | None, val_fraction: float,
-             resume: bool, restart: bool, as_json: bool, **options: Any) -> None:
+             skip_bad_images: bool, checkpoint_every: float, resume: bool, restart: bool,
+             as_json: bool, **options: Any) -> None:
     """Train a new task on the free weights, prune, fine-tune, and save MODEL.
 
     Progress is checkpointed beside MODEL after every epoch; after a crash or Ctrl-C, rerun the
@@ -154,17 +165,18 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
         raise click.UsageError("use either --resume or --restart, not both")
     if prune != AUTO and (tolerance is not None or auto_trials is not None):
         raise click.UsageError("--tolerance and --auto-trials apply to --prune auto only")
-    config = TrainConfig(**options)
+    settings = {k: v for k, v in options.items() if v is not None}  # unset: the pack decides
     planner = {"tolerance": 1.0 if tolerance is None else tolerance,
                "auto_trials": 3 if auto_trials is None else auto_trials}
     click.get_current_context().meta["interrupted"] = (
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )
     with training_progress(as_json) as progress:
-        done = add_task_to_file(model, data, prune, config, reserve=reserve, **planner,
+        done = add_task_to_file(model, data, prune, settings=settings, reserve=reserve, **planner,
                                 name=name, classes=classes, data_root=data_root,
-                                val_fraction=val_fraction, resume=resume, restart=restart,
-                                progress=progress)
+                                val_fraction=val_fraction, skip_bad_images=skip_bad_images,
+                                checkpoint_every=60 * checkpoint_every, resume=resume,
+                                restart=restart, progress=progress)
     if done is None:  # a torchrun rank other than 0: rank 0 reports
         return
     pack, result = done

@@ -65,6 +65,20 @@ class PruneRatio(click.ParamType):
         return ratio
 
 
+class Workers(click.ParamType):
+    """``--workers``: a number of loader processes, or ``auto``."""
+
+    name = "workers"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        if not str(value).isdigit():
+            self.fail(f"{value!r} is neither a whole number >= 0 nor 'auto'", param, ctx)
+        return int(value)
+
+
 def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; VALUE is read as JSON (``64``, ``true``, ``[1,2]``), else a string."""
     result: dict[str, Any] = {}

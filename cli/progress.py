@@ -47,6 +47,7 @@ class RichProgress(Progress):
         )
         self.epoch_bar: TaskID | None = None
         self.batch_bar: TaskID | None = None
+        self.files_bar: TaskID | None = None
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -76,6 +77,14 @@ class RichProgress(Progress):
 
     def message(self, text: str) -> None:
         self.bars.console.print(text, markup=False, highlight=False)
+
+    def files_checked(self, done: int, total: int) -> None:
+        if self.files_bar is None:
+            self.files_bar = self.bars.add_task("Checking images", total=total, stats="")
+        self.bars.update(self.files_bar, completed=done)
+        if done == total:
+            self.bars.remove_task(self.files_bar)
+            self.files_bar = None
 
 
 class PlainProgress(Progress):

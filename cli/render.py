@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from packtool import Pack, TaskResult
 
 ADD_TASK_KEYS = ("task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
-                 "weights_owned", "free_fraction", "seconds", "prune", "prune_reason")
+                 "weights_owned", "free_fraction", "seconds", "prune", "prune_reason",
+                 "skipped_images")
 PIPE_WIDTH = 200  # piped output is not wrapped at 80 columns; tables take what they need
 
 
@@ -104,6 +105,8 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
         ("accuracy after fine-tuning", pct(doc["accuracy"])),
         ("weights owned", f"{count(doc['weights_owned'])} ({share:.1%})"),
         ("free capacity left", pct(doc["free_fraction"])),
+        *([("unreadable images left out", count(doc["skipped_images"]))]
+          if doc["skipped_images"] else []),
         ("time", f"{doc['seconds']:.1f} s"),
     ]
     title = f"Task {doc['task']!r} (#{doc['index']}) saved to {path}"
@@ -150,7 +153,7 @@ def info_doc(pack: Pack, share: float | None = None) -> dict[str, Any]:
         "tasks": [
             {"task": t.name, "index": t.index, "classes": list(t.classes),
              "weights_owned": sum(layer.owned[t.index - 1] for layer in capacity),
-             "private_values": pack.stored_values(t), "data": t.data, "prune": t.prune,
+             "private_values": t.stored_values, "data": t.data, "prune": t.prune,
              "prune_reason": t.prune_reason, "prune_search": t.prune_search}
             for t in pack.tasks
         ],

@@ -101,6 +101,7 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
         "spec": _json(spec.to_dict()),
         "policy": pack.policy,
         **({"free_init": pack.free_init} if pack.free_init != "zero" else {}),
+        **({"pretrained": "true"} if pack.pretrained else {}),
         "tasks": _json([t.meta() for t in pack.tasks]),
         "layers": _json(layers),
         "bits": str(bits),

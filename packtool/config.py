@@ -5,7 +5,10 @@ A TrainConfig is checked when it is made, once: a config that exists is a valid 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sized
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -13,6 +16,10 @@ from .errors import PackToolError, TaskError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRUNE_SCOPES = ("layer", "global")
+#: The schedule for a network without pretrained weights. TrainConfig's defaults are the paper's
+#: (fine-tuning a pretrained VGG-16: lr 1e-3, then 1e-4), which leave a network trained from
+#: scratch near chance after a few epochs; these rates are the benchmarks' (digits from scratch).
+FROM_SCRATCH = {"lr": 0.05, "finetune_lr": 0.005}
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,10 @@ class TrainConfig:
         lr_decay_epochs: multiply the training lr by 0.1 every this many epochs (0: never).
         optimizer: ``sgd`` (with ``momentum``), ``adam`` or ``adamw``.
         weight_decay: applied by the optimizer; frozen weights are protected by the guard.
-        batch_size, workers: data loading.
+        batch_size, workers: data loading; ``workers="auto"`` picks them per dataset
+            (:func:`loader_settings`).
+        amp: mixed precision: bfloat16 autocast on the CPU, float16 with a gradient scaler on
+            CUDA (bfloat16 where the GPU has it); weights stay float32.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds head initialization, dropout and shuffling; same seed, same CPU result.
         prune_scope: ``layer`` (exact ratio per layer, the paper) or ``global`` (across layers).
@@ -44,10 +54,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 32
-    workers: int = 0
+    workers: int | str = "auto"
     device: str = "auto"
     seed: int = 0
     prune_scope: str = "layer"
+    amp: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,13 +67,55 @@ class TrainConfig:
             (self.lr_decay_epochs >= 0, "lr_decay_epochs must be >= 0"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight decay >= 0"),
-            (self.batch_size >= 1 and self.workers >= 0, "batch size >= 1 and workers >= 0"),
+            (self.batch_size >= 1, "batch size must be >= 1"),
+            (self.workers == "auto" or (isinstance(self.workers, int) and self.workers >= 0),
+             "workers must be >= 0 or 'auto'"),
             (self.prune_scope in PRUNE_SCOPES, "prune scope must be layer or global"),
         ]
         for ok, message in checks:
             if not ok:
                 raise TaskError(message)
         resolve_device(self.device)
+
+
+def schedule(pretrained: bool, settings: dict | None = None) -> tuple[TrainConfig, str | None]:
+    """The TrainConfig for a pack, with ``settings`` (explicit choices) on top of the defaults:
+    the paper's schedule for ``pretrained`` weights, else :data:`FROM_SCRATCH`'s rates. Returns
+    it and, when the from-scratch rates were used, a note saying so."""
+    settings = dict(settings or {})
+    if pretrained:
+        return TrainConfig(**settings), None
+    chosen = {k: v for k, v in FROM_SCRATCH.items() if k not in settings}
+    config = TrainConfig(**{**chosen, **settings})
+    if not chosen:
+        return config, None
+    rates = ", ".join(f"{k} {v:g}" for k, v in chosen.items())
+    return config, (f"no pretrained weights: training from scratch with {rates} (the paper's "
+                    "rates, for fine-tuning pretrained weights, would stay near chance); give "
+                    "`lr` and `finetune_lr` to choose")
+
+
+#: Datasets up to this size load in the training process with ``workers="auto"``: starting
+#: worker processes costs more than they save there.
+SMALL_DATASET = 512
+
+
+def loader_settings(workers: int | str, dataset: Sized, device: torch.device,
+                    in_memory: bool = False) -> dict[str, Any]:
+    """DataLoader keyword arguments that fit the machine.
+
+    ``workers="auto"``: none for data already in memory or small (:data:`SMALL_DATASET`), else
+    the CPUs this process may use, at most 8. Workers persist across epochs and prefetch; on
+    CUDA, batches go to pinned memory (the training loop copies them without blocking).
+    """
+    if workers == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        workers = 0 if in_memory or len(dataset) <= SMALL_DATASET else min(cpus, 8)
+    settings: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers:
+        settings.update(persistent_workers=True, prefetch_factor=4)
+    return settings
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -43,28 +43,27 @@ class Score:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
              device: str | torch.device = "cpu", workers: int = 0,
-             world: World | None = None) -> Score:
+             world: World | None = None, loader: DataLoader | None = None) -> Score:
     """Accuracy and mean loss of ``model`` in eval mode on ``dataset``; restores the mode.
 
     With ``world``, each rank evaluates its ``DistributedSampler`` shard and the sums are
     reduced; the sampler's padding samples are not counted, so the result is exact and equal on
-    every rank.
+    every rank. ``loader`` (made by :func:`eval_loader` over ``dataset``) is used instead of
+    a new one: its worker processes persist across evaluations.
     """
     n = len(dataset)
     if n == 0:
         raise DataError("the evaluation split is empty")
     device = torch.device(device)
-    sampler = None
-    if world is not None:
-        sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=False)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler)
+    if loader is None:
+        loader = eval_loader(dataset, batch_size=batch_size, world=world, num_workers=workers)
     was_training = model.training
     model.eval()
     correct = seen = 0
     loss_sum = 0.0
     try:
         for inputs, labels in batches(loader, world, device):
-            logits = model(inputs.to(device))
+            logits = model(inputs.to(device, non_blocking=True))
             hits = logits.argmax(1).cpu() == labels
             losses = nn.functional.cross_entropy(logits, labels.to(device), reduction="none")
             counted = torch.ones_like(hits)
@@ -79,6 +78,16 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     (correct,) = sum_counts(world, [correct], device)
     (loss_sum,) = sum_floats(world, [loss_sum], device)
     return Score(correct / n, loss_sum / n)
+
+
+def eval_loader(dataset: Dataset, *, batch_size: int, world: World | None = None,
+                **settings: Any) -> DataLoader:
+    """The loader :func:`evaluate` reads ``dataset`` with: in order, the rank's shard under
+    torchrun; ``settings`` are DataLoader's (:func:`packtool.config.loader_settings`)."""
+    sampler = None
+    if world is not None:
+        sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **settings)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,36 +40,26 @@ from .records import TaskResult
 
 
 def add_task_to_file(
-    model: str | os.PathLike,
-    data: str,
-    prune: float | str,
-    config: TrainConfig | None = None,
-    *,
-    reserve: int = 0,
-    tolerance: float = 1.0,
-    auto_trials: int = 3,
-    name: str | None = None,
-    classes: Sequence[int] | None = None,
-    data_root: str | os.PathLike | None = None,
-    val_fraction: float = 0.1,
-    resume: bool = False,
-    restart: bool = False,
-    progress: Progress | None = None,
+    model: str | os.PathLike, data: str, prune: float | str,
+    config: TrainConfig | None = None, *, settings: dict[str, Any] | None = None,
+    reserve: int = 0, tolerance: float = 1.0, auto_trials: int = 3, name: str | None = None,
+    classes: Sequence[int] | None = None, data_root: str | os.PathLike | None = None,
+    val_fraction: float = 0.1, skip_bad_images: bool = False, checkpoint_every: float = 0.0,
+    resume: bool = False, restart: bool = False, progress: Progress | None = None,
 ) -> tuple[Pack, TaskResult] | None:
     """Add a task to the pack in ``model`` and save it; see the module docstring.
 
-    ``prune``, ``reserve``, ``tolerance``, ``auto_trials`` are as for
-    :func:`packtool.lifecycle.add_task`; ``data``, ``classes``, ``data_root``, ``val_fraction``
-    as for :func:`packtool.data.load_task_data` (the split seeded with ``config.seed``);
-    ``name`` defaults to :func:`default_task_name`. ``resume`` continues the add-task
-    interrupted in this file's checkpoint, ``restart`` discards it.
-
-    Returns ``(pack, result)`` on rank 0 (the only process when not under torchrun) and
-    ``None`` on the other ranks, which write and report nothing. A PackToolError leaves
-    ``model`` as it was.
+    Without ``config``, the schedule follows the pack (:func:`packtool.config.schedule`) with
+    ``settings`` on top. The pruning arguments are :func:`packtool.lifecycle.add_task`'s, the
+    data ones :func:`packtool.data.load_task_data`'s (split seeded with ``config.seed``; every
+    file's header is checked first, and ``skip_bad_images`` leaves unreadable ones out).
+    ``resume`` continues the add-task interrupted in this file's checkpoint, ``restart``
+    discards it. Returns ``(pack, result)`` on rank 0, ``None`` on the other ranks (which write
+    and report nothing); a PackToolError leaves ``model`` as it was.
     """
-    config = config or TrainConfig()
-    Pruning(prune, reserve, tolerance, auto_trials)  # bad settings fail before MODEL is locked
+    given = config
+    config = config or TrainConfig(**(settings or {}))  # bad settings fail before MODEL is locked
+    Pruning(prune, reserve, tolerance, auto_trials)
     if resume and restart:
         raise TaskError("use either `resume=True` or `restart=True`, not both")
     model = Path(model)
@@ -83,14 +73,17 @@ def add_task_to_file(
             if main:
                 held.enter_context(file_lock(model))
             pack = Pack.load(model)
+            on_progress = progress.files_checked if progress is not None and main else None
             task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes,
-                                       val_fraction=val_fraction, seed=config.seed)
-            name = name or default_task_name(task_data.spec["data"], classes)
+                                       val_fraction=val_fraction, seed=config.seed,
+                                       skip_bad_images=skip_bad_images, on_progress=on_progress)
             if main:
                 _clear_checkpoint(ckpt, pack, restart)
-        pack, result = add_task(pack, name, task_data, prune, config, reserve=reserve,
-                                tolerance=tolerance, auto_trials=auto_trials,
-                                progress=progress, checkpoint=ckpt, resume=resume)
+        name = name or default_task_name(task_data.spec["data"], classes)
+        pack, result = add_task(pack, name, task_data, prune, given, settings=settings,
+                                reserve=reserve, tolerance=tolerance, auto_trials=auto_trials,
+                                progress=progress, checkpoint=ckpt,
+                                checkpoint_every=checkpoint_every, resume=resume)
         with _agreed(world, device):
             if main:
                 pack.save(model)

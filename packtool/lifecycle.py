@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import distributed
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig, resolve_device, schedule
 from .data import TaskData
 from .errors import CapacityError, DataError, TaskError
 from .evaluate import Score, evaluate
@@ -53,12 +53,16 @@ from .session import Session, prepare
 
 
 def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
-             config: TrainConfig | None = None, *, reserve: int = 0, tolerance: float = 1.0,
+             config: TrainConfig | None = None, *, settings: dict[str, Any] | None = None,
+             reserve: int = 0, tolerance: float = 1.0,
              auto_trials: int = 3, progress: Progress | None = None,
-             checkpoint: str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
              resume: bool = False) -> tuple[Pack, TaskResult]:
     """Add task ``name`` to ``pack``: the PackNet lifecycle (see the module docstring).
 
+    ``config`` defaults to the paper's schedule for a pretrained network, else to learning
+    rates that train from scratch (:func:`packtool.config.schedule`, said in ``progress``),
+    with ``settings`` (TrainConfig fields) on top.
     ``prune`` is the share of the task's trained weights released, or ``"auto"``: the largest
     ratio that keeps validation accuracy within ``tolerance`` points of the unpruned network's,
     found with at most ``auto_trials`` fine-tunings (:mod:`packtool.planner`). ``reserve``
@@ -66,19 +70,25 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     the ratio would keep too much. Returns the new pack and what it measured; ``pack`` itself
     is never changed, so an exception or ``KeyboardInterrupt`` leaves nothing half-done.
 
-    With ``checkpoint``, the state is saved there (atomically) after every epoch; with
+    With ``checkpoint``, the state is saved there (atomically) after every epoch, or after the
+    first epoch that ends ``checkpoint_every`` seconds after the last save (a large network's
+    checkpoint is not worth writing every few minutes); with
     ``resume`` too, an add-task interrupted at any point continues from its last completed
     epoch and ends with the same result as an uninterrupted one (bit-identical on CPU). A
     checkpoint found without ``resume`` is an error, never silently used or overwritten. The
     checkpoint is left in place on success; delete it once the pack is saved.
     """
-    config = config or TrainConfig()
+    note = None
+    if config is None:
+        config, note = schedule(pack.pretrained, settings)
     pruning = Pruning(prune, reserve, tolerance, auto_trials)
     _check_new_task(pack, name, data)
     world = distributed.current()
     device = distributed.rank_device(world, resolve_device(config.device))
     main = world is None or world.is_main
     progress = (progress if main else None) or Progress()
+    if note:
+        progress.message(note)
     started = time.perf_counter()
     task = len(pack.tasks) + 1
     identity = {"task": name, "index": task, **pruning.identity(), "data": data.spec,
@@ -88,22 +98,32 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         torch.manual_seed(config.seed)
         t = prepare(pack, task, data, config, device, world, progress)
         t.checkpoint, t.identity = (checkpoint if main else None), identity  # one writer
+        t.checkpoint_every = checkpoint_every
         decision, metrics = _train_prune_finetune(t, pruning, start)
+        if getattr(data, "skipped", None):
+            metrics["skipped_images"] = len(data.skipped)
         new = _freeze(t, name, decision, metrics)
     distributed.check_same_everywhere(
         world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
     final = evaluate(new.model_for(task, device), data.test, device=device, world=world)
     new.tasks[-1].metrics["accuracy"] = final.accuracy
-    return new, TaskResult(
-        task=name, index=task, accuracy=final.accuracy,
+    return new, _result(new, decision, metrics, time.perf_counter() - started)
+
+
+def _result(new: Pack, decision: Decision, metrics: dict[str, float],
+            seconds: float) -> TaskResult:
+    """What :func:`add_task` reports about the task it froze, the last of ``new``."""
+    record = new.tasks[-1]
+    return TaskResult(
+        task=record.name, index=record.index, accuracy=record.metrics["accuracy"],
         accuracy_before_prune=metrics["accuracy_before_prune"],
         accuracy_after_prune=metrics["accuracy_after_prune"],
         val_accuracy=metrics["val_accuracy"],
-        weights_owned=sum(c.owned[task - 1] for c in new.capacity()),
-        free_fraction=new.free_fraction, seconds=time.perf_counter() - started,
-        prune=decision.ratio, prune_reason=decision.reason,
-        prune_search=None if decision.search is None else
-        [c.to_dict() for c in decision.search],
+        weights_owned=sum(c.owned[record.index - 1] for c in new.capacity()),
+        free_fraction=new.free_fraction, seconds=seconds, prune=decision.ratio,
+        prune_reason=decision.reason,
+        prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
+        skipped_images=int(metrics.get("skipped_images", 0)),
     )
 
 
@@ -265,7 +285,8 @@ def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
             t.sampler.set_epoch(epoch if phase is Phase.TRAIN else 10_000 + epoch)
         t.train_mode()
         loss, acc = train_epoch(t.model, t.loader, optimizer, device=t.device,
-                                after_step=guard.restore, world=t.world, progress=t.progress)
+                                after_step=guard.restore, world=t.world, progress=t.progress,
+                                precision=t.precision)
         t.sync()
         if scheduler is not None:
             scheduler.step()

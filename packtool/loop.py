@@ -12,6 +12,7 @@ optimizer momentum still move them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,24 +39,65 @@ def cross_entropy(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Te
     return nn.functional.cross_entropy(logits, batch[1]), logits
 
 
+@dataclass
+class Precision:
+    """How a step computes: autocast to ``dtype`` (None: full precision), with ``scaler`` for
+    float16 gradients, and channels-last inputs for convolutions on CUDA."""
+
+    dtype: torch.dtype | None = None
+    scaler: Any = None  # torch.amp.GradScaler for float16 on CUDA
+    channels_last: bool = False
+
+    @classmethod
+    def choose(cls, device: torch.device, amp: bool, convolutional: bool) -> Precision:
+        """bfloat16 autocast on the CPU; on CUDA bfloat16 where the GPU has it, else float16
+        with a gradient scaler; channels-last for convolutional networks on CUDA."""
+        cuda = device.type == "cuda"
+        channels_last = cuda and convolutional
+        if not amp:
+            return cls(channels_last=channels_last)
+        if cuda and not torch.cuda.is_bf16_supported():
+            return cls(torch.float16, torch.amp.GradScaler("cuda"), channels_last)
+        return cls(torch.bfloat16, None, channels_last)
+
+    def autocast(self, device: torch.device) -> Any:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    def inputs(self, x: Tensor, device: torch.device) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return x.to(device, non_blocking=True)
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                 device: torch.device | str = "cpu", loss_fn: LossFn = cross_entropy,
                 after_step: Callable[[], None] | None = None, world: World | None = None,
-                progress: Progress | None = None) -> tuple[float, float]:
+                progress: Progress | None = None,
+                precision: Precision | None = None) -> tuple[float, float]:
     """One pass over ``loader``: forward, loss, backward, step, then ``after_step()``.
 
-    The model stays in the mode the caller set. Returns the mean loss and the training
-    accuracy (NaN when ``loss_fn`` gives no logits). A NaN or infinite loss is a TaskError,
-    agreed on by every rank (a rank raising alone would leave the others in a collective).
+    The model stays in the mode the caller set; ``precision`` sets autocast and the gradient
+    scaler (default: full precision). Returns the mean loss and the training accuracy (NaN
+    when ``loss_fn`` gives no logits). A NaN or infinite loss is a TaskError, agreed on by
+    every rank (a rank raising alone would leave the others in a collective).
     """
     progress, device = progress or Progress(), torch.device(device)
+    precision = precision or Precision()
     total_loss, correct, seen, counted = 0.0, 0, 0, True
     for i, batch in enumerate(batches(loader, world, device), start=1):
-        batch = [t.to(device, non_blocking=True) for t in batch]
+        batch = [precision.inputs(t, device) for t in batch]
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = loss_fn(model, batch)
-        loss.backward()
-        optimizer.step()
+        with precision.autocast(device):
+            loss, logits = loss_fn(model, batch)
+        if precision.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
         if after_step is not None:
             after_step()
         size = batch[1].numel()
@@ -63,7 +105,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         if logits is None:
             counted = False
         else:
-            correct += int((logits.argmax(1) == batch[1]).sum())
+            correct += int((logits.detach().float().argmax(1) == batch[1]).sum())
         seen += size
         progress.batch_end(i, total_loss / seen, correct / seen)
     if not all_ok(world, math.isfinite(total_loss), device):

@@ -91,23 +91,27 @@ class PackNetPruning(prune.BasePruningMethod):
         _check_task(task)
         self.task = task
         self.phase = Phase(phase)
-        self.all_active = False  # the last computed mask is all ones (see apply_mask)
+        self.passthrough = False  # the mask in force changes nothing (see apply_mask)
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
         """``t`` is the owner index (uint8, any shape); returns ``default_mask``'s dtype."""
         active = active_mask(t, self.task, self.phase)
-        self.all_active = bool(active.all())
+        self.passthrough = bool(active.all())
         return active.to(dtype=default_mask.dtype)
 
     def apply_mask(self, module: nn.Module) -> Tensor:
-        """``orig * mask``, or a view of ``orig`` itself when the mask is all ones.
+        """``orig * mask``, or a view of ``orig`` itself when the mask changes nothing.
 
-        Training task ``k`` always has an all-ones mask (no task after ``k`` exists yet), and
-        ``x * 1 == x`` exactly: skipping the multiply and its backward saves two passes over the
-        weight per step with the same values and gradients. The mask buffer must only change
-        through :meth:`compute_mask` (:func:`select` does), which keeps the flag current.
+        The mask changes nothing when it is all ones (training task ``k``: no task after ``k``
+        exists yet) or when every entry it masks out is exactly zero (fine-tuning task ``k``:
+        the masked entries are the weights it released, zero at rest and kept zero by the
+        frozen-weight guard). ``x * 1 == x`` and ``0 * 0 == 0`` exactly, so skipping the
+        multiply and its backward saves two passes over the weight per step with the same
+        values and the same gradients on every entry the optimizer may keep. The mask buffer
+        must only change through :func:`select` (or :meth:`compute_mask`), which keeps the flag
+        current.
         """
-        if self.all_active:
+        if self.passthrough:
             orig = getattr(module, self._tensor_name + "_orig")
             return orig.view_as(orig)  # not the Parameter itself: it would alias the leaf
         return super().apply_mask(module)
@@ -174,7 +178,10 @@ def tensor_at(net: nn.Module, key: str) -> tuple[nn.Module, str]:
 def select(module: nn.Module, task: int, phase: Phase, name: str = "weight") -> None:
     """Put task ``task``'s ``phase`` mask in force on ``module.<name>``, in place.
 
-    Non-destructive: only the mask buffer changes; weights and owners are untouched.
+    Non-destructive: only the mask buffer changes; weights and owners are untouched. In
+    ``FINETUNE``, where every masked entry is a released weight, the multiply is skipped if they
+    are all exactly zero (as :func:`packtool.lifecycle.add_task` keeps them, see
+    :meth:`PackNetPruning.apply_mask`).
     """
     method = packnet_method(module, name)
     if method is None:
@@ -185,6 +192,9 @@ def select(module: nn.Module, task: int, phase: Phase, name: str = "weight") -> 
     owners = module.get_buffer(name + "_owners")
     with torch.no_grad():
         mask.copy_(method.compute_mask(owners, mask))
+        if not method.passthrough and method.phase is Phase.FINETUNE:
+            orig = module.get_parameter(name + "_orig")
+            method.passthrough = not bool(orig.masked_select(mask == 0).any())
 
 
 def select_all(net: nn.Module, task: int, phase: Phase) -> None:

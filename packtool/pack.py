@@ -69,6 +69,8 @@ class Pack:
         owners: ``"<layer>.weight"`` -> uint8 owner index, same shape as the weight.
         tasks: task records in index order.
         free_init: how the next task's free weights start (:data:`FREE_INITS`).
+        pretrained: the network started from pretrained weights (which decides the default
+            schedule, :func:`packtool.config.schedule`).
         released: with ``free_init="kept"``, the trained values of the free weights, flat in
             row-major order of the positions where ``owners == 0`` (kept aside, so released
             weights stay zero at rest); empty otherwise.
@@ -86,6 +88,7 @@ class Pack:
         pretrained_head: dict[str, Tensor] | None = None,
         free_init: str = FREE_INITS[0],
         released: dict[str, Tensor] | None = None,
+        pretrained: bool | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise TaskError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
@@ -99,6 +102,7 @@ class Pack:
         self.owners = owners
         self.initial_private = initial_private
         self.pretrained_head = pretrained_head or {}
+        self.pretrained = bool(self.pretrained_head) if pretrained is None else pretrained
         self.tasks: list[TaskRecord] = list(tasks or [])
         self._anatomy: Anatomy | None = None
         self._check()
@@ -106,13 +110,18 @@ class Pack:
     def _check(self) -> None:
         """The invariants every pack holds; ValueError names the first one broken.
 
-        The owner index (:func:`~packtool.method.check_owners`); task ``k`` is ``tasks[k-1]``
-        with ``index == k``; at most 255 tasks with unique names; each head has one row per
-        class.
+        The owner index (:func:`~packtool.method.check_owners`); once a task was added, every
+        free weight is exactly zero (released weights are zero at rest, so fine-tuning can skip
+        the mask multiply); task ``k`` is ``tasks[k-1]`` with ``index == k``; at most 255 tasks
+        with unique names; each head has one row per class.
         """
         if len(self.tasks) > MAX_TASKS:
             raise ValueError(f"a pack holds at most {MAX_TASKS} tasks, this one {len(self.tasks)}")
         check_owners(self.shared, self.owners, len(self.tasks))
+        if self.tasks:  # every free weight was released by a task: exactly zero at rest
+            for key, weight in self.shared.items():
+                if bool(weight.masked_select(self.owners[key] == FREE).any()):
+                    raise ValueError(f"released weights of {key} are not zero")
         for i, record in enumerate(self.tasks, start=1):
             if record.index != i:
                 raise ValueError(f"task {record.name!r} has index {record.index}, expected {i}")
@@ -231,11 +240,6 @@ class Pack:
         """Values of task-private backbone state per task: biases, norms, unpacked tensors."""
         return sum(math.prod(shape) for shape in self.private_state_spec.values())
 
-    def stored_values(self, record: TaskRecord) -> int:
-        """Values stored for ``record`` alone: its head and its private state (none for tasks
-        after the first under policy ``frozen``)."""
-        return sum(v.numel() for part in (record.head, record.private) for v in part.values())
-
     @property
     def preprocess(self) -> Preprocess:
         """How images become this network's inputs (size, channels, normalization)."""
@@ -323,7 +327,7 @@ class Pack:
         not changed."""
         pack = Pack(self.spec, shared, owners, self.initial_private, [*self.tasks, record],
                     policy=self.policy, pretrained_head=self.pretrained_head,
-                    free_init=self.free_init, released=released)
+                    free_init=self.free_init, released=released, pretrained=self.pretrained)
         pack._anatomy = self._anatomy
         return pack
 
@@ -369,6 +373,8 @@ class Pack:
             "policy": self.policy,
             # Absent means "zero", as packtool 0.1.0 wrote (its files keep their digest).
             **({"free_init": self.free_init} if self.free_init != "zero" else {}),
+            # Stored only where the pretrained classifier, kept in the file, does not say it.
+            **({"pretrained": True} if self.pretrained and not self.pretrained_head else {}),
             "tasks": [t.meta() for t in self.tasks],
         }
 
@@ -425,7 +431,8 @@ class Pack:
                        tasks, policy=meta["policy"],
                        pretrained_head=_tensor_dict(state["pretrained_head"]),
                        free_init=meta.get("free_init", "zero"),  # 0.1.0: released at zero
-                       released=_tensor_dict(state.get("released", {})))
+                       released=_tensor_dict(state.get("released", {})),
+                       pretrained=meta.get("pretrained"))
         except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
             raise PackFormatError(f"{source} is damaged: {type(exc).__name__}: {exc}") from exc
 

@@ -15,3 +15,6 @@ class Progress:
     def phase_end(self, phase: str) -> None: ...
 
     def message(self, text: str) -> None: ...
+
+    def files_checked(self, done: int, total: int) -> None:
+        """``done`` of ``total`` image files checked before training (their headers)."""

@@ -53,6 +53,12 @@ class TaskRecord:
             **self.planner_meta(),
         }
 
+    @property
+    def stored_values(self) -> int:
+        """Values stored for this task alone: its head and its private state (none for tasks
+        after the first under policy ``frozen``)."""
+        return sum(v.numel() for part in (self.head, self.private) for v in part.values())
+
     def planner_meta(self) -> dict[str, Any]:
         """``prune_reason`` and ``prune_search`` where they say more than a fixed ratio (files
         that hold them are format version 2; without them a record is as version 1 wrote it)."""
@@ -90,6 +96,7 @@ class TaskResult:
     prune: float = 0.0
     prune_reason: str = "fixed"
     prune_search: list[dict[str, Any]] | None = None
+    skipped_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

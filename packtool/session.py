@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +15,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed
-from .config import TrainConfig
-from .data import TaskData
+from .config import TrainConfig, loader_settings
+from .data import TaskData, in_memory
 from .distributed import World
-from .evaluate import Score, evaluate
+from .evaluate import Score, eval_loader, evaluate
 from .formats.checkpoint import Checkpoint
-from .loop import BestEpoch, RngState
+from .loop import BestEpoch, Precision, RngState
 from .method import Phase, select_all, tensor_at
 from .models import Anatomy, build_network, new_head
 from .pack import Pack
@@ -52,11 +53,22 @@ class Session:
     metrics: dict[str, float] = field(default_factory=dict)
     search: dict[str, Any] | None = None  # an auto search under way (saved in checkpoints)
     released: dict[str, Tensor] | None = None  # trained values of what the prune released
+    checkpoint_every: float = 0.0  # seconds between checkpoints (0: after every epoch)
+    last_saved: float = field(default_factory=time.monotonic)
+    precision: Precision = field(default_factory=Precision)
+    loaders: dict[int, DataLoader] = field(default_factory=dict)  # evaluation, by dataset
 
     def evaluate(self, dataset: Dataset) -> Score:
-        """``dataset`` scored by the live network in eval mode (every rank agrees)."""
-        return evaluate(self.net, dataset, batch_size=max(self.config.batch_size, 256),
-                        device=self.device, workers=self.config.workers, world=self.world)
+        """``dataset`` scored by the live network in eval mode (every rank agrees), read by a
+        loader kept for the whole add-task (its workers persist)."""
+        loader = self.loaders.get(id(dataset))
+        if loader is None:
+            settings = loader_settings(self.config.workers, dataset, self.device,
+                                       in_memory(dataset))
+            loader = self.loaders[id(dataset)] = eval_loader(
+                dataset, batch_size=max(self.config.batch_size, 256), world=self.world,
+                **settings)
+        return evaluate(self.net, dataset, device=self.device, world=self.world, loader=loader)
 
     def load(self, state: dict[str, Tensor], phase: Phase) -> None:
         """Load a state of the live network and put ``phase``'s masks in force (always both: the
@@ -87,9 +99,12 @@ class Session:
 
     def save(self, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
              scheduler: Any, best: BestEpoch) -> None:
-        """Checkpoint the end of ``epoch`` (nothing without a checkpoint path)."""
-        if self.checkpoint is None:
+        """Checkpoint the end of ``epoch`` (nothing without a checkpoint path, or before
+        ``checkpoint_every`` seconds passed since the last one: resuming then repeats more)."""
+        if self.checkpoint is None or (
+                time.monotonic() - self.last_saved < self.checkpoint_every):
             return
+        self.last_saved = time.monotonic()
         rng = RngState.capture(self.generator, self.device)
         Checkpoint(
             identity=self.identity, phase=phase.value, epoch=epoch, net=self.net.state_dict(),
@@ -99,7 +114,8 @@ class Session:
             best_val_loss=best.score.loss if best.score else math.inf,
             best_state=best.state, metrics=dict(self.metrics),
             rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda, search=self.search,
-            released=self.released,
+            released=self.released, scaler=None if self.precision.scaler is None else
+            self.precision.scaler.state_dict(),
         ).save(self.checkpoint)
 
     def restore(self, start: Checkpoint, optimizer: torch.optim.Optimizer,
@@ -110,6 +126,8 @@ class Session:
         if scheduler is not None and start.scheduler is not None:
             scheduler.load_state_dict(start.scheduler)
         RngState(start.rng, start.loader_rng, start.cuda_rng).restore(self.generator, self.device)
+        if self.precision.scaler is not None and start.scaler is not None:
+            self.precision.scaler.load_state_dict(start.scaler)
 
 
 def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: torch.device,
@@ -128,14 +146,22 @@ def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: 
         sampler = DistributedSampler(data.train, world.size, world.rank, shuffle=True,
                                      seed=config.seed)
     loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
-                        sampler=sampler, generator=generator, num_workers=config.workers,
-                        pin_memory=device.type == "cuda")
+                        sampler=sampler, generator=generator,
+                        **loader_settings(config.workers, data.train, device,
+                                          in_memory(data.train)))
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+    precision = Precision.choose(device, config.amp, convolutional)
+    if precision.channels_last:
+        net.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its kernels
     model = net
     if world is not None:  # after the reparametrization: masks and owners are buffers it syncs
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                         else None)
     return Session(pack, task, data, config, device, world, progress, anat, net, model,
-                   packed, pack.policy == "frozen" and task > 1, loader, sampler, generator)
+                   packed, pack.policy == "frozen" and task > 1, loader, sampler, generator,
+                   precision=precision)
 
 
 @torch.no_grad()

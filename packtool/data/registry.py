@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from . import cars, cifar100, cubs, digits, flowers
 from .folders import IMAGENET, SKETCH, WIKIART, read_folder
 from .layout import DatasetInfo, Splits, dataset_root, stratified_split
 from .preprocess import Preprocess
-from .sources import TaskSplit
+from .sources import ImageFiles, TaskSplit
 
 _MAX_CLASSES = 1_000_000  # bounds the size of a --classes range such as "0-999999999999"
 
@@ -41,6 +41,7 @@ class TaskData:
         classes: class names in label order.
         spec: JSON-able; ``load_task_data(**spec, preprocess=...)`` rebuilds this TaskData.
         augment: whether ``train`` flips images at random.
+        skipped: files left out as unreadable (``skip_bad_images``).
     """
 
     train: Dataset
@@ -49,6 +50,7 @@ class TaskData:
     classes: list[str]
     spec: dict
     augment: bool
+    skipped: list[str] = field(default_factory=list)
 
 
 def parse_classes(text: str) -> list[int]:
@@ -119,6 +121,8 @@ def load_task_data(
     classes: Sequence[int] | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    skip_bad_images: bool | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> TaskData:
     """Build a task's train/val/test datasets.
 
@@ -133,6 +137,10 @@ def load_task_data(
         val_fraction: fraction of each class's training data carved off as ``val``, in [0, 1);
             ignored where the dataset publishes a validation split.
         seed: seeds the val carve (the test split never depends on it).
+        skip_bad_images: ``None`` reads files as they are used (one that cannot be read stops
+            training there); ``False`` first checks every file's header and names every bad
+            one at once; ``True`` checks and leaves the bad ones out (``TaskData.skipped``).
+        on_progress: ``(done, total)`` while headers are checked.
 
     Raises:
         DataError: unknown dataset, missing or malformed files, bad ``classes``.
@@ -145,7 +153,9 @@ def load_task_data(
     chosen = _check_classes(classes, len(splits.classes), spec_data)
     label_map = np.full(len(splits.classes), -1, dtype=np.int64)
     label_map[chosen] = np.arange(len(chosen))
-    train, val, test = _task_positions(splits, chosen, label_map, val_fraction, seed, spec_data)
+    skipped = _unreadable(splits, label_map, skip_bad_images, on_progress, spec_data)
+    train, val, test = _task_positions(splits, chosen, label_map, val_fraction, seed, spec_data,
+                                       set(skipped))
     augment = natural and min(preprocess.input_size[1:]) >= 32
     evaluate = preprocess.transform()
     return TaskData(
@@ -156,9 +166,33 @@ def load_task_data(
         classes=[splits.classes[k] for k in chosen],
         spec={"data": spec_data, "root": spec_root,
               "classes": None if classes is None else chosen,
-              "val_fraction": float(val_fraction), "seed": int(seed)},
+              "val_fraction": float(val_fraction), "seed": int(seed),
+              **({"skip_bad_images": True} if skip_bad_images else {})},
         augment=augment,
+        skipped=[str(Path(splits.source.base) / splits.source.paths[i]) for i in skipped],
     )
+
+
+def _unreadable(splits: Splits, label_map: np.ndarray, skip: bool | None,
+                on_progress: Callable[[int, int], None] | None, name: str) -> list[int]:
+    """Positions of the task's files that cannot be read, when asked to check (see
+    :func:`load_task_data`); names them all in one DataError unless ``skip``."""
+    source = splits.source
+    if skip is None or not isinstance(source, ImageFiles):
+        return []
+    positions = np.concatenate([p for p in (splits.train, splits.val, splits.test)
+                                if p is not None])
+    positions = positions[label_map[source.labels[positions]] >= 0]
+    bad = source.unreadable(positions, on_progress)
+    if bad and not skip:
+        shown = ", ".join(str(source.base / source.paths[i]) for i in list(bad)[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        first, why = next(iter(bad.items()))
+        why = why.replace(f"'{source.base / source.paths[first]}'", "").strip()
+        raise DataError(f"{len(bad)} of {len(positions)} images of {name} cannot be read: "
+                        f"{shown}{more} (cannot read image {source.paths[first]}: {why}); fix "
+                        "or remove them, or pass `skip_bad_images=True`")
+    return sorted(bad)
 
 
 def _read(data: str, root: str | os.PathLike | None) -> tuple[Splits, str, str | None, bool]:
@@ -175,13 +209,16 @@ def _read(data: str, root: str | os.PathLike | None) -> tuple[Splits, str, str |
 
 
 def _task_positions(splits: Splits, chosen: list[int], label_map: np.ndarray,
-                    val_fraction: float, seed: int, name: str
+                    val_fraction: float, seed: int, name: str, skipped: set[int]
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions of the task's train, val and test samples (its classes only)."""
+    """Positions of the task's train, val and test samples (its classes, none skipped)."""
     labels = splits.source.labels
 
     def pick(positions: np.ndarray) -> np.ndarray:
-        return positions[label_map[labels[positions]] >= 0]
+        kept = label_map[labels[positions]] >= 0
+        if skipped:
+            kept &= ~np.isin(positions, list(skipped))
+        return positions[kept]
 
     train = pick(splits.train)
     counts = np.bincount(labels[train], minlength=len(splits.classes))

@@ -35,6 +35,7 @@ key                     value
 ``free_init``           optional: ``reinit`` or ``kept``, how a task added to the pack read back
                         starts its free weights (absent: ``zero``); an archive keeps no free
                         values, so ``kept`` starts from zero after it
+``pretrained``          optional: ``true`` if the network started from pretrained weights
 ``tasks``               JSON list in index order; item ``k-1`` is task ``k``: ``{"name",
                         "index", "classes" (names in logit order), "data", "prune", "hparams",
                         "metrics", "created"}`` and, in version 2, ``"prune_reason"`` and
@@ -317,7 +318,8 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
              for i, m in enumerate(metas, start=1)]
     # initial_private only seeds a pack's first task; an archive always has one, so it is empty.
     return Pack(ArchSpec.from_dict(json.loads(metadata["spec"])), shared, owners, {}, tasks,
-                policy=metadata["policy"], free_init=metadata.get("free_init", "zero"))
+                policy=metadata["policy"], free_init=metadata.get("free_init", "zero"),
+                pretrained=metadata.get("pretrained") == "true")
 
 
 def _group(tensors: Mapping[str, Tensor], kind: str, count: int, half: bool

@@ -18,10 +18,11 @@ Format (format version 1): a ``torch.save`` file of tensors and plain values, re
           "done": [[ratio, val_accuracy], ...], "current": ratio | None,
           "best": {state_dict} | None, "best_ratio": ratio | None},
       "released": None | {key: float tensor},   # free_init "kept": what the prune released
+      "scaler": None | {...},                    # --amp float16 on CUDA: the gradient scaler
       "digest": "<sha256 hex>",  # :func:`~.digest.digest` of every other entry
     }
 
-``digest``, ``search`` and ``released`` were added after the first release: a checkpoint
+``digest``, ``search``, ``released`` and ``scaler`` were added after the first release: a checkpoint
 without a digest (packtool 0.1.0) is read unchecked; one with a digest that does not match is
 refused. The owner index in ``net`` must hold for the task being added
 (:func:`packtool.method.check_owners`). A checkpoint is only used for the add-task it belongs
@@ -51,6 +52,8 @@ FORMAT_VERSION = 1
 # Settings that may differ between the interrupted and the resumed add-task (they do not change
 # the arithmetic on CPU).
 NEUTRAL_SETTINGS = ("device", "workers")
+# Settings added after the first release, and the value a checkpoint without them had.
+NEW_SETTINGS = {"amp": False}
 _ORIG, _OWNERS = "_orig", "_owners"
 
 
@@ -80,6 +83,7 @@ class Checkpoint:
     best_val_loss: float = math.inf  # validation loss of best_state (breaks accuracy ties)
     search: dict[str, Any] | None = None
     released: dict[str, Tensor] | None = None
+    scaler: dict[str, Any] | None = None  # float16 on CUDA: the gradient scaler's state
 
     def describe(self) -> str:
         config = self.identity["config"]
@@ -96,6 +100,7 @@ class Checkpoint:
             "metrics": dict(self.metrics), "rng": self.rng, "loader_rng": self.loader_rng,
             "cuda_rng": self.cuda_rng, "best_val_loss": self.best_val_loss,
             "search": _cpu_tree(self.search), "released": _cpu_tree(self.released),
+            "scaler": self.scaler,
         }
         state["digest"] = digest(state)
         atomic_write(path, lambda f: torch.save(state, f))
@@ -147,7 +152,7 @@ def _check(state: dict[str, Any]) -> None:
 
 def _compared(identity: dict[str, Any]) -> dict[str, Any]:
     compared = dict(identity)
-    compared["config"] = {k: v for k, v in identity["config"].items()
+    compared["config"] = {k: v for k, v in {**NEW_SETTINGS, **identity["config"]}.items()
                           if k not in NEUTRAL_SETTINGS}
     return compared
 

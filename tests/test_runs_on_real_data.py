@@ -1,0 +1,207 @@
+"""What a first run on real data needs (issue 14): a schedule that trains from scratch, bad
+image files found before training, checkpoints that cost what they are worth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import ARCH, assert_error, invoke, ok, ok_json
+from PIL import Image
+
+from packtool import (
+    DataError,
+    Pack,
+    Preprocess,
+    Progress,
+    TrainConfig,
+    add_task,
+    load_task_data,
+)
+from packtool.config import FROM_SCRATCH, schedule
+from packtool.formats.checkpoint import Checkpoint
+
+RGB16 = Preprocess((3, 16, 16), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+# -- the default schedule -----------------------------------------------------------------------
+
+
+def test_the_schedule_follows_the_weights():
+    paper, note = schedule(pretrained=True)
+    assert (paper.lr, paper.finetune_lr) == (1e-3, 1e-4) and note is None
+    scratch, note = schedule(pretrained=False)
+    assert (scratch.lr, scratch.finetune_lr) == (FROM_SCRATCH["lr"], FROM_SCRATCH["finetune_lr"])
+    assert "from scratch" in note
+    chosen, note = schedule(pretrained=False, settings={"lr": 0.2, "finetune_lr": 0.02})
+    assert (chosen.lr, chosen.finetune_lr) == (0.2, 0.02) and note is None
+
+
+def test_add_task_without_a_config_says_it_trains_from_scratch(make_task):
+    said = []
+
+    class Say(Progress):
+        def message(self, text):
+            said.append(text)
+
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    pack, _ = add_task(pack, "a", make_task(2, seed=0), 0.5, progress=Say(),
+                       settings={"epochs": 1, "finetune_epochs": 0, "device": "cpu"})
+    assert any("from scratch" in text for text in said)
+    assert pack.tasks[0].hparams["lr"] == FROM_SCRATCH["lr"]
+
+
+def test_the_cli_uses_the_from_scratch_rates_unless_given(tmp_path):
+    model = tmp_path / "m.pt"
+    ok("init", model, *ARCH)
+    text = ok("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.5",
+              "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu").stdout
+    assert "training from scratch" in text
+    ok("add-task", model, "--data", "digits", "--classes", "2,3", "--prune", "0.5",
+       "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu", "--lr", "0.01",
+       "--finetune-lr", "0.001")
+    first, second = Pack.load(model).tasks
+    assert first.hparams["lr"] == FROM_SCRATCH["lr"]
+    assert (second.hparams["lr"], second.hparams["finetune_lr"]) == (0.01, 0.001)
+
+
+# -- bad image files ----------------------------------------------------------------------------
+
+
+def _folder(root, bad: int = 0):
+    """An image folder with two classes of four PNGs each; ``bad`` train files are broken."""
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("val", 2)):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    for i in range(bad):
+        (root / "train" / "a" / f"{i}.png").write_bytes(b"not an image")
+    return root
+
+
+def test_bad_files_are_all_named_before_training(tmp_path):
+    folder = _folder(tmp_path / "data", bad=2)
+    checked = []
+    with pytest.raises(DataError, match=r"2 of 16 images .* cannot be read: .*0\.png, .*1\.png"):
+        load_task_data(str(folder), RGB16, skip_bad_images=False,
+                       on_progress=lambda done, total: checked.append((done, total)))
+    assert checked[-1] == (16, 16)
+    data = load_task_data(str(folder), RGB16)  # unchecked: read as they are used
+    assert len(data.train) + len(data.val) + len(data.test) == 16
+
+
+def test_skipping_bad_files_leaves_them_out_and_says_how_many(tmp_path):
+    folder = _folder(tmp_path / "data", bad=2)
+    data = load_task_data(str(folder), RGB16, skip_bad_images=True)
+    assert sorted(p.rsplit("/", 1)[-1] for p in data.skipped) == ["0.png", "1.png"]
+    assert len(data.train) + len(data.val) + len(data.test) == 14
+    assert data.spec["skip_bad_images"] is True
+    pack = Pack.create("lenet", (3, 16, 16), kwargs={"width": 4})
+    pack, result = add_task(pack, "t", data, 0.5, TrainConfig(epochs=1, finetune_epochs=0,
+                                                               device="cpu"))
+    assert result.skipped_images == 2 and pack.tasks[0].metrics["skipped_images"] == 2
+    assert len(pack.task_data("t").test) == len(data.test)  # rebuilt with the same skip
+
+
+def test_the_cli_checks_files_first_and_skips_on_request(tmp_path):
+    folder = _folder(tmp_path / "data", bad=1)
+    model = tmp_path / "m.pt"
+    ok("init", model, "--arch", "lenet", "--input-size", "3x16x16", "--kwarg", "width=4")
+    before = model.read_bytes()
+    add = ("add-task", model, "--data", folder, "--prune", "0.5", "--epochs", "1",
+           "--finetune-epochs", "0", "--device", "cpu")
+    assert_error(invoke(*add), 1, "1 of 16 images")
+    line = assert_error(invoke(*add), 1, "--skip-bad-images")
+    assert "skip_bad_images" not in line
+    assert model.read_bytes() == before
+    doc = ok_json(*add, "--skip-bad-images")
+    assert doc["skipped_images"] == 1
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+class _StopAfter(Progress):
+    def __init__(self, epochs: int) -> None:
+        self.left = epochs
+
+    def epoch_end(self, *args) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def test_checkpoint_every_skips_saves_within_the_interval(tmp_path, make_task, monkeypatch):
+    saves = []
+    real = Checkpoint.save
+    monkeypatch.setattr(Checkpoint, "save", lambda self, path: (saves.append(self.epoch),
+                                                                real(self, path)))
+    config = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, device="cpu")
+    base = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 8})
+    data = make_task(2, seed=0)
+    expected, _ = add_task(base, "a", data, 0.5, config, checkpoint=tmp_path / "a.ckpt")
+    assert len(saves) == 3 + 1 + 2  # every epoch, and the fine-tuning's start
+    saves.clear()
+    ckpt = tmp_path / "b.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        add_task(base, "a", data, 0.5, config, checkpoint=ckpt, checkpoint_every=3600.0,
+                 progress=_StopAfter(4))
+    assert saves == [] and not ckpt.exists()  # an hour did not pass
+    resumed, _ = add_task(base, "a", data, 0.5, config, checkpoint=ckpt, resume=True,
+                          checkpoint_every=3600.0)  # nothing to resume: starts over
+    for key in expected.shared:
+        assert torch.equal(resumed.shared[key], expected.shared[key])
+
+
+# -- loaders and mixed precision ----------------------------------------------------------------
+
+
+def test_workers_auto_fit_the_data():
+    from torch.utils.data import TensorDataset
+
+    from packtool.config import SMALL_DATASET, loader_settings
+
+    cpu = torch.device("cpu")
+    tensors = TensorDataset(torch.zeros(10_000, 1))
+    assert loader_settings("auto", tensors, cpu, in_memory=True)["num_workers"] == 0
+    assert loader_settings("auto", range(SMALL_DATASET), cpu)["num_workers"] == 0
+    files = loader_settings("auto", range(SMALL_DATASET + 1), cpu)
+    assert 1 <= files["num_workers"] <= 8 and files["persistent_workers"] is True
+    assert loader_settings(3, range(10), cpu)["num_workers"] == 3
+    assert loader_settings(0, range(10), cpu) == {"num_workers": 0, "pin_memory": False}
+
+
+def test_worker_processes_and_bfloat16_end_to_end(tmp_path):
+    """--workers 2 --amp on the CPU: two tasks from image files, the first bit-exact after."""
+    folder = _folder(tmp_path / "data")
+    model = tmp_path / "m.pt"
+    ok("init", model, "--arch", "lenet", "--input-size", "3x16x16", "--kwarg", "width=4")
+    add = ("add-task", model, "--data", folder, "--prune", "0.5", "--epochs", "2",
+           "--finetune-epochs", "1", "--device", "cpu", "--workers", "2", "--amp")
+    first = ok_json(*add, "--task", "first")
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        before = Pack.load(model).model_for("first")(x)
+    ok_json(*add, "--task", "second")
+    pack = Pack.load(model)
+    with torch.no_grad():
+        assert torch.equal(pack.model_for("first")(x), before)
+    assert pack.tasks[0].hparams["amp"] is True and pack.tasks[0].metrics["accuracy"] == \
+        first["accuracy"]
+    assert_error(invoke(*add[:-3], "--workers", "many"), 2)
+
+
+def test_bfloat16_on_the_cpu_keeps_weights_float32(make_task):
+    from packtool.loop import Precision
+
+    precision = Precision.choose(torch.device("cpu"), amp=True, convolutional=True)
+    assert precision.dtype == torch.bfloat16 and precision.scaler is None
+    assert not precision.channels_last  # channels-last is for CUDA
+    config = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, device="cpu", amp=True)
+    pack, _ = add_task(Pack.create("lenet", (1, 8, 8), kwargs={"width": 4}), "a",
+                       make_task(2, seed=0), 0.5, config)
+    assert all(w.dtype == torch.float32 for w in pack.shared.values())
