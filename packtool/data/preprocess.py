@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torchvision.transforms.v2 import functional as F
 
 from ..errors import DataError
 
@@ -37,6 +37,11 @@ def check_input(input_size: Sequence[int], mean: Sequence[float], std: Sequence[
     return size, mean, std  # type: ignore[return-value]
 
 
+#: ``resize`` for natural images at input size ``S``: the shorter side to ``S * 8 / 7`` (256 for
+#: 224, the paper's and torchvision's ImageNet recipe), then a crop of ``S``.
+CROP_MARGIN = 8 / 7
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes a network input.
@@ -45,75 +50,104 @@ class Preprocess:
         input_size: ``(C, H, W)`` the network expects. Images are converted between grayscale
             (``C == 1``) and RGB (``C == 3``); other ``C`` accept only inputs with ``C`` channels.
         mean, std: one value per channel; inputs are ``(pixel / 255 - mean) / std``.
+        resize: ``None``: the whole image is resized to ``H x W``. A number: its shorter side
+            is resized to it, then an ``H x W`` crop is taken, at random for training and from
+            the center for evaluation (see :meth:`cropping`).
     """
 
     input_size: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    resize: int | None = None
 
     def __post_init__(self) -> None:
         size, mean, std = check_input(self.input_size, self.mean, self.std)
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
+        if self.resize is not None and not (isinstance(self.resize, int)
+                                            and self.resize >= max(size[1:])):
+            raise DataError(f"resize must be a whole number >= the input's sides {size[1:]}, "
+                            f"got {self.resize!r}")
+
+    def cropping(self) -> Preprocess:
+        """The recipe for natural images: resize the shorter side to ``CROP_MARGIN`` times the
+        input size, then crop."""
+        return replace(self, resize=round(max(self.input_size[1:]) * CROP_MARGIN))
 
     def transform(
         self, train: bool = False, augment: bool = False
     ) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
-        """The transform ``image -> float32 [C, H, W]``; flips at random only if train and augment.
+        """The transform ``image -> float32 [C, H, W]``: a random crop (with ``resize``) when
+        ``train``, a random horizontal flip when ``train`` and ``augment``.
 
-        The image is a PIL image or a tensor ``[c, h, w]`` (or ``[h, w]``) of floats in 0..1
-        (uint8 tensors are divided by 255). The result is picklable (DataLoader workers).
+        The image is a PIL image, a uint8 tensor or a float tensor in 0..1, ``[c, h, w]`` (or
+        ``[h, w]``); uint8 stays uint8 until the last step. The result is picklable (DataLoader
+        workers).
         """
-        return _Transform(self, flip=train and augment)
+        return _Transform(self, train=train, flip=train and augment)
 
     def load_image(self, path: str | os.PathLike) -> torch.Tensor:
-        """Read an image file and apply the eval transform: float32 ``[C, H, W]``.
+        """Read an image file and apply the evaluation transform: float32 ``[C, H, W]``.
 
         Raises DataError naming the file if it is missing or cannot be decoded.
         """
-        return _Transform(self, flip=False)(read_image(path))
+        return _Transform(self, train=False, flip=False)(read_image(path))
 
 
 class _Transform:
-    """Channel conversion -> resize -> normalize (-> random horizontal flip), as one callable.
+    """Channel conversion -> resize (-> crop) (-> random flip) -> /255 -> normalize.
 
-    Resizing runs on float values (bilinear, antialiased), so a PIL image and the same image as
-    a 0..1 tensor give the same result, and the exported ONNX contract ("resize, /255,
-    normalize") holds without uint8 rounding in between.
+    On ``torchvision.transforms.v2``'s functional ops. A uint8 image is resized (bilinear,
+    antialiased) and cropped as uint8 and scaled to 0..1 last, as the exported ONNX contract
+    says; a float image is resized in float (and clamped to 0..1, which antialiasing can
+    overshoot).
     """
 
-    def __init__(self, preprocess: Preprocess, flip: bool) -> None:
+    def __init__(self, preprocess: Preprocess, train: bool, flip: bool) -> None:
         self.channels, self.height, self.width = preprocess.input_size
-        self.mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(preprocess.std, dtype=torch.float32).view(-1, 1, 1)
+        self.resize, self.train = preprocess.resize, train
+        self.mean, self.std = list(preprocess.mean), list(preprocess.std)
         self.flip = flip
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         x = _to_channels(_as_tensor(image), self.channels)
-        if x.shape[-2:] != (self.height, self.width):
-            x = F.interpolate(
-                x[None], size=(self.height, self.width), mode="bilinear",
-                align_corners=False, antialias=True,
-            )[0].clamp_(0.0, 1.0)  # bilinear with antialias can overshoot 0..1 slightly
-        x = (x - self.mean) / self.std
+        size, resized = [self.height, self.width], True
+        if self.resize is not None:
+            x = self._crop(F.resize(x, [self.resize], antialias=True), size)  # shorter side
+        elif list(x.shape[-2:]) != size:
+            x = F.resize(x, size, antialias=True)
+        else:
+            resized = False
         if self.flip and bool(torch.rand(()) < 0.5):
-            x = x.flip(-1)
-        return x.contiguous()
+            x = F.horizontal_flip(x)
+        if x.dtype == torch.uint8:
+            x = F.to_dtype(x, torch.float32, scale=True)
+        elif resized:
+            x = x.clamp(0.0, 1.0)
+        return F.normalize(x.contiguous(), self.mean, self.std)
+
+    def _crop(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
+        if not self.train:
+            return F.center_crop(x, size)
+        top = int(torch.randint(0, x.shape[-2] - size[0] + 1, ()))
+        left = int(torch.randint(0, x.shape[-1] - size[1] + 1, ()))
+        return F.crop(x, top, left, size[0], size[1])
 
     def __repr__(self) -> str:
         return (f"Transform(size={(self.channels, self.height, self.width)}, "
-                f"flip={self.flip})")
+                f"resize={self.resize}, train={self.train}, flip={self.flip})")
 
 
 def _as_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
-    """A PIL image or tensor as float32 ``[c, h, w]`` in 0..1 (alpha still present)."""
+    """A PIL image or tensor as ``[c, h, w]``: uint8 where it is 8-bit, else float32 in 0..1
+    (alpha still present)."""
     if isinstance(image, torch.Tensor):
         x = image if image.dim() == 3 else image[None] if image.dim() == 2 else None
         if x is None:
             raise DataError(f"an image tensor must be [c, h, w] or [h, w], got {list(image.shape)}")
         if x.dtype == torch.uint8:
-            return x.float() / 255.0
+            return x
         if not x.is_floating_point():
             raise DataError(f"an image tensor must be float in 0..1 or uint8, got {x.dtype}")
         return x.float()
@@ -129,7 +163,7 @@ def _as_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -144,6 +178,8 @@ def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3 and c == 1:
         return x.expand(3, -1, -1)
     if channels == 1 and c == 3:
+        if x.dtype == torch.uint8:  # the weighted sum is not 8-bit: go on in float
+            x = x.float() / 255.0
         luma = torch.tensor(_LUMA, dtype=x.dtype).view(3, 1, 1)
         return (x * luma).sum(0, keepdim=True)
     raise DataError(f"cannot convert a {c}-channel image to the {channels} channels of the model")
@@ -152,9 +188,11 @@ def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 def read_image(path: str | os.PathLike, box: Sequence[float] | None = None) -> Image.Image:
     """Decode an image file fully (EXIF orientation applied), optionally cropped to ``box``.
 
-    ``box`` is ``(left, top, right, bottom)`` in pixels; it is clipped to the image. Any failure
-    becomes a DataError naming the file: PIL raises many exception types on malformed files,
-    and a user's bad file must not surface as a traceback.
+    PIL decodes (``torchvision.io.decode_image`` would, but torchvision 0.29 deprecated its
+    image decoders, pointing to TorchCodec). ``box`` is ``(left, top, right, bottom)`` in
+    pixels; it is clipped to the image. Any failure becomes a DataError naming the file: PIL
+    raises many exception types on malformed files, and a user's bad file must not surface as
+    a traceback.
     """
     try:
         with Image.open(path) as opened:
