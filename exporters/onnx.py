@@ -14,7 +14,9 @@ The exported file (see "Exported ONNX" in the CLI contract):
   own name (zeros stay zeros) and gains a ``<name>_bias`` if it had no bias;
 * ``metadata_props``: ``packtool.task``, ``packtool.classes`` (JSON list), ``packtool.input_size``
   (``CxHxW``), ``packtool.mean``, ``packtool.std`` (JSON lists), ``packtool.version``,
-  ``packtool.source_sha256`` (empty if unknown);
+  ``packtool.source_sha256`` (empty if unknown), and ``packtool.resize`` where the task's images
+  take the resize-and-crop recipe (the shorter side to that many pixels, then the center
+  ``H x W``; absent: the whole image resized to ``H x W``, as in files written before it);
 * initializers stored as ``sparse_initializer`` (COO, flat INT64 indices) wherever that is
   smaller than dense, i.e. below about a third non-zero for float32. onnxruntime densifies them
   on load: this saves disk, not compute.
@@ -41,6 +43,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from packtool._version import __version__
+from packtool.data import Preprocess
 from packtool.errors import PackFormatError, PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack
@@ -96,15 +99,21 @@ class TaskMetadata:
     std: tuple[float, ...]
     version: str = __version__
     source_sha256: str = ""
+    resize: int | None = None
 
     KEYS = ("packtool.task", "packtool.classes", "packtool.input_size", "packtool.mean",
-            "packtool.std", "packtool.version", "packtool.source_sha256")
+            "packtool.std", "packtool.version", "packtool.source_sha256", "packtool.resize")
 
     @classmethod
     def of(cls, pack: Pack, record: TaskRecord, source_sha256: str | None = None) -> TaskMetadata:
         spec = pack.spec
         return cls(record.name, tuple(record.classes), spec.input_size, spec.mean, spec.std,
-                   __version__, source_sha256 or "")
+                   __version__, source_sha256 or "", record.data.get("resize"))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The evaluation transform the task's inputs take (what predict applies)."""
+        return Preprocess(self.input_size, self.mean, self.std, self.resize)
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -115,6 +124,7 @@ class TaskMetadata:
             "packtool.std": json.dumps(list(self.std)),
             "packtool.version": self.version,
             "packtool.source_sha256": self.source_sha256,
+            **({"packtool.resize": str(self.resize)} if self.resize is not None else {}),
         }
 
     @classmethod
@@ -129,6 +139,7 @@ class TaskMetadata:
         try:
             classes = json.loads(props["packtool.classes"])
             size = tuple(int(v) for v in props["packtool.input_size"].split("x"))
+            resize = int(props["packtool.resize"]) if "packtool.resize" in props else None
             mean = tuple(float(v) for v in json.loads(props["packtool.mean"]))
             std = tuple(float(v) for v in json.loads(props["packtool.std"]))
             if not (isinstance(classes, list) and classes and len(size) == 3
@@ -138,7 +149,7 @@ class TaskMetadata:
             raise PackFormatError(f"{source} has invalid packtool metadata: {exc}") from None
         return cls(props["packtool.task"], tuple(str(c) for c in classes), size,  # type: ignore[arg-type]
                    mean, std, props.get("packtool.version", ""),
-                   props.get("packtool.source_sha256", ""))
+                   props.get("packtool.source_sha256", ""), resize)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from packtool.data import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskError
 from packtool.formats.archive import read_archive
 from packtool.formats.sniff import is_safetensors
@@ -78,7 +77,7 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
         meta = TaskMetadata.from_props(sess.get_modelmeta().custom_metadata_map, str(source))
         if task is not None and task != meta.task:
             raise TaskError(f"{source} holds task {meta.task!r}, not {task!r}")
-    preprocess = Preprocess(meta.input_size, meta.mean, meta.std)
+    preprocess = meta.preprocess
     top = min(top, len(meta.classes))
     predictions: list[dict[str, Any]] = []
     for start in range(0, len(images), BATCH_SIZE):

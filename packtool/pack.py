@@ -316,6 +316,7 @@ class Pack:
             DataError: the data is not there (or cannot be read) any more.
         """
         spec = dict(self.task(task).data)
+        spec.setdefault("resize", None)  # tasks added before the recipes: resized whole
         if root is not None:
             spec["root"] = str(root)
         return load_task_data(**spec, preprocess=self.preprocess)

@@ -504,7 +504,7 @@ def test_registered_folder_datasets(tmp_path, monkeypatch, name, held_out):
     assert {dominant(data.test[i][0]) for i in range(len(data.test))} == {2, 0}
     assert all(y == (0 if dominant(x) == 2 else 1) for x, y in data.train)
     assert data.spec == {"data": name, "root": None, "classes": [2, 0], "val_fraction": 0.1,
-                         "seed": 0}
+                         "seed": 0, "resize": 37}  # whole photographs: resize 37, crop 32
     explicit = load_task_data(name, RGB32, root=tmp_path)
     assert explicit.spec["root"] == str(tmp_path.resolve())
 

@@ -71,3 +71,24 @@ def test_v1_model_files_save_again_unchanged(name, tmp_path):
     old = torch.load(FORMATS / name, weights_only=True)
     new = torch.load(tmp_path / name, weights_only=True)
     assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
+
+
+def test_v1_archive_predicts_with_the_whole_image_resized(tmp_path):
+    """Files written before the resize-and-crop recipe carry none: images are resized whole."""
+    import numpy as np
+    from PIL import Image
+
+    from packtool.exporters import TaskMetadata, predict, task_onnx
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.arange(144, dtype=np.uint8).reshape(12, 12)).save(image)
+    archive = read_archive(FORMATS / "lenet-2tasks.safetensors")
+    meta = TaskMetadata.from_props(
+        {p.key: p.value for p in task_onnx(archive, "second").metadata_props})
+    assert meta.resize is None
+    result = predict(FORMATS / "lenet-2tasks.safetensors", [image], task="second", top=1)
+    with torch.no_grad():
+        probs = torch.softmax(archive.model_for("second")(
+            archive.preprocess.load_image(image)[None]), 1)[0]
+    best = result.predictions[0]["top"][0]
+    assert abs(best["probability"] - float(probs.max())) < 1e-4

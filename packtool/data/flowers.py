@@ -44,5 +44,5 @@ def load(root: Path | None) -> Splits:
 INFO = DatasetInfo(
     name="flowers", description="Oxford Flowers-102 (102 classes; published train/val/test)",
     layout="flowers-102/{jpg/image_XXXXX.jpg, imagelabels.mat, setid.mat}",
-    natural=True, needs_root=True, load=load,
+    natural=True, needs_root=True, load=load, crop=True,
 )

@@ -99,7 +99,7 @@ def _registered(name: str, held_out: str, description: str, layout: str) -> Data
         return _read_splits(root / name, held_out)
 
     return DatasetInfo(name=name, description=description, layout=layout, natural=True,
-                       needs_root=True, load=load)
+                       needs_root=True, load=load, crop=True)
 
 
 IMAGENET = _registered(

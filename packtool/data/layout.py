@@ -45,6 +45,9 @@ class DatasetInfo:
         natural: natural images (train-time horizontal flips make sense).
         needs_root: read from ``--data-root`` / ``$PACKTOOL_DATA`` (False: bundled).
         load: ``root -> Splits`` (root is None when ``needs_root`` is False).
+        crop: the paper's recipe for its whole photographs: resize the shorter side, then crop
+            (at random in training, the center at evaluation); False where images are cropped
+            to their bounding boxes (CUBS, Cars) or small (CIFAR, digits), resized whole.
     """
 
     name: str
@@ -53,6 +56,7 @@ class DatasetInfo:
     natural: bool
     needs_root: bool
     load: Callable[[Path | None], Splits]
+    crop: bool = False
 
 
 def dataset_root(root: str | os.PathLike | None) -> Path:

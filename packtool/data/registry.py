@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,7 @@ def load_task_data(
     classes: Sequence[int] | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    resize: int | str | None = "auto",
     skip_bad_images: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TaskData:
@@ -137,6 +138,9 @@ def load_task_data(
         val_fraction: fraction of each class's training data carved off as ``val``, in [0, 1);
             ignored where the dataset publishes a validation split.
         seed: seeds the val carve (the test split never depends on it).
+        resize: the evaluation transform's :attr:`Preprocess.resize`; ``"auto"``: the paper's
+            resize-and-crop for the datasets of whole photographs (and image folders) at
+            inputs of 32 pixels and more, else ``None`` (the whole image resized).
         skip_bad_images: ``None`` reads files as they are used (one that cannot be read stops
             training there); ``False`` first checks every file's header and names every bad
             one at once; ``True`` checks and leaves the bad ones out (``TaskData.skipped``).
@@ -149,7 +153,11 @@ def load_task_data(
         raise TypeError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    splits, spec_data, spec_root, natural = _read(str(data), root)
+    splits, spec_data, spec_root, natural, crop = _read(str(data), root)
+    auto = preprocess.cropping().resize if crop and min(preprocess.input_size[1:]) >= 32 \
+        else None
+    resize = auto if resize == "auto" else resize
+    preprocess = replace(preprocess, resize=resize)
     chosen = _check_classes(classes, len(splits.classes), spec_data)
     label_map = np.full(len(splits.classes), -1, dtype=np.int64)
     label_map[chosen] = np.arange(len(chosen))
@@ -167,6 +175,7 @@ def load_task_data(
         spec={"data": spec_data, "root": spec_root,
               "classes": None if classes is None else chosen,
               "val_fraction": float(val_fraction), "seed": int(seed),
+              **({"resize": resize} if resize is not None or auto is not None else {}),
               **({"skip_bad_images": True} if skip_bad_images else {})},
         augment=augment,
         skipped=[str(Path(splits.source.base) / splits.source.paths[i]) for i in skipped],
@@ -195,17 +204,18 @@ def _unreadable(splits: Splits, label_map: np.ndarray, skip: bool | None,
     return sorted(bad)
 
 
-def _read(data: str, root: str | os.PathLike | None) -> tuple[Splits, str, str | None, bool]:
-    """The dataset's splits, its name as recorded, the root to record, and whether its images
-    are natural ones (flipped at random in training)."""
+def _read(data: str, root: str | os.PathLike | None
+          ) -> tuple[Splits, str, str | None, bool, bool]:
+    """The dataset's splits, its name as recorded, the root to record, whether its images are
+    natural ones (flipped at random in training) and take the resize-and-crop recipe."""
     info, path = _resolve(data)
     if info is None:
         assert path is not None
-        return read_folder(path), str(path), None, True
+        return read_folder(path), str(path), None, True, True
     base = dataset_root(root) if info.needs_root else None
     # An explicit root is recorded; one from $PACKTOOL_DATA is looked up again on reload.
     spec_root = None if base is None or root in (None, "") else str(base.resolve())
-    return info.load(base), info.name, spec_root, info.natural
+    return info.load(base), info.name, spec_root, info.natural, info.crop
 
 
 def _task_positions(splits: Splits, chosen: list[int], label_map: np.ndarray,
