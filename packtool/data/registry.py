@@ -114,15 +114,9 @@ def _resolve(data: str) -> tuple[DatasetInfo | None, Path | None]:
 
 
 def load_task_data(
-    data: str,
-    preprocess: Preprocess,
-    *,
-    root: str | os.PathLike | None = None,
-    classes: Sequence[int] | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    resize: int | str | None = "auto",
-    skip_bad_images: bool | None = None,
+    data: str, preprocess: Preprocess, *, root: str | os.PathLike | None = None,
+    classes: Sequence[int] | None = None, val_fraction: float = 0.1, seed: int = 0,
+    resize: int | str | None = "auto", skip_bad_images: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TaskData:
     """Build a task's train/val/test datasets.
@@ -138,9 +132,8 @@ def load_task_data(
         val_fraction: fraction of each class's training data carved off as ``val``, in [0, 1);
             ignored where the dataset publishes a validation split.
         seed: seeds the val carve (the test split never depends on it).
-        resize: the evaluation transform's :attr:`Preprocess.resize`; ``"auto"``: the paper's
-            resize-and-crop for the datasets of whole photographs (and image folders) at
-            inputs of 32 pixels and more, else ``None`` (the whole image resized).
+        resize: the transforms' :attr:`Preprocess.resize`; ``"auto"``: the paper's resize and
+            crop for whole photographs (and image folders) at inputs of 32 pixels and more.
         skip_bad_images: ``None`` reads files as they are used (one that cannot be read stops
             training there); ``False`` first checks every file's header and names every bad
             one at once; ``True`` checks and leaves the bad ones out (``TaskData.skipped``).
@@ -149,22 +142,19 @@ def load_task_data(
     Raises:
         DataError: unknown dataset, missing or malformed files, bad ``classes``.
     """
-    if not isinstance(preprocess, Preprocess):
-        raise TypeError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     splits, spec_data, spec_root, natural, crop = _read(str(data), root)
-    auto = preprocess.cropping().resize if crop and min(preprocess.input_size[1:]) >= 32 \
-        else None
-    resize = auto if resize == "auto" else resize
-    preprocess = replace(preprocess, resize=resize)
+    large = min(preprocess.input_size[1:]) >= 32
+    auto = preprocess.cropping().resize if crop and large else None
+    preprocess = replace(preprocess, resize=auto if resize == "auto" else resize)
     chosen = _check_classes(classes, len(splits.classes), spec_data)
     label_map = np.full(len(splits.classes), -1, dtype=np.int64)
     label_map[chosen] = np.arange(len(chosen))
     skipped = _unreadable(splits, label_map, skip_bad_images, on_progress, spec_data)
     train, val, test = _task_positions(splits, chosen, label_map, val_fraction, seed, spec_data,
                                        set(skipped))
-    augment = natural and min(preprocess.input_size[1:]) >= 32
+    augment = natural and large
     evaluate = preprocess.transform()
     return TaskData(
         train=TaskSplit(splits.source, train, label_map,
@@ -175,7 +165,7 @@ def load_task_data(
         spec={"data": spec_data, "root": spec_root,
               "classes": None if classes is None else chosen,
               "val_fraction": float(val_fraction), "seed": int(seed),
-              **({"resize": resize} if resize is not None or auto is not None else {}),
+              **({"resize": preprocess.resize} if preprocess.resize or auto else {}),
               **({"skip_bad_images": True} if skip_bad_images else {})},
         augment=augment,
         skipped=[str(Path(splits.source.base) / splits.source.paths[i]) for i in skipped],
