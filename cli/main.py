@@ -132,6 +132,9 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--workers", type=params.Workers(), default="auto", show_default=True,
               metavar="auto|W", help="Data loading worker processes (auto: none for data in "
                                      "memory or small, else the CPUs available, at most 8).")
+@click.option("--cache", type=params.Cache(), default="auto", show_default=True,
+              metavar="auto|none|GB", help="Keep the images decoded in memory when they fit "
+                                           "(auto: a quarter of the free memory, at most 4 GiB).")
 @click.option("--amp", is_flag=True,
               help="Mixed precision: bfloat16 on the CPU, float16 (or bfloat16) on CUDA.")
 @click.option("--seed", type=int, default=0, show_default=True, metavar="S",

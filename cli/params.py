@@ -79,6 +79,24 @@ class Workers(click.ParamType):
         return int(value)
 
 
+class Cache(click.ParamType):
+    """``--cache``: ``auto``, ``none`` or a budget in GB."""
+
+    name = "cache"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str | float:
+        if isinstance(value, float) or value in ("auto", "none"):
+            return value
+        try:
+            budget = float(value)
+        except ValueError:
+            budget = math.nan
+        if not budget >= 0:
+            self.fail(f"{value!r} is neither auto, none nor a number of GB >= 0", param, ctx)
+        return budget
+
+
 def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; VALUE is read as JSON (``64``, ``true``, ``[1,2]``), else a string."""
     result: dict[str, Any] = {}

@@ -37,6 +37,8 @@ class TrainConfig:
             (:func:`loader_settings`).
         amp: mixed precision: bfloat16 autocast on the CPU, float16 with a gradient scaler on
             CUDA (bfloat16 where the GPU has it); weights stay float32.
+        cache: keep the task's images decoded and resized in memory when they fit:
+            ``"auto"`` (a budget of :func:`cache_budget`), ``"none"``, or a budget in GB.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds head initialization, dropout and shuffling; same seed, same CPU result.
         prune_scope: ``layer`` (exact ratio per layer, the paper) or ``global`` (across layers).
@@ -59,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     prune_scope: str = "layer"
     amp: bool = False
+    cache: str | float = "auto"
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +74,9 @@ class TrainConfig:
             (self.workers == "auto" or (isinstance(self.workers, int) and self.workers >= 0),
              "workers must be >= 0 or 'auto'"),
             (self.prune_scope in PRUNE_SCOPES, "prune scope must be layer or global"),
+            (self.cache in ("auto", "none") or (isinstance(self.cache, (int, float))
+                                                and self.cache >= 0),
+             "cache must be 'auto', 'none' or a number of GB >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -116,6 +122,24 @@ def loader_settings(workers: int | str, dataset: Sized, device: torch.device,
     if workers:
         settings.update(persistent_workers=True, prefetch_factor=4)
     return settings
+
+
+def cache_budget(cache: str | float) -> float:
+    """Bytes the decoded-image cache may take: ``"auto"`` is a quarter of the memory available
+    now, at most 4 GiB; ``"none"`` is 0; a number is GB."""
+    if cache == "none":
+        return 0.0
+    if cache != "auto":
+        return float(cache) * 1e9
+    available = 4 * 2**30
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return min(available / 4, 4 * 2**30)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed
-from .config import TrainConfig, loader_settings
-from .data import TaskData, in_memory
+from .config import TrainConfig, cache_budget, loader_settings
+from .data import TaskData, TaskSplit, cache_splits, in_memory
 from .distributed import World
 from .evaluate import Score, eval_loader, evaluate
 from .formats.checkpoint import Checkpoint
@@ -140,6 +140,7 @@ def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: 
     packed = {key: tensor_at(net, key) for key in anat.prunable}
     if pack.tasks:  # its free weights were released by earlier tasks; a first task's are initial
         _start_free_weights(pack, packed, seed=config.seed + task)
+    _cache(data, config, progress)
     generator = torch.Generator().manual_seed(config.seed)
     sampler = None
     if world is not None:  # each rank trains on its shard; the batch size is per process
@@ -201,3 +202,18 @@ def _initial_state(pack: Pack, anat: Anatomy, classes: int
         return dict(pretrained), dict(private)
     head = new_head(anat, classes).to(pack.device)
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, dict(private)
+
+
+def _cache(data: TaskData, config: TrainConfig, progress: Progress) -> None:
+    """Decode the task's images once, if they fit the budget, and say what was cached."""
+    budget = cache_budget(config.cache)
+    splits = [data.train, data.val, data.test]
+    if not budget or not any(isinstance(s, TaskSplit) and s.cached is None for s in splits):
+        return
+    cached = cache_splits(splits, budget)
+    images = sum(len(s) for s in splits)
+    if cached:
+        progress.message(f"cached {images:,} decoded images in memory ({cached / 1e6:,.1f} MB)")
+    else:
+        progress.message(f"images not cached: they need more than the cache budget "
+                         f"({budget / 1e9:.1f} GB, `cache`); decoded on every epoch")

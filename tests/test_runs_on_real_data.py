@@ -205,3 +205,46 @@ def test_bfloat16_on_the_cpu_keeps_weights_float32(make_task):
     pack, _ = add_task(Pack.create("lenet", (1, 8, 8), kwargs={"width": 4}), "a",
                        make_task(2, seed=0), 0.5, config)
     assert all(w.dtype == torch.float32 for w in pack.shared.values())
+
+
+# -- decode once --------------------------------------------------------------------------------
+
+
+def test_cached_images_give_the_same_items(tmp_path):
+    from packtool.data import cache_splits
+
+    folder = _folder(tmp_path / "data")
+    pre = Preprocess((3, 32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    plain, cached = (load_task_data(str(folder), pre) for _ in range(2))
+    assert cache_splits([cached.train, cached.test], budget=0) == 0  # over the budget
+    assert cached.train.cached is None
+    size = cache_splits([cached.train, cached.test], budget=1e9)
+    assert size == sum(t.nbytes for s in (cached.train, cached.test) for t in s.cached)
+    assert all(t.dtype == torch.uint8 for t in cached.train.cached)  # 8-bit until the end
+    for split in ("train", "test"):
+        for i in range(len(getattr(plain, split))):
+            torch.manual_seed(i)  # the same random crop and flip
+            a, label_a = getattr(plain, split)[i]
+            torch.manual_seed(i)
+            b, label_b = getattr(cached, split)[i]
+            assert torch.equal(a, b) and label_a == label_b
+
+
+def test_add_task_says_what_it_cached(tmp_path, make_task):
+    said = []
+
+    class Say(Progress):
+        def message(self, text):
+            said.append(text)
+
+    data = load_task_data("digits", Preprocess((1, 8, 8), (0.5,), (0.5,)), classes=[0, 1])
+    config = TrainConfig(epochs=1, finetune_epochs=0, lr=0.05, device="cpu")
+    plain, _ = add_task(Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 8}), "t", data, 0.5,
+                        TrainConfig(epochs=1, finetune_epochs=0, lr=0.05, device="cpu",
+                                    cache="none"))
+    data = load_task_data("digits", Preprocess((1, 8, 8), (0.5,), (0.5,)), classes=[0, 1])
+    cached, _ = add_task(Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 8}), "t", data, 0.5,
+                         config, progress=Say())
+    assert any(text.startswith("cached 360 decoded images") for text in said), said
+    for key in plain.shared:  # the same training, from cached images
+        assert torch.equal(plain.shared[key], cached.shared[key])

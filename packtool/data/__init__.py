@@ -28,7 +28,7 @@ Nothing is downloaded: ``digits`` ships with scikit-learn, everything else is re
 from .layout import ENV_ROOT, IMAGE_EXTENSIONS, DatasetInfo, dataset_root
 from .preprocess import Preprocess, read_image
 from .registry import DATASETS, TaskData, load_task_data, parse_classes
-from .sources import ImageArray, ImageFiles, TaskSplit, in_memory
+from .sources import ImageArray, ImageFiles, TaskSplit, cache_splits, in_memory
 
 __all__ = [
     "DATASETS",
@@ -40,6 +40,7 @@ __all__ = [
     "Preprocess",
     "TaskData",
     "TaskSplit",
+    "cache_splits",
     "dataset_root",
     "in_memory",
     "load_task_data",

@@ -111,20 +111,25 @@ class _Transform:
         self.flip = flip
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        return self.finish(self.prepare(image))
+
+    def prepare(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """The deterministic part: channels and resizing (what a cache may keep)."""
         x = _to_channels(_as_tensor(image), self.channels)
-        size, resized = [self.height, self.width], True
+        size = [self.height, self.width]
+        if self.resize is None and list(x.shape[-2:]) == size:
+            return x
+        x = F.resize(x, [self.resize] if self.resize else size, antialias=True)  # or the shorter
+        return x if x.dtype == torch.uint8 else x.clamp(0.0, 1.0)  # antialias overshoots
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The rest: the crop, the random flip, scaling to 0..1 and normalizing."""
         if self.resize is not None:
-            x = self._crop(F.resize(x, [self.resize], antialias=True), size)  # shorter side
-        elif list(x.shape[-2:]) != size:
-            x = F.resize(x, size, antialias=True)
-        else:
-            resized = False
+            x = self._crop(x, [self.height, self.width])
         if self.flip and bool(torch.rand(()) < 0.5):
             x = F.horizontal_flip(x)
         if x.dtype == torch.uint8:
             x = F.to_dtype(x, torch.float32, scale=True)
-        elif resized:
-            x = x.clamp(0.0, 1.0)
         return F.normalize(x.contiguous(), self.mean, self.std)
 
     def _crop(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:

@@ -129,13 +129,34 @@ class TaskSplit(Dataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = label_map[source.labels[self.indices]]
         self.transform = transform
+        self.cached: list[torch.Tensor] | None = None  # prepared images (see cache)
         assert (self.labels >= 0).all(), "indices must only pick classes of the task"
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.cached is not None:  # decoded and resized once; the random part every time
+            return self.transform.finish(self.cached[i]), int(self.labels[i])  # type: ignore
         return self.transform(self.source.load(int(self.indices[i]))), int(self.labels[i])
+
+    def prepared_bytes(self, sample: int = 8) -> int:
+        """An estimate of the memory :meth:`cache` takes (from the first ``sample`` items)."""
+        n = min(sample, len(self))
+        if n == 0:
+            return 0
+        seen = sum(self._prepare(i).nbytes for i in range(n))
+        return seen * len(self) // n
+
+    def cache(self) -> None:
+        """Decode and resize every image once and keep it (uint8 where the image is 8-bit):
+        each epoch then only crops, flips and normalizes. Images are decoded on a few threads
+        (decoders release the GIL)."""
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            self.cached = list(pool.map(self._prepare, range(len(self))))
+
+    def _prepare(self, i: int) -> torch.Tensor:
+        return self.transform.prepare(self.source.load(int(self.indices[i])))  # type: ignore
 
 
 def in_memory(dataset: Dataset) -> bool:
@@ -144,3 +165,15 @@ def in_memory(dataset: Dataset) -> bool:
     if isinstance(dataset, TensorDataset):
         return True
     return isinstance(dataset, TaskSplit) and isinstance(dataset.source, ImageArray)
+
+
+def cache_splits(splits: Sequence[Dataset], budget: float) -> int:
+    """Cache every :class:`TaskSplit` of ``splits`` (:meth:`TaskSplit.cache`) if together
+    they fit ``budget`` bytes; returns the bytes cached (0: not cached)."""
+    cacheable = [s for s in splits if isinstance(s, TaskSplit)]
+    total = sum(s.prepared_bytes() for s in cacheable)
+    if not cacheable or total > budget:
+        return 0
+    for split in cacheable:
+        split.cache()
+    return sum(sum(t.nbytes for t in s.cached or ()) for s in cacheable)

@@ -51,7 +51,7 @@ FORMAT = "packtool.checkpoint"
 FORMAT_VERSION = 1
 # Settings that may differ between the interrupted and the resumed add-task (they do not change
 # the arithmetic on CPU).
-NEUTRAL_SETTINGS = ("device", "workers")
+NEUTRAL_SETTINGS = ("device", "workers", "cache")
 # Settings added after the first release, and the value a checkpoint without them had.
 NEW_SETTINGS = {"amp": False}
 _ORIG, _OWNERS = "_orig", "_owners"
