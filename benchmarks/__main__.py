@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick | --smoke] [--only quality|cost] [--json-out PATH]``."""
+"""``python -m benchmarks [--quick | --smoke] [--only PART] [--json-out PATH]``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import architectures, cost, quality
+from . import architectures, cost, quality, throughput
 from .common import machine
 
-PARTS = {"quality": quality, "cost": cost, "architectures": architectures}
+PARTS = {"quality": quality, "cost": cost, "architectures": architectures,
+         "throughput": throughput}
 
 
 def main(argv: list[str] | None = None) -> int:

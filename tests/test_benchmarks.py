@@ -114,6 +114,22 @@ def test_architecture_tables(smoke):
     assert "What is packed" in markdown and "PackNet vs dense" in markdown
 
 
+def test_throughput_tables(smoke):
+    doc, markdown = smoke
+    result = doc["throughput"]
+    sizes = result["settings"]["sizes"]
+    assert [(r["size"], r["cache"]) for r in result["jpegs"]] == [
+        (s, c) for s in sizes for c in ("auto", "none")]
+    for row in result["jpegs"]:
+        ours, plain = row["packtool"], row["plain"]
+        assert ours["images"] == plain["images"] > 0  # the same train and val images
+        assert ours["epoch_s"] > 0 and plain["epoch_s"] > 0 and ours["checkpoint_s"] > 0
+        assert row["ratio"] == pytest.approx(plain["epoch_s"] / ours["epoch_s"])
+    digits = result["digits"]
+    assert digits["packtool_s"] > 0 and digits["plain_s"] > 0
+    assert "ResNet-18 on" in markdown and "Split-Digits from PNG folders" in markdown
+
+
 def test_only_one_part_and_bad_arguments(tmp_path):
     done = _run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "nothing"], cwd=ROOT)
     assert done.returncode == 2 and "invalid choice" in done.stderr

@@ -211,7 +211,7 @@ def test_bfloat16_on_the_cpu_keeps_weights_float32(make_task):
 
 
 def test_cached_images_give_the_same_items(tmp_path):
-    from packtool.data import cache_splits
+    from packtool.data import cache_splits, in_memory
 
     folder = _folder(tmp_path / "data")
     pre = Preprocess((3, 32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -221,6 +221,10 @@ def test_cached_images_give_the_same_items(tmp_path):
     size = cache_splits([cached.train, cached.test], budget=1e9)
     assert size == sum(t.nbytes for s in (cached.train, cached.test) for t in s.cached)
     assert all(t.dtype == torch.uint8 for t in cached.train.cached)  # 8-bit until the end
+    # Evaluation has no random part: its images are kept finished, and need no loader workers.
+    assert all(t.dtype == torch.float32 and t.shape == (3, 32, 32) for t in cached.test.cached)
+    assert in_memory(cached.test) and not in_memory(cached.train)
+    assert not in_memory(plain.test)
     for split in ("train", "test"):
         for i in range(len(getattr(plain, split))):
             torch.manual_seed(i)  # the same random crop and flip

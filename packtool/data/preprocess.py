@@ -113,6 +113,12 @@ class _Transform:
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         return self.finish(self.prepare(image))
 
+    @property
+    def random(self) -> bool:
+        """Whether :meth:`finish` draws random numbers (a training crop or a flip); if not, a
+        cache may keep finished images."""
+        return self.flip or (self.train and self.resize is not None)
+
     def prepare(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """The deterministic part: channels and resizing (what a cache may keep)."""
         x = _to_channels(_as_tensor(image), self.channels)

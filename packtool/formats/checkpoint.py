@@ -94,13 +94,12 @@ class Checkpoint:
         state = {
             "format": FORMAT, "version": FORMAT_VERSION,
             "run": json.dumps(self.identity, sort_keys=True), "phase": self.phase,
-            "epoch": self.epoch, "net": _cpu(self.net), "optimizer": self.optimizer,
+            "epoch": self.epoch, "net": _on_cpu(self.net), "optimizer": _on_cpu(self.optimizer),
             "scheduler": self.scheduler, "best_val": self.best_val,
-            "best_state": _cpu(self.best_state) if self.best_state is not None else None,
-            "metrics": dict(self.metrics), "rng": self.rng, "loader_rng": self.loader_rng,
-            "cuda_rng": self.cuda_rng, "best_val_loss": self.best_val_loss,
-            "search": _cpu_tree(self.search), "released": _cpu_tree(self.released),
-            "scaler": self.scaler,
+            "best_state": _on_cpu(self.best_state), "metrics": dict(self.metrics),
+            "rng": self.rng, "loader_rng": self.loader_rng, "cuda_rng": self.cuda_rng,
+            "best_val_loss": self.best_val_loss, "search": _on_cpu(self.search),
+            "released": _on_cpu(self.released), "scaler": self.scaler,
         }
         state["digest"] = digest(state)
         atomic_write(path, lambda f: torch.save(state, f))
@@ -157,16 +156,12 @@ def _compared(identity: dict[str, Any]) -> dict[str, Any]:
     return compared
 
 
-def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu") for k, v in state.items()}
-
-
-def _cpu_tree(value: Any) -> Any:
-    """``value`` with every tensor in it (nested dicts and lists) moved to the CPU."""
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (nested dicts and lists) on the CPU."""
     if isinstance(value, Tensor):
         return value.detach().to("cpu")
     if isinstance(value, dict):
-        return {k: _cpu_tree(v) for k, v in value.items()}
+        return {k: _on_cpu(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_cpu_tree(v) for v in value]
+        return [_on_cpu(v) for v in value]
     return value
