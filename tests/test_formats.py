@@ -1,5 +1,6 @@
 """Files written by earlier packtools keep loading: the fixtures in ``tests/formats/`` were
-written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make_v1.py)."""
+written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make_v1.py) and at
+commit cb09c2d (model file and archive format 2; make_v2.py)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,19 @@ def test_v1_archive_predicts_with_the_whole_image_resized(tmp_path):
             archive.preprocess.load_image(image)[None]), 1)[0]
     best = result.predictions[0]["top"][0]
     assert abs(best["probability"] - float(probs.max())) < 1e-4
+
+
+def test_v2_model_file_and_archive_keep_the_planner_record_and_save_unchanged(tmp_path):
+    """Format 2 (cb09c2d, make_v2.py): a task whose ratio the planner chose."""
+    pack = Pack.load(FORMATS / "lenet-auto-v2.pt")
+    archive = read_archive(FORMATS / "lenet-auto-v2.safetensors")
+    assert pack.tasks[0].prune_search and pack.tasks[0].prune_reason != "fixed"
+    assert archive.tasks[0].prune_search == pack.tasks[0].prune_search
+    expected = _outputs(pack)
+    for name, out in _outputs(archive).items():
+        assert torch.equal(out, expected[name])
+    pack.save(tmp_path / "again.pt")
+    old = torch.load(FORMATS / "lenet-auto-v2.pt", weights_only=True)
+    new = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert new["version"] == old["version"] == 2
+    assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
