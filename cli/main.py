@@ -16,13 +16,17 @@ import click
 from packtool import (
     AUTO,
     DATASETS,
+    DEFAULT_SCORE,
     FREE_INITS,
     OPTIMIZERS,
     POLICIES,
+    SCORES,
+    Pack,
     PackToolError,
     __version__,
     add_task_to_file,
     create_file,
+    evaluate_task_free,
     evaluate_tasks,
     exporters,
     load,
@@ -210,10 +214,18 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
               metavar="B")
 @click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also write an accuracy chart (needs matplotlib).")
+@click.option("--task-free", is_flag=True,
+              help="Serve every task's test split without its task id: how often the task is "
+                   "identified, and the class accuracy without it.")
+@click.option("--group", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="With --task-free: identify the task of groups of N images of one task.")
+@click.option("--task-score", type=click.Choice(SCORES), default=DEFAULT_SCORE,
+              show_default=True, help="With --task-free: how a task's confidence is scored.")
 @params.json_option
 def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None,
           classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
-          plot: str | None, as_json: bool) -> None:
+          plot: str | None, task_free: bool, group: int, task_score: str,
+          as_json: bool) -> None:
     """Re-evaluate tasks on their held-out test split.
 
     MODEL may be a model.pt or an archive.
@@ -222,6 +234,10 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
         raise click.UsageError("use either --task or --all, not both")
     if classes is not None and data is None:
         raise click.UsageError("--classes needs --data")
+    if task_free:
+        return _eval_task_free(load(model), tasks, all_tasks, data, plot, group=group,
+                               score=task_score, root=data_root, batch_size=batch_size,
+                               device=device, as_json=as_json)
     rows = [row.to_dict() for row in evaluate_tasks(
         load(model), tasks, data=data, classes=classes, root=data_root, batch_size=batch_size,
         device=device)]
@@ -232,6 +248,19 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
         render.print_json(doc)
     else:
         render.show_eval(render.console_for(), doc)
+
+
+def _eval_task_free(pack: Pack, tasks: tuple[str, ...], all_tasks: bool, data: str | None,
+                    plot: str | None, *, as_json: bool, **settings: Any) -> None:
+    if tasks or all_tasks or data or plot:
+        raise click.UsageError("--task-free serves every task on its own test split: it takes "
+                               "no --task, --all, --data or --plot")
+    rows = evaluate_task_free(pack, **settings)
+    doc = render.task_free_doc(rows, pack, group=settings["group"], score=settings["score"])
+    if as_json:
+        render.print_json(doc)
+    else:
+        render.show_task_free(render.console_for(), doc)
 
 
 # -- info -------------------------------------------------------------------------------------
@@ -355,15 +384,24 @@ def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, o
 @click.argument("source", metavar="FILE", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...",
                 type=click.Path(path_type=Path))
-@click.option("--task", "name", metavar="NAME",
-              help="Task to run (required with an archive).")
+@click.option("--task", "name", metavar="NAME|auto",
+              help="Task to run (required with a pack file); auto: every task runs and each "
+                   "image goes to the task that scores it best.")
+@click.option("--same-task", is_flag=True,
+              help="With --task auto: the IMAGEs come from one task, chosen by their summed "
+                   "scores.")
+@click.option("--task-score", type=click.Choice(SCORES), default=DEFAULT_SCORE,
+              show_default=True, help="With --task auto: how a task's confidence is scored.")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
               help="How many classes to show per image.")
 @params.json_option
-def predict(source: Path, images: tuple[Path, ...], name: str | None, top: int,
-            as_json: bool) -> None:
-    """Classify IMAGEs with an exported ONNX file or archive (FILE)."""
-    result = exporters.predict(source, list(images), task=name, top=top)
+def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
+            task_score: str, top: int, as_json: bool) -> None:
+    """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt)."""
+    if same_task and name != AUTO:
+        raise click.UsageError("--same-task needs --task auto")
+    result = exporters.predict(source, list(images), task=name, top=top, same_task=same_task,
+                               task_score=task_score)
     doc = result.to_dict()
     if as_json:
         render.print_json(doc)

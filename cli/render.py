@@ -21,11 +21,11 @@ from rich.table import Table
 from packtool import forecast
 
 if TYPE_CHECKING:
-    from packtool import Pack, TaskResult
+    from packtool import Pack, TaskFreeEvaluation, TaskResult
 
 ADD_TASK_KEYS = ("task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
                  "weights_owned", "free_fraction", "seconds", "prune", "prune_reason",
-                 "skipped_images")
+                 "skipped_images", "temperature")
 PIPE_WIDTH = 200  # piped output is not wrapped at 80 columns; tables take what they need
 
 
@@ -107,6 +107,7 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
         ("free capacity left", pct(doc["free_fraction"])),
         *([("unreadable images left out", count(doc["skipped_images"]))]
           if doc["skipped_images"] else []),
+        ("temperature (task-free inference)", temperature(doc["temperature"])),
         ("time", f"{doc['seconds']:.1f} s"),
     ]
     title = f"Task {doc['task']!r} (#{doc['index']}) saved to {path}"
@@ -134,6 +135,38 @@ def show_eval(console: Console, doc: dict[str, Any]) -> None:
                ("#", "task", "accuracy", "samples"), rows, left=2)
 
 
+def temperature(value: float | None) -> str:
+    return "1 (not calibrated)" if value is None else f"{value:.3g}"
+
+
+def task_free_doc(rows: Sequence[TaskFreeEvaluation], pack: Pack, *, group: int,
+                  score: str) -> dict[str, Any]:
+    """``eval --task-free --json``: per task and the mean over tasks."""
+    docs = [r.to_dict() for r in rows]
+    keys = ("task_accuracy", "accuracy", "oracle_accuracy")
+    return {
+        "group": group, "task_score": score,
+        "uncalibrated": [t.name for t in pack.tasks if t.temperature is None],
+        "tasks": docs,
+        "mean": {k: sum(d[k] for d in docs) / len(docs) for k in keys},
+    }
+
+
+def show_task_free(console: Console, doc: dict[str, Any]) -> None:
+    unit = "image" if doc["group"] == 1 else f"group of {doc['group']} images"
+    rows = [(str(r["index"]), r["task"], count(r["groups"]), pct(r["task_accuracy"]),
+             pct(r["accuracy"]), pct(r["oracle_accuracy"])) for r in doc["tasks"]]
+    mean = doc["mean"]
+    rows.append(("", "mean", "", pct(mean["task_accuracy"]), pct(mean["accuracy"]),
+                 pct(mean["oracle_accuracy"])))
+    show_table(console, f"Without the task id: one task per {unit} ({doc['task_score']} score)",
+               ("#", "task", "groups" if doc["group"] > 1 else "images", "task identified",
+                "accuracy", "with task id"), rows, left=2)
+    if doc["uncalibrated"]:
+        console.print(f"Not calibrated (temperature 1): {', '.join(doc['uncalibrated'])}.",
+                      markup=False)
+
+
 # -- info -------------------------------------------------------------------------------------
 
 
@@ -154,7 +187,8 @@ def info_doc(pack: Pack, share: float | None = None) -> dict[str, Any]:
             {"task": t.name, "index": t.index, "classes": list(t.classes),
              "weights_owned": sum(layer.owned[t.index - 1] for layer in capacity),
              "private_values": t.stored_values, "data": t.data, "prune": t.prune,
-             "prune_reason": t.prune_reason, "prune_search": t.prune_search}
+             "prune_reason": t.prune_reason, "prune_search": t.prune_search,
+             "temperature": t.temperature}
             for t in pack.tasks
         ],
         "forecast": forecast(capacity, share).to_dict(),
@@ -189,10 +223,13 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
                                         f" ({record.prune_reason})")
         rows.append((str(t["index"]), t["task"], describe_data(t["data"]), str(len(t["classes"])),
                      prune, count(t["weights_owned"]), count(t["private_values"]),
-                     pct(record.metrics.get("accuracy"))))
+                     pct(record.metrics.get("accuracy")), temperature(t["temperature"])))
     if rows:
         show_table(console, "Tasks", ("#", "task", "data", "classes", "prune", "weights owned",
-                                      "private values", "accuracy"), rows, left=3)
+                                      "private values", "accuracy", "temperature"), rows, left=3)
+        if any(t["temperature"] is None for t in doc["tasks"]):
+            console.print("Tasks without a temperature were added before calibration: task-free "
+                          "inference treats them as temperature 1.", markup=False)
     else:
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
     show_capacity(console, pack)
@@ -256,8 +293,18 @@ def show_half_precision(console: Console, changes: list[dict[str, Any]]) -> None
 
 
 def show_predict(console: Console, doc: dict[str, Any]) -> None:
-    console.print(f"Task {doc['task']!r} (provider {doc['provider']})", markup=False)
+    if doc.get("task_score") is None:
+        console.print(f"Task {doc['task']!r} (provider {doc['provider']})", markup=False)
+    else:
+        chosen = f"one task for all images: {doc['task']!r}" if doc["task"] else "task per image"
+        console.print(f"Task chosen by {doc['task_score']} score, {chosen} "
+                      f"(provider {doc['provider']})", markup=False)
     for item in doc["predictions"]:
         rows = [(str(rank), str(p["class"]), pct(p["probability"]))
                 for rank, p in enumerate(item["top"], start=1)]
-        show_table(console, str(item["image"]), ("rank", "class", "probability"), rows, left=2)
+        title = str(item["image"])
+        if "task" in item:
+            margin = item["task_margin"]
+            title += f"  task {item['task']!r}" + (
+                "" if margin is None else f" (margin {margin:.3g} over the runner-up)")
+        show_table(console, title, ("rank", "class", "probability"), rows, left=2)

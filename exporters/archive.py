@@ -32,6 +32,7 @@ from packtool.formats.archive import (
 )
 from packtool.method import FREE
 from packtool.pack import Pack
+from packtool.records import format_version
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
     spec = pack.spec
     metadata = {
         "format": FORMAT,
-        "format_version": str(2 if any(t.planner_meta() for t in pack.tasks) else 1),
+        "format_version": str(format_version(pack.tasks)),
         "packtool_version": __version__,
         "spec": _json(spec.to_dict()),
         "policy": pack.policy,

@@ -16,7 +16,9 @@ The exported file (see "Exported ONNX" in the CLI contract):
   (``CxHxW``), ``packtool.mean``, ``packtool.std`` (JSON lists), ``packtool.version``,
   ``packtool.source_sha256`` (empty if unknown), and ``packtool.resize`` where the task's images
   take the resize-and-crop recipe (the shorter side to that many pixels, then the center
-  ``H x W``; absent: the whole image resized to ``H x W``, as in files written before it);
+  ``H x W``; absent: the whole image resized to ``H x W``, as in files written before it), and
+  ``packtool.temperature`` where the task was calibrated (its softmax temperature for
+  task-free scores, :mod:`packtool.taskfree`; absent: 1);
 * initializers stored as ``sparse_initializer`` (COO, flat INT64 indices) wherever that is
   smaller than dense, i.e. below about a third non-zero for float32. onnxruntime densifies them
   on load: this saves disk, not compute.
@@ -29,6 +31,7 @@ onnxruntime beside PyTorch before writing it; a failed check writes nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -100,15 +103,18 @@ class TaskMetadata:
     version: str = __version__
     source_sha256: str = ""
     resize: int | None = None
+    temperature: float | None = None
 
     KEYS = ("packtool.task", "packtool.classes", "packtool.input_size", "packtool.mean",
-            "packtool.std", "packtool.version", "packtool.source_sha256", "packtool.resize")
+            "packtool.std", "packtool.version", "packtool.source_sha256", "packtool.resize",
+            "packtool.temperature")
 
     @classmethod
     def of(cls, pack: Pack, record: TaskRecord, source_sha256: str | None = None) -> TaskMetadata:
         spec = pack.spec
         return cls(record.name, tuple(record.classes), spec.input_size, spec.mean, spec.std,
-                   __version__, source_sha256 or "", record.data.get("resize"))
+                   __version__, source_sha256 or "", record.data.get("resize"),
+                   record.temperature)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -125,6 +131,8 @@ class TaskMetadata:
             "packtool.version": self.version,
             "packtool.source_sha256": self.source_sha256,
             **({"packtool.resize": str(self.resize)} if self.resize is not None else {}),
+            **({"packtool.temperature": repr(self.temperature)}
+               if self.temperature is not None else {}),
         }
 
     @classmethod
@@ -142,14 +150,18 @@ class TaskMetadata:
             resize = int(props["packtool.resize"]) if "packtool.resize" in props else None
             mean = tuple(float(v) for v in json.loads(props["packtool.mean"]))
             std = tuple(float(v) for v in json.loads(props["packtool.std"]))
+            temperature = (float(props["packtool.temperature"])
+                           if "packtool.temperature" in props else None)
             if not (isinstance(classes, list) and classes and len(size) == 3
                     and len(mean) == len(std) == size[0]):
                 raise ValueError("inconsistent values")
+            if temperature is not None and not 0 < temperature < math.inf:
+                raise ValueError(f"temperature {temperature} is not a positive number")
         except (ValueError, TypeError) as exc:
             raise PackFormatError(f"{source} has invalid packtool metadata: {exc}") from None
         return cls(props["packtool.task"], tuple(str(c) for c in classes), size,  # type: ignore[arg-type]
                    mean, std, props.get("packtool.version", ""),
-                   props.get("packtool.source_sha256", ""), resize)
+                   props.get("packtool.source_sha256", ""), resize, temperature)
 
 
 # ------------------------------------------------------------------------------------------------

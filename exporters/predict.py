@@ -1,11 +1,15 @@
-"""``predict``: classify image files with an exported task, or with a task of an archive.
+"""``predict``: classify image files with an exported task, or with the tasks of a pack file.
 
-An ``.onnx`` file brings its classes and preprocessing in its metadata; an archive's task is
-rebuilt, exported to ONNX in memory and run the same way, so both give the same numbers.
+An ``.onnx`` file brings its classes and preprocessing in its metadata. A pack file (an archive
+or a ``model.pt``) has its task rebuilt, exported to ONNX in memory and run the same way, so
+both give the same numbers. With ``task="auto"`` a pack file's every task runs and each image
+(or, with ``same_task``, the whole set) goes to the task that scores it best
+(:mod:`packtool.taskfree`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
+from packtool.data import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskError
-from packtool.formats.archive import read_archive
-from packtool.formats.sniff import is_safetensors
+from packtool.formats.sniff import is_pack_file, load
+from packtool.taskfree import DEFAULT_SCORE, check_score, identify, task_scores
 
 from .onnx import TaskMetadata, task_onnx
 from .runtime import infer, provider_of, session, softmax
 
 BATCH_SIZE = 32  # images per onnxruntime call
+AUTO = "auto"  # the task name that asks predict to choose the task
 
 
 @dataclass
@@ -30,67 +37,141 @@ class PredictResult:
     """What :func:`predict` returns; :meth:`to_dict` is ``packtool predict --json``.
 
     Attributes:
-        task: the task that ran.
+        task: the task that ran; with ``auto``, the group's chosen task under ``same_task``,
+            else ``None`` (each prediction names its own).
         provider: the onnxruntime execution provider that ran it.
         predictions: per image in input order, ``{"image": path, "top": [{"class",
-            "probability"}, ...]}`` with ``top`` sorted by probability, highest first.
+            "probability"}, ...]}`` with ``top`` sorted by probability, highest first; with
+            ``auto`` also ``"task"`` (the chosen task) and ``"task_margin"`` (its score minus
+            the runner-up's; ``None`` with one task).
+        task_score: with ``auto``, the score that chose the tasks; else ``None``.
     """
 
-    task: str
+    task: str | None
     provider: str
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    task_score: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "provider": self.provider, "predictions": self.predictions}
+        doc = {"task": self.task, "provider": self.provider, "predictions": self.predictions}
+        return doc if self.task_score is None else {**doc, "task_score": self.task_score}
+
+
+@dataclass
+class _Runner:
+    """One task ready to run: its metadata and its onnxruntime session."""
+
+    meta: TaskMetadata
+    session: ort.InferenceSession
 
 
 def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
-            task: str | None = None, top: int = 5) -> PredictResult:
-    """Classify ``images`` with one task from an exported ``.onnx`` or an archive.
+            task: str | None = None, top: int = 5, same_task: bool = False,
+            task_score: str = DEFAULT_SCORE) -> PredictResult:
+    """Classify ``images`` with one task of an exported ``.onnx`` or a pack file, or let
+    ``task="auto"`` choose the task.
 
     An ``.onnx`` file brings its classes and preprocessing in its metadata (``task``, if given,
-    must match it). An archive needs ``task``: the task is rebuilt from the archive, exported to
-    ONNX in memory and run with onnxruntime. Images are resized to the input size, scaled to
-    0..1 and normalized, as the ONNX contract says (:meth:`packtool.data.Preprocess.load_image`).
+    must match it). A pack file (archive or ``model.pt``) needs ``task``: the task is rebuilt,
+    exported to ONNX in memory and run with onnxruntime. Images are prepared as the task's
+    metadata says (:meth:`packtool.data.Preprocess.load_image`).
 
     Args:
+        task: the task to run, or ``"auto"`` (pack files only): every task runs and each image
+            goes to the task with the best ``task_score`` after the tasks' temperatures.
         top: how many classes to report per image (clamped to the number of classes).
+        same_task: with ``auto``, the images come from one task: it is chosen by their summed
+            scores.
+        task_score: ``entropy``, ``max-prob`` or ``energy`` (:mod:`packtool.taskfree`).
 
     Returns:
         softmax probabilities of the ``top`` most likely classes per image.
     """
     if top < 1:
         raise PackToolError(f"top must be at least 1, got {top}")
-    source = Path(source)
+    check_score(task_score)
+    if same_task and task != AUTO:
+        raise TaskError("same_task needs task 'auto'")
+    runners = _runners(Path(source), task)
+    logits = _logits(runners, images, str(source))
+    if task != AUTO:
+        return PredictResult(runners[0].meta.task, provider_of(runners[0].session),
+                             _predictions(images, runners, logits, [0] * len(images), top))
+    temperatures = [1.0 if r.meta.temperature is None else r.meta.temperature for r in runners]
+    scores = task_scores([torch.from_numpy(z) for z in logits], temperatures, task_score)
+    chosen = identify(scores, torch.zeros(len(images), dtype=torch.long) if same_task else None)
+    choice = chosen.task.tolist()
+    predictions = _predictions(images, runners, logits, choice, top, named=True)
+    for p, margin in zip(predictions, chosen.margin.tolist()):
+        p["task_margin"] = None if math.isnan(margin) else margin
+    return PredictResult(runners[choice[0]].meta.task if same_task else None,
+                         provider_of(runners[0].session), predictions, task_score)
+
+
+def _runners(source: Path, task: str | None) -> list[_Runner]:
+    """The tasks to run: the ``.onnx`` file's one, or a pack file's named one (all for auto)."""
     if not source.is_file():
         raise PackToolError(f"{source} does not exist")
-    if is_safetensors(source):
-        pack = read_archive(source)
-        if task is None:
-            raise TaskError(f"{source} is an archive of tasks {', '.join(pack.task_names)}: "
-                            "choose one with `task`")
-        proto = task_onnx(pack, task)
-        meta = TaskMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(source))
-        sess = session(proto.SerializeToString())
-    else:
+    if not is_pack_file(source):
         sess = session(source)
         meta = TaskMetadata.from_props(sess.get_modelmeta().custom_metadata_map, str(source))
+        if task == AUTO:
+            raise TaskError(f"{source} holds the single task {meta.task!r}; `--task auto` needs "
+                            "a pack file (an archive or a model.pt) with the tasks to choose from")
         if task is not None and task != meta.task:
             raise TaskError(f"{source} holds task {meta.task!r}, not {task!r}")
-    preprocess = meta.preprocess
-    top = min(top, len(meta.classes))
-    predictions: list[dict[str, Any]] = []
+        return [_Runner(meta, sess)]
+    pack = load(source)
+    if not pack.tasks:
+        raise TaskError(f"{source} has no tasks yet; add one with `packtool add-task`")
+    if task is None:
+        raise TaskError(f"{source} holds tasks {', '.join(pack.task_names)}: choose one with "
+                        "`task` (or `auto`)")
+    runners = []
+    for name in pack.task_names if task == AUTO else [pack.task(task).name]:
+        proto = task_onnx(pack, name)
+        meta = TaskMetadata.from_props({p.key: p.value for p in proto.metadata_props},
+                                       str(source))
+        runners.append(_Runner(meta, session(proto.SerializeToString())))
+    return runners
+
+
+def _logits(runners: list[_Runner], images: Sequence[str | os.PathLike],
+            source: str) -> list[np.ndarray]:
+    """Every runner's logits on every image, ``[N, classes]`` each; each image is read once
+    per distinct preprocessing."""
+    out: list[list[np.ndarray]] = [[] for _ in runners]
     for start in range(0, len(images), BATCH_SIZE):
         paths = images[start:start + BATCH_SIZE]
-        batch = torch.stack([preprocess.load_image(p) for p in paths]).numpy()
-        logits = infer(sess, batch)
-        if logits.ndim != 2 or logits.shape[1] != len(meta.classes):
-            raise PackFormatError(f"{source} outputs shape {list(logits.shape)}, expected "
-                                  f"[batch, {len(meta.classes)}] for its classes")
-        for path, probs in zip(paths, softmax(logits)):
-            order = np.argsort(-probs, kind="stable")[:top]  # ties: lower class index first
-            predictions.append({
-                "image": str(path),
-                "top": [{"class": meta.classes[i], "probability": float(probs[i])} for i in order],
-            })
-    return PredictResult(task=meta.task, provider=provider_of(sess), predictions=predictions)
+        inputs: dict[Preprocess, np.ndarray] = {}
+        for runner, chunks in zip(runners, out):
+            prep = runner.meta.preprocess
+            if prep not in inputs:
+                inputs[prep] = torch.stack([prep.load_image(p) for p in paths]).numpy()
+            logits = infer(runner.session, inputs[prep])
+            if logits.ndim != 2 or logits.shape[1] != len(runner.meta.classes):
+                raise PackFormatError(
+                    f"{source} outputs shape {list(logits.shape)} for task "
+                    f"{runner.meta.task!r}, expected [batch, {len(runner.meta.classes)}]")
+            chunks.append(logits)
+    return [np.concatenate(chunks) for chunks in out]
+
+
+def _predictions(images: Sequence[str | os.PathLike], runners: list[_Runner],
+                 logits: list[np.ndarray], choice: list[int], top: int, *,
+                 named: bool = False) -> list[dict[str, Any]]:
+    """Per image, the top classes of the task at ``runners[choice[i]]`` (and, ``named``, the
+    task's name)."""
+    predictions = []
+    for i, (path, k) in enumerate(zip(images, choice)):
+        classes = runners[k].meta.classes
+        probs = softmax(logits[k][i:i + 1])[0]
+        order = np.argsort(-probs, kind="stable")[:min(top, len(classes))]  # ties: lower first
+        entry: dict[str, Any] = {
+            "image": str(path),
+            "top": [{"class": classes[j], "probability": float(probs[j])} for j in order],
+        }
+        if named:
+            entry["task"] = runners[k].meta.task
+        predictions.append(entry)
+    return predictions

@@ -48,18 +48,32 @@ from .planner import AUTO, Forecast, Pruning, forecast
 from .progress import Progress
 from .records import LayerCapacity, TaskRecord, TaskResult
 from .report import plot_accuracy, plot_capacity
+from .taskfree import (
+    DEFAULT_SCORE,
+    SCORES,
+    Identification,
+    TaskFreeEvaluation,
+    calibrate,
+    evaluate_task_free,
+    fit_temperature,
+    identify,
+    task_scores,
+)
 
 __all__ = [
     "AUTO",
     "DATASETS",
+    "DEFAULT_SCORE",
     "FREE_INITS",
     "OPTIMIZERS",
     "POLICIES",
+    "SCORES",
     "ArchSpec",
     "ArchitectureError",
     "CapacityError",
     "DataError",
     "Forecast",
+    "Identification",
     "LayerCapacity",
     "LockError",
     "Pack",
@@ -75,6 +89,7 @@ __all__ = [
     "TaskData",
     "TaskError",
     "TaskEvaluation",
+    "TaskFreeEvaluation",
     "TaskRecord",
     "TaskResult",
     "TrainConfig",
@@ -83,12 +98,16 @@ __all__ = [
     "add_task_to_file",
     "assign_owners",
     "bake",
+    "calibrate",
     "create_file",
     "evaluate",
+    "evaluate_task_free",
     "evaluate_tasks",
     "file_lock",
+    "fit_temperature",
     "forecast",
     "half_precision_change",
+    "identify",
     "load",
     "load_task_data",
     "native_input_size",
@@ -101,4 +120,5 @@ __all__ = [
     "resolve_device",
     "select",
     "sha256_file",
+    "task_scores",
 ]

@@ -9,7 +9,8 @@
 3. **prune**: release ``prune`` of the trained weights per layer, smallest ``|w|`` first, and
    zero them (:func:`_prune`);
 4. **fine-tune** the kept weights for ``config.finetune_epochs`` (:func:`_phase` again);
-5. **freeze**: a new pack holding the old tasks and this one (:func:`_freeze`).
+5. **freeze**: a new pack holding the old tasks and this one (:func:`_freeze`), its head's
+   softmax temperature fitted on validation for task-free inference (:func:`_calibrate`).
 
 Old tasks' biases, norm statistics and heads live in their task records and are never loaded
 into the network being trained, so they cannot drift; their weights are restored after every
@@ -50,6 +51,7 @@ from .planner import FIXED, RESERVE, Decision, Pruning, candidates, plan, target
 from .progress import Progress
 from .records import TaskRecord, TaskResult
 from .session import Session, prepare
+from .taskfree import calibrate
 
 
 def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
@@ -105,6 +107,7 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         new = _freeze(t, name, decision, metrics)
     distributed.check_same_everywhere(
         world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
+    new.tasks[-1].temperature = _calibrate(new, task, data, device, progress)
     final = evaluate(new.model_for(task, device), data.test, device=device, world=world)
     new.tasks[-1].metrics["accuracy"] = final.accuracy
     return new, _result(new, decision, metrics, time.perf_counter() - started)
@@ -123,8 +126,19 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float],
         free_fraction=new.free_fraction, seconds=seconds, prune=decision.ratio,
         prune_reason=decision.reason,
         prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
-        skipped_images=int(metrics.get("skipped_images", 0)),
+        skipped_images=int(metrics.get("skipped_images", 0)), temperature=record.temperature,
     )
+
+
+def _calibrate(new: Pack, task: int, data: TaskData, device: torch.device,
+               progress: Progress) -> float | None:
+    """The new task's temperature for task-free inference, fitted on validation only (every
+    rank fits the same on the whole split); ``None`` without a validation split."""
+    if len(data.val) == 0:
+        progress.message("no validation split: the task is not calibrated for task-free "
+                         "inference (temperature 1)")
+        return None
+    return calibrate(new.model_for(task, device), data, device=device)
 
 
 def _check_new_task(pack: Pack, name: str, data: TaskData) -> None:

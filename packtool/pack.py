@@ -44,7 +44,7 @@ from .models import (
     native_input_size,
     new_head,
 )
-from .records import LayerCapacity, TaskRecord
+from .records import LayerCapacity, TaskRecord, format_version
 
 POLICIES = ("per_task", "frozen")
 #: How a new task's free weights start (they were released, and zeroed, by earlier tasks):
@@ -113,7 +113,8 @@ class Pack:
         The owner index (:func:`~packtool.method.check_owners`); once a task was added, every
         free weight is exactly zero (released weights are zero at rest, so fine-tuning can skip
         the mask multiply); task ``k`` is ``tasks[k-1]`` with ``index == k``; at most 255 tasks
-        with unique names; each head has one row per class.
+        with unique names; each head has one row per class; a temperature, where recorded, is a
+        positive finite number.
         """
         if len(self.tasks) > MAX_TASKS:
             raise ValueError(f"a pack holds at most {MAX_TASKS} tasks, this one {len(self.tasks)}")
@@ -129,6 +130,9 @@ class Pack:
             if rows != (len(record.classes),):
                 raise ValueError(f"task {record.name!r} has no head for its "
                                  f"{len(record.classes)} classes")
+            t = record.temperature
+            if t is not None and not (type(t) in (int, float) and 0 < t < math.inf):
+                raise ValueError(f"task {record.name!r} has an invalid temperature {t!r}")
         if len(set(self.task_names)) != len(self.tasks):
             raise ValueError("task names are not unique")
         for key, values in self.released.items():
@@ -247,9 +251,7 @@ class Pack:
 
     def private_state(self, record: TaskRecord) -> dict[str, Tensor]:
         """The task-private backbone state task ``record`` runs with."""
-        if self.policy == "frozen":
-            return self.tasks[0].private
-        return record.private
+        return self.tasks[0].private if self.policy == "frozen" else record.private
 
     # ---------------------------------------------------------------------------------------
     # Networks
@@ -380,9 +382,9 @@ class Pack:
         }
 
     def state(self) -> dict[str, Any]:
-        """The model file's content: plain values and CPU tensors, digest included (format
-        version 1 unless a task records how the planner chose its ratio)."""
-        version = 2 if any(t.planner_meta() for t in self.tasks) else 1
+        """The model file's content: plain values and CPU tensors, digest included, in the
+        oldest format version that holds the tasks' records (:func:`format_version`)."""
+        version = format_version(self.tasks)
         return model_file.encode({
             "meta": json.dumps(self.meta(), sort_keys=True),
             "shared": _to_cpu(self.shared),
@@ -439,9 +441,9 @@ class Pack:
 
 
 def _tensor_dict(obj: Any) -> dict[str, Tensor]:
-    if not is_tensor_dict(obj):
-        raise TypeError("expected a mapping of names to tensors")
-    return obj
+    if is_tensor_dict(obj):
+        return obj
+    raise TypeError("expected a mapping of names to tensors")
 
 
 def _to_cpu(d: Mapping[str, Tensor]) -> dict[str, Tensor]:

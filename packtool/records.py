@@ -24,6 +24,10 @@ class TaskRecord:
             leave room for more tasks) or ``tolerance`` (the largest within the tolerance).
         prune_search: for ``auto``, every candidate ratio and its validation accuracies
             (:class:`packtool.planner.Candidate`); empty otherwise.
+        temperature: the softmax temperature fitted on the task's validation split when it was
+            added (:func:`packtool.taskfree.fit_temperature`), so that task-free inference can
+            compare heads trained alone; ``None`` in files written before calibration (read as
+            1).
         hparams: training settings used.
         metrics: accuracies (fractions) before/after pruning and final, on the held-out split.
         created: ISO 8601 UTC time the task was added.
@@ -38,6 +42,7 @@ class TaskRecord:
     prune: float = 0.0
     prune_reason: str = "fixed"
     prune_search: list[dict[str, Any]] = field(default_factory=list)
+    temperature: float | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -50,7 +55,7 @@ class TaskRecord:
             "name": self.name, "index": self.index, "classes": list(self.classes),
             "data": self.data, "prune": self.prune, "hparams": self.hparams,
             "metrics": self.metrics, "created": self.created,
-            **self.planner_meta(),
+            **self.versioned_meta(),
         }
 
     @property
@@ -59,15 +64,31 @@ class TaskRecord:
         after the first under policy ``frozen``)."""
         return sum(v.numel() for part in (self.head, self.private) for v in part.values())
 
-    def planner_meta(self) -> dict[str, Any]:
-        """``prune_reason`` and ``prune_search`` where they say more than a fixed ratio (files
-        that hold them are format version 2; without them a record is as version 1 wrote it)."""
+    def versioned_meta(self) -> dict[str, Any]:
+        """The metadata that older formats cannot hold, where it says more than their defaults:
+        ``prune_reason`` and ``prune_search`` (format 2), ``temperature`` (format 3)."""
         found: dict[str, Any] = {}
         if self.prune_reason != "fixed":
             found["prune_reason"] = self.prune_reason
         if self.prune_search:
             found["prune_search"] = self.prune_search
+        if self.temperature is not None:
+            found["temperature"] = self.temperature
         return found
+
+    @property
+    def format_version(self) -> int:
+        """The oldest model file and archive format that holds this record: 1 without
+        :meth:`versioned_meta`, 2 with a planner's record, 3 with a temperature. Files are
+        written in the oldest version that holds them, so older packtools keep reading what
+        they can and refuse the rest as too new instead of misreading it."""
+        found = self.versioned_meta()
+        return 3 if "temperature" in found else 2 if found else 1
+
+
+def format_version(tasks: list[TaskRecord]) -> int:
+    """The format version of a model file or archive holding ``tasks``."""
+    return max((t.format_version for t in tasks), default=1)
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,7 @@ class TaskResult:
     prune_reason: str = "fixed"
     prune_search: list[dict[str, Any]] | None = None
     skipped_images: int = 0
+    temperature: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -142,7 +142,7 @@ def test_spec_rebuilds_a_task_with_plain_safetensors(mlp_pack, archive_file):
     with safe_open(str(archive_file), "np") as f:
         meta = f.metadata()
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    assert meta["format"] == "packtool.archive" and meta["format_version"] == "1"
+    assert meta["format"] == "packtool.archive" and meta["format_version"] == "3"
     k, bits = 2, int(meta["bits"])
     for key, shape in json.loads(meta["layers"]):
         n = math.prod(shape)

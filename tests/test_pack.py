@@ -73,7 +73,7 @@ def test_file_holds_only_tensors_and_plain_values(pack3, tmp_path):
     path = tmp_path / "model.pt"
     pack3.save(path)
     state = torch.load(path, weights_only=True)
-    assert state["format"] == "packtool.pack" and state["version"] == 1  # no planner records
+    assert state["format"] == "packtool.pack" and state["version"] == 3  # calibrated tasks
     assert json.loads(state["meta"])["tasks"][0]["name"] == "t1"
 
 
@@ -287,8 +287,8 @@ def test_model_selection_reads_validation_not_test(make_task):
     pack, result = add_task(pack, "t1", data, 0.5, config)
     # test: measured before pruning, after pruning and at the end - never per epoch
     assert data.test.reads == 3 * len(data.test)
-    # validation: every epoch of both phases, plus the post-prune starting point
-    assert data.val.reads == (3 + 2 + 1) * len(data.val)
+    # validation: every epoch of both phases, the post-prune starting point and calibration
+    assert data.val.reads == (3 + 2 + 1 + 1) * len(data.val)
     assert evaluate(pack.model_for("t1"), data.test).accuracy == result.accuracy
 
 

@@ -169,7 +169,8 @@ def test_auto_keeps_zero_forgetting_and_the_record():
     record = pack.tasks[1]
     assert record.prune == second.prune and record.prune_reason == second.prune_reason
     assert record.prune_search == second.prune_search and len(record.prune_search) == len(GRID)
-    assert pack.state()["version"] == FORMAT_VERSION == 2  # records of the planner: version 2
+    assert record.versioned_meta().keys() >= {"prune_reason", "prune_search"}
+    assert pack.state()["version"] == FORMAT_VERSION == 3  # with the temperature: version 3
     restored = archive_from_bytes(archive_bytes(pack))
     assert restored.tasks[1].prune_search == record.prune_search
 

@@ -9,7 +9,7 @@ the owner index bit-packed, every task's head and private state. For ``T`` tasks
 close to the information floor ``owned weights x 4 bytes + all prunable weights x b bits +
 heads + private state`` with ``b = ceil(log2(T + 1))``.
 
-Archive format (``pack.safetensors``, format version 1)
+Archive format (``pack.safetensors``, format version 3)
 -------------------------------------------------------
 One `safetensors <https://github.com/huggingface/safetensors>`_ file: an 8-byte little-endian
 header length, a JSON header, then the raw little-endian bytes of every tensor. No pickle, no
@@ -24,8 +24,9 @@ Metadata (the header's ``__metadata__``; every value is a string):
 key                     value
 ======================  ============================================================================
 ``format``              ``packtool.archive``; any other value (or none): not an archive
-``format_version``      ``1`` or ``2``; readers refuse a larger number. ``2`` when a task
-                        carries ``prune_reason``/``prune_search`` (how its ratio was chosen)
+``format_version``      ``1``, ``2`` or ``3``; readers refuse a larger number. ``2`` when a task
+                        carries ``prune_reason``/``prune_search`` (how its ratio was chosen),
+                        ``3`` when one carries ``temperature``
 ``packtool_version``    the packtool that wrote the file
 ``spec``                JSON ``{"arch", "input_size": [C, H, W], "kwargs", "mean", "std"}``: how
                         to build the network (a torchvision model name with ``weights=None`` and
@@ -39,7 +40,9 @@ key                     value
 ``tasks``               JSON list in index order; item ``k-1`` is task ``k``: ``{"name",
                         "index", "classes" (names in logit order), "data", "prune", "hparams",
                         "metrics", "created"}`` and, in version 2, ``"prune_reason"`` and
-                        ``"prune_search"`` where a task has them
+                        ``"prune_search"`` where a task has them; in version 3,
+                        ``"temperature"`` (a number: divide the task's logits by it before the
+                        softmax for task-free scores; absent means 1)
 ``layers``              JSON list ``[[L, shape], ...]`` of the prunable weights, in network order
 ``bits``                ``b``, owner-index bits per weight: ``ceil(log2(T + 1))``, 1..8
 ``float_dtype``         ``float32`` or ``float16``: how floating tensors are stored (``--half``);
@@ -112,7 +115,7 @@ from ..records import TaskRecord
 from .digest import tensor_bytes
 
 FORMAT = "packtool.archive"
-FORMAT_VERSION = 2  # the newest version this packtool reads and writes
+FORMAT_VERSION = 3  # the newest version this packtool reads and writes
 
 # safetensors' dtype codes: part of the checksum, so the spec does not depend on torch's names.
 DTYPE_CODES: dict[torch.dtype, str] = {

@@ -1,13 +1,13 @@
 """The model file, ``model.pt``: a pack's full training state.
 
-Format (format version 2)
+Format (format version 3)
 -------------------------
 A ``torch.save`` file of tensors and plain values only, read back with
 ``torch.load(weights_only=True)`` (no code can run on load), written atomically::
 
     {
       "format": "packtool.pack",        # marker: anything else is a foreign file
-      "version": 1 | 2,                 # format version; newer versions are refused
+      "version": 1 | 2 | 3,             # format version; newer versions are refused
       "meta": "<JSON string>",          # spec, policy, tasks' metadata (see Pack.meta())
       "shared":  {"<key>": float tensor},   # prunable weights by state_dict key
       "owners":  {"<key>": uint8 tensor},   # same shapes; 0 free, k task k
@@ -19,9 +19,12 @@ A ``torch.save`` file of tensors and plain values only, read back with
     }
 
 Version 2 adds two optional keys to a task's metadata, ``prune_reason`` and ``prune_search``
-(how its prune ratio was decided, see :class:`packtool.records.TaskRecord`). A file is written as
-version 1 when no task has them, so packtool 0.1.0 reads it, and as version 2 otherwise, which
-0.1.0 refuses as too new instead of misreading.
+(how its prune ratio was decided); version 3 adds ``temperature`` (the task's softmax
+temperature fitted on validation, for task-free inference); see
+:class:`packtool.records.TaskRecord`. A file is written in the oldest version that holds its
+records (:func:`packtool.records.format_version`): version 1 when no task has these keys, so
+packtool 0.1.0 reads it; a packtool that knows an older version refuses a newer file as too new
+instead of misreading it.
 
 This module checks the file layer (marker, version, digest); what the content must satisfy
 (owners uint8 and shaped like the weights, no owner beyond the task count, task ``k`` at
@@ -46,7 +49,7 @@ from ..fileio import atomic_write, load_weights_only
 from .digest import digest
 
 FORMAT = "packtool.pack"
-FORMAT_VERSION = 2  # the newest version this packtool reads and writes
+FORMAT_VERSION = 3  # the newest version this packtool reads and writes
 
 
 def encode(content: Mapping[str, Any], version: int = FORMAT_VERSION) -> dict[str, Any]:
