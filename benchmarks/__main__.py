@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import architectures, cost, quality, throughput
+from . import architectures, cost, quality, taskfree, throughput
 from .common import machine
 
-PARTS = {"quality": quality, "cost": cost, "architectures": architectures,
-         "throughput": throughput}
+PARTS = {"quality": quality, "taskfree": taskfree, "cost": cost,
+         "architectures": architectures, "throughput": throughput}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,10 +178,12 @@ def _tensors(dataset: Any, perm: torch.Tensor | None) -> TensorDataset:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
-                seed: int, ratio: float | str, free_init: str = FREE_INITS[0]) -> SequenceRun:
-    """packtool's PackNet: ``ratio`` (a number, or ``auto``: the planner at its defaults) for
-    every task but the last, which keeps the rest (0)."""
+def build_pack(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
+               seed: int, ratio: float | str, free_init: str = FREE_INITS[0]
+               ) -> tuple[Pack, list[float]]:
+    """packtool's PackNet on the sequence: ``ratio`` (a number, or ``auto``: the planner at its
+    defaults) for every task but the last, which keeps the rest (0). Returns the pack and each
+    task's held-out accuracy right after it was frozen."""
     pack = Pack.create(seq.arch, seq.input_size, kwargs=seq.kwargs, seed=seed,
                        free_init=free_init)
     just = []
@@ -192,7 +194,14 @@ def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainCo
                                    "permutation": task.permutation})
         prune = ratio if k < len(tasks) - 1 else 0.0
         pack, result = add_task(pack, task.name, task_data, prune, config)
-        just.append(result.accuracy)  # the held-out accuracy right after the task was frozen
+        just.append(result.accuracy)
+    return pack, just
+
+
+def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
+                seed: int, ratio: float | str, free_init: str = FREE_INITS[0]) -> SequenceRun:
+    """:func:`build_pack`, measured: final accuracies and the values stored."""
+    pack, just = build_pack(seq, tasks, config, seed, ratio, free_init)
     final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
     stored = sum(w.numel() for w in pack.shared.values()) + sum(
         v.numel()

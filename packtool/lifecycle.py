@@ -10,7 +10,8 @@
    zero them (:func:`_prune`);
 4. **fine-tune** the kept weights for ``config.finetune_epochs`` (:func:`_phase` again);
 5. **freeze**: a new pack holding the old tasks and this one (:func:`_freeze`), its head's
-   softmax temperature fitted on validation for task-free inference (:func:`_calibrate`).
+   softmax temperature fitted on validation for task-free inference
+   (:func:`packtool.taskfree.calibrate`).
 
 Old tasks' biases, norm statistics and heads live in their task records and are never loaded
 into the network being trained, so they cannot drift; their weights are restored after every
@@ -107,7 +108,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         new = _freeze(t, name, decision, metrics)
     distributed.check_same_everywhere(
         world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
-    new.tasks[-1].temperature = _calibrate(new, task, data, device, progress)
+    # Every rank fits the same temperature on the whole validation split (never on test).
+    new.tasks[-1].temperature = calibrate(new.model_for(task, device), data, device=device)
     final = evaluate(new.model_for(task, device), data.test, device=device, world=world)
     new.tasks[-1].metrics["accuracy"] = final.accuracy
     return new, _result(new, decision, metrics, time.perf_counter() - started)
@@ -128,17 +130,6 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float],
         prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
         skipped_images=int(metrics.get("skipped_images", 0)), temperature=record.temperature,
     )
-
-
-def _calibrate(new: Pack, task: int, data: TaskData, device: torch.device,
-               progress: Progress) -> float | None:
-    """The new task's temperature for task-free inference, fitted on validation only (every
-    rank fits the same on the whole split); ``None`` without a validation split."""
-    if len(data.val) == 0:
-        progress.message("no validation split: the task is not calibrated for task-free "
-                         "inference (temperature 1)")
-        return None
-    return calibrate(new.model_for(task, device), data, device=device)
 
 
 def _check_new_task(pack: Pack, name: str, data: TaskData) -> None:

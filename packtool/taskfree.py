@@ -195,7 +195,7 @@ def collect_logits(models: Sequence[nn.Module], dataset: Dataset, *, batch_size:
 
 
 @dataclass(frozen=True)
-class TestLogits:
+class SplitLogits:
     """One task's test split seen by every task's network: ``logits[k]`` ``[N, C_k]``."""
 
     task: str
@@ -204,8 +204,8 @@ class TestLogits:
     labels: Tensor
 
 
-def test_logits(pack: Pack, *, root: str | os.PathLike | None = None, batch_size: int = 256,
-                device: str | torch.device = "auto") -> list[TestLogits]:
+def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_size: int = 256,
+                device: str | torch.device = "auto") -> list[SplitLogits]:
     """Every task's test split through every task's network (each network built once)."""
     if not pack.tasks:
         raise TaskError("the pack has no tasks to evaluate yet; add one first")
@@ -215,7 +215,7 @@ def test_logits(pack: Pack, *, root: str | os.PathLike | None = None, batch_size
     for record in pack.tasks:
         test = pack.task_data(record.name, root=root).test
         logits, labels = collect_logits(models, test, batch_size=batch_size, device=dev)
-        table.append(TestLogits(record.name, record.index, logits, labels))
+        table.append(SplitLogits(record.name, record.index, logits, labels))
     return table
 
 
@@ -243,10 +243,10 @@ class TaskFreeEvaluation:
         return asdict(self)
 
 
-def score_task_free(table: Sequence[TestLogits], temperatures: Sequence[float], *,
+def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float], *,
                     group: int = 1, score: str = DEFAULT_SCORE, seed: int = 0
                     ) -> list[TaskFreeEvaluation]:
-    """Task-free accuracy from :func:`test_logits`.
+    """Task-free accuracy from :func:`logits_table`.
 
     Each test split is shuffled with ``seed`` and cut into groups of ``group`` images (the last
     one smaller if ``group`` does not divide it); each group gets one task by its summed scores.
@@ -285,7 +285,7 @@ def evaluate_task_free(pack: Pack, *, group: int = 1, score: str = DEFAULT_SCORE
     check_score(score)
     if group < 1:
         raise TaskError(f"group must be at least 1, got {group}")
-    table = test_logits(pack, root=root, batch_size=batch_size, device=device)
+    table = logits_table(pack, root=root, batch_size=batch_size, device=device)
     temperatures = temperatures_of(pack) if calibrated else [1.0] * len(pack.tasks)
     return score_task_free(table, temperatures, group=group, score=score, seed=seed)
 

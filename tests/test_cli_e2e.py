@@ -34,11 +34,12 @@ def test_add_task_reports_contract_keys_and_default_names(packed):
     _, reports = packed
     keys = {"task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
             "weights_owned", "free_fraction", "seconds", "prune", "prune_reason",
-            "skipped_images"}
+            "skipped_images", "temperature"}
     for k, (report, (_, prune, name)) in enumerate(zip(reports, TASKS), start=1):
         assert set(report) == keys  # prune_search only with --prune auto
         assert report["task"] == name and report["index"] == k
         assert report["prune"] == float(prune) and report["prune_reason"] == "fixed"
+        assert 0.05 <= report["temperature"] <= 20  # calibrated on validation
         for key in ("accuracy", "accuracy_before_prune", "accuracy_after_prune"):
             assert 0.0 <= report[key] <= 1.0
     assert reports[0]["accuracy"] > 0.5  # two digits are easy even after two epochs
@@ -69,8 +70,9 @@ def test_info_counts_follow_the_prune_ratios(packed):
     free = {"1": 32 * 64, "3": 32 * 32}  # per layer, exact counts: round(ratio * free) released
     for row, (_, prune, name), report in zip(doc["tasks"], TASKS, reports):
         assert set(row) == {"task", "index", "classes", "weights_owned", "private_values",
-                            "data", "prune", "prune_reason", "prune_search"}
+                            "data", "prune", "prune_reason", "prune_search", "temperature"}
         assert row["prune"] == prune and row["prune_reason"] == "fixed"
+        assert row["temperature"] == report["temperature"]
         assert row["prune_search"] == []
         classes = len(row["classes"])
         assert row["private_values"] == 64 + 32 * classes + classes  # + its head
@@ -237,3 +239,38 @@ def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
     table = ok("add-task", model, "--data", "digits", "--classes", "5-9", "--prune", "auto",
                *FAST).stdout
     assert "Prune search (validation accuracy)" in table and "chosen" in table
+
+
+def test_eval_task_free_and_predict_auto(packed, tmp_path):
+    """Issue 15 through the command line: eval --task-free (per image and per group) and
+    predict --task auto from model.pt and its archive."""
+    model, reports = packed
+    doc = ok_json("eval", model, "--task-free", "--group", "4")
+    assert set(doc) == {"group", "task_score", "uncalibrated", "tasks", "mean"}
+    assert doc["group"] == 4 and doc["task_score"] == "entropy" and doc["uncalibrated"] == []
+    for row, report in zip(doc["tasks"], reports):
+        assert set(row) == {"task", "index", "samples", "groups", "task_accuracy", "accuracy",
+                            "oracle_accuracy"}
+        assert row["task"] == report["task"] and row["oracle_accuracy"] == report["accuracy"]
+        assert row["groups"] == -(-row["samples"] // 4)
+        assert row["accuracy"] <= min(row["oracle_accuracy"], row["task_accuracy"]) + 1e-12
+    text = ok("eval", model, "--task-free", "--task-score", "max-prob").stdout
+    assert "task identified" in text and "mean" in text
+
+    archive = tmp_path / "pack.safetensors"
+    ok("export", model, "--archive", archive)
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"d{i}.png")
+        _png(images[-1], np.roll(np.eye(8), i, 1) * 255)
+    for source in (model, archive):
+        pred = ok_json("predict", source, "--task", "auto", *images, "--top", "1")
+        assert set(pred) == {"task", "provider", "predictions", "task_score"}
+        assert pred["task"] is None
+        for item in pred["predictions"]:
+            assert set(item) == {"image", "top", "task", "task_margin"}
+            assert item["task"] in [t[2] for t in TASKS] and item["task_margin"] >= 0
+    group = ok_json("predict", archive, "--task", "auto", "--same-task", *images)
+    assert group["task"] in [t[2] for t in TASKS]
+    assert {item["task"] for item in group["predictions"]} == {group["task"]}
+    assert "margin" in ok("predict", archive, "--task", "auto", images[0]).stdout

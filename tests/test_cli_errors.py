@@ -349,3 +349,27 @@ def test_os_errors_are_one_line(model, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     line = fails_unchanged(model, "export", model, "--all", "--out", tmp_path / "file" / "out")
     assert line == f"Error: Not a directory: {tmp_path / 'file' / 'out'}"
+
+
+def test_task_free_usage_errors(model, tmp_path):
+    fails_unchanged(model, "eval", model, "--task-free", "--group", "0", code=2, match="--group")
+    fails_unchanged(model, "eval", model, "--task-free", "--task-score", "loudest", code=2,
+                    match="--task-score")
+    fails_unchanged(model, "eval", model, "--task-free", "--all", code=2, match="--task-free")
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    fails_unchanged(model, "predict", model, "--task-score", "loudest", "--task", "auto", image,
+                    code=2, match="--task-score")
+    fails_unchanged(model, "predict", model, "--same-task", image, code=2, match="--same-task")
+
+
+def test_task_auto_on_a_single_task_onnx(model, tmp_path):
+    from PIL import Image
+
+    onnx = tmp_path / "one.onnx"
+    ok("export", model, "--task", "digits-0-1", "--out", onnx)
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8)).save(image)
+    fails_unchanged(model, "predict", onnx, "--task", "auto", image,
+                    match="single task 'digits-0-1'")
+    assert "Error" not in ok("predict", model, "--task", "auto", image).stderr

@@ -1,6 +1,6 @@
 """Files written by earlier packtools keep loading: the fixtures in ``tests/formats/`` were
 written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make_v1.py) and at
-commit cb09c2d (model file and archive format 2; make_v2.py)."""
+commit cb09c2d (model file and archive format 2; make_v2.py), and with format 3 (make_v3.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from formats.make_v1 import CONFIG, Task
 
-from packtool import Pack, add_task
+from packtool import Pack, add_task, load
 from packtool.exporters import read_archive
 from packtool.formats.checkpoint import Checkpoint
 from packtool.method import Phase
@@ -108,4 +108,42 @@ def test_v2_model_file_and_archive_keep_the_planner_record_and_save_unchanged(tm
     old = torch.load(FORMATS / "lenet-auto-v2.pt", weights_only=True)
     new = torch.load(tmp_path / "again.pt", weights_only=True)
     assert new["version"] == old["version"] == 2
+    assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
+
+
+def test_files_without_temperatures_serve_task_free_at_temperature_1(tmp_path):
+    """Formats 1 and 2 have no temperatures: every task counts as 1, and info says so."""
+    import numpy as np
+    from cli_helpers import ok
+    from PIL import Image
+
+    from packtool.exporters import predict
+    from packtool.taskfree import temperatures_of
+
+    for name in ("lenet-2tasks.pt", "lenet-2tasks.safetensors", "lenet-auto-v2.pt"):
+        pack = load(FORMATS / name)
+        assert [t.temperature for t in pack.tasks] == [None, None]
+        assert temperatures_of(pack) == [1.0, 1.0]
+    image = tmp_path / "x.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(image)
+    result = predict(FORMATS / "lenet-2tasks.safetensors", [image], task="auto")
+    assert result.predictions[0]["task"] in ("first", "second")
+    text = ok("info", FORMATS / "lenet-auto-v2.pt").stdout
+    assert "1 (not calibrated)" in text and "temperature 1" in text
+
+
+def test_v3_model_file_and_archive_keep_their_temperatures_and_save_unchanged(tmp_path):
+    """Format 3 (make_v3.py): calibrated tasks."""
+    pack = Pack.load(FORMATS / "lenet-calibrated-v3.pt")
+    archive = read_archive(FORMATS / "lenet-calibrated-v3.safetensors")
+    temperatures = [t.temperature for t in pack.tasks]
+    assert all(isinstance(t, float) and t > 0 for t in temperatures)
+    assert [t.temperature for t in archive.tasks] == temperatures
+    expected = _outputs(pack)
+    for name, out in _outputs(archive).items():
+        assert torch.equal(out, expected[name])
+    pack.save(tmp_path / "again.pt")
+    old = torch.load(FORMATS / "lenet-calibrated-v3.pt", weights_only=True)
+    new = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert new["version"] == old["version"] == 3
     assert new["digest"] == old["digest"] and new["meta"] == old["meta"]

@@ -1,0 +1,224 @@
+"""Task-free inference (issue 15): temperatures fitted on validation only, the task scores, the
+choice of task per image and per group, and the temperature through every file format."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_task
+from PIL import Image
+from torch.utils.data import Dataset
+
+from packtool import (
+    DataError,
+    Pack,
+    PackFormatError,
+    TaskError,
+    TrainConfig,
+    add_task,
+    calibrate,
+    fit_temperature,
+    identify,
+    task_scores,
+)
+from packtool.exporters import TaskMetadata, archive_bytes, archive_from_bytes, predict, task_onnx
+from packtool.formats import model_file
+from packtool.taskfree import SplitLogits, collect_logits, score_task_free, temperatures_of
+
+CONFIG = TrainConfig(epochs=4, finetune_epochs=1, lr=0.05, device="cpu")
+
+
+class Unreadable(Dataset):
+    """A split that fails the moment anything reads it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        raise AssertionError("the test split was read")
+
+
+@pytest.fixture(scope="module")
+def two_tasks():
+    """Two synthetic tasks with different inputs (own class patterns), mlp 2x32."""
+    tasks = [synthetic_task(4, seed=s, n=240) for s in (2, 3)]
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 32})
+    pack, _ = add_task(pack, "a", tasks[0], 0.5, CONFIG)
+    pack, _ = add_task(pack, "b", tasks[1], 0.0, CONFIG)
+    return pack, tasks
+
+
+def _table(pack, tasks):
+    models = [pack.model_for(t.name) for t in pack.tasks]
+    table = []
+    for record, data in zip(pack.tasks, tasks):
+        logits, labels = collect_logits(models, data.test)
+        table.append(SplitLogits(record.name, record.index, logits, labels))
+    return table
+
+
+# -- calibration --------------------------------------------------------------------------------
+
+
+def test_temperature_recovers_the_scale_that_made_the_labels():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 5, generator=g) * 3
+    labels = torch.multinomial(torch.softmax(logits / 2.0, 1), 1, generator=g)[:, 0]
+    assert fit_temperature(logits, labels) == pytest.approx(2.0, rel=0.1)
+    assert fit_temperature(logits * 4, labels) == pytest.approx(8.0, rel=0.1)
+
+
+def test_separable_validation_keeps_a_finite_temperature():
+    """Perfectly separated labels push the likelihood's optimum to T -> 0; the prior stops it
+    inside the searched range, and the same input always gives the same temperature."""
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]]).repeat(20, 1)
+    labels = torch.tensor([0, 1]).repeat(20)
+    t = fit_temperature(logits, labels)
+    assert 0.05 < t < 1 and fit_temperature(logits, labels) == t
+    with pytest.raises(DataError, match="cannot fit a temperature"):
+        fit_temperature(logits, labels[:3])
+
+
+def test_calibration_reads_validation_never_test(monkeypatch):
+    """add-task fits the temperature with the test split unreadable; the value is the one the
+    validation split gives."""
+    import packtool.lifecycle as lifecycle
+
+    fitted = []
+
+    def validation_only(model, data, **kwargs):
+        saved, data.test = data.test, Unreadable(len(data.test))
+        try:
+            fitted.append(calibrate(model, data, **kwargs))
+        finally:
+            data.test = saved
+        return fitted[-1]
+
+    monkeypatch.setattr(lifecycle, "calibrate", validation_only)
+    data = synthetic_task(3, seed=0)
+    pack, result = add_task(Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}), "t", data,
+                            0.5, CONFIG)
+    assert fitted == [result.temperature] and pack.tasks[0].temperature == result.temperature
+    data.test = Unreadable(len(data.test))
+    assert calibrate(pack.model_for("t"), data) == result.temperature
+
+
+# -- scores and choice --------------------------------------------------------------------------
+
+
+def test_scores_prefer_the_sure_head_and_groups_sum_them():
+    sure = torch.tensor([[8.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    unsure = torch.tensor([[0.1, 0.0], [4.0, 0.0]])
+    for score in ("entropy", "max-prob", "energy"):
+        scores = task_scores([sure, unsure], [1.0, 1.0], score)
+        assert scores.shape == (2, 2)
+        assert identify(scores).task.tolist() == [0, 1]
+    scores = task_scores([sure, unsure], [1.0, 1.0], "entropy")
+    assert scores[1, 0] == pytest.approx(-1.0)  # a uniform head: normalized entropy 1
+    chosen = identify(scores, torch.tensor([0, 0]))  # one group: one task for both
+    assert chosen.task.tolist() == [0, 0]
+    assert torch.allclose(chosen.margin, (scores[:, 0] - scores[:, 1]).sum().expand(2))
+    # A temperature flattens a head: the sure head at T=100 is no longer the surer one.
+    assert identify(task_scores([sure, unsure], [100.0, 1.0], "max-prob")).task[0] == 1
+    assert math.isnan(float(identify(scores[:, :1]).margin[0]))  # one task: no runner-up
+
+
+def test_unknown_score_and_bad_group_are_refused(two_tasks):
+    pack, tasks = two_tasks
+    with pytest.raises(TaskError, match="unknown task score 'loudest'"):
+        task_scores([torch.zeros(1, 2)], [1.0], "loudest")
+    with pytest.raises(TaskError, match="group must be at least 1"):
+        score_task_free(_table(pack, tasks), temperatures_of(pack), group=0)
+
+
+def test_tasks_with_different_inputs_are_identified(two_tasks):
+    pack, tasks = two_tasks
+    table = _table(pack, tasks)
+    per_image = score_task_free(table, temperatures_of(pack))
+    assert [r.task for r in per_image] == ["a", "b"]
+    assert min(r.task_accuracy for r in per_image) >= 0.85
+    groups = score_task_free(table, temperatures_of(pack), group=8)
+    assert all(r.task_accuracy == 1.0 for r in groups)
+    assert [r.groups for r in groups] == [math.ceil(r.samples / 8) for r in groups]
+    for r in groups:  # the task is always right: no accuracy lost to the missing task id
+        assert r.accuracy == r.oracle_accuracy
+
+
+def test_chosen_class_is_the_single_task_prediction(two_tasks):
+    pack, tasks = two_tasks
+    table = _table(pack, tasks)
+    for split in table:
+        chosen = identify(task_scores(split.logits, temperatures_of(pack))).task
+        for i, k in enumerate(chosen.tolist()):
+            single = pack.model_for(pack.tasks[k].name)(tasks[split.index - 1].test[i][0][None])
+            assert int(single.argmax()) == int(split.logits[k][i].argmax())
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def test_temperature_survives_save_load_archive_and_onnx(two_tasks, tmp_path):
+    pack, _ = two_tasks
+    expected = temperatures_of(pack)
+    assert all(t is not None for t in (r.temperature for r in pack.tasks))
+    pack.save(tmp_path / "m.pt")
+    assert temperatures_of(Pack.load(tmp_path / "m.pt")) == expected
+    assert temperatures_of(archive_from_bytes(archive_bytes(pack))) == expected
+    assert temperatures_of(archive_from_bytes(archive_bytes(pack, half=True))) == expected
+    props = {p.key: p.value for p in task_onnx(pack, "b").metadata_props}
+    assert TaskMetadata.from_props(props).temperature == expected[1]
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan"), "2", True])
+def test_invalid_temperature_is_refused(two_tasks, bad):
+    pack, _ = two_tasks
+    state = pack.state()
+    meta = json.loads(state["meta"])
+    meta["tasks"][0]["temperature"] = bad
+    content = {k: v for k, v in state.items() if k not in ("format", "version", "digest")}
+    content["meta"] = json.dumps(meta)
+    with pytest.raises(PackFormatError, match="temperature"):
+        Pack.from_state(model_file.encode(content), "m.pt")
+
+
+def test_predict_auto_matches_pytorch_choice(two_tasks, tmp_path):
+    """predict --task auto from a model.pt and from its archive: the task the PyTorch scores
+    choose, the single-task prediction of that task."""
+    pack, tasks = two_tasks
+    pack.save(tmp_path / "m.pt")
+    (tmp_path / "a.safetensors").write_bytes(archive_bytes(pack))
+    images, inputs = [], []
+    for j, data in enumerate(tasks):
+        for i in range(3):
+            x = data.test[i][0]
+            pixels = np.clip(np.round((x[0].numpy() * pack.spec.std[0] + pack.spec.mean[0])
+                                      * 255), 0, 255).astype(np.uint8)
+            path = tmp_path / f"t{j}-{i}.png"
+            Image.fromarray(pixels).save(path)
+            images.append(path)
+            inputs.append(pack.preprocess.load_image(path))
+    x = torch.stack(inputs)
+    with torch.no_grad():
+        logits = [pack.model_for(t.name)(x) for t in pack.tasks]
+    chosen = identify(task_scores(logits, temperatures_of(pack))).task.tolist()
+    for source in (tmp_path / "m.pt", tmp_path / "a.safetensors"):
+        result = predict(source, images, task="auto", top=1)
+        assert result.task is None and result.task_score == "entropy"
+        names = [p["task"] for p in result.predictions]
+        assert names == [pack.tasks[k].name for k in chosen]
+        for p, k, z in zip(result.predictions, chosen, torch.stack(
+                [logits[k][i] for i, k in enumerate(chosen)])):
+            assert p["top"][0]["class"] == pack.tasks[k].classes[int(z.argmax())]
+            assert p["task_margin"] > 0 or p["task_margin"] == 0
+    group = predict(tmp_path / "m.pt", images[:3], task="auto", same_task=True,
+                    task_score="max-prob")
+    assert group.task in pack.task_names
+    assert {p["task"] for p in group.predictions} == {group.task}
+    assert len({p["task_margin"] for p in group.predictions}) == 1
