@@ -101,6 +101,7 @@ def test_every_task_matches_pytorch(pack, tmp_path):
             "packtool.std": json.dumps(list(pack.spec.std)),
             "packtool.version": pack.meta()["packtool_version"],
             "packtool.source_sha256": "ab" * 32,
+            "packtool.temperature": repr(record.temperature),
         }
         (inp,), (out,) = model.graph.input, model.graph.output
         assert (inp.name, out.name) == ("input", "logits")
