@@ -16,7 +16,6 @@ import click
 from packtool import (
     AUTO,
     DATASETS,
-    DEFAULT_SCORE,
     FREE_INITS,
     OPTIMIZERS,
     POLICIES,
@@ -26,6 +25,7 @@ from packtool import (
     __version__,
     add_task_to_file,
     create_file,
+    default_score,
     evaluate_task_free,
     evaluate_tasks,
     exporters,
@@ -219,12 +219,13 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
                    "identified, and the class accuracy without it.")
 @click.option("--group", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="With --task-free: identify the task of groups of N images of one task.")
-@click.option("--task-score", type=click.Choice(SCORES), default=DEFAULT_SCORE,
-              show_default=True, help="With --task-free: how a task's confidence is scored.")
+@click.option("--task-score", type=click.Choice(SCORES),
+              help="With --task-free: how tasks are scored [default: mahalanobis where every "
+                   "task has feature statistics, else entropy].")
 @params.json_option
 def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None,
           classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
-          plot: str | None, task_free: bool, group: int, task_score: str,
+          plot: str | None, task_free: bool, group: int, task_score: str | None,
           as_json: bool) -> None:
     """Re-evaluate tasks on their held-out test split.
 
@@ -255,6 +256,7 @@ def _eval_task_free(pack: Pack, tasks: tuple[str, ...], all_tasks: bool, data: s
     if tasks or all_tasks or data or plot:
         raise click.UsageError("--task-free serves every task on its own test split: it takes "
                                "no --task, --all, --data or --plot")
+    settings["score"] = settings["score"] or default_score(pack)
     rows = evaluate_task_free(pack, **settings)
     doc = render.task_free_doc(rows, pack, group=settings["group"], score=settings["score"])
     if as_json:
@@ -390,13 +392,14 @@ def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, o
 @click.option("--same-task", is_flag=True,
               help="With --task auto: the IMAGEs come from one task, chosen by their summed "
                    "scores.")
-@click.option("--task-score", type=click.Choice(SCORES), default=DEFAULT_SCORE,
-              show_default=True, help="With --task auto: how a task's confidence is scored.")
+@click.option("--task-score", type=click.Choice(SCORES),
+              help="With --task auto: how tasks are scored [default: mahalanobis where every "
+                   "task has feature statistics, else entropy].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
               help="How many classes to show per image.")
 @params.json_option
 def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
-            task_score: str, top: int, as_json: bool) -> None:
+            task_score: str | None, top: int, as_json: bool) -> None:
     """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt)."""
     if same_task and name != AUTO:
         raise click.UsageError("--same-task needs --task auto")

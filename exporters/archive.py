@@ -94,6 +94,10 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
             tensors[f"head/{record.index}/{name}"] = store(f"head of {record.name}", value)
         for name, value in record.private.items():
             tensors[f"private/{record.index}/{name}"] = store(f"private {name}", value)
+        for name, value in record.feature_stats.items():
+            tensors[f"features/{record.index}/{name}"] = (
+                value.detach().cpu().float().contiguous() if name == "scale"  # may pass 65504
+                else store(f"feature statistics of {record.name}", value))
     spec = pack.spec
     metadata = {
         "format": FORMAT,

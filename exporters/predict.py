@@ -23,10 +23,10 @@ import torch
 from packtool.data import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskError
 from packtool.formats.sniff import is_pack_file, load
-from packtool.taskfree import DEFAULT_SCORE, check_score, identify, task_scores
+from packtool.taskfree import check_score, default_score, identify, task_scores
 
 from .onnx import TaskMetadata, task_onnx
-from .runtime import infer, provider_of, session, softmax
+from .runtime import infer_all, provider_of, session, softmax
 
 BATCH_SIZE = 32  # images per onnxruntime call
 AUTO = "auto"  # the task name that asks predict to choose the task
@@ -67,7 +67,7 @@ class _Runner:
 
 def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
-            task_score: str = DEFAULT_SCORE) -> PredictResult:
+            task_score: str | None = None) -> PredictResult:
     """Classify ``images`` with one task of an exported ``.onnx`` or a pack file, or let
     ``task="auto"`` choose the task.
 
@@ -82,23 +82,26 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
         top: how many classes to report per image (clamped to the number of classes).
         same_task: with ``auto``, the images come from one task: it is chosen by their summed
             scores.
-        task_score: ``entropy``, ``max-prob`` or ``energy`` (:mod:`packtool.taskfree`).
+        task_score: ``entropy``, ``max-prob``, ``energy`` or ``mahalanobis``
+            (:mod:`packtool.taskfree`); default :func:`packtool.taskfree.default_score`.
 
     Returns:
         softmax probabilities of the ``top`` most likely classes per image.
     """
     if top < 1:
         raise PackToolError(f"top must be at least 1, got {top}")
-    check_score(task_score)
+    if task_score is not None:
+        check_score(task_score)
     if same_task and task != AUTO:
         raise TaskError("same_task needs task 'auto'")
-    runners = _runners(Path(source), task)
-    logits = _logits(runners, images, str(source))
+    runners, task_score = _runners(Path(source), task, task_score)
+    logits, distances = _outputs(runners, images, str(source))
     if task != AUTO:
         return PredictResult(runners[0].meta.task, provider_of(runners[0].session),
                              _predictions(images, runners, logits, [0] * len(images), top))
     temperatures = [1.0 if r.meta.temperature is None else r.meta.temperature for r in runners]
-    scores = task_scores([torch.from_numpy(z) for z in logits], temperatures, task_score)
+    scores = task_scores([torch.from_numpy(z) for z in logits], temperatures, task_score,
+                         [torch.from_numpy(d) for d in distances])
     chosen = identify(scores, torch.zeros(len(images), dtype=torch.long) if same_task else None)
     choice = chosen.task.tolist()
     predictions = _predictions(images, runners, logits, choice, top, named=True)
@@ -108,8 +111,10 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
                          provider_of(runners[0].session), predictions, task_score)
 
 
-def _runners(source: Path, task: str | None) -> list[_Runner]:
-    """The tasks to run: the ``.onnx`` file's one, or a pack file's named one (all for auto)."""
+def _runners(source: Path, task: str | None, score: str | None
+             ) -> tuple[list[_Runner], str | None]:
+    """The tasks to run: the ``.onnx`` file's one, or a pack file's named one (all for auto),
+    and the task score (``score``, or the pack's default)."""
     if not source.is_file():
         raise PackToolError(f"{source} does not exist")
     if not is_pack_file(source):
@@ -120,7 +125,7 @@ def _runners(source: Path, task: str | None) -> list[_Runner]:
                             "a pack file (an archive or a model.pt) with the tasks to choose from")
         if task is not None and task != meta.task:
             raise TaskError(f"{source} holds task {meta.task!r}, not {task!r}")
-        return [_Runner(meta, sess)]
+        return [_Runner(meta, sess)], score
     pack = load(source)
     if not pack.tasks:
         raise TaskError(f"{source} has no tasks yet; add one with `packtool add-task`")
@@ -129,32 +134,34 @@ def _runners(source: Path, task: str | None) -> list[_Runner]:
                         "`task` (or `auto`)")
     runners = []
     for name in pack.task_names if task == AUTO else [pack.task(task).name]:
-        proto = task_onnx(pack, name)
+        proto = task_onnx(pack, name, task_free=task == AUTO)
         meta = TaskMetadata.from_props({p.key: p.value for p in proto.metadata_props},
                                        str(source))
         runners.append(_Runner(meta, session(proto.SerializeToString())))
-    return runners
+    return runners, score or default_score(pack)
 
 
-def _logits(runners: list[_Runner], images: Sequence[str | os.PathLike],
-            source: str) -> list[np.ndarray]:
-    """Every runner's logits on every image, ``[N, classes]`` each; each image is read once
-    per distinct preprocessing."""
-    out: list[list[np.ndarray]] = [[] for _ in runners]
+def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike],
+             source: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (empty for a
+    single-task graph) on every image; each image is read once per distinct preprocessing."""
+    logits: list[list[np.ndarray]] = [[] for _ in runners]
+    distances: list[list[np.ndarray]] = [[] for _ in runners]
     for start in range(0, len(images), BATCH_SIZE):
         paths = images[start:start + BATCH_SIZE]
         inputs: dict[Preprocess, np.ndarray] = {}
-        for runner, chunks in zip(runners, out):
+        for k, runner in enumerate(runners):
             prep = runner.meta.preprocess
             if prep not in inputs:
                 inputs[prep] = torch.stack([prep.load_image(p) for p in paths]).numpy()
-            logits = infer(runner.session, inputs[prep])
-            if logits.ndim != 2 or logits.shape[1] != len(runner.meta.classes):
+            first, *rest = infer_all(runner.session, inputs[prep])
+            if first.ndim != 2 or first.shape[1] != len(runner.meta.classes):
                 raise PackFormatError(
-                    f"{source} outputs shape {list(logits.shape)} for task "
+                    f"{source} outputs shape {list(first.shape)} for task "
                     f"{runner.meta.task!r}, expected [batch, {len(runner.meta.classes)}]")
-            chunks.append(logits)
-    return [np.concatenate(chunks) for chunks in out]
+            logits[k].append(first)
+            distances[k].append(rest[0] if rest else np.empty(0, np.float32))
+    return [np.concatenate(z) for z in logits], [np.concatenate(d) for d in distances]
 
 
 def _predictions(images: Sequence[str | os.PathLike], runners: list[_Runner],

@@ -58,8 +58,13 @@ def provider_of(sess: ort.InferenceSession) -> str:
 
 def infer(sess: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
     """Run the session's single input -> first output: float32 ``[N, ...]`` -> ``[N, ...]``."""
+    return infer_all(sess, inputs)[0]
+
+
+def infer_all(sess: ort.InferenceSession, inputs: np.ndarray) -> list[np.ndarray]:
+    """Run the session's single input -> every output, in the graph's order."""
     name = sess.get_inputs()[0].name
-    return sess.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
+    return sess.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -49,11 +49,11 @@ from .progress import Progress
 from .records import LayerCapacity, TaskRecord, TaskResult
 from .report import plot_accuracy, plot_capacity
 from .taskfree import (
-    DEFAULT_SCORE,
     SCORES,
     Identification,
     TaskFreeEvaluation,
     calibrate,
+    default_score,
     evaluate_task_free,
     fit_temperature,
     identify,
@@ -63,7 +63,6 @@ from .taskfree import (
 __all__ = [
     "AUTO",
     "DATASETS",
-    "DEFAULT_SCORE",
     "FREE_INITS",
     "OPTIMIZERS",
     "POLICIES",
@@ -100,6 +99,7 @@ __all__ = [
     "bake",
     "calibrate",
     "create_file",
+    "default_score",
     "evaluate",
     "evaluate_task_free",
     "evaluate_tasks",

@@ -9,9 +9,9 @@
 3. **prune**: release ``prune`` of the trained weights per layer, smallest ``|w|`` first, and
    zero them (:func:`_prune`);
 4. **fine-tune** the kept weights for ``config.finetune_epochs`` (:func:`_phase` again);
-5. **freeze**: a new pack holding the old tasks and this one (:func:`_freeze`), its head's
-   softmax temperature fitted on validation for task-free inference
-   (:func:`packtool.taskfree.calibrate`).
+5. **freeze**: a new pack holding the old tasks and this one (:func:`_freeze`), with its
+   head's softmax temperature and feature statistics fitted on validation for task-free
+   inference (:func:`packtool.taskfree.calibrate`).
 
 Old tasks' biases, norm statistics and heads live in their task records and are never loaded
 into the network being trained, so they cannot drift; their weights are restored after every
@@ -108,8 +108,10 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         new = _freeze(t, name, decision, metrics)
     distributed.check_same_everywhere(
         world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
-    # Every rank fits the same temperature on the whole validation split (never on test).
-    new.tasks[-1].temperature = calibrate(new.model_for(task, device), data, device=device)
+    # Every rank fits the same on the whole validation split (never on test).
+    record = new.tasks[-1]
+    record.temperature, record.feature_stats = calibrate(new, task, data, device=device)
+    record.check()
     final = evaluate(new.model_for(task, device), data.test, device=device, world=world)
     new.tasks[-1].metrics["accuracy"] = final.accuracy
     return new, _result(new, decision, metrics, time.perf_counter() - started)

@@ -113,8 +113,7 @@ class Pack:
         The owner index (:func:`~packtool.method.check_owners`); once a task was added, every
         free weight is exactly zero (released weights are zero at rest, so fine-tuning can skip
         the mask multiply); task ``k`` is ``tasks[k-1]`` with ``index == k``; at most 255 tasks
-        with unique names; each head has one row per class; a temperature, where recorded, is a
-        positive finite number.
+        with unique names; each record is consistent (:meth:`TaskRecord.check`).
         """
         if len(self.tasks) > MAX_TASKS:
             raise ValueError(f"a pack holds at most {MAX_TASKS} tasks, this one {len(self.tasks)}")
@@ -126,13 +125,7 @@ class Pack:
         for i, record in enumerate(self.tasks, start=1):
             if record.index != i:
                 raise ValueError(f"task {record.name!r} has index {record.index}, expected {i}")
-            rows = record.head.get("weight", torch.empty(0)).shape[:1]
-            if rows != (len(record.classes),):
-                raise ValueError(f"task {record.name!r} has no head for its "
-                                 f"{len(record.classes)} classes")
-            t = record.temperature
-            if t is not None and not (type(t) in (int, float) and 0 < t < math.inf):
-                raise ValueError(f"task {record.name!r} has an invalid temperature {t!r}")
+            record.check()
         if len(set(self.task_names)) != len(self.tasks):
             raise ValueError("task names are not unique")
         for key, values in self.released.items():
@@ -345,6 +338,7 @@ class Pack:
         self.released = move(self.released)
         for record in self.tasks:
             record.head, record.private = move(record.head), move(record.private)
+            record.feature_stats = move(record.feature_stats)
         return self
 
     def _checked_anatomy(self, net: nn.Module) -> Anatomy:
@@ -394,6 +388,8 @@ class Pack:
             "heads": [_to_cpu(t.head) for t in self.tasks],
             "private": [_to_cpu(t.private) for t in self.tasks],
             **({"released": _to_cpu(self.released)} if self.released else {}),
+            **({"feature_stats": [_to_cpu(t.feature_stats) for t in self.tasks]}
+               if any(t.feature_stats for t in self.tasks) else {}),
         }, version)
 
     def digest(self) -> str:
@@ -427,8 +423,12 @@ class Pack:
             metas, heads, private = meta["tasks"], state["heads"], state["private"]
             if not len(metas) == len(heads) == len(private):
                 raise ValueError("task tables have different lengths")
-            tasks = [TaskRecord(head=_tensor_dict(h), private=_tensor_dict(p), **m)
-                     for m, h, p in zip(metas, heads, private)]
+            stats = state.get("feature_stats", [{}] * len(metas))
+            if len(stats) != len(metas):
+                raise ValueError("task tables have different lengths")
+            tasks = [TaskRecord(head=_tensor_dict(h), private=_tensor_dict(p),
+                                feature_stats=_tensor_dict(f), **m)
+                     for m, h, p, f in zip(metas, heads, private, stats)]
             return cls(ArchSpec.from_dict(meta["spec"]), _tensor_dict(state["shared"]),
                        _tensor_dict(state["owners"]), _tensor_dict(state["initial_private"]),
                        tasks, policy=meta["policy"],

@@ -3,9 +3,11 @@ reports."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -32,6 +34,10 @@ class TaskRecord:
         metrics: accuracies (fractions) before/after pruning and final, on the held-out split.
         created: ISO 8601 UTC time the task was added.
         head: classifier state, ``weight`` ``[classes, in_features]`` and ``bias`` ``[classes]``.
+        feature_stats: for the ``mahalanobis`` task score, fitted on validation with the
+            temperature (:func:`packtool.taskfree.fit_feature_stats`): ``means``
+            ``[classes seen, in_features]``, ``basis`` ``[r, in_features]`` and ``scale``
+            ``[1]``; empty in files written before them.
         private: task-private backbone state (biases, norm layers' parameters and statistics).
     """
 
@@ -48,6 +54,28 @@ class TaskRecord:
     created: str = ""
     head: dict[str, Tensor] = field(default_factory=dict, repr=False)
     private: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    feature_stats: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def check(self) -> None:
+        """ValueError unless the head has one row per class, the temperature (if any) is a
+        positive finite number and the feature statistics (if any) fit the head's input."""
+        weight = self.head.get("weight", torch.empty(0))
+        if weight.dim() != 2 or len(weight) != len(self.classes):
+            raise ValueError(f"task {self.name!r} has no head for its {len(self.classes)} classes")
+        t = self.temperature
+        if t is not None and not (type(t) in (int, float) and 0 < t < math.inf):
+            raise ValueError(f"task {self.name!r} has an invalid temperature {t!r}")
+        if not self.feature_stats:
+            return
+        features = weight.shape[1]
+        stats = self.feature_stats
+        means, basis, scale = (stats.get(k, torch.empty(0)) for k in ("means", "basis", "scale"))
+        if (set(stats) != {"means", "basis", "scale"} or means.dim() != 2 or basis.dim() != 2
+                or not 1 <= len(means) <= len(self.classes) or means.shape[1] != features
+                or basis.shape[1] != features or scale.shape != (1,) or not float(scale) > 0
+                or not all(v.is_floating_point() and bool(v.isfinite().all())
+                           for v in (means, basis, scale))):
+            raise ValueError(f"task {self.name!r} has invalid feature statistics")
 
     def meta(self) -> dict[str, Any]:
         """The record without tensors, as plain JSON-able values."""
@@ -79,11 +107,12 @@ class TaskRecord:
     @property
     def format_version(self) -> int:
         """The oldest model file and archive format that holds this record: 1 without
-        :meth:`versioned_meta`, 2 with a planner's record, 3 with a temperature. Files are
+        :meth:`versioned_meta`, 2 with a planner's record, 3 with a temperature or feature
+        statistics. Files are
         written in the oldest version that holds them, so older packtools keep reading what
         they can and refuse the rest as too new instead of misreading it."""
         found = self.versioned_meta()
-        return 3 if "temperature" in found else 2 if found else 1
+        return 3 if "temperature" in found or self.feature_stats else 2 if found else 1
 
 
 def format_version(tasks: list[TaskRecord]) -> int:

@@ -14,14 +14,20 @@ Scores, per image and task (higher: more likely the image's task). ``z`` are the
   negated, so a sure head scores near 0 and a head at chance -1 (normalized so that a 100-class
   head is not judged less sure than a 2-class head for its larger range alone);
 * ``max-prob``: ``max p``;
-* ``energy``: ``T * logsumexp(z / T)``, the negative free energy (Liu et al., NeurIPS 2020).
+* ``energy``: ``T * logsumexp(z / T)``, the negative free energy (Liu et al., NeurIPS 2020);
+* ``mahalanobis``: minus the squared Mahalanobis distance of the head's input features to the
+  nearest class mean, divided by the number of features (Lee et al., NeurIPS 2018), with class
+  means and a shared covariance fitted on the task's validation split when the task is added
+  (:func:`fit_feature_stats`). It asks whether the image looks like the task's images, not
+  how sure the head is, and heads are often sure about images of other tasks.
 
 A group of images known to come from one task (a camera, a folder: ``same_task``,
 ``eval --task-free --group N``) is scored by summing its images' scores per task.
 
-Lifecycle: :func:`calibrate` when a task is added (its record keeps the temperature);
-:func:`task_scores` -> :func:`identify` to serve (:func:`packtool.exporters.predict` with
-``task="auto"``); :func:`evaluate_task_free` to measure.
+Lifecycle: :func:`calibrate` when a task is added (its record keeps the temperature and the
+feature statistics); :class:`TaskFreeNet` -> :func:`task_scores` -> :func:`identify` to serve
+(:func:`packtool.exporters.predict` with ``task="auto"``); :func:`evaluate_task_free` to
+measure.
 """
 
 from __future__ import annotations
@@ -41,12 +47,20 @@ from .data import TaskData
 from .errors import DataError, TaskError
 from .pack import Pack
 
-SCORES = ("entropy", "max-prob", "energy")
-DEFAULT_SCORE = "entropy"
+SCORES = ("entropy", "max-prob", "energy", "mahalanobis")
+# Largest rank of the stored precision's low-rank part (see fit_feature_stats).
+PRECISION_RANK = 256
 # Temperatures searched by calibrate(): 481 points evenly spaced in log T (steps of 1.25%).
 TEMPERATURES = torch.logspace(math.log10(0.05), math.log10(20.0), 481, dtype=torch.float64)
 # Spread of the log-normal prior on T (see fit_temperature).
 PRIOR_SIGMA = 1.0
+
+
+def default_score(pack: Pack) -> str:
+    """The score task-free inference uses unless told: ``mahalanobis`` where every task has
+    feature statistics (it identifies tasks far better, see the README's measurements), else
+    ``entropy`` (files written before packtool fitted them)."""
+    return "mahalanobis" if all(t.feature_stats for t in pack.tasks) else "entropy"
 
 
 def check_score(score: str) -> str:
@@ -81,15 +95,106 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> float:
     return float(TEMPERATURES[int(losses.argmin())])
 
 
-def calibrate(model: nn.Module, data: TaskData, *, batch_size: int = 256,
-              device: str | torch.device = "cpu") -> float:
-    """The temperature of ``model``'s head, fitted on ``data.val`` (never ``data.test``).
+def calibrate(pack: Pack, task: str | int, data: TaskData, *, batch_size: int = 256,
+              device: str | torch.device = "cpu") -> tuple[float, dict[str, Tensor]]:
+    """Task ``task``'s temperature (:func:`fit_temperature`) and feature statistics
+    (:func:`fit_feature_stats`), fitted on ``data.val`` (never ``data.test``).
 
     Raises:
         DataError: the validation split is empty.
     """
-    (logits,), labels = collect_logits([model], data.val, batch_size=batch_size, device=device)
-    return fit_temperature(logits, labels)
+    model = pack.model_for(task, device)
+    seen: list[Tensor] = []
+    hook = model.get_submodule(pack.anatomy().classifier).register_forward_pre_hook(
+        lambda _module, args: seen.append(args[0].flatten(1).float().cpu()))
+    try:
+        (logits,), labels = collect_logits([model], data.val, batch_size=batch_size,
+                                           device=device)
+    finally:
+        hook.remove()
+    return fit_temperature(logits, labels), fit_feature_stats(torch.cat(seen), labels)
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature statistics (the mahalanobis score)
+# ------------------------------------------------------------------------------------------------
+
+
+def fit_feature_stats(features: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Class means and a shared precision of a head's input features, for ``mahalanobis``.
+
+    ``features`` ``[N, D]`` (the classifier's input on the validation split), ``labels``
+    ``[N]``. The within-class covariance ``S`` is shrunk towards its average variance ``a``,
+    ``C = (1 - s) S + s a I`` with ``s = max(0.1, D / (N + D))`` (a small split cannot
+    estimate ``D x D`` values), and its inverse is stored in low-rank form, exact up to
+    :data:`PRECISION_RANK` components (``S`` has at most ``N`` of them)::
+
+        precision = scale * I - basis.T @ basis
+
+    Returns float32 ``means`` ``[C', D]`` (the classes present), ``basis`` ``[r, D]`` and
+    ``scale`` ``[1]``: a few times ``D`` values per task, where the full matrix would take
+    ``D * D`` (67 MB for a 4096-feature head).
+    """
+    if features.dim() != 2 or labels.shape != features.shape[:1] or len(labels) < 2:
+        raise DataError(f"cannot fit feature statistics to features {list(features.shape)} and "
+                        f"labels {list(labels.shape)}")
+    f = features.detach().double().cpu()
+    labels = labels.long().cpu()
+    present = labels.unique()
+    means = torch.stack([f[labels == c].mean(0) for c in present])
+    residuals = f - means[torch.searchsorted(present, labels)]
+    n, d = f.shape
+    shrink = max(0.1, d / (n + d))
+    _, singular, directions = torch.linalg.svd(residuals, full_matrices=False)
+    variances = singular**2 / n  # eigenvalues of S, largest first
+    isotropic = shrink * (float(variances.sum()) / d or 1.0)
+    kept = int((variances > 1e-12 * float(variances[0])).sum()) if len(variances) else 0
+    kept = min(kept, PRECISION_RANK)
+    v = (1 - shrink) * variances[:kept]
+    basis = directions[:kept] * (v / (isotropic + v) / isotropic).sqrt()[:, None]
+    return {"means": means.float().contiguous(), "basis": basis.float().contiguous(),
+            "scale": torch.tensor([1 / isotropic], dtype=torch.float32)}
+
+
+class TaskFreeNet(nn.Module):
+    """A task's network with a second output for task-free scores.
+
+    ``forward(x)`` returns ``(logits [N, C], distance [N])``: ``distance`` is the squared
+    Mahalanobis distance of the classifier's input to the nearest class mean, divided by the
+    number of features (about 1 for a typical image of the task), or NaN without ``stats``
+    (:func:`fit_feature_stats`). The classifier's input is read by a forward pre-hook, so the
+    network runs unchanged; the module exports to ONNX as one graph with both outputs.
+    """
+
+    def __init__(self, model: nn.Module, classifier: str, stats: dict[str, Tensor] | None
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        self._seen: list[Tensor] = []
+        model.get_submodule(classifier).register_forward_pre_hook(
+            lambda _module, args: self._seen.append(args[0]))
+        self.known = bool(stats)
+        means = stats["means"] if stats else torch.zeros(1, 1)
+        basis = stats["basis"] if stats else torch.zeros(0, 1)
+        scale = stats["scale"] if stats else torch.ones(1)
+        projected = means @ basis.T  # [C', r]
+        self.register_buffer("means", means)
+        self.register_buffer("basis", basis)
+        self.register_buffer("scale", scale)
+        self.register_buffer("projected_means", projected)
+        # |mu|_P^2 per class: scale |mu|^2 - |B mu|^2
+        self.register_buffer("offsets", scale * means.pow(2).sum(1) - projected.pow(2).sum(1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(x)
+        f = self._seen.pop().flatten(1)
+        if not self.known:
+            return logits, torch.full_like(logits[:, 0], math.nan)
+        fb = f @ self.basis.T
+        cross = self.scale * (f @ self.means.T) - fb @ self.projected_means.T  # f P mu
+        own = self.scale * f.pow(2).sum(1, keepdim=True) - fb.pow(2).sum(1, keepdim=True)
+        squared = own - 2 * cross + self.offsets
+        return logits, squared.min(1).values.clamp_min(0) / f.shape[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,14 +203,27 @@ def calibrate(model: nn.Module, data: TaskData, *, batch_size: int = 256,
 
 
 def task_scores(logits: Sequence[Tensor], temperatures: Sequence[float],
-                score: str = DEFAULT_SCORE) -> Tensor:
+                score: str = "entropy", distances: Sequence[Tensor] | None = None) -> Tensor:
     """How likely each image comes from each task: ``[N, T]`` from ``T`` tensors ``[N, C_t]``.
 
     ``temperatures[t]`` divides task ``t``'s logits first (1 for an uncalibrated task).
+    ``mahalanobis`` reads ``distances`` instead, ``T`` tensors ``[N]`` (:class:`TaskFreeNet`'s
+    second output).
+
+    Raises:
+        TaskError: an unknown score, or ``mahalanobis`` for a task without feature statistics.
     """
     check_score(score)
     if len(logits) != len(temperatures) or not logits:
         raise TaskError(f"{len(logits)} tasks' logits for {len(temperatures)} temperatures")
+    if score == "mahalanobis":
+        if distances is None or len(distances) != len(logits):
+            raise TaskError("the mahalanobis score needs every task's feature distances")
+        missing = [k for k, d in enumerate(distances, start=1) if bool(d.isnan().any())]
+        if missing:
+            raise TaskError(f"task #{missing[0]} has no feature statistics (added before "
+                            "packtool fitted them): use another task score")
+        return -torch.stack([d.double() for d in distances], 1)
     columns = []
     for z, t in zip(logits, temperatures):
         z = z.double() / t
@@ -170,15 +288,17 @@ def temperatures_of(pack: Pack) -> list[float]:
 @torch.no_grad()
 def collect_logits(models: Sequence[nn.Module], dataset: Dataset, *, batch_size: int = 256,
                    device: str | torch.device = "cpu") -> tuple[list[Tensor], Tensor]:
-    """Every model's logits on ``dataset`` (CPU ``[N, C_m]`` each) and its labels ``[N]``.
+    """Every model's output on ``dataset`` (on the CPU) and its labels ``[N]``.
 
     Each batch is read once and run through every model (in eval mode; modes are restored).
+    A model's output is ``[N, C]`` logits, or a tuple of such tensors (a :class:`TaskFreeNet`:
+    ``(logits, distance)``), collected as a tuple.
     """
     if len(dataset) == 0:
         raise DataError("the split is empty")
     device = torch.device(device)
     modes = [m.training for m in models]
-    outputs: list[list[Tensor]] = [[] for _ in models]
+    outputs: list[list[Any]] = [[] for _ in models]
     labels = []
     try:
         for m in models:
@@ -186,37 +306,60 @@ def collect_logits(models: Sequence[nn.Module], dataset: Dataset, *, batch_size:
         for inputs, targets in DataLoader(dataset, batch_size=batch_size):
             inputs = inputs.to(device, non_blocking=True)
             for out, m in zip(outputs, models):
-                out.append(m(inputs).float().cpu())
+                out.append(m(inputs))
             labels.append(torch.as_tensor(targets))
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
-    return [torch.cat(o) for o in outputs], torch.cat(labels)
+    return [_concat(o) for o in outputs], torch.cat(labels)
+
+
+def _concat(batches: list[Any]) -> Any:
+    if isinstance(batches[0], tuple):
+        return tuple(_concat(list(parts)) for parts in zip(*batches))
+    return torch.cat([b.float().cpu() for b in batches])
+
+
+def task_free_net(pack: Pack, task: str | int, device: str | torch.device | None = None
+                  ) -> TaskFreeNet:
+    """Task ``task`` of ``pack`` as a :class:`TaskFreeNet` (logits and feature distance)."""
+    record = pack.task(task)
+    return TaskFreeNet(pack.model_for(record.name, device), pack.anatomy().classifier,
+                       record.feature_stats).to(pack.device if device is None else device)
 
 
 @dataclass(frozen=True)
 class SplitLogits:
-    """One task's test split seen by every task's network: ``logits[k]`` ``[N, C_k]``."""
+    """One task's test split seen by every task's network: ``logits[k]`` ``[N, C_k]`` and
+    ``distances[k]`` ``[N]`` (:class:`TaskFreeNet`)."""
 
     task: str
     index: int
     logits: list[Tensor]
+    distances: list[Tensor]
     labels: Tensor
 
 
 def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_size: int = 256,
-                device: str | torch.device = "auto") -> list[SplitLogits]:
+                 device: str | torch.device = "auto") -> list[SplitLogits]:
     """Every task's test split through every task's network (each network built once)."""
     if not pack.tasks:
         raise TaskError("the pack has no tasks to evaluate yet; add one first")
     dev = resolve_device(device)
-    models = [pack.model_for(t.name, dev) for t in pack.tasks]
+    nets = [task_free_net(pack, t.name, dev) for t in pack.tasks]
     table = []
     for record in pack.tasks:
         test = pack.task_data(record.name, root=root).test
-        logits, labels = collect_logits(models, test, batch_size=batch_size, device=dev)
-        table.append(SplitLogits(record.name, record.index, logits, labels))
+        table.append(split_logits(nets, test, record.name, record.index,
+                                  batch_size=batch_size, device=dev))
     return table
+
+
+def split_logits(nets: Sequence[TaskFreeNet], dataset: Dataset, task: str, index: int, *,
+                 batch_size: int = 256, device: str | torch.device = "cpu") -> SplitLogits:
+    """Task ``task``'s split ``dataset`` through every task's network ``nets``."""
+    outputs, labels = collect_logits(nets, dataset, batch_size=batch_size, device=device)
+    return SplitLogits(task, index, [o[0] for o in outputs], [o[1] for o in outputs], labels)
 
 
 @dataclass(frozen=True)
@@ -244,7 +387,7 @@ class TaskFreeEvaluation:
 
 
 def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float], *,
-                    group: int = 1, score: str = DEFAULT_SCORE, seed: int = 0
+                    group: int = 1, score: str = "entropy", seed: int = 0
                     ) -> list[TaskFreeEvaluation]:
     """Task-free accuracy from :func:`logits_table`.
 
@@ -259,7 +402,8 @@ def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float],
         groups = torch.empty(n, dtype=torch.long)
         groups[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = (
             torch.arange(n) // group)
-        chosen = identify(task_scores(split.logits, temperatures, score), groups).task
+        chosen = identify(task_scores(split.logits, temperatures, score, split.distances),
+                          groups).task
         # Each task's own prediction, then the chosen task's: heads may differ in width.
         predicted = torch.stack([z.argmax(1) for z in split.logits], 1)
         predicted = predicted.gather(1, chosen[:, None])[:, 0]
@@ -274,15 +418,16 @@ def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float],
     return rows
 
 
-def evaluate_task_free(pack: Pack, *, group: int = 1, score: str = DEFAULT_SCORE,
+def evaluate_task_free(pack: Pack, *, group: int = 1, score: str | None = None,
                        calibrated: bool = True, root: str | os.PathLike | None = None,
                        batch_size: int = 256, device: str | torch.device = "auto",
                        seed: int = 0) -> list[TaskFreeEvaluation]:
     """Every task's test split served without the task id (see :func:`score_task_free`).
 
-    ``calibrated=False`` ignores the recorded temperatures (every task at 1).
+    ``score`` defaults to :func:`default_score`; ``calibrated=False`` ignores the recorded
+    temperatures (every task at 1).
     """
-    check_score(score)
+    score = check_score(score or default_score(pack))
     if group < 1:
         raise TaskError(f"group must be at least 1, got {group}")
     table = logits_table(pack, root=root, batch_size=batch_size, device=device)

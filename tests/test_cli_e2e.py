@@ -247,7 +247,7 @@ def test_eval_task_free_and_predict_auto(packed, tmp_path):
     model, reports = packed
     doc = ok_json("eval", model, "--task-free", "--group", "4")
     assert set(doc) == {"group", "task_score", "uncalibrated", "tasks", "mean"}
-    assert doc["group"] == 4 and doc["task_score"] == "entropy" and doc["uncalibrated"] == []
+    assert doc["group"] == 4 and doc["task_score"] == "mahalanobis" and doc["uncalibrated"] == []
     for row, report in zip(doc["tasks"], reports):
         assert set(row) == {"task", "index", "samples", "groups", "task_accuracy", "accuracy",
                             "oracle_accuracy"}
@@ -255,7 +255,7 @@ def test_eval_task_free_and_predict_auto(packed, tmp_path):
         assert row["groups"] == -(-row["samples"] // 4)
         assert row["accuracy"] <= min(row["oracle_accuracy"], row["task_accuracy"]) + 1e-12
     text = ok("eval", model, "--task-free", "--task-score", "max-prob").stdout
-    assert "task identified" in text and "mean" in text
+    assert "task identified" in text and "mean" in text and "max-prob" in text
 
     archive = tmp_path / "pack.safetensors"
     ok("export", model, "--archive", archive)

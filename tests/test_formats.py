@@ -11,7 +11,7 @@ import pytest
 import torch
 from formats.make_v1 import CONFIG, Task
 
-from packtool import Pack, add_task, load
+from packtool import Pack, TaskError, add_task, load
 from packtool.exporters import read_archive
 from packtool.formats.checkpoint import Checkpoint
 from packtool.method import Phase
@@ -128,6 +128,10 @@ def test_files_without_temperatures_serve_task_free_at_temperature_1(tmp_path):
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(image)
     result = predict(FORMATS / "lenet-2tasks.safetensors", [image], task="auto")
     assert result.predictions[0]["task"] in ("first", "second")
+    assert result.task_score == "entropy"  # no feature statistics: the confidence score
+    with pytest.raises(TaskError, match="no feature statistics"):
+        predict(FORMATS / "lenet-2tasks.safetensors", [image], task="auto",
+                task_score="mahalanobis")
     text = ok("info", FORMATS / "lenet-auto-v2.pt").stdout
     assert "1 (not calibrated)" in text and "temperature 1" in text
 
@@ -139,6 +143,9 @@ def test_v3_model_file_and_archive_keep_their_temperatures_and_save_unchanged(tm
     temperatures = [t.temperature for t in pack.tasks]
     assert all(isinstance(t, float) and t > 0 for t in temperatures)
     assert [t.temperature for t in archive.tasks] == temperatures
+    for a, b in zip(archive.tasks, pack.tasks):
+        assert b.feature_stats.keys() == {"means", "basis", "scale"}
+        assert all(torch.equal(a.feature_stats[k], v) for k, v in b.feature_stats.items())
     expected = _outputs(pack)
     for name, out in _outputs(archive).items():
         assert torch.equal(out, expected[name])

@@ -27,7 +27,14 @@ from packtool import (
 )
 from packtool.exporters import TaskMetadata, archive_bytes, archive_from_bytes, predict, task_onnx
 from packtool.formats import model_file
-from packtool.taskfree import SplitLogits, collect_logits, score_task_free, temperatures_of
+from packtool.taskfree import (
+    TaskFreeNet,
+    fit_feature_stats,
+    score_task_free,
+    split_logits,
+    task_free_net,
+    temperatures_of,
+)
 
 CONFIG = TrainConfig(epochs=4, finetune_epochs=1, lr=0.05, device="cpu")
 
@@ -56,12 +63,9 @@ def two_tasks():
 
 
 def _table(pack, tasks):
-    models = [pack.model_for(t.name) for t in pack.tasks]
-    table = []
-    for record, data in zip(pack.tasks, tasks):
-        logits, labels = collect_logits(models, data.test)
-        table.append(SplitLogits(record.name, record.index, logits, labels))
-    return table
+    nets = [task_free_net(pack, t.name) for t in pack.tasks]
+    return [split_logits(nets, data.test, record.name, record.index)
+            for record, data in zip(pack.tasks, tasks)]
 
 
 # -- calibration --------------------------------------------------------------------------------
@@ -93,10 +97,10 @@ def test_calibration_reads_validation_never_test(monkeypatch):
 
     fitted = []
 
-    def validation_only(model, data, **kwargs):
+    def validation_only(pack, task, data, **kwargs):
         saved, data.test = data.test, Unreadable(len(data.test))
         try:
-            fitted.append(calibrate(model, data, **kwargs))
+            fitted.append(calibrate(pack, task, data, **kwargs))
         finally:
             data.test = saved
         return fitted[-1]
@@ -105,9 +109,13 @@ def test_calibration_reads_validation_never_test(monkeypatch):
     data = synthetic_task(3, seed=0)
     pack, result = add_task(Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}), "t", data,
                             0.5, CONFIG)
-    assert fitted == [result.temperature] and pack.tasks[0].temperature == result.temperature
+    [(temperature, stats)] = fitted
+    record = pack.tasks[0]
+    assert temperature == result.temperature == record.temperature
+    assert stats.keys() == record.feature_stats.keys() == {"means", "basis", "scale"}
     data.test = Unreadable(len(data.test))
-    assert calibrate(pack.model_for("t"), data) == result.temperature
+    again = calibrate(pack, "t", data)
+    assert again[0] == temperature and torch.equal(again[1]["means"], stats["means"])
 
 
 # -- scores and choice --------------------------------------------------------------------------
@@ -130,6 +138,33 @@ def test_scores_prefer_the_sure_head_and_groups_sum_them():
     assert math.isnan(float(identify(scores[:, :1]).margin[0]))  # one task: no runner-up
 
 
+def test_feature_stats_and_the_distance_they_give():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    features = torch.randn(300, 6, generator=g) + 4 * torch.eye(6)[labels]
+    stats = fit_feature_stats(features, labels)
+    assert stats["means"].shape == (3, 6) and stats["basis"].shape == (6, 6)
+    precision = stats["scale"] * torch.eye(6) - stats["basis"].T @ stats["basis"]
+    residuals = features.double() - stats["means"].double()[labels]
+    cov = residuals.T @ residuals / 300
+    shrunk = 0.9 * cov + 0.1 * cov.diagonal().mean() * torch.eye(6, dtype=torch.float64)
+    assert torch.allclose(precision.double(), torch.linalg.inv(shrunk), atol=1e-4)
+    head = torch.nn.Linear(6, 3)
+    net = TaskFreeNet(torch.nn.Sequential(torch.nn.Identity(), head), "1", stats)
+    x = torch.cat([stats["means"], features[:5]])
+    logits, distance = net(x)
+    assert torch.equal(logits, head(x)) and distance[:3].abs().max() < 1e-4
+    d = x[3:, None, :].double() - stats["means"].double()[None]
+    brute = torch.einsum("ncd,de,nce->nc", d, precision.double(), d).min(1).values / 6
+    assert torch.allclose(distance[3:].double(), brute, rtol=1e-4)
+    # Fewer images than features: the basis has at most one row per image.
+    wide = fit_feature_stats(torch.randn(40, 1100, generator=g), torch.arange(40) % 2)
+    assert wide["basis"].shape[0] <= 40 and wide["basis"].shape[1] == 1100
+    _, far = TaskFreeNet(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(1100, 2)),
+                         "1", wide)(torch.randn(3, 1100, generator=g) * 10)
+    assert bool((far > 10).all())
+
+
 def test_unknown_score_and_bad_group_are_refused(two_tasks):
     pack, tasks = two_tasks
     with pytest.raises(TaskError, match="unknown task score 'loudest'"):
@@ -144,6 +179,8 @@ def test_tasks_with_different_inputs_are_identified(two_tasks):
     per_image = score_task_free(table, temperatures_of(pack))
     assert [r.task for r in per_image] == ["a", "b"]
     assert min(r.task_accuracy for r in per_image) >= 0.85
+    features = score_task_free(table, temperatures_of(pack), score="mahalanobis")
+    assert min(r.task_accuracy for r in features) >= 0.95
     groups = score_task_free(table, temperatures_of(pack), group=8)
     assert all(r.task_accuracy == 1.0 for r in groups)
     assert [r.groups for r in groups] == [math.ceil(r.samples / 8) for r in groups]
@@ -156,9 +193,15 @@ def test_chosen_class_is_the_single_task_prediction(two_tasks):
     table = _table(pack, tasks)
     for split in table:
         chosen = identify(task_scores(split.logits, temperatures_of(pack))).task
+        by_features = identify(task_scores(split.logits, temperatures_of(pack), "mahalanobis",
+                                           split.distances)).task
+        chosen = torch.cat([chosen, by_features])
+        n = len(split.labels)
         for i, k in enumerate(chosen.tolist()):
-            single = pack.model_for(pack.tasks[k].name)(tasks[split.index - 1].test[i][0][None])
-            assert int(single.argmax()) == int(split.logits[k][i].argmax())
+            x = tasks[split.index - 1].test[i % n][0][None]
+            with torch.no_grad():
+                single = pack.model_for(pack.tasks[k].name)(x)
+            assert int(single.argmax()) == int(split.logits[k][i % n].argmax())
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -169,9 +212,18 @@ def test_temperature_survives_save_load_archive_and_onnx(two_tasks, tmp_path):
     expected = temperatures_of(pack)
     assert all(t is not None for t in (r.temperature for r in pack.tasks))
     pack.save(tmp_path / "m.pt")
-    assert temperatures_of(Pack.load(tmp_path / "m.pt")) == expected
-    assert temperatures_of(archive_from_bytes(archive_bytes(pack))) == expected
-    assert temperatures_of(archive_from_bytes(archive_bytes(pack, half=True))) == expected
+    loaded = Pack.load(tmp_path / "m.pt")
+    assert temperatures_of(loaded) == expected
+    assert torch.equal(loaded.tasks[1].feature_stats["basis"],
+                       pack.tasks[1].feature_stats["basis"])
+    for half in (False, True):
+        restored = archive_from_bytes(archive_bytes(pack, half=half))
+        assert temperatures_of(restored) == expected
+        for a, b in zip(restored.tasks, pack.tasks):
+            for k in ("means", "basis", "scale"):
+                assert torch.allclose(a.feature_stats[k], b.feature_stats[k], rtol=1e-3,
+                                      atol=1e-3 * float(b.feature_stats[k].abs().max()))
+                assert torch.equal(a.feature_stats[k], b.feature_stats[k]) or half
     props = {p.key: p.value for p in task_onnx(pack, "b").metadata_props}
     assert TaskMetadata.from_props(props).temperature == expected[1]
 
@@ -186,6 +238,20 @@ def test_invalid_temperature_is_refused(two_tasks, bad):
     content["meta"] = json.dumps(meta)
     with pytest.raises(PackFormatError, match="temperature"):
         Pack.from_state(model_file.encode(content), "m.pt")
+
+
+def test_invalid_feature_stats_are_refused(two_tasks):
+    pack, _ = two_tasks
+    record = pack.tasks[0]
+    good = dict(record.feature_stats)
+    for bad in ({"means": good["means"]}, {**good, "means": good["means"][:, :-1]},
+                {**good, "basis": good["basis"][:, :-1]}, {**good, "scale": -good["scale"]},
+                {**good, "means": good["means"] * math.nan}):
+        record.feature_stats = bad
+        with pytest.raises(ValueError, match="invalid feature statistics"):
+            record.check()
+    record.feature_stats = good
+    record.check()
 
 
 def test_predict_auto_matches_pytorch_choice(two_tasks, tmp_path):
@@ -206,19 +272,27 @@ def test_predict_auto_matches_pytorch_choice(two_tasks, tmp_path):
             inputs.append(pack.preprocess.load_image(path))
     x = torch.stack(inputs)
     with torch.no_grad():
-        logits = [pack.model_for(t.name)(x) for t in pack.tasks]
-    chosen = identify(task_scores(logits, temperatures_of(pack))).task.tolist()
-    for source in (tmp_path / "m.pt", tmp_path / "a.safetensors"):
-        result = predict(source, images, task="auto", top=1)
-        assert result.task is None and result.task_score == "entropy"
-        names = [p["task"] for p in result.predictions]
-        assert names == [pack.tasks[k].name for k in chosen]
-        for p, k, z in zip(result.predictions, chosen, torch.stack(
-                [logits[k][i] for i, k in enumerate(chosen)])):
-            assert p["top"][0]["class"] == pack.tasks[k].classes[int(z.argmax())]
-            assert p["task_margin"] > 0 or p["task_margin"] == 0
+        outputs = [task_free_net(pack, t.name).eval()(x) for t in pack.tasks]
+    logits, distances = [o[0] for o in outputs], [o[1] for o in outputs]
+    for score in ("entropy", "mahalanobis"):
+        chosen = identify(task_scores(logits, temperatures_of(pack), score, distances))
+        assert chosen.task.tolist() == [0, 0, 0, 1, 1, 1] or score == "entropy"
+        for source in (tmp_path / "m.pt", tmp_path / "a.safetensors"):
+            result = predict(source, images, task="auto", top=1, task_score=score)
+            assert result.task is None and result.task_score == score
+            _check_choice(result, chosen, pack, logits)
     group = predict(tmp_path / "m.pt", images[:3], task="auto", same_task=True,
                     task_score="max-prob")
     assert group.task in pack.task_names
     assert {p["task"] for p in group.predictions} == {group.task}
     assert len({p["task_margin"] for p in group.predictions}) == 1
+
+
+def _check_choice(result, chosen, pack, logits):
+    """onnxruntime chose the tasks PyTorch's scores chose, with their margins, and predicted
+    what the chosen task alone predicts."""
+    margins, chosen = chosen.margin.tolist(), chosen.task.tolist()
+    assert [p["task"] for p in result.predictions] == [pack.tasks[k].name for k in chosen]
+    for i, (p, k) in enumerate(zip(result.predictions, chosen)):
+        assert p["top"][0]["class"] == pack.tasks[k].classes[int(logits[k][i].argmax())]
+        assert p["task_margin"] == pytest.approx(margins[i], rel=1e-3, abs=1e-4)

@@ -69,6 +69,12 @@ name                 dtype, shape                      content
                                                        norm weights and running statistics)
 ===================  ================================  ========================================
 
+Version 3 may add, per task, what the ``mahalanobis`` task score needs, fitted on task ``k``'s
+validation split: ``features/k/means`` ``[classes seen, in]`` (float), the class means of the
+classifier's input, and ``features/k/basis`` ``[r, in]`` (float) and ``features/k/scale``
+``[1]`` (float32 even in a float16 archive: it may exceed float16's range), the inverse of
+their shrunk within-class covariance as ``scale * I - basis.T @ basis``.
+
 Owner packing: the owner of flat weight ``i`` (``0`` free, ``k`` task ``k``) is stored in bits
 ``i*b .. i*b+b-1`` of a bit stream, least significant bit first; stream bit ``j`` is bit
 ``j mod 8`` of byte ``j div 8`` (least significant first, NumPy's ``bitorder="little"``).
@@ -312,12 +318,14 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
         weight[owned] = values
         shared[key], owners[key] = weight.view(shape), own.view(shape)
     known = {f"{kind}/{key}" for key, _ in layers for kind in ("shared", "owners")}
-    unknown = [n for n in tensors if n not in known and not n.startswith(("head/", "private/"))]
+    unknown = [n for n in tensors
+               if n not in known and not n.startswith(("head/", "private/", "features/"))]
     if unknown:
         raise ValueError(f"unexpected tensors {sorted(unknown)[:3]}")
     heads = _group(tensors, "head", len(metas), half)
     private = _group(tensors, "private", len(metas), half)
-    tasks = [TaskRecord(head=heads[i], private=private[i], **m)
+    stats = _group(tensors, "features", len(metas), half)
+    tasks = [TaskRecord(head=heads[i], private=private[i], feature_stats=stats[i], **m)
              for i, m in enumerate(metas, start=1)]
     # initial_private only seeds a pack's first task; an archive always has one, so it is empty.
     return Pack(ArchSpec.from_dict(json.loads(metadata["spec"])), shared, owners, {}, tasks,

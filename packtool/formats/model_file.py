@@ -15,12 +15,14 @@ A ``torch.save`` file of tensors and plain values only, read back with
       "pretrained_head": {key: tensor},  # the original classifier, if weights were given
       "heads":   [{"weight", "bias"}],   # per task, in task order
       "private": [{key: tensor}],        # per task (empty for tasks > 1 under policy 'frozen')
+      "feature_stats": [{"means", "basis", "scale"}],  # per task; version 3, if any task has them
       "digest":  "<sha256 hex>",        # :func:`~.digest.digest` of every other entry
     }
 
 Version 2 adds two optional keys to a task's metadata, ``prune_reason`` and ``prune_search``
 (how its prune ratio was decided); version 3 adds ``temperature`` (the task's softmax
-temperature fitted on validation, for task-free inference); see
+temperature fitted on validation, for task-free inference) and the ``feature_stats`` key (its
+head's feature statistics, for the ``mahalanobis`` task score); see
 :class:`packtool.records.TaskRecord`. A file is written in the oldest version that holds its
 records (:func:`packtool.records.format_version`): version 1 when no task has these keys, so
 packtool 0.1.0 reads it; a packtool that knows an older version refuses a newer file as too new

@@ -5,7 +5,8 @@ on validation when it is added, for task-free inference), with ``tests/`` on ``P
 Kept so that every later packtool proves it still reads them; do not regenerate them with a
 newer packtool.
 
-* ``lenet-calibrated-v3.pt``: a model file, lenet (width 4) on 1x8x8, two calibrated tasks.
+* ``lenet-calibrated-v3.pt``: a model file, lenet (width 4) on 1x8x8, two calibrated tasks
+  (temperatures and feature statistics).
 * ``lenet-calibrated-v3.safetensors``: its archive.
 """
 
