@@ -7,7 +7,7 @@
 * ONNX bytes per task, sparse initializers vs dense (the same exported graph);
 * the archive of all tasks vs ``T`` separate dense ONNX models, vs the information floor (owned
   weights x 4 bytes + every prunable weight x ``ceil(log2(T + 1))`` bits + heads + private
-  state), and vs ``model.pt``;
+  state + the tasks' feature statistics), and vs ``model.pt``;
 * inference latency of one task, onnxruntime (CPU provider, the exported sparse file) vs
   PyTorch eager (``Pack.model_for``, inference mode), batch 1 and 32, interleaved.
 """
@@ -159,7 +159,8 @@ def storage(pack: Pack, onnx_rows: list[dict[str, Any]]) -> dict[str, Any]:
     owned = sum(int((o != 0).sum()) for o in pack.owners.values())
     per_task = sum(v.numel() * v.element_size()
                    for record in pack.tasks
-                   for part in (record.head, pack.private_state(record)) for v in part.values())
+                   for part in (record.head, pack.private_state(record), record.feature_stats)
+                   for v in part.values())
     floor = owned * 4 + math.ceil(pack.prunable_weights * bits / 8) + per_task
     archive = len(archive_bytes(pack))
     dense_onnx = sum(r["dense_bytes"] for r in onnx_rows)

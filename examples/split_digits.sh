@@ -36,6 +36,10 @@ done
 # accuracy is exactly what add-task reported when they were added.
 "$packtool" eval "$model" --all
 
+# The same test images without their task ids: each group of 8 images goes to the task whose
+# feature statistics (fitted on validation when the task was added) it fits best.
+"$packtool" eval "$model" --task-free --group 8
+
 # One ONNX file per task (sparse initializers, checked against PyTorch in onnxruntime) and the
 # shared-weight archive of all tasks.
 "$packtool" export "$model" --all --out "$work/export"
