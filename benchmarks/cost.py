@@ -263,9 +263,9 @@ def markdown(result: dict[str, Any]) -> str:
                      [[m["case"], m["batch"], m["dense_ms"], m["packnet_ms"], m["ratio"],
                        m["finetune_ms"], m["finetune_ratio"]] for m in result["masking"]])
                  + "\n\nTraining task k, its mask is all ones (no later task exists): the "
-                   "prune hook passes the weight through. Fine-tuning masks the released "
-                   "weights (a multiply in the forward and backward). Both run the "
-                   "frozen-weight guard after every step.")
+                   "prune hook passes the weight through. Fine-tuning: the released weights "
+                   "are zero at rest, as add-task leaves them, so the hook skips the "
+                   "multiply there too. Both run the frozen-weight guard after every step.")
     p = result["prune"]
     parts.append(
         "### Pruning one network (ratio 0.5, own process)\n\n" + markdown_table(

@@ -99,10 +99,21 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                                     f"{100 * g32['oracle_accuracy']:.2f} ({gap:.2f} points)",
                         "ok": gap <= 2.0})
         one, raw = rows[(True, "entropy", 1)], rows[(False, "entropy", 1)]
-        out.append({"target": f"{name}: calibration improves per-image task identification",
+        out.append({"target": f"{name}: the temperature improves per-image task "
+                              "identification (entropy)",
                     "measured": f"{100 * one['task_accuracy']:.2f}% calibrated vs "
                                 f"{100 * raw['task_accuracy']:.2f}% at temperature 1",
                     "ok": one["task_accuracy"] > raw["task_accuracy"]})
+        fitted = rows[(True, "mahalanobis", 1)]
+        best_raw = max((r for r in seq["rows"] if not r["calibrated"] and r["group"] == 1),
+                       key=lambda r: r["task_accuracy"])
+        out.append({"target": f"{name}: what add-task fits on validation improves per-image "
+                              "task identification (mahalanobis vs the best score with "
+                              "nothing fitted)",
+                    "measured": f"{100 * fitted['task_accuracy']:.2f}% vs "
+                                f"{100 * best_raw['task_accuracy']:.2f}% "
+                                f"({best_raw['score']}, T = 1)",
+                    "ok": fitted["task_accuracy"] > best_raw["task_accuracy"]})
     return out
 
 

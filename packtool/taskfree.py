@@ -2,20 +2,23 @@
 
 PackNet serves task ``k`` with the weights of tasks ``1..k`` and its own head, and must be told
 ``k``. Every task of a pack is at hand, so packtool can instead run an image through every
-task's network and pick the task whose head is the surest of itself. Heads trained alone are not
+task's network and pick the task that scores it best: the task whose head is surest of itself,
+or whose training images the image's features resemble most. Heads trained alone are not
 equally sure of themselves, so each task's logits are first divided by a temperature fitted on
 that task's validation split when the task is added (:func:`calibrate`; temperature scaling,
-Guo et al., ICML 2017).
+Guo et al., ICML 2017), along with the statistics of its head's input features.
 
 Scores, per image and task (higher: more likely the image's task). ``z`` are the task's logits
 ``[N, C]``, ``T`` its temperature, ``p = softmax(z / T)``:
 
-* ``entropy`` (the default): ``-H(p) / log C``, the entropy normalized by its maximum and
+* ``entropy`` (the default for files without feature statistics): ``-H(p) / log C``, the
+  entropy normalized by its maximum and
   negated, so a sure head scores near 0 and a head at chance -1 (normalized so that a 100-class
   head is not judged less sure than a 2-class head for its larger range alone);
 * ``max-prob``: ``max p``;
 * ``energy``: ``T * logsumexp(z / T)``, the negative free energy (Liu et al., NeurIPS 2020);
-* ``mahalanobis``: minus the squared Mahalanobis distance of the head's input features to the
+* ``mahalanobis`` (the default, :func:`default_score`): minus the squared Mahalanobis
+  distance of the head's input features to the
   nearest class mean, divided by the number of features (Lee et al., NeurIPS 2018), with class
   means and a shared covariance fitted on the task's validation split when the task is added
   (:func:`fit_feature_stats`). It asks whether the image looks like the task's images, not
@@ -80,7 +83,9 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> float:
 
     ``logits`` ``[N, C]``, ``labels`` ``[N]``. Minimizes the summed negative log-likelihood
     plus a log-normal prior on ``T`` (``log T ~ N(0, PRIOR_SIGMA^2)``) over the grid
-    :data:`TEMPERATURES` (0.05..20). The prior matters only where the likelihood is flat: a
+    :data:`TEMPERATURES` (0.05..20): every 16th point, then every point within 16 of the best
+    (the loss is smooth and has one minimum). The prior matters only where the likelihood is
+    flat: a
     head that separates its validation split perfectly keeps lowering its likelihood loss as
     ``T`` falls to 0, which would make it the surest of all heads on every input, the opposite
     of comparable confidences. Deterministic; ties go to the smaller ``T``.
@@ -90,9 +95,16 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> float:
                         f"{list(labels.shape)}")
     z = logits.detach().double().cpu()
     picked = z.gather(1, labels.long().cpu()[:, None])[:, 0]
-    losses = torch.stack([(torch.logsumexp(z / t, 1) - picked / t).sum() for t in TEMPERATURES])
-    losses += TEMPERATURES.log() ** 2 / (2 * PRIOR_SIGMA**2)
-    return float(TEMPERATURES[int(losses.argmin())])
+
+    def best(positions: range) -> int:
+        temps = TEMPERATURES[list(positions)]
+        losses = torch.stack([(torch.logsumexp(z / t, 1) - picked / t).sum() for t in temps])
+        losses += temps.log() ** 2 / (2 * PRIOR_SIGMA**2)
+        return positions[int(losses.argmin())]
+
+    coarse = best(range(0, len(TEMPERATURES), 16))
+    return float(TEMPERATURES[best(range(max(coarse - 16, 0),
+                                         min(coarse + 17, len(TEMPERATURES))))])
 
 
 def calibrate(pack: Pack, task: str | int, data: TaskData, *, batch_size: int = 256,
