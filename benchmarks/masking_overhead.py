@@ -42,7 +42,7 @@ def _packnet_net(arch, size, kwargs, phase: Phase = Phase.TRAIN):
     pack.owners = assign_owners(pack.shared, pack.owners, task=1, ratio=0.5)  # task 1 owns half
     if phase is Phase.FINETUNE:  # task 2 trained and pruned: it owns half of the rest
         pack.owners = assign_owners(pack.shared, pack.owners, task=2, ratio=0.5)
-        for key, weight in pack.shared.items():  # released weights are zero, as add-task leaves them
+        for key, weight in pack.shared.items():  # released: zero, as add-task leaves them
             weight.masked_fill_(pack.owners[key] == 0, 0.0)
     head = pack.pretrained_head or {
         k: v for k, v in build_network(pack.spec).state_dict().items()
