@@ -26,13 +26,13 @@ from packtool.fileio import atomic_write_bytes
 from packtool.formats.archive import (
     DTYPE_CODES,
     FORMAT,
+    FORMAT_VERSION,
     checksum,
     owner_bits,
-    pack_bits,
 )
+from packtool.formats.owner_code import encode_owners
 from packtool.method import FREE
 from packtool.pack import Pack
-from packtool.records import format_version
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
         owners = pack.owners[key].detach().to("cpu")
         owned = owners.reshape(-1) != FREE
         tensors[f"shared/{key}"] = store(key, weight.detach().to("cpu").reshape(-1)[owned])
-        tensors[f"owners/{key}"] = pack_bits(owners, bits)
+        tensors[f"owners/{key}"], tensors[f"owner_counts/{key}"] = encode_owners(
+            owners, len(pack.tasks) + 1)
         layers.append([key, list(weight.shape)])
     for record in pack.tasks:
         for name, value in record.head.items():
@@ -101,7 +102,8 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
     spec = pack.spec
     metadata = {
         "format": FORMAT,
-        "format_version": str(format_version(pack.tasks)),
+        "format_version": str(FORMAT_VERSION),  # the owner coding needs format 4
+        "owner_coding": "ans",
         "packtool_version": __version__,
         "spec": _json(spec.to_dict()),
         "policy": pack.policy,

@@ -33,7 +33,9 @@ from .evaluate import (
     PrecisionChange,
     Score,
     TaskEvaluation,
+    TaskFreeEvaluation,
     evaluate,
+    evaluate_task_free,
     evaluate_tasks,
     half_precision_change,
 )
@@ -51,10 +53,8 @@ from .report import plot_accuracy, plot_capacity
 from .taskfree import (
     SCORES,
     Identification,
-    TaskFreeEvaluation,
     calibrate,
     default_score,
-    evaluate_task_free,
     fit_temperature,
     identify,
     task_scores,

@@ -29,23 +29,21 @@ A group of images known to come from one task (a camera, a folder: ``same_task``
 
 Lifecycle: :func:`calibrate` when a task is added (its record keeps the temperature and the
 feature statistics); :class:`TaskFreeNet` -> :func:`task_scores` -> :func:`identify` to serve
-(:func:`packtool.exporters.predict` with ``task="auto"``); :func:`evaluate_task_free` to
-measure.
+(:func:`packtool.exporters.predict` with ``task="auto"``);
+:func:`packtool.evaluate.evaluate_task_free` to measure.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import resolve_device
 from .data import TaskData
 from .errors import DataError, TaskError
 from .pack import Pack
@@ -338,118 +336,3 @@ def task_free_net(pack: Pack, task: str | int, device: str | torch.device | None
     record = pack.task(task)
     return TaskFreeNet(pack.model_for(record.name, device), pack.anatomy().classifier,
                        record.feature_stats).to(pack.device if device is None else device)
-
-
-@dataclass(frozen=True)
-class SplitLogits:
-    """One task's test split seen by every task's network: ``logits[k]`` ``[N, C_k]`` and
-    ``distances[k]`` ``[N]`` (:class:`TaskFreeNet`)."""
-
-    task: str
-    index: int
-    logits: list[Tensor]
-    distances: list[Tensor]
-    labels: Tensor
-
-
-def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_size: int = 256,
-                 device: str | torch.device = "auto") -> list[SplitLogits]:
-    """Every task's test split through every task's network (each network built once)."""
-    if not pack.tasks:
-        raise TaskError("the pack has no tasks to evaluate yet; add one first")
-    dev = resolve_device(device)
-    nets = [task_free_net(pack, t.name, dev) for t in pack.tasks]
-    table = []
-    for record in pack.tasks:
-        test = pack.task_data(record.name, root=root).test
-        table.append(split_logits(nets, test, record.name, record.index,
-                                  batch_size=batch_size, device=dev))
-    return table
-
-
-def split_logits(nets: Sequence[TaskFreeNet], dataset: Dataset, task: str, index: int, *,
-                 batch_size: int = 256, device: str | torch.device = "cpu") -> SplitLogits:
-    """Task ``task``'s split ``dataset`` through every task's network ``nets``."""
-    outputs, labels = collect_logits(nets, dataset, batch_size=batch_size, device=device)
-    return SplitLogits(task, index, [o[0] for o in outputs], [o[1] for o in outputs], labels)
-
-
-@dataclass(frozen=True)
-class TaskFreeEvaluation:
-    """One task's test split served without its task id; a row of ``eval --task-free --json``.
-
-    Attributes:
-        task, index: the task whose test images were served.
-        samples: test images; groups: groups of ``group`` images (the last may be smaller).
-        task_accuracy: share of groups (of images with ``group`` 1) given the right task.
-        accuracy: class accuracy without the task id (a wrong task counts as wrong).
-        oracle_accuracy: class accuracy with the task id given.
-    """
-
-    task: str
-    index: int
-    samples: int
-    groups: int
-    task_accuracy: float
-    accuracy: float
-    oracle_accuracy: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float], *,
-                    group: int = 1, score: str = "entropy", seed: int = 0
-                    ) -> list[TaskFreeEvaluation]:
-    """Task-free accuracy from :func:`logits_table`.
-
-    Each test split is shuffled with ``seed`` and cut into groups of ``group`` images (the last
-    one smaller if ``group`` does not divide it); each group gets one task by its summed scores.
-    """
-    if group < 1:
-        raise TaskError(f"group must be at least 1, got {group}")
-    rows = []
-    for position, split in enumerate(table):
-        n = len(split.labels)
-        groups = torch.empty(n, dtype=torch.long)
-        groups[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = (
-            torch.arange(n) // group)
-        chosen = identify(task_scores(split.logits, temperatures, score, split.distances),
-                          groups).task
-        # Each task's own prediction, then the chosen task's: heads may differ in width.
-        predicted = torch.stack([z.argmax(1) for z in split.logits], 1)
-        predicted = predicted.gather(1, chosen[:, None])[:, 0]
-        right_task = chosen == position
-        rows.append(TaskFreeEvaluation(
-            split.task, split.index, n, int(groups.max()) + 1,
-            task_accuracy=float(_group_share(right_task, groups)),
-            accuracy=float((right_task & (predicted == split.labels)).double().mean()),
-            oracle_accuracy=float((split.logits[position].argmax(1) == split.labels)
-                                  .double().mean()),
-        ))
-    return rows
-
-
-def evaluate_task_free(pack: Pack, *, group: int = 1, score: str | None = None,
-                       calibrated: bool = True, root: str | os.PathLike | None = None,
-                       batch_size: int = 256, device: str | torch.device = "auto",
-                       seed: int = 0) -> list[TaskFreeEvaluation]:
-    """Every task's test split served without the task id (see :func:`score_task_free`).
-
-    ``score`` defaults to :func:`default_score`; ``calibrated=False`` ignores the recorded
-    temperatures (every task at 1).
-    """
-    score = check_score(score or default_score(pack))
-    if group < 1:
-        raise TaskError(f"group must be at least 1, got {group}")
-    table = logits_table(pack, root=root, batch_size=batch_size, device=device)
-    temperatures = temperatures_of(pack) if calibrated else [1.0] * len(pack.tasks)
-    return score_task_free(table, temperatures, group=group, score=score, seed=seed)
-
-
-def _group_share(right: Tensor, groups: Tensor) -> Tensor:
-    """Share of groups whose images are right (a group's images share one choice)."""
-    count = int(groups.max()) + 1
-    first = torch.full((count,), len(groups), dtype=torch.long).scatter_reduce_(
-        0, groups, torch.arange(len(groups)), reduce="amin")
-    return right[first].double().mean()

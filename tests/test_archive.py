@@ -138,16 +138,21 @@ def test_restored_pack_saves_and_keeps_adding_tasks(tmp_path):
 
 
 def test_spec_rebuilds_a_task_with_plain_safetensors(mlp_pack, archive_file):
-    """Follow the module docstring's recipe with safetensors + NumPy only."""
+    """Follow the module docstring's recipe with safetensors, NumPy and constriction only."""
+    import constriction
+
     with safe_open(str(archive_file), "np") as f:
         meta = f.metadata()
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    assert meta["format"] == "packtool.archive" and meta["format_version"] == "3"
-    k, bits = 2, int(meta["bits"])
+    assert meta["format"] == "packtool.archive" and meta["format_version"] == "4"
+    assert meta["owner_coding"] == "ans"
+    k = 2
     for key, shape in json.loads(meta["layers"]):
         n = math.prod(shape)
-        stream = np.unpackbits(tensors[f"owners/{key}"], bitorder="little")[: n * bits]
-        owners = stream.reshape(n, bits) @ (1 << np.arange(bits))
+        counts = tensors[f"owner_counts/{key}"]
+        model = constriction.stream.model.Categorical(counts / n, perfect=False)
+        coder = constriction.stream.stack.AnsCoder(tensors[f"owners/{key}"].view(np.uint32))
+        owners = coder.decode(model, n)
         w = np.zeros(n, np.float32)
         w[owners != 0] = tensors[f"shared/{key}"]
         w[owners > k] = 0

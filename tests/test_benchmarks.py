@@ -90,7 +90,8 @@ def test_cost_tables(smoke):
         assert all(r["sparse_bytes"] <= r["dense_bytes"] for r in case["onnx"])
         assert all(r["max_abs_diff"] < 1e-4 for r in case["onnx"])
         s = case["storage"]
-        assert s["floor_bytes"] <= s["archive_bytes"] < s["separate_dense_onnx_bytes"]
+        assert s["entropy_floor_bytes"] <= s["archive_bytes"] < s["separate_dense_onnx_bytes"]
+        assert s["entropy_floor_bytes"] <= s["floor_bytes"]
         assert [r["batch"] for r in case["latency"]] == [1, 32]
         assert all(r["provider"] == "CPUExecutionProvider" for r in case["latency"])
         assert all(r["ort_over_torch"] > 0 for r in case["latency"])

@@ -1,6 +1,7 @@
 """Files written by earlier packtools keep loading: the fixtures in ``tests/formats/`` were
 written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make_v1.py) and at
-commit cb09c2d (model file and archive format 2; make_v2.py), and with format 3 (make_v3.py)."""
+commit cb09c2d (model file and archive format 2; make_v2.py), and with formats 3 (make_v3.py) and
+4 (the archive, make_v4.py)."""
 
 from __future__ import annotations
 
@@ -154,3 +155,20 @@ def test_v3_model_file_and_archive_keep_their_temperatures_and_save_unchanged(tm
     new = torch.load(tmp_path / "again.pt", weights_only=True)
     assert new["version"] == old["version"] == 3
     assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
+
+
+def test_v4_archive_serves_what_its_model_file_serves():
+    """Archive format 4 (make_v4.py): the owner index ANS-coded; formats 1-3 stay readable."""
+    from safetensors import safe_open
+
+    with safe_open(str(FORMATS / "lenet-calibrated-v4.safetensors"), "pt") as f:
+        assert f.metadata()["format_version"] == "4"
+    pack = Pack.load(FORMATS / "lenet-calibrated-v3.pt")
+    archive = read_archive(FORMATS / "lenet-calibrated-v4.safetensors")
+    for key in pack.owners:
+        assert torch.equal(archive.owners[key], pack.owners[key])
+    expected = _outputs(pack)
+    for name, out in _outputs(archive).items():
+        assert torch.equal(out, expected[name])
+    older = read_archive(FORMATS / "lenet-calibrated-v3.safetensors")  # bit-packed owners
+    assert all(torch.equal(older.owners[k], archive.owners[k]) for k in pack.owners)

@@ -89,12 +89,15 @@ class _StopAfter(Progress):
 def test_kept_resumes_mid_finetuning_bit_identical(tmp_path):
     config = TrainConfig(epochs=2, finetune_epochs=3, lr=0.05, batch_size=16, device="cpu")
     data = synthetic_task(3, seed=1)
-    reference, _ = add_task(_first("kept"), "b", data, 0.5, config)
+    # One first pack for all three runs: a record's creation time is part of its digest, which
+    # the checkpoint checks, and two packs built a second apart differ there.
+    first = _first("kept")
+    reference, _ = add_task(first, "b", data, 0.5, config)
     ckpt = tmp_path / "c.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        add_task(_first("kept"), "b", data, 0.5, config, checkpoint=ckpt,
+        add_task(first, "b", data, 0.5, config, checkpoint=ckpt,
                  progress=_StopAfter(4))  # fine-tuning epoch 2
-    pack, _ = add_task(_first("kept"), "b", data, 0.5, config, checkpoint=ckpt, resume=True)
+    pack, _ = add_task(first, "b", data, 0.5, config, checkpoint=ckpt, resume=True)
     for key in reference.shared:
         assert torch.equal(pack.shared[key], reference.shared[key])
         assert torch.equal(pack.released[key], reference.released[key])

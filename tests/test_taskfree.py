@@ -25,16 +25,10 @@ from packtool import (
     identify,
     task_scores,
 )
+from packtool.evaluate import score_task_free, split_logits
 from packtool.exporters import TaskMetadata, archive_bytes, archive_from_bytes, predict, task_onnx
 from packtool.formats import model_file
-from packtool.taskfree import (
-    TaskFreeNet,
-    fit_feature_stats,
-    score_task_free,
-    split_logits,
-    task_free_net,
-    temperatures_of,
-)
+from packtool.taskfree import TaskFreeNet, fit_feature_stats, task_free_net, temperatures_of
 
 CONFIG = TrainConfig(epochs=4, finetune_epochs=1, lr=0.05, device="cpu")
 

@@ -5,11 +5,12 @@ This module is the format's spec, its checksum and its one validating reader
 
 A pack's ``model.pt`` keeps the whole network, free weights and initial state included, for
 training. The archive keeps only what serving the existing tasks needs: each owned weight once,
-the owner index bit-packed, every task's head and private state. For ``T`` tasks its size is
-close to the information floor ``owned weights x 4 bytes + all prunable weights x b bits +
-heads + private state`` with ``b = ceil(log2(T + 1))``.
+the owner index entropy-coded (bit-packed before format 4), every task's head and private
+state. For ``T`` tasks its size is close to the entropy floor ``owned weights x 4 bytes + all
+prunable weights x H bits + heads + private state (+ feature statistics)``, ``H`` the owner
+index's empirical entropy per weight (at most ``b = ceil(log2(T + 1))``, the bit-packed cost).
 
-Archive format (``pack.safetensors``, format version 3)
+Archive format (``pack.safetensors``, format version 4)
 -------------------------------------------------------
 One `safetensors <https://github.com/huggingface/safetensors>`_ file: an 8-byte little-endian
 header length, a JSON header, then the raw little-endian bytes of every tensor. No pickle, no
@@ -44,7 +45,10 @@ key                     value
                         ``"temperature"`` (a number: divide the task's logits by it before the
                         softmax for task-free scores; absent means 1)
 ``layers``              JSON list ``[[L, shape], ...]`` of the prunable weights, in network order
-``bits``                ``b``, owner-index bits per weight: ``ceil(log2(T + 1))``, 1..8
+``bits``                ``b``, owner-index bits per weight: ``ceil(log2(T + 1))``, 1..8 (the
+                        packed width in formats 1-3; recorded, and checked, in format 4)
+``owner_coding``        format 4: ``ans``, the owner index entropy-coded (below); absent in
+                        formats 1-3, whose owner index is bit-packed
 ``float_dtype``         ``float32`` or ``float16``: how floating tensors are stored (``--half``);
                         readers convert them to float32
 ``preprocessing``       JSON ``{"input_size": [C, H, W], "mean": [...], "std": [...]}``: a
@@ -61,7 +65,10 @@ name                 dtype, shape                      content
 ===================  ================================  ========================================
 ``shared/L``         float ``[n_owned]``               the weights of ``L`` owned by some task
                                                        (owner != 0), in row-major flat order
-``owners/L``         uint8 ``[ceil(numel * b / 8)]``   owner of every weight of ``L``, packed
+``owners/L``         int32 ``[words]``                 owner of every weight of ``L``, ANS-coded
+                                                       (formats 1-3: uint8, packed, see below)
+``owner_counts/L``   int64 ``[T + 1]``                 format 4: how many weights each owner
+                                                       value has (the ANS model)
 ``head/k/weight``    float ``[classes_k, in]``         task ``k``'s classifier weight
 ``head/k/bias``      float ``[classes_k]``             its bias (if the classifier has one)
 ``private/k/KEY``    any, as in ``state_dict``         task ``k``'s private backbone state under
@@ -75,15 +82,22 @@ classifier's input, and ``features/k/basis`` ``[r, in]`` (float) and ``features/
 ``[1]`` (float32 even in a float16 archive: it may exceed float16's range), the inverse of
 their shrunk within-class covariance as ``scale * I - basis.T @ basis``.
 
-Owner packing: the owner of flat weight ``i`` (``0`` free, ``k`` task ``k``) is stored in bits
-``i*b .. i*b+b-1`` of a bit stream, least significant bit first; stream bit ``j`` is bit
-``j mod 8`` of byte ``j div 8`` (least significant first, NumPy's ``bitorder="little"``).
+Format 4 stores each layer's owner index entropy-coded instead of packed: ``owners/L`` is an
+int32 ``[words]`` ANS stream and ``owner_counts/L`` an int64 ``[T + 1]`` table of its owner
+counts; :mod:`packtool.formats.owner_code` specifies both (decoding needs the ``constriction``
+library, version 0.5). Formats 1-3 (no ``owner_coding``) store ``owners/L`` bit-packed:
+
+Owner packing (formats 1-3): the owner of flat weight ``i`` (``0`` free, ``k`` task ``k``) is
+stored in bits ``i*b .. i*b+b-1`` of a bit stream, least significant bit first; stream bit
+``j`` is bit ``j mod 8`` of byte ``j div 8`` (least significant first, NumPy's
+``bitorder="little"``).
 Unused bits of the last byte are zero. Equivalently::
 
     owner(i) = (int.from_bytes(packed, "little") >> (i * b)) & (2**b - 1)
     owners = np.unpackbits(packed, bitorder="little")[: n * b].reshape(n, b) @ (1 << np.arange(b))
 
-Rebuilding task ``k`` with plain ``safetensors``: for every ``L``, ``w = zeros(numel)``,
+Rebuilding task ``k`` with plain ``safetensors`` (and ``constriction`` for format 4's owners):
+for every ``L``, ``w = zeros(numel)``,
 ``w[owners != 0] = shared/L``, then ``w[owners > k] = 0`` (later tasks' weights are not part
 of task ``k``), reshape to ``shape``. Build the network from ``spec``, replace its classifier
 (the last ``nn.Linear`` in module order) by ``Linear(in, classes_k)``, and load the weights,
@@ -115,13 +129,14 @@ from torch import Tensor
 from .._version import __version__
 from ..errors import PackFormatError, PackToolError, TaskError, one_line
 from ..method import FREE, MAX_TASKS, OWNER_DTYPE
-from ..models import ArchSpec
+from ..models import ArchSpec, build_network
 from ..pack import Pack
 from ..records import TaskRecord
 from .digest import tensor_bytes
+from .owner_code import decode_owners
 
 FORMAT = "packtool.archive"
-FORMAT_VERSION = 3  # the newest version this packtool reads and writes
+FORMAT_VERSION = 4  # the newest version this packtool reads and writes
 
 # safetensors' dtype codes: part of the checksum, so the spec does not depend on torch's names.
 DTYPE_CODES: dict[torch.dtype, str] = {
@@ -307,9 +322,15 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
     layers = json.loads(metadata["layers"])
     shared: dict[str, Tensor] = {}
     owners: dict[str, Tensor] = {}
+    coding = metadata.get("owner_coding", "bits")
+    if coding not in ("bits", "ans"):
+        raise ValueError(f"unknown owner coding {coding!r}")
+    if coding == "ans":  # decoding allocates what the file says: check it against the network
+        _check_layer_shapes(ArchSpec.from_dict(json.loads(metadata["spec"])), layers)
     for key, shape in layers:
         numel = math.prod(shape)  # unpack_bits checks it against the stored bytes first
-        own = unpack_bits(tensors[f"owners/{key}"], bits, numel)
+        own = (decode_owners(tensors[f"owners/{key}"], tensors[f"owner_counts/{key}"], numel)
+               if coding == "ans" else unpack_bits(tensors[f"owners/{key}"], bits, numel))
         owned = own != FREE
         values = _float32(tensors[f"shared/{key}"], half)
         if values.dim() != 1 or values.numel() != int(owned.sum()):
@@ -317,7 +338,8 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
         weight = torch.zeros(numel, dtype=values.dtype)
         weight[owned] = values
         shared[key], owners[key] = weight.view(shape), own.view(shape)
-    known = {f"{kind}/{key}" for key, _ in layers for kind in ("shared", "owners")}
+    kinds = ("shared", "owners", "owner_counts") if coding == "ans" else ("shared", "owners")
+    known = {f"{kind}/{key}" for key, _ in layers for kind in kinds}
     unknown = [n for n in tensors
                if n not in known and not n.startswith(("head/", "private/", "features/"))]
     if unknown:
@@ -331,6 +353,16 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
     return Pack(ArchSpec.from_dict(json.loads(metadata["spec"])), shared, owners, {}, tasks,
                 policy=metadata["policy"], free_init=metadata.get("free_init", "zero"),
                 pretrained=metadata.get("pretrained") == "true")
+
+
+def _check_layer_shapes(spec: ArchSpec, layers: list) -> None:
+    """Every recorded layer is a parameter of ``spec``'s network with the recorded shape
+    (built on the meta device: shapes only, no memory)."""
+    with torch.device("meta"):
+        shapes = {k: list(p.shape) for k, p in build_network(spec).named_parameters()}
+    for key, shape in layers:
+        if shapes.get(key) != shape:
+            raise ValueError(f"layer {key} {shape} is not in the network of {spec.arch}")
 
 
 def _group(tensors: Mapping[str, Tensor], kind: str, count: int, half: bool
