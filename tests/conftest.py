@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from packtool import Pack, TrainConfig, add_task
+from packtool import Pack, Progress, TrainConfig, add_task
 
 
 @dataclass
@@ -57,3 +57,15 @@ def build_pack(arch: str, size: tuple[int, int, int], kwargs: dict, tasks: list,
         data = synthetic_task(classes, seed=i, shape=size, n=n)
         pack, _ = add_task(pack, f"task {i + 1}", data, prune, config)
     return pack
+
+
+class StopAfter(Progress):
+    """Progress that interrupts (as Ctrl-C would) at the end of the ``epochs``-th epoch."""
+
+    def __init__(self, epochs: int) -> None:
+        self.left = epochs
+
+    def epoch_end(self, *args) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt

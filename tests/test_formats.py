@@ -21,6 +21,21 @@ FORMATS = Path(__file__).parent / "formats"
 X = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
+def _assert_saves_unchanged(name: str, version: int, tmp_path) -> None:
+    """Loading and saving fixture ``name`` keeps its version, digest and metadata."""
+    Pack.load(FORMATS / name).save(tmp_path / "again.pt")
+    old = torch.load(FORMATS / name, weights_only=True)
+    new = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert new["version"] == old["version"] == version
+    assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
+
+
+def _assert_same_outputs(pack: Pack, archive: Pack) -> None:
+    expected = _outputs(pack)
+    for name, out in _outputs(archive).items():
+        assert torch.equal(out, expected[name])
+
+
 def _outputs(pack: Pack) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {name: pack.model_for(name)(X) for name in pack.task_names}
@@ -30,9 +45,7 @@ def test_v1_model_file_and_archive_serve_the_same_tasks():
     pack = Pack.load(FORMATS / "lenet-2tasks.pt")
     archive = read_archive(FORMATS / "lenet-2tasks.safetensors")
     assert pack.task_names == archive.task_names == ["first", "second"]
-    expected = _outputs(pack)
-    for name, out in _outputs(archive).items():
-        assert torch.equal(out, expected[name])
+    _assert_same_outputs(pack, archive)
     assert pack.tasks[0].metrics["accuracy"] == archive.tasks[0].metrics["accuracy"]
 
 
@@ -102,14 +115,8 @@ def test_v2_model_file_and_archive_keep_the_planner_record_and_save_unchanged(tm
     archive = read_archive(FORMATS / "lenet-auto-v2.safetensors")
     assert pack.tasks[0].prune_search and pack.tasks[0].prune_reason != "fixed"
     assert archive.tasks[0].prune_search == pack.tasks[0].prune_search
-    expected = _outputs(pack)
-    for name, out in _outputs(archive).items():
-        assert torch.equal(out, expected[name])
-    pack.save(tmp_path / "again.pt")
-    old = torch.load(FORMATS / "lenet-auto-v2.pt", weights_only=True)
-    new = torch.load(tmp_path / "again.pt", weights_only=True)
-    assert new["version"] == old["version"] == 2
-    assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
+    _assert_same_outputs(pack, archive)
+    _assert_saves_unchanged("lenet-auto-v2.pt", 2, tmp_path)
 
 
 def test_files_without_temperatures_serve_task_free_at_temperature_1(tmp_path):
@@ -147,14 +154,8 @@ def test_v3_model_file_and_archive_keep_their_temperatures_and_save_unchanged(tm
     for a, b in zip(archive.tasks, pack.tasks):
         assert b.feature_stats.keys() == {"means", "basis", "scale"}
         assert all(torch.equal(a.feature_stats[k], v) for k, v in b.feature_stats.items())
-    expected = _outputs(pack)
-    for name, out in _outputs(archive).items():
-        assert torch.equal(out, expected[name])
-    pack.save(tmp_path / "again.pt")
-    old = torch.load(FORMATS / "lenet-calibrated-v3.pt", weights_only=True)
-    new = torch.load(tmp_path / "again.pt", weights_only=True)
-    assert new["version"] == old["version"] == 3
-    assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
+    _assert_same_outputs(pack, archive)
+    _assert_saves_unchanged("lenet-calibrated-v3.pt", 3, tmp_path)
 
 
 def test_v4_archive_serves_what_its_model_file_serves():
@@ -167,8 +168,6 @@ def test_v4_archive_serves_what_its_model_file_serves():
     archive = read_archive(FORMATS / "lenet-calibrated-v4.safetensors")
     for key in pack.owners:
         assert torch.equal(archive.owners[key], pack.owners[key])
-    expected = _outputs(pack)
-    for name, out in _outputs(archive).items():
-        assert torch.equal(out, expected[name])
+    _assert_same_outputs(pack, archive)
     older = read_archive(FORMATS / "lenet-calibrated-v3.safetensors")  # bit-packed owners
     assert all(torch.equal(older.owners[k], archive.owners[k]) for k in pack.owners)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import synthetic_task
+from conftest import StopAfter, synthetic_task
 
 from packtool import FREE_INITS, Pack, Progress, TrainConfig, add_task, load
 from packtool.exporters import archive_bytes, archive_from_bytes
@@ -76,16 +76,6 @@ def test_kept_values_move_on_with_each_task_and_forgetting_stays_zero():
         assert values.numel() == int((pack.owners[key] == 0).sum())
 
 
-class _StopAfter(Progress):
-    def __init__(self, epochs: int) -> None:
-        self.left = epochs
-
-    def epoch_end(self, epoch, loss, accuracy, val_accuracy) -> None:
-        self.left -= 1
-        if self.left == 0:
-            raise KeyboardInterrupt
-
-
 def test_kept_resumes_mid_finetuning_bit_identical(tmp_path):
     config = TrainConfig(epochs=2, finetune_epochs=3, lr=0.05, batch_size=16, device="cpu")
     data = synthetic_task(3, seed=1)
@@ -96,7 +86,7 @@ def test_kept_resumes_mid_finetuning_bit_identical(tmp_path):
     ckpt = tmp_path / "c.ckpt"
     with pytest.raises(KeyboardInterrupt):
         add_task(first, "b", data, 0.5, config, checkpoint=ckpt,
-                 progress=_StopAfter(4))  # fine-tuning epoch 2
+                 progress=StopAfter(4))  # fine-tuning epoch 2
     pack, _ = add_task(first, "b", data, 0.5, config, checkpoint=ckpt, resume=True)
     for key in reference.shared:
         assert torch.equal(pack.shared[key], reference.shared[key])

@@ -7,13 +7,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import synthetic_task
+from conftest import StopAfter, synthetic_task
 from torch.utils.data import Dataset
 
 from packtool import (
     Pack,
     PackToolError,
-    Progress,
     TaskError,
     TrainConfig,
     add_task,
@@ -175,16 +174,6 @@ def test_auto_keeps_zero_forgetting_and_the_record():
     assert restored.tasks[1].prune_search == record.prune_search
 
 
-class _StopAfter(Progress):
-    def __init__(self, epochs: int) -> None:
-        self.left = epochs
-
-    def epoch_end(self, epoch, loss, accuracy, val_accuracy) -> None:
-        self.left -= 1
-        if self.left == 0:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stop_after", [5, 7])  # 4 training epochs, then two trials of 2
 def test_resume_mid_search_ends_bit_identical(tmp_path, stop_after, digits):
     data = digits
@@ -194,7 +183,7 @@ def test_resume_mid_search_ends_bit_identical(tmp_path, stop_after, digits):
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
         add_task(_base(), "t", data, "auto", CONFIG, **settings, checkpoint=ckpt,
-                 progress=_StopAfter(stop_after))
+                 progress=StopAfter(stop_after))
     saved = shutil.copy(ckpt, tmp_path / "saved.ckpt")
     pack, result = add_task(_base(), "t", data, "auto", CONFIG, **settings, checkpoint=ckpt,
                             resume=True)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import ARCH, assert_error, invoke, ok, ok_json
+from conftest import StopAfter
 from PIL import Image
 
 from packtool import (
@@ -125,16 +126,6 @@ def test_the_cli_checks_files_first_and_skips_on_request(tmp_path):
 # -- checkpoints --------------------------------------------------------------------------------
 
 
-class _StopAfter(Progress):
-    def __init__(self, epochs: int) -> None:
-        self.left = epochs
-
-    def epoch_end(self, *args) -> None:
-        self.left -= 1
-        if self.left == 0:
-            raise KeyboardInterrupt
-
-
 def test_checkpoint_every_skips_saves_within_the_interval(tmp_path, make_task, monkeypatch):
     saves = []
     real = Checkpoint.save
@@ -149,7 +140,7 @@ def test_checkpoint_every_skips_saves_within_the_interval(tmp_path, make_task, m
     ckpt = tmp_path / "b.ckpt"
     with pytest.raises(KeyboardInterrupt):
         add_task(base, "a", data, 0.5, config, checkpoint=ckpt, checkpoint_every=3600.0,
-                 progress=_StopAfter(4))
+                 progress=StopAfter(4))
     assert saves == [] and not ckpt.exists()  # an hour did not pass
     resumed, _ = add_task(base, "a", data, 0.5, config, checkpoint=ckpt, resume=True,
                           checkpoint_every=3600.0)  # nothing to resume: starts over
