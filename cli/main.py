@@ -96,7 +96,7 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--prune", type=params.PruneRatio(), required=True, metavar="RATIO|auto",
               help="Fraction of the task's trained weights to release, [0, 1), or auto: the "
                    "largest that keeps validation accuracy within --tolerance.")
-@click.option("--tolerance", type=click.FloatRange(min=0), metavar="PP",
+@click.option("--tolerance", type=params.FiniteRange(min=0), metavar="PP",
               help="With --prune auto: validation accuracy points the task may lose [default: "
                    "1.0].")
 @click.option("--auto-trials", type=click.IntRange(min=1), metavar="N",
@@ -112,10 +112,10 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               metavar="N", help="Training epochs on the free weights.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=10, show_default=True,
               metavar="M", help="Fine-tuning epochs after pruning.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), metavar="LR",
+@click.option("--lr", type=params.FiniteRange(min=0, min_open=True), metavar="LR",
               help="Training learning rate [default: 0.001, the paper's, for a network with "
                    "pretrained weights; else 0.05, from scratch].")
-@click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), metavar="LR",
+@click.option("--finetune-lr", type=params.FiniteRange(min=0, min_open=True), metavar="LR",
               help="Fine-tuning learning rate [default: 0.0001 with pretrained weights; else "
                    "0.005].")
 @click.option("--lr-decay-epochs", type=click.IntRange(min=0), default=10, show_default=True,
@@ -124,9 +124,9 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               metavar="B")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd",
               show_default=True)
-@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True,
+@click.option("--momentum", type=params.FiniteRange(min=0), default=0.9, show_default=True,
               metavar="M", help="SGD momentum.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--weight-decay", type=params.FiniteRange(min=0), default=0.0, show_default=True,
               metavar="WD")
 @click.option("--global-prune", "prune_scope", flag_value="global", default="layer",
               help="Rank weights across all layers when pruning (default: the exact ratio in "
@@ -143,14 +143,14 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="Mixed precision: bfloat16 on the CPU, float16 (or bfloat16) on CUDA.")
 @click.option("--seed", type=int, default=0, show_default=True, metavar="S",
               help="Seeds initialization, shuffling and the validation split.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+@click.option("--val-fraction", type=params.FiniteRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Share of the training data held out for model selection.")
 @click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder holding the registered datasets [default: $PACKTOOL_DATA].")
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave out image files that cannot be read (every file's header is checked "
                    "before training; without this flag, bad files stop the add-task).")
-@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=0, show_default=True,
+@click.option("--checkpoint-every", type=params.FiniteRange(min=0), default=0, show_default=True,
               metavar="MIN", help="Minutes between checkpoints (0: after every epoch); longer "
                                   "saves time on large networks, and a resume repeats more.")
 @click.option("--resume", is_flag=True,
@@ -272,7 +272,7 @@ def _eval_task_free(pack: Pack, tasks: tuple[str, ...], all_tasks: bool, data: s
 @params.model_argument
 @click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also write a per-layer capacity chart (needs matplotlib).")
-@click.option("--share", type=click.FloatRange(0, 1, min_open=True), metavar="S",
+@click.option("--share", type=params.FiniteRange(0, 1, min_open=True), metavar="S",
               help="Also forecast how many tasks fit that each own this share of every layer.")
 @params.json_option
 def info(model: Path, plot: str | None, share: float | None, as_json: bool) -> None:
@@ -298,10 +298,13 @@ def info(model: Path, plot: str | None, share: float | None, as_json: bool) -> N
 @click.option("--task", "name", metavar="NAME", help="Export this task to ONNX.")
 @click.option("--all", "all_tasks", is_flag=True,
               help="Export every task to ONNX, plus the archive, into --out DIR.")
+@click.option("--multi-task", is_flag=True,
+              help="Export every task to one ONNX file (--out FILE.onnx) with a task input.")
 @click.option("--archive", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write only the shared-weight archive of every task.")
 @click.option("--out", type=click.Path(), metavar="PATH",
-              help="ONNX file (--task) [default: <task>.onnx] or folder (--all).")
+              help="ONNX file (--task, --multi-task) [--task default: <task>.onnx] or folder "
+                   "(--all).")
 @click.option("--dense", is_flag=True, help="Store every weight dense (default: sparse where "
                                             "smaller).")
 @click.option("--opset", type=click.IntRange(min=1), default=18, show_default=True,
@@ -309,46 +312,67 @@ def info(model: Path, plot: str | None, share: float | None, as_json: bool) -> N
 @click.option("--no-verify", is_flag=True,
               help="Skip comparing onnxruntime's outputs with PyTorch's.")
 @click.option("--half", is_flag=True,
-              help="With --archive: store weights as float16 and report each task's accuracy "
-                   "change on its test split.")
+              help="float16 weights (--task, --archive); reports the accuracy change on the "
+                   "test split.")
+@click.option("--int8", is_flag=True,
+              help="With --task: int8 through onnxruntime.quantization (static, calibrated on "
+                   "training images, for conv nets); reports the accuracy change.")
+@click.option("--max-drop", type=params.FiniteRange(min=0), default=None, metavar="PP",
+              help="With --task --int8/--half: refuse to write if test accuracy drops by more "
+                   "than PP points [default: 1.0].")
+@click.option("--force", is_flag=True,
+              help="With --task --int8/--half: write even past --max-drop, or without data to "
+                   "measure on.")
 @click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",
-              help="With --half: where the tasks' datasets live [default: recorded, "
+              help="With --half/--int8: where the tasks' datasets live [default: recorded, "
                    "$PACKTOOL_DATA].")
 @params.json_option
-def export(model: Path, name: str | None, all_tasks: bool, archive: str | None,
-           out: str | None, dense: bool, opset: int, no_verify: bool, half: bool,
-           data_root: str | None, as_json: bool) -> None:
-    """Export tasks to ONNX, or every task to one shared-weight archive.
+def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
+           archive: str | None, out: str | None, dense: bool, opset: int, no_verify: bool,
+           half: bool, int8: bool, max_drop: float | None, force: bool, data_root: str | None,
+           as_json: bool) -> None:
+    """Export tasks to ONNX (one file per task, or one for every task), or every task to one
+    shared-weight archive.
 
     MODEL may be a model.pt or an archive.
     """
-    _check_export_mode(name, all_tasks, archive, out, half, data_root)
+    params.check_export_mode(name, all_tasks, multi_task, archive, out)
+    params.check_export_options(name, multi_task, archive, dense, half, int8, max_drop, force,
+                          data_root)
     pack, sha = load(model), sha256_file(model)
-    onnx = {"dense": dense, "opset": opset, "verify": not no_verify, "source_sha256": sha}
+    onnx = {"opset": opset, "verify": not no_verify, "source_sha256": sha}
     files: list[Any] = []
     written = None
-    changes = None
     if archive is not None:
         _refuse_overwriting(model, [Path(archive)])
         written = exporters.write_archive(pack, archive, half=half, source_sha256=sha)
-        if half:
-            changes = exporters.half_precision_change(pack, exporters.read_archive(archive),
-                                                      data_root=data_root)
     elif all_tasks:
         assert out is not None
         stems = exporters.task_filenames(pack.task_names)
         _refuse_overwriting(model, [Path(out) / f"{s}.onnx" for s in stems]
                             + [Path(out) / exporters.ARCHIVE_NAME])
-        files, written = exporters.export_all(pack, out, archive=True, **onnx)
+        files, written = exporters.export_all(pack, out, archive=True, dense=dense, **onnx)
+    elif multi_task:
+        assert out is not None
+        _refuse_overwriting(model, [Path(out)])
+        files = [exporters.export_multi_task(pack, out, **onnx)]
     else:
         assert name is not None
         record = pack.task(name)
         path = Path(out or f"{exporters.task_filenames([record.name])[0]}.onnx")
         _refuse_overwriting(model, [path])
-        files = [exporters.export_onnx(pack, record.name, path, **onnx)]
+        if half or int8:
+            files = [exporters.export_reduced(
+                pack, record.name, path, "int8" if int8 else "float16", force=force,
+                max_drop=1.0 if max_drop is None else max_drop, data_root=data_root,
+                opset=opset, source_sha256=sha)]
+        else:
+            files = [exporters.export_onnx(pack, record.name, path, dense=dense, **onnx)]
     doc = {"files": [f.to_dict() for f in files],
            "archive": None if written is None else written.to_dict()}
-    if changes is not None:
+    if archive is not None and half:
+        changes = exporters.half_precision_change(pack, exporters.read_archive(archive),
+                                                  data_root=data_root)
         doc["archive"]["half_precision"] = [c.to_dict() for c in changes]
     if as_json:
         render.print_json(doc)
@@ -363,20 +387,6 @@ def _refuse_overwriting(model: Path, targets: list[Path]) -> None:
         if target.resolve() == source:
             raise PackToolError(f"refusing to overwrite {model} (the export's source) with "
                                 f"{target}; choose another output path")
-
-
-def _check_export_mode(name: str | None, all_tasks: bool, archive: str | None, out: str | None,
-                       half: bool, data_root: str | None) -> None:
-    if sum((name is not None, all_tasks, archive is not None)) != 1:
-        raise click.UsageError("choose one of --task NAME, --all --out DIR or --archive FILE")
-    if all_tasks and out is None:
-        raise click.UsageError("--all needs --out DIR")
-    if archive is not None and out is not None:
-        raise click.UsageError("--archive FILE takes no --out")
-    if half and archive is None:
-        raise click.UsageError("--half applies to --archive FILE only")
-    if data_root is not None and not half:
-        raise click.UsageError("--data-root applies to --half only")
 
 
 # -- predict ----------------------------------------------------------------------------------

@@ -47,6 +47,18 @@ input_size = _optional(parse_input_size)
 classes = _optional(parse_classes)
 
 
+class FiniteRange(click.FloatRange):
+    """A ``click.FloatRange`` that also refuses ``nan`` and infinities (which the range check
+    lets through: every comparison with ``nan`` is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 class PruneRatio(click.ParamType):
     """``--prune``: a ratio in [0, 1), or ``auto``."""
 
@@ -109,3 +121,37 @@ def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> 
         except json.JSONDecodeError:
             result[key.strip()] = text
     return result
+
+
+def check_export_mode(name: str | None, all_tasks: bool, multi_task: bool,
+                       archive: str | None, out: str | None) -> None:
+    """``export``: exactly one of its four modes, with the paths that mode needs."""
+    if sum((name is not None, all_tasks, multi_task, archive is not None)) != 1:
+        raise click.UsageError("choose one of --task NAME, --all --out DIR, --multi-task --out "
+                               "FILE.onnx or --archive FILE")
+    if all_tasks and out is None:
+        raise click.UsageError("--all needs --out DIR")
+    if multi_task and out is None:
+        raise click.UsageError("--multi-task needs --out FILE.onnx")
+    if archive is not None and out is not None:
+        raise click.UsageError("--archive FILE takes no --out")
+
+
+def check_export_options(name: str | None, multi_task: bool, archive: str | None,
+                          dense: bool, half: bool, int8: bool, max_drop: float | None,
+                          force: bool, data_root: str | None) -> None:
+    """``export``: the options that apply to the chosen mode, and no others."""
+    if half and int8:
+        raise click.UsageError("choose one of --half and --int8")
+    if half and name is None and archive is None:
+        raise click.UsageError("--half applies to --task NAME or --archive FILE")
+    if int8 and name is None:
+        raise click.UsageError("--int8 applies to --task NAME only")
+    reduced_task = name is not None and (half or int8)
+    if (max_drop is not None or force) and not reduced_task:
+        raise click.UsageError("--max-drop and --force apply to --task NAME with --int8 or "
+                               "--half")
+    if dense and (reduced_task or multi_task):
+        raise click.UsageError("--dense applies to float32 per-task ONNX files only")
+    if data_root is not None and not (half or int8):
+        raise click.UsageError("--data-root applies to --half and --int8 only")

@@ -262,15 +262,29 @@ def show_capacity(console: Console, pack: Pack) -> None:
 
 def show_export(console: Console, doc: dict[str, Any]) -> None:
     if doc["files"]:
-        rows = [(f["task"], f["path"], count(f["bytes"]),
+        rows = [(f["task"] if f["task"] is not None else f"all {len(f['tasks'])} tasks",
+                 f["path"], count(f["bytes"]),
                  "not verified" if f["max_abs_diff"] is None else f"{f['max_abs_diff']:.2e}")
                 for f in doc["files"]]
         show_table(console, "ONNX files", ("task", "path", "bytes", "max |diff|"), rows, left=2)
+        for f in doc["files"]:
+            if "precision" in f:
+                show_reduced(console, f)
     if doc["archive"] is not None:
         a = doc["archive"]
         console.print(f"Archive {a['path']}: {count(a['bytes'])} bytes", markup=False)
         if "half_precision" in a:
             show_half_precision(console, a["half_precision"])
+
+
+def show_reduced(console: Console, file: dict[str, Any]) -> None:
+    """What a reduced-precision ONNX file costs on the task's test split."""
+    if file["accuracy_change"] is None:
+        console.print(f"{file['precision']}: accuracy change not measured (no test data)",
+                      markup=False)
+        return
+    console.print(f"{file['precision']}: test accuracy {pct(file['accuracy_float32'])} -> "
+                  f"{pct(file['accuracy'])} ({file['accuracy_change']:+.2f} pts)", markup=False)
 
 
 def show_half_precision(console: Console, changes: list[dict[str, Any]]) -> None:

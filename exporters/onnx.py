@@ -48,6 +48,7 @@ from torch import nn
 from packtool._version import __version__
 from packtool.data import Preprocess
 from packtool.errors import PackFormatError, PackToolError, one_line
+from packtool.evaluate import PrecisionChange
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack
 from packtool.records import TaskRecord
@@ -79,6 +80,9 @@ class OnnxExport:
         max_abs_diff: largest ``|onnxruntime - PyTorch|`` logit on the check batch, ``None`` if
             the check was skipped.
         provider: onnxruntime execution provider that ran the check, ``None`` if skipped.
+        precision: ``float32``, or ``float16`` / ``int8`` (:mod:`.quantize`).
+        change: for a reduced precision, the file against float32 on the task's test split
+            (``None`` if not measured).
     """
 
     task: str
@@ -86,11 +90,22 @@ class OnnxExport:
     bytes: int
     max_abs_diff: float | None
     provider: str | None
+    precision: str = "float32"
+    change: PrecisionChange | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """An item of ``files`` in ``packtool export --json``."""
-        return {"task": self.task, "path": None if self.path is None else str(self.path),
-                "bytes": self.bytes, "max_abs_diff": self.max_abs_diff}
+        """An item of ``files`` in ``packtool export --json``; a reduced precision adds
+        ``precision``, ``accuracy_change`` (points on the test split, negative = worse; ``None``
+        if not measured) and the two accuracies (0..1)."""
+        doc = {"task": self.task, "path": None if self.path is None else str(self.path),
+               "bytes": self.bytes, "max_abs_diff": self.max_abs_diff}
+        if self.precision == "float32":
+            return doc
+        change = self.change
+        return {**doc, "precision": self.precision,
+                "accuracy_change": None if change is None else change.accuracy_change,
+                "accuracy_float32": None if change is None else change.accuracy,
+                "accuracy": None if change is None else change.accuracy_reduced}
 
 
 @dataclass(frozen=True)

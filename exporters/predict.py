@@ -1,10 +1,11 @@
 """``predict``: classify image files with an exported task, or with the tasks of a pack file.
 
-An ``.onnx`` file brings its classes and preprocessing in its metadata. A pack file (an archive
-or a ``model.pt``) has its task rebuilt, exported to ONNX in memory and run the same way, so
-both give the same numbers. With ``task="auto"`` a pack file's every task runs and each image
-(or, with ``same_task``, the whole set) goes to the task that scores it best
-(:mod:`packtool.taskfree`).
+An ``.onnx`` file brings its classes and preprocessing in its metadata; a multi-task file
+(:mod:`.multitask`) brings every task's. A pack file (an archive or a ``model.pt``) has its
+task rebuilt, exported to ONNX in memory and run the same way, so all give the same numbers.
+With ``task="auto"`` (a multi-task file or a pack file, which is exported as one multi-task
+graph in memory) every task runs and each image (or, with ``same_task``, the whole set) goes to
+the task that scores it best (:mod:`packtool.taskfree`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from packtool.errors import PackFormatError, PackToolError, TaskError
 from packtool.formats.sniff import is_pack_file, load
 from packtool.taskfree import check_score, default_score, identify, task_scores
 
-from .onnx import TaskMetadata, task_onnx
+from .multitask import is_multi_task, multi_task_onnx, tasks_metadata
+from .onnx import DISTANCE_NAME, TaskMetadata, task_onnx
 from .runtime import infer_all, provider_of, session, softmax
 
 BATCH_SIZE = 32  # images per onnxruntime call
@@ -59,10 +61,12 @@ class PredictResult:
 
 @dataclass
 class _Runner:
-    """One task ready to run: its metadata and its onnxruntime session."""
+    """One task ready to run: its metadata, its onnxruntime session and, in a multi-task
+    session, its 1-based index (the ``task`` input)."""
 
     meta: TaskMetadata
     session: ort.InferenceSession
+    index: int | None = None
 
 
 def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
@@ -113,38 +117,61 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
 
 def _runners(source: Path, task: str | None, score: str | None
              ) -> tuple[list[_Runner], str | None]:
-    """The tasks to run: the ``.onnx`` file's one, or a pack file's named one (all for auto),
-    and the task score (``score``, or the pack's default)."""
+    """The tasks to run: the ``.onnx`` file's one (or a multi-task file's), or a pack file's
+    named one (all for auto), and the task score (``score``, or the source's default)."""
     if not source.is_file():
         raise PackToolError(f"{source} does not exist")
     if not is_pack_file(source):
         sess = session(source)
-        meta = TaskMetadata.from_props(sess.get_modelmeta().custom_metadata_map, str(source))
+        props = sess.get_modelmeta().custom_metadata_map
+        if is_multi_task(props):
+            return _chosen(_multi_task_runners(sess, str(source)), task, score, str(source))
+        meta = TaskMetadata.from_props(props, str(source))
         if task == AUTO:
             raise TaskError(f"{source} holds the single task {meta.task!r}; `--task auto` needs "
-                            "a pack file (an archive or a model.pt) with the tasks to choose from")
+                            "a multi-task ONNX or a pack file (an archive or a model.pt) with "
+                            "the tasks to choose from")
         if task is not None and task != meta.task:
             raise TaskError(f"{source} holds task {meta.task!r}, not {task!r}")
         return [_Runner(meta, sess)], score
     pack = load(source)
     if not pack.tasks:
         raise TaskError(f"{source} has no tasks yet; add one with `packtool add-task`")
+    if task == AUTO:
+        sess = session(multi_task_onnx(pack).SerializeToString())
+        return _multi_task_runners(sess, str(source)), score or default_score(pack)
     if task is None:
         raise TaskError(f"{source} holds tasks {', '.join(pack.task_names)}: choose one with "
                         "`task` (or `auto`)")
-    runners = []
-    for name in pack.task_names if task == AUTO else [pack.task(task).name]:
-        proto = task_onnx(pack, name, task_free=task == AUTO)
-        meta = TaskMetadata.from_props({p.key: p.value for p in proto.metadata_props},
-                                       str(source))
-        runners.append(_Runner(meta, session(proto.SerializeToString())))
-    return runners, score or default_score(pack)
+    proto = task_onnx(pack, pack.task(task).name)
+    meta = TaskMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(source))
+    return [_Runner(meta, session(proto.SerializeToString()))], score
+
+
+def _multi_task_runners(sess: ort.InferenceSession, source: str) -> list[_Runner]:
+    metas = tasks_metadata(sess.get_modelmeta().custom_metadata_map, source)
+    return [_Runner(meta, sess, index) for index, meta in enumerate(metas, start=1)]
+
+
+def _chosen(runners: list[_Runner], task: str | None, score: str | None, source: str
+            ) -> tuple[list[_Runner], str | None]:
+    """A multi-task file's runners for ``task`` (all for auto) and the score to use."""
+    names = [r.meta.task for r in runners]
+    if task == AUTO:
+        has_distance = DISTANCE_NAME in [o.name for o in runners[0].session.get_outputs()]
+        return runners, score or ("mahalanobis" if has_distance else "entropy")
+    if task is None:
+        raise TaskError(f"{source} holds tasks {', '.join(names)}: choose one with `task` "
+                        "(or `auto`)")
+    if task not in names:
+        raise TaskError(f"{source} has no task {task!r}; it holds {', '.join(names)}")
+    return [runners[names.index(task)]], score
 
 
 def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike],
              source: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (empty for a
-    single-task graph) on every image; each image is read once per distinct preprocessing."""
+    """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (NaN from a graph
+    without them) on every image; each image is read once per distinct preprocessing."""
     logits: list[list[np.ndarray]] = [[] for _ in runners]
     distances: list[list[np.ndarray]] = [[] for _ in runners]
     for start in range(0, len(images), BATCH_SIZE):
@@ -154,13 +181,18 @@ def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike],
             prep = runner.meta.preprocess
             if prep not in inputs:
                 inputs[prep] = torch.stack([prep.load_image(p) for p in paths]).numpy()
-            first, *rest = infer_all(runner.session, inputs[prep])
-            if first.ndim != 2 or first.shape[1] != len(runner.meta.classes):
+            first, *rest = infer_all(runner.session, inputs[prep], runner.index)
+            classes = len(runner.meta.classes)
+            # A multi-task graph pads every task's logits to the largest class count.
+            width = first.shape[1] if first.ndim == 2 else -1
+            if not (width == classes or (runner.index is not None and width > classes)):
                 raise PackFormatError(
                     f"{source} outputs shape {list(first.shape)} for task "
-                    f"{runner.meta.task!r}, expected [batch, {len(runner.meta.classes)}]")
-            logits[k].append(first)
-            distances[k].append(rest[0] if rest else np.empty(0, np.float32))
+                    f"{runner.meta.task!r}, expected [batch, {classes}]")
+            logits[k].append(first[:, :classes])
+            # No distance output: NaN, which the mahalanobis score refuses by name.
+            distances[k].append(rest[0] if rest else
+                                np.full(len(paths), np.nan, np.float32))
     return [np.concatenate(z) for z in logits], [np.concatenate(d) for d in distances]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from packtool.errors import PackFormatError, one_line
 
@@ -61,10 +62,30 @@ def infer(sess: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
     return infer_all(sess, inputs)[0]
 
 
-def infer_all(sess: ort.InferenceSession, inputs: np.ndarray) -> list[np.ndarray]:
-    """Run the session's single input -> every output, in the graph's order."""
-    name = sess.get_inputs()[0].name
-    return sess.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})
+def infer_all(sess: ort.InferenceSession, inputs: np.ndarray, task: int | None = None
+              ) -> list[np.ndarray]:
+    """Run the session on ``inputs`` -> every output, in the graph's order.
+
+    ``task``: the 1-based task index a multi-task graph takes as its second input
+    (:mod:`packtool.exporters.multitask`); ``None`` for a per-task graph.
+    """
+    names = [i.name for i in sess.get_inputs()]
+    feed = {names[0]: np.ascontiguousarray(inputs, dtype=np.float32)}
+    if task is not None:
+        feed[names[1]] = np.array([task], dtype=np.int64)
+    return sess.run(None, feed)
+
+
+class OrtModule(nn.Module):
+    """An onnxruntime session as a module from images to logits (on the CPU), so that
+    :func:`packtool.evaluate.precision_change` measures an ONNX file like a network."""
+
+    def __init__(self, sess: ort.InferenceSession) -> None:
+        super().__init__()
+        self.session = sess
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(infer(self.session, x.detach().cpu().numpy()))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 * :func:`evaluate` - accuracy and mean loss of a model on a dataset (eval mode, exact across
   torchrun ranks); model selection, add-task's metrics and ``packtool eval`` all use it;
 * :func:`evaluate_tasks` - tasks of a pack on their own test splits (or on another dataset);
-* :func:`half_precision_change` - what serving a pack from a float16 archive costs each task;
+* :func:`half_precision_change`, :func:`precision_change` - what serving a pack from a float16
+  archive, or a task in reduced precision, costs;
 * :func:`evaluate_task_free` - every task's test split served without its task id
   (:mod:`packtool.taskfree`).
 """
@@ -165,25 +166,36 @@ def _other_data(pack: Pack, task: str, data: str, classes: Sequence[int] | None,
 
 @dataclass(frozen=True)
 class PrecisionChange:
-    """One task served from a float16 archive against the same task in float32.
+    """One task served in reduced precision (a float16 archive, an int8 or float16 ONNX file)
+    against the same task in float32.
 
     Attributes:
         task: task name.
-        accuracy, accuracy_half: top-1 accuracy (0..1) on the task's test split, float32 pack
-            and float16 archive; ``None`` if the task's data could not be loaded.
+        accuracy, accuracy_reduced: top-1 accuracy (0..1) on the task's test split, float32
+            network and reduced one; ``None`` if the task's data could not be loaded.
         samples: test images measured (0 without data).
-        max_abs_diff: largest ``|logit_half - logit|`` on those images, or on a seeded random
+        max_abs_diff: largest ``|logit_reduced - logit|`` on those images, or on a seeded random
             batch without data.
     """
 
     task: str
     accuracy: float | None
-    accuracy_half: float | None
+    accuracy_reduced: float | None
     samples: int
     max_abs_diff: float
 
+    @property
+    def accuracy_change(self) -> float | None:
+        """Percentage points of test accuracy gained (negative: lost); ``None`` without data."""
+        if self.accuracy is None or self.accuracy_reduced is None:
+            return None
+        return (self.accuracy_reduced - self.accuracy) * 100
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """An item of ``export --archive --half --json``'s ``half_precision`` list."""
+        return {"task": self.task, "accuracy": self.accuracy,
+                "accuracy_half": self.accuracy_reduced, "samples": self.samples,
+                "max_abs_diff": self.max_abs_diff}
 
 
 def half_precision_change(pack: Pack, half: Pack, *, data_root: str | os.PathLike | None = None,
@@ -201,7 +213,7 @@ def half_precision_change(pack: Pack, half: Pack, *, data_root: str | os.PathLik
         reduced = half.model_for(record.name, device="cpu")
         try:
             test = pack.task_data(record.name, root=data_root).test
-            changes.append(_measured_change(record.name, full, reduced, test, batch_size))
+            changes.append(precision_change(record.name, full, reduced, test, batch_size))
         except DataError:
             noise = torch.randn(8, *pack.spec.input_size,
                                 generator=torch.Generator().manual_seed(0))
@@ -212,8 +224,10 @@ def half_precision_change(pack: Pack, half: Pack, *, data_root: str | os.PathLik
 
 
 @torch.no_grad()
-def _measured_change(task: str, full: nn.Module, reduced: nn.Module, test: Dataset,
-                     batch_size: int) -> PrecisionChange:
+def precision_change(task: str, full: nn.Module, reduced: nn.Module, test: Dataset,
+                     batch_size: int = 256) -> PrecisionChange:
+    """Task ``task``'s float32 network ``full`` against its reduced-precision twin ``reduced``
+    (any module from images to logits, e.g. an onnxruntime session) on the test split."""
     correct = correct_half = seen = 0
     diff = 0.0
     for inputs, labels in DataLoader(test, batch_size=batch_size):

@@ -184,27 +184,45 @@ class TaskFreeNet(nn.Module):
         model.get_submodule(classifier).register_forward_pre_hook(
             lambda _module, args: self._seen.append(args[0]))
         self.known = bool(stats)
-        means = stats["means"] if stats else torch.zeros(1, 1)
-        basis = stats["basis"] if stats else torch.zeros(0, 1)
-        scale = stats["scale"] if stats else torch.ones(1)
-        projected = means @ basis.T  # [C', r]
-        self.register_buffer("means", means)
-        self.register_buffer("basis", basis)
-        self.register_buffer("scale", scale)
-        self.register_buffer("projected_means", projected)
-        # |mu|_P^2 per class: scale |mu|^2 - |B mu|^2
-        self.register_buffer("offsets", scale * means.pow(2).sum(1) - projected.pow(2).sum(1))
+        for name, value in distance_terms(stats).items():
+            self.register_buffer(name, value)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(x)
         f = self._seen.pop().flatten(1)
         if not self.known:
             return logits, torch.full_like(logits[:, 0], math.nan)
-        fb = f @ self.basis.T
-        cross = self.scale * (f @ self.means.T) - fb @ self.projected_means.T  # f P mu
-        own = self.scale * f.pow(2).sum(1, keepdim=True) - fb.pow(2).sum(1, keepdim=True)
-        squared = own - 2 * cross + self.offsets
-        return logits, squared.min(1).values.clamp_min(0) / f.shape[1]
+        return logits, feature_distance(f, self.basis, self.scale, self.means,
+                                        self.projected_means, self.offsets)
+
+
+def distance_terms(stats: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """What :func:`feature_distance` needs of :func:`fit_feature_stats`' ``stats``.
+
+    ``means`` ``[C, F]``, ``basis`` ``[r, F]``, ``scale`` ``[1]``, ``projected_means``
+    ``[C, r]`` (the means in the basis) and ``offsets`` ``[C]`` (each mean's own term); without
+    ``stats``, placeholders of one class and rank 0.
+    """
+    means = stats["means"] if stats else torch.zeros(1, 1)
+    basis = stats["basis"] if stats else torch.zeros(0, 1)
+    scale = stats["scale"] if stats else torch.ones(1)
+    projected = means @ basis.T  # [C, r]
+    # |mu|_P^2 per class: scale |mu|^2 - |B mu|^2
+    offsets = scale * means.pow(2).sum(1) - projected.pow(2).sum(1)
+    return {"means": means, "basis": basis, "scale": scale, "projected_means": projected,
+            "offsets": offsets}
+
+
+def feature_distance(f: Tensor, basis: Tensor, scale: Tensor, means: Tensor,
+                     projected_means: Tensor, offsets: Tensor) -> Tensor:
+    """Squared Mahalanobis distance of features ``f`` ``[N, F]`` to the nearest class mean,
+    divided by ``F``: ``[N]`` (the terms of :func:`distance_terms`; a class whose offset is
+    ``+inf`` is never nearest)."""
+    fb = f @ basis.T
+    cross = scale * (f @ means.T) - fb @ projected_means.T  # f P mu
+    own = scale * f.pow(2).sum(1, keepdim=True) - fb.pow(2).sum(1, keepdim=True)
+    squared = own - 2 * cross + offsets
+    return squared.min(1).values.clamp_min(0) / f.shape[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -315,7 +315,7 @@ def test_half_precision_change_without_the_tasks_data(mlp_pack, tmp_path):
     changes = half_precision_change(mlp_pack, read_archive(info.path))
     assert [c.task for c in changes] == mlp_pack.task_names
     for change in changes:
-        assert (change.accuracy, change.accuracy_half, change.samples) == (None, None, 0)
+        assert (change.accuracy, change.accuracy_reduced, change.samples) == (None, None, 0)
         assert 0.0 < change.max_abs_diff < 0.05
     same = half_precision_change(mlp_pack, mlp_pack)  # float32 against itself: no change
     assert all(c.max_abs_diff == 0.0 for c in same)

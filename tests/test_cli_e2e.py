@@ -212,7 +212,8 @@ def test_half_archive_reports_each_tasks_accuracy_change(packed, tmp_path):
 def test_data_root_needs_half(packed, tmp_path):
     model, _ = packed
     result = invoke("export", model, "--data-root", tmp_path, "--archive", tmp_path / "x")
-    assert result.exit_code == 2 and "--data-root applies to --half only" in result.stderr
+    assert result.exit_code == 2
+    assert "--data-root applies to --half and --int8 only" in result.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -270,8 +270,14 @@ def test_eval_empty_model(tmp_path):
     fails_unchanged(model, "eval", model, match="no tasks")
 
 
-@pytest.mark.parametrize("args", [(), ("--task", "digits-0-1", "--all"), ("--all",),
-                                  ("--archive", "a", "--out", "b"), ("--task", "x", "--half")])
+@pytest.mark.parametrize("args", [
+    (), ("--task", "digits-0-1", "--all"), ("--all",), ("--archive", "a", "--out", "b"),
+    ("--all", "--out", "d", "--half"), ("--task", "digits-0-1", "--half", "--int8"),
+    ("--archive", "a", "--int8"), ("--task", "digits-0-1", "--max-drop", "1"),
+    ("--task", "digits-0-1", "--force"), ("--task", "digits-0-1", "--int8", "--max-drop", "-1"),
+    ("--task", "digits-0-1", "--int8", "--max-drop", "nan"),
+    ("--task", "digits-0-1", "--int8", "--dense"),
+])
 def test_export_usage_errors(model, args):
     fails_unchanged(model, "export", model, *args, code=2)
 

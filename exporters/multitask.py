@@ -1,0 +1,252 @@
+"""The multi-task ONNX file: every task of a pack in one graph, the task an input.
+
+``packtool export --multi-task --out pack.onnx`` writes it; ``predict`` runs it. The file:
+
+* inputs ``input``, float32 ``[batch, C, H, W]`` (dynamic batch; the values of the per-task
+  files), and ``task``, int64 ``[1]``: the task's 1-based index in the pack (the order of
+  ``packtool.tasks``). A ``task`` outside ``1..T`` makes onnxruntime fail the call (an
+  out-of-bounds gather; the CPU provider checks bounds, so check the index before calling on
+  other providers);
+* output ``logits``, float32 ``[batch, C_max]``: the task's logits in its class order, then
+  ``-inf`` up to the largest class count ``C_max``; and, when every task has feature
+  statistics, ``distance``, float32 ``[batch]``, the feature distance of task-free scores
+  (:class:`packtool.taskfree.TaskFreeNet`);
+* the network of :class:`packtool.multitask.MultiTaskNet`: the shared weights once, the owner
+  index as bit planes, the task's mask built in the graph; per-task heads, biases and norm
+  state gathered by ``task``. Task ``k`` computes what its per-task file does (checked on
+  export);
+* ``metadata_props``: ``packtool.tasks``, a JSON list with one object per task in index order,
+  ``{"task", "classes", "resize", "temperature"}`` (``resize`` and ``temperature`` may be
+  ``null``: as absent in a per-task file), and ``packtool.input_size``, ``packtool.mean``,
+  ``packtool.std``, ``packtool.version``, ``packtool.source_sha256`` as in per-task files.
+
+Initializers are stored as ``sparse_initializer`` where that is smaller (weights mostly free), as
+in per-task files. The mask costs time: convolutions whose weights are computed per call miss
+onnxruntime's prepacked kernels (the README's "Deploying" section has the measurements).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxscript.optimizer
+import torch
+
+from packtool.errors import PackFormatError, PackToolError, one_line
+from packtool.fileio import atomic_write_bytes
+from packtool.multitask import MultiTaskNet, multi_task_net
+from packtool.pack import Pack
+from packtool.taskfree import task_free_net
+
+from .onnx import (
+    DISTANCE_NAME,
+    INPUT_NAME,
+    MIN_OPSET,
+    OUTPUT_NAME,
+    VERIFY_BATCH,
+    VERIFY_SEED,
+    TaskMetadata,
+    check_onnx,
+    sparsify_initializers,
+)
+from .runtime import infer_all, provider_of, session
+
+TASK_NAME = "task"  # the second input
+TASKS_KEY = "packtool.tasks"
+#: Largest tensor (elements) the exporter's optimizer may fold into a stored constant: shape
+#: arithmetic folds, the rebuilt dense weights and masks (which would undo the compact storage)
+#: do not.
+FOLD_LIMIT = 256
+
+
+@dataclass(frozen=True)
+class MultiTaskExport:
+    """A written multi-task file; :meth:`to_dict` is its item of ``export --json`` ``files``.
+
+    Attributes:
+        tasks: the task names, in index order (``task`` input ``k`` is ``tasks[k-1]``).
+        path: file written (``None`` in memory); bytes: its size.
+        max_abs_diff: largest ``|onnxruntime - PyTorch|`` logit over every task on the check
+            batch, ``None`` if the check was skipped; provider: what ran the check.
+    """
+
+    tasks: tuple[str, ...]
+    path: Path | None
+    bytes: int
+    max_abs_diff: float | None
+    provider: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": None, "tasks": list(self.tasks),
+                "path": None if self.path is None else str(self.path), "bytes": self.bytes,
+                "max_abs_diff": self.max_abs_diff}
+
+
+def is_multi_task(props: Mapping[str, str]) -> bool:
+    """Whether ONNX ``metadata_props`` are a multi-task file's."""
+    return TASKS_KEY in props
+
+
+def tasks_metadata(props: Mapping[str, str], source: str = "model") -> list[TaskMetadata]:
+    """Every task's :class:`TaskMetadata` from a multi-task file's ``metadata_props``."""
+    try:
+        tasks = json.loads(props[TASKS_KEY])
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict)
+                                                               for t in tasks):
+            raise ValueError("packtool.tasks is not a list of tasks")
+        common = {k: v for k, v in props.items() if k != TASKS_KEY}
+        metas = []
+        for t in tasks:
+            own = {"packtool.task": t["task"], "packtool.classes": json.dumps(t["classes"])}
+            for key in ("resize", "temperature"):
+                if t.get(key) is not None:
+                    own[f"packtool.{key}"] = str(t[key])
+            metas.append(TaskMetadata.from_props({**common, **own}, source))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackFormatError(f"{source} has invalid packtool.tasks metadata: "
+                              f"{one_line(exc)}") from None
+    return metas
+
+
+def _props(pack: Pack, source_sha256: str | None) -> dict[str, str]:
+    metas = [TaskMetadata.of(pack, r, source_sha256) for r in pack.tasks]
+    props = {k: v for k, v in metas[0].to_props().items()
+             if k not in ("packtool.task", "packtool.classes", "packtool.resize",
+                          "packtool.temperature")}
+    props[TASKS_KEY] = json.dumps([{"task": m.task, "classes": list(m.classes),
+                                    "resize": m.resize, "temperature": m.temperature}
+                                   for m in metas])
+    return props
+
+
+def multi_task_onnx(pack: Pack, *, opset: int = MIN_OPSET, source_sha256: str | None = None
+                    ) -> onnx.ModelProto:
+    """Every task of ``pack`` as one in-memory ONNX model (see the module docstring)."""
+    if not pack.tasks:
+        raise PackToolError("the pack has no tasks yet: there is nothing to export")
+    return _export(pack, multi_task_net(pack), opset, source_sha256)
+
+
+def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
+            ) -> onnx.ModelProto:
+    if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
+        raise PackToolError(
+            f"opset must be in {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}")
+    outputs = [OUTPUT_NAME] if net.distance is None else [OUTPUT_NAME, DISTANCE_NAME]
+    # Batch 2, not 1: torch.export specializes a dimension of size 1 instead of keeping it.
+    example = (torch.zeros(2, *pack.spec.input_size), torch.ones(1, dtype=torch.int64))
+    try:
+        with _no_attention_fast_path():
+            program = torch.onnx.export(
+                net, example, dynamo=True, external_data=False, optimize=False,
+                input_names=[INPUT_NAME, TASK_NAME], output_names=outputs,
+                dynamic_shapes=({0: "batch"}, None), opset_version=opset, verbose=False)
+        proto = _strip(program.model_proto)
+        proto = _strip(onnxscript.optimizer.optimize(proto, output_size_limit=FOLD_LIMIT))
+    except Exception as exc:  # the exporter raises many types; the message is what counts
+        raise PackToolError(
+            f"cannot export the pack to one multi-task ONNX: {one_line(exc, first=True)}"
+        ) from exc
+    onnx.helper.set_model_props(proto, _props(pack, source_sha256))
+    check_onnx(proto, "the multi-task model")
+    if sparsify_initializers(proto):
+        check_onnx(proto, "the multi-task model")
+    return proto
+
+
+@contextmanager
+def _no_attention_fast_path() -> Iterator[None]:
+    """Trace ``nn.MultiheadAttention`` by its plain operators: its fused inference kernel (taken
+    when no weight needs a gradient, as here) has no ONNX translation."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _strip(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node stack traces: noise, and not ours to ship."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    del proto.metadata_props[:]
+    return proto
+
+
+def export_multi_task(pack: Pack, path: str | os.PathLike, *, opset: int = MIN_OPSET,
+                      verify: bool = True, tolerance: float = 1e-4,
+                      source_sha256: str | None = None) -> MultiTaskExport:
+    """Export every task of ``pack`` to the one ONNX file ``path``.
+
+    Checked with ``onnx.checker`` and, if ``verify``, run in onnxruntime for every task beside
+    the task's PyTorch network (logits within ``tolerance``, the padding ``-inf``, the
+    feature distance too); only then is ``path`` written, atomically. On any failure nothing is
+    written.
+    """
+    data, result = export_multi_task_bytes(pack, opset=opset, verify=verify,
+                                           tolerance=tolerance, source_sha256=source_sha256)
+    atomic_write_bytes(path, data)
+    return MultiTaskExport(result.tasks, Path(path), result.bytes, result.max_abs_diff,
+                           result.provider)
+
+
+def export_multi_task_bytes(pack: Pack, *, opset: int = MIN_OPSET, verify: bool = True,
+                            tolerance: float = 1e-4, source_sha256: str | None = None
+                            ) -> tuple[bytes, MultiTaskExport]:
+    """:func:`export_multi_task` into memory: the checked file's bytes and its record."""
+    data = multi_task_onnx(pack, opset=opset, source_sha256=source_sha256).SerializeToString()
+    diff = provider = None
+    if verify:
+        diff, provider = verify_multi_task(data, pack, tolerance=tolerance)
+    return data, MultiTaskExport(tuple(pack.task_names), None, len(data), diff, provider)
+
+
+def verify_multi_task(model: bytes, pack: Pack, *, tolerance: float = 1e-4
+                      ) -> tuple[float, str]:
+    """Run every task of the multi-task ``model`` in onnxruntime beside its PyTorch network
+    (:func:`packtool.taskfree.task_free_net`) on one seeded standard-normal batch.
+
+    Returns:
+        ``(max_abs_diff, provider)``: the largest logit difference of all tasks.
+
+    Raises:
+        PackToolError: a logit difference above ``tolerance`` (or NaN), a distance differing by
+            more than ``tolerance`` relative to its size, padding that is not ``-inf``, or a
+            wrong shape.
+    """
+    inputs = torch.randn(VERIFY_BATCH, *pack.spec.input_size,
+                         generator=torch.Generator().manual_seed(VERIFY_SEED))
+    sess = session(model)
+    worst = 0.0
+    for record in pack.tasks:
+        with torch.no_grad():
+            logits, distance = task_free_net(pack, record.name, "cpu").eval()(inputs)
+        outputs = infer_all(sess, inputs.numpy(), task=record.index)
+        classes = logits.shape[1]
+        actual = outputs[0]
+        name = f"task {record.name!r} of the multi-task model"
+        if actual.ndim != 2 or actual.shape[0] != len(inputs) or actual.shape[1] < classes:
+            raise PackToolError(f"ONNX check of {name} failed: shape {list(actual.shape)}")
+        if not np.all(np.isneginf(actual[:, classes:])):
+            raise PackToolError(f"ONNX check of {name} failed: padded logits are not -inf")
+        diff = float(np.abs(actual[:, :classes].astype(np.float64) - logits.numpy()).max())
+        # Distances are sums of squares of hundreds of features: compare them relatively.
+        far = 0.0 if len(outputs) == 1 else float(
+            (np.abs(outputs[1] - distance.numpy()) / np.maximum(1, np.abs(distance.numpy())))
+            .max())
+        if not (diff <= tolerance and far <= tolerance):  # also catches NaN
+            raise PackToolError(
+                f"ONNX check of {name} failed: onnxruntime ({provider_of(sess)}) differs from "
+                f"PyTorch by {max(diff, far):.3g} > tolerance {tolerance:g}; nothing was "
+                "written")
+        worst = max(worst, diff)
+    return worst, provider_of(sess)

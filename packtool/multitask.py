@@ -1,0 +1,262 @@
+"""One network that serves every task of a pack, with the task as an input.
+
+:class:`MultiTaskNet` is what ``packtool export --multi-task`` translates to ONNX.
+``forward(x, task)`` takes the images ``[N, C, H, W]`` and ``task``, int64 ``[1]`` (1-based),
+and returns the task's logits ``[N, C_max]``, padded with ``-inf`` past the task's own class
+count (``C_max``: the largest), and, when every task has feature statistics, the feature
+distance ``[N]`` of :class:`packtool.taskfree.TaskFreeNet`. Task ``k`` computes exactly what
+:meth:`Pack.model_for` ``(k)`` does.
+
+What it holds, per packed weight of ``n`` values (its buffers are the ONNX file's initializers):
+
+* ``<name>_shared``: float32, the weight as the pack stores it: every task's values, free
+  weights zero;
+* ``<name>_planes``: uint8 ``[b, ceil(n / 8)]``, bit ``j`` of every weight's owner, eight weights
+  a byte (first weight in the high bit), ``b = ceil(log2(T + 1))`` planes. The task's mask
+  ``owner <= task`` is compared on the packed bytes (bitwise, most significant plane first),
+  expanded by a lookup table and multiplied in when the layer reads its weight, so one layer's
+  mask exists at a time.
+
+Why dense values and not only the owned ones (what the archive stores): a runtime rebuilds a
+compact tensor by folding constants when it loads the model, and onnxruntime keeps every
+intermediate of that folding alive until it is done; measured on ResNet-18, a compact file was
+1.5% larger than the archive but took 4x a single task's memory after loading (see the
+README's "Deploying" measurements), against 1.1x for this layout.
+
+Per-task tensors (head, biases, norm state, unpacked parameters) are stacked ``[T, ...]`` and
+gathered at ``task - 1``; one that every task shares (the ``frozen`` policy) is stored once. A
+``task`` outside ``1..T`` gathers at index ``T``, out of bounds, so a runtime that checks
+bounds (onnxruntime on the CPU) fails the call instead of answering for a wrong task.
+
+The tensors are read through properties, as :mod:`packtool.method` reads packed weights, so a
+module that reads a child's weight without calling the child (``nn.MultiheadAttention``'s
+``out_proj``) gets the task's weight too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .method import tensor_at
+from .models import build_network
+from .pack import Pack
+from .taskfree import feature_distance
+
+#: Byte values of the bits of a packed byte, first weight first (the high bit).
+_BIT_VALUES = tuple(1 << (7 - i) for i in range(8))
+
+
+class _TaskContext:
+    """The call's task, shared by every property: its gather index and its bits as bytes.
+    Outside a call it is task 1 (so that reading a tensor, e.g. by ``repr``, works)."""
+
+    def __init__(self, tasks: int) -> None:
+        self.width = tasks.bit_length()
+        self.set(torch.ones(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+
+    def set(self, task: Tensor, index: Tensor) -> None:
+        self.index = index
+        self.bits = [((task >> j) & 1).to(torch.uint8) * 255 for j in range(self.width)]
+
+
+def pack_planes(owners: Tensor, bits: int) -> Tensor:
+    """uint8 ``[bits, ceil(n / 8)]``: bit ``j`` of each owner (flat, row-major), eight a byte,
+    the first value in the high bit."""
+    flat = owners.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    flat = torch.cat([flat, flat.new_zeros(pad)]).reshape(-1, 8)
+    weights = torch.tensor(_BIT_VALUES, dtype=torch.int32)
+    planes = [(((flat.int() >> j) & 1) * weights).sum(1).to(torch.uint8) for j in range(bits)]
+    return torch.stack(planes)
+
+
+class MultiTaskNet(nn.Module):
+    """Every task of ``pack`` in one module: ``forward(x, task)`` (see the module docstring)."""
+
+    def __init__(self, pack: Pack) -> None:
+        super().__init__()
+        if not pack.tasks:
+            raise ValueError("the pack has no tasks")
+        anat = pack.anatomy()
+        self.tasks = len(pack.tasks)
+        self.classes = [len(r.classes) for r in pack.tasks]
+        self.net = build_network(pack.spec).eval()
+        self.net.set_submodule(anat.classifier,
+                               nn.Linear(anat.in_features, max(self.classes)).eval())
+        # Row b: the bits of byte b as floats, first weight (the high bit) first.
+        self.register_buffer("bit_table", ((torch.arange(256)[:, None] & torch.tensor(
+            _BIT_VALUES)) != 0).float())
+        self._context = _TaskContext(self.tasks)
+        getters: dict[nn.Module, dict[str, Callable[[nn.Module], Tensor]]] = {}
+        bits = self.tasks.bit_length()
+        for key, owners in pack.owners.items():
+            module, name = tensor_at(self.net, key)
+            getters.setdefault(module, {})[name] = self._packed(
+                module, name, pack.shared[key], owners, bits)
+        for key, stack in self._private_stacks(pack).items():
+            module, name = tensor_at(self.net, key)
+            getters.setdefault(module, {})[name] = self._per_task(module, name, stack)
+        classifier = self.net.get_submodule(anat.classifier)
+        getters[classifier] = self._head(pack, classifier)
+        for module, named in getters.items():
+            # A subclass with one property per tensor: reads go through the task.
+            module.__class__ = type(f"MultiTask{type(module).__name__}", (type(module),),
+                                    {n: property(g) for n, g in named.items()})
+        self.distance = _distance_tables(pack)
+        if self.distance is not None:
+            self._features: list[Tensor] = []
+            self.net.get_submodule(anat.classifier).register_forward_pre_hook(
+                lambda _module, args: self._features.append(args[0]))
+
+    def _packed(self, module: nn.Module, name: str, weight: Tensor, owners: Tensor,
+                bits: int) -> Callable[[nn.Module], Tensor]:
+        _detach(module, name)
+        module.register_buffer(name + "_shared", weight.detach().cpu().float().contiguous())
+        module.register_buffer(name + "_planes", pack_planes(owners.cpu(), bits))
+        shape, n, context, bit_table = tuple(weight.shape), weight.numel(), self._context, \
+            self.bit_table
+
+        def read(m: nn.Module) -> Tensor:
+            packed = _at_most(m._buffers[name + "_planes"], context.bits)
+            # A byte's eight mask values in one lookup: one gather and one multiply per
+            # weight, the cheapest way onnxruntime offers (a where or a broadcast bit test
+            # costs several times more).
+            mask = bit_table.index_select(0, packed.long()).reshape(-1)[:n]
+            return m._buffers[name + "_shared"] * mask.reshape(shape)
+
+        return read
+
+    def _per_task(self, module: nn.Module, name: str, stack: Tensor
+                  ) -> Callable[[nn.Module], Tensor]:
+        _detach(module, name)
+        module.register_buffer(f"{name}_stack", stack)
+        context = self._context
+        return lambda m: m._buffers[f"{name}_stack"].index_select(0, context.index).squeeze(0)
+
+    def _private_stacks(self, pack: Pack) -> dict[str, Tensor]:
+        """Key -> ``[T, ...]`` for per-task tensors; shared ones loaded into the network."""
+        stacks, shared = {}, {}
+        states = [pack.private_state(r) for r in pack.tasks]
+        for key in states[0]:
+            values = [s[key].detach().cpu() for s in states]
+            if not values[0].is_floating_point() or all(torch.equal(values[0], v)
+                                                        for v in values[1:]):
+                shared[key] = values[0]
+            else:
+                stacks[key] = torch.stack(values)
+        self.net.load_state_dict(shared, strict=False)
+        return stacks
+
+    def _head(self, pack: Pack, classifier: nn.Module) -> dict[str, Callable[[nn.Module], Tensor]]:
+        """Getters of the classifier's weight and bias: the task's rows of tables of every
+        task's rows, padded (zero weights, ``-inf`` bias) to the largest class count."""
+        heads = [r.head for r in pack.tasks]
+        weight, rows = row_table([h["weight"].detach().cpu().float() for h in heads], 0.0)
+        bias, _ = row_table([h["bias"].detach().cpu().float() if "bias" in h else
+                             torch.zeros(h["weight"].shape[0]) for h in heads], -math.inf)
+        for name, table in (("weight", weight), ("bias", bias)):
+            _detach(classifier, name)
+            classifier.register_buffer(f"{name}_rows", table)
+        classifier.register_buffer("task_rows", rows)
+        context = self._context
+
+        def read(name: str) -> Callable[[nn.Module], Tensor]:
+            return lambda m: m._buffers[f"{name}_rows"].index_select(
+                0, m.task_rows.index_select(0, context.index).squeeze(0))
+
+        return {"weight": read("weight"), "bias": read("bias")}
+
+    def forward(self, x: Tensor, task: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        task = task.reshape(1).to(torch.int64)
+        valid = (task >= 1) & (task <= self.tasks)
+        # Out of range: index T, past the end of every stack, so the gather fails.
+        index = torch.where(valid, task - 1, torch.full_like(task, self.tasks))
+        self._context.set(task, index)
+        try:
+            logits = self.net(x)
+        finally:
+            self._context.set(torch.ones_like(task), torch.zeros_like(task))
+        if self.distance is None:
+            return logits
+        f = self._features.pop().flatten(1)
+        return logits, _task_distance(self.distance, f, index)
+
+
+def row_table(tensors: list[Tensor], fill: float) -> tuple[Tensor, Tensor]:
+    """Every task's rows in one table, and each task's row numbers in it.
+
+    ``tensors[t]`` is ``[R_t, ...]``; returns ``table`` ``[sum R_t + 1, ...]`` (the last row all
+    ``fill``) and ``rows`` int64 ``[T, max R_t]``: task ``t``'s rows, then the fill row, so
+    ``table[rows[t]]`` is task ``t``'s tensor padded to ``max R_t`` rows.
+    """
+    width = max(t.shape[0] for t in tensors)
+    filler = torch.full((1, *tensors[0].shape[1:]), fill)
+    table = torch.cat([*tensors, filler])
+    rows = torch.full((len(tensors), width), table.shape[0] - 1, dtype=torch.int64)
+    start = 0
+    for t, tensor in enumerate(tensors):
+        rows[t, :tensor.shape[0]] = torch.arange(start, start + tensor.shape[0])
+        start += tensor.shape[0]
+    return table, rows
+
+
+def _distance_tables(pack: Pack) -> nn.Module | None:
+    """Every task's feature statistics as row tables (:func:`row_table`): class means (the
+    fill row far from any feature, so never nearest), basis rows (zero fill: no effect) and
+    scales; ``None`` unless every task has feature statistics."""
+    if not all(r.feature_stats for r in pack.tasks):
+        return None
+    stats = [{k: v.detach().cpu().float() for k, v in r.feature_stats.items()}
+             for r in pack.tasks]
+    holder = nn.Module()
+    means, class_rows = row_table([s["means"] for s in stats], 0.0)
+    basis, basis_rows = row_table([s["basis"] for s in stats], 0.0)
+    # A padded class: its offset is +inf, so it is never the nearest.
+    pad = torch.where(class_rows == means.shape[0] - 1, math.inf, 0.0)
+    for name, value in (("means", means), ("class_rows", class_rows), ("class_pad", pad),
+                        ("basis", basis), ("basis_rows", basis_rows),
+                        ("scale", torch.stack([s["scale"] for s in stats]))):
+        holder.register_buffer(name, value)
+    return holder
+
+
+def _task_distance(tables: nn.Module, f: Tensor, index: Tensor) -> Tensor:
+    """:func:`packtool.taskfree.feature_distance` with task ``index``'s statistics."""
+    def pick(name: str) -> Tensor:
+        return getattr(tables, name).index_select(0, index).squeeze(0)
+
+    means = tables.means.index_select(0, pick("class_rows"))
+    basis = tables.basis.index_select(0, pick("basis_rows"))
+    scale = pick("scale")
+    projected = means @ basis.T
+    offsets = scale * means.pow(2).sum(1) - projected.pow(2).sum(1) + pick("class_pad")
+    return feature_distance(f, basis, scale, means, projected, offsets)
+
+
+def _detach(module: nn.Module, name: str) -> None:
+    """Take ``name`` out of ``module``'s parameters and buffers (a property will serve it)."""
+    module._parameters.pop(name, None)
+    module._buffers.pop(name, None)
+
+
+def _at_most(planes: Tensor, task_bits: list[Tensor]) -> Tensor:
+    """Packed bytes of ``owner <= task`` from owner bit planes ``[b, m]`` and the task's bits
+    (uint8 0 or 255 each): the owner is greater where, from the top plane down, the planes
+    agreed so far and the owner has a 1 where the task has a 0."""
+    top = planes.shape[0] - 1
+    greater = planes[top] & ~task_bits[top]
+    equal = ~(planes[top] ^ task_bits[top])
+    for j in reversed(range(top)):
+        plane, bit = planes[j], task_bits[j]
+        greater = greater | (equal & plane & ~bit)
+        equal = equal & ~(plane ^ bit)
+    return ~greater
+
+
+def multi_task_net(pack: Pack) -> MultiTaskNet:
+    """Every task of ``pack`` as one :class:`MultiTaskNet` on the CPU, in eval mode."""
+    return MultiTaskNet(pack.to("cpu")).eval()
