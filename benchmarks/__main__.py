@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import architectures, cost, quality, taskfree, throughput
+from . import architectures, cost, deploy, quality, taskfree, throughput
 from .common import machine
 
-PARTS = {"quality": quality, "taskfree": taskfree, "cost": cost,
+PARTS = {"quality": quality, "taskfree": taskfree, "cost": cost, "deploy": deploy,
          "architectures": architectures, "throughput": throughput}
 
 

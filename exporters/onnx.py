@@ -52,14 +52,13 @@ from packtool.evaluate import PrecisionChange
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack
 from packtool.records import TaskRecord
-from packtool.taskfree import task_free_net
 
 from .archive import ArchiveInfo, write_archive
 from .runtime import infer, provider_of, session
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-DISTANCE_NAME = "distance"  # the second output of a task-free graph (never in exported files)
+DISTANCE_NAME = "distance"  # the multi-task graph's second output (task-free scores)
 MIN_OPSET = 18  # the dynamo exporter's lowest opset; lower requests fall back to 18 silently
 VERIFY_BATCH = 4
 VERIFY_SEED = 0
@@ -187,30 +186,22 @@ class TaskMetadata:
 
 
 def task_onnx(pack: Pack, task: str | int, *, dense: bool = False, opset: int = MIN_OPSET,
-              source_sha256: str | None = None, task_free: bool = False) -> onnx.ModelProto:
-    """Task ``task`` of ``pack`` as an in-memory ONNX model (see the module docstring).
-
-    ``task_free`` adds a second output, ``distance`` ``[batch]``, for task-free scores
-    (:class:`packtool.taskfree.TaskFreeNet`); exported files keep the one output of the
-    contract.
-    """
-    return _TaskExport(pack, task, opset, task_free).model(dense=dense,
-                                                           source_sha256=source_sha256)
+              source_sha256: str | None = None) -> onnx.ModelProto:
+    """Task ``task`` of ``pack`` as an in-memory ONNX model (see the module docstring)."""
+    return _TaskExport(pack, task, opset).model(dense=dense, source_sha256=source_sha256)
 
 
 class _TaskExport:
     """One task's baked network and its ONNX translation."""
 
-    def __init__(self, pack: Pack, task: str | int, opset: int, task_free: bool = False) -> None:
+    def __init__(self, pack: Pack, task: str | int, opset: int) -> None:
         if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
             raise PackToolError(
                 f"opset must be in {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}"
             )
         self.pack, self.record, self.opset = pack, pack.task(task), opset
-        self.network: nn.Module = (task_free_net(pack, self.record.name, "cpu").eval()
-                                   if task_free else
-                                   pack.model_for(self.record.name, device="cpu"))
-        self.outputs = [OUTPUT_NAME, DISTANCE_NAME] if task_free else [OUTPUT_NAME]
+        self.network: nn.Module = pack.model_for(self.record.name, device="cpu")
+        self.outputs = [OUTPUT_NAME]
 
     def model(self, *, dense: bool, source_sha256: str | None, check: bool = False
               ) -> onnx.ModelProto:

@@ -100,6 +100,28 @@ def test_cost_tables(smoke):
         assert title in markdown
 
 
+def test_deploy_tables(smoke):
+    doc, markdown = smoke
+    deploy = doc["deploy"]
+    for case in deploy["packs"]:
+        forms = {r["form"]: r for r in case["forms"]}
+        assert list(forms) == ["float32", "float16", "int8", "multi-task"]
+        tasks = case["tasks"]
+        assert [forms[f]["files"] for f in forms] == [tasks, tasks, tasks, 1]
+        assert forms["float16"]["bytes"] < forms["float32"]["bytes"]
+        assert forms["int8"]["bytes"] < forms["float16"]["bytes"]
+        assert all(r["memory_mb"] > 0 for r in case["forms"]) and case["single_task_memory_mb"] > 0
+        assert forms["float32"]["accuracy_change_mean"] is None
+        assert forms["int8"]["accuracy_change_worst"] <= forms["int8"]["accuracy_change_mean"]
+        assert case["multi_task_max_abs_diff"] < 1e-4
+        assert [r["batch"] for r in case["latency"]] == [1, 32]
+        assert all(r[f"{f}_ms"] > 0 for r in case["latency"] for f in forms)
+    for floor in deploy["floors"]:
+        assert floor["entropy_floor_bytes"] <= floor["archive_bytes"]
+    for title in ("one multi-task ONNX", "entropy floor", "ORT memory"):
+        assert title in markdown
+
+
 def test_architecture_tables(smoke):
     doc, markdown = smoke
     rows = {r["arch"]: r for r in doc["architectures"]["archs"]}
