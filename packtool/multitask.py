@@ -121,7 +121,7 @@ class MultiTaskNet(nn.Module):
             self.bit_table
 
         def read(m: nn.Module) -> Tensor:
-            packed = _at_most(m._buffers[name + "_planes"], context.bits)
+            packed = planes_at_most(m._buffers[name + "_planes"], context.bits)
             # A byte's eight mask values in one lookup: one gather and one multiply per
             # weight, the cheapest way onnxruntime offers (a where or a broadcast bit test
             # costs several times more).
@@ -243,7 +243,7 @@ def _detach(module: nn.Module, name: str) -> None:
     module._buffers.pop(name, None)
 
 
-def _at_most(planes: Tensor, task_bits: list[Tensor]) -> Tensor:
+def planes_at_most(planes: Tensor, task_bits: list[Tensor]) -> Tensor:
     """Packed bytes of ``owner <= task`` from owner bit planes ``[b, m]`` and the task's bits
     (uint8 0 or 255 each): the owner is greater where, from the top plane down, the planes
     agreed so far and the owner has a 1 where the task has a 0."""

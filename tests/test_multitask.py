@@ -20,7 +20,7 @@ from packtool.exporters import (
     predict,
     tasks_metadata,
 )
-from packtool.multitask import multi_task_net, pack_planes
+from packtool.multitask import multi_task_net, pack_planes, planes_at_most
 from packtool.taskfree import task_free_net
 
 # Three tasks of different class counts, so logits are padded.
@@ -225,3 +225,17 @@ def test_cli_multi_task_usage_errors(lenet_pack, tmp_path, args):
     before = sha256(model)
     assert_error(invoke("export", model, *args), code=2)
     assert sha256(model) == before and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("tasks", [1, 3, 40, 255])
+def test_packed_comparison_is_owner_at_most_task(tasks):
+    """The in-graph mask: ``owner <= task`` on bit planes, for every task of large packs."""
+    owners = torch.randint(0, tasks + 1, (1003,), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(tasks))
+    bits = tasks.bit_length()
+    planes = pack_planes(owners, bits)
+    for task in range(1, tasks + 1):
+        task_bits = [torch.tensor([255 if task >> j & 1 else 0], dtype=torch.uint8)
+                     for j in range(bits)]
+        mask = np.unpackbits(planes_at_most(planes, task_bits).numpy())[:1003]
+        assert np.array_equal(mask.astype(bool), (owners <= task).numpy()), task
