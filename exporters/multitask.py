@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,11 +166,16 @@ def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
 @contextmanager
 def _no_attention_fast_path() -> Iterator[None]:
     """Trace ``nn.MultiheadAttention`` by its plain operators: its fused inference kernel (taken
-    when no weight needs a gradient, as here) has no ONNX translation."""
+    when no weight needs a gradient, as here) has no ONNX translation. Also quiets dynamo's
+    warning about the side effects of a forward (the exporter falls back to dynamo for some
+    attention graphs): the task context a call sets is deliberate."""
     before = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="While compiling, we found certain side "
+                                                      "effects")
+            yield
     finally:
         torch.backends.mha.set_fastpath_enabled(before)
 
