@@ -8,8 +8,9 @@ For each pack (Split-Digits tasks, as in :mod:`benchmarks.cost`):
 * bytes on disk of each form, all tasks together;
 * memory: the resident-set growth of a fresh process that loads the form's sessions (default
   session options, CPU provider) and runs every task at batch 1 and 32, three rounds (the
-  arena reaches its steady size), over the same process before loading; also one per-task
-  session alone (issue 16's target: the multi-task session <= 1.2x a single task's);
+  arena reaches its steady size), over the same process before loading; again with the CPU
+  memory arena off (which keeps no spare blocks); also one per-task session alone (issue
+  16's target: the multi-task session <= 1.2x a single task's);
 * latency of the last task (it uses every owned weight), batch 1 and 32, all forms interleaved;
 * the archive against its entropy floor for 3, 5 and 10 tasks (issue 16's target: <= 1.02x).
 """
@@ -47,11 +48,14 @@ def rss():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 
-shape, tasks, files = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+shape, tasks, arena, files = (json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "arena",
+                              sys.argv[4:])
+options = ort.SessionOptions()
+options.enable_cpu_mem_arena = arena
 inputs = {b: np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32)
           for b in (1, 32)}
 base = rss()
-sessions = [ort.InferenceSession(f, providers=["CPUExecutionProvider"]) for f in files]
+sessions = [ort.InferenceSession(f, options, providers=["CPUExecutionProvider"]) for f in files]
 for _ in range(3):
     for b, x in inputs.items():
         for s in sessions:
@@ -100,11 +104,13 @@ def export_forms(pack: Pack, folder: Path) -> dict[str, Any]:
     return forms
 
 
-def memory_mb(files: list[Path], shape: tuple[int, ...], tasks: int) -> float:
-    """Resident-set growth of a fresh process serving ``files`` (see the module docstring)."""
+def memory_mb(files: list[Path], shape: tuple[int, ...], tasks: int, arena: bool = True
+              ) -> float:
+    """Resident-set growth of a fresh process serving ``files`` (see the module docstring);
+    ``arena``: onnxruntime's CPU memory arena on (the default) or off."""
     done = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, json.dumps(list(shape)),
-                           str(tasks), *map(str, files)], capture_output=True, text=True,
-                          check=False)
+                           str(tasks), "arena" if arena else "off", *map(str, files)],
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["rss_mb"]
@@ -139,12 +145,14 @@ def pack_case(case: PackCase, settings: DeploySettings, log: Any = None) -> dict
         forms = export_forms(pack, Path(tmp))
         shape, tasks = pack.spec.input_size, len(pack.tasks)
         single = memory_mb(forms["float32"]["files"][-1:], shape, tasks)
+        single_off = memory_mb(forms["float32"]["files"][-1:], shape, tasks, arena=False)
         rows = []
         for form, f in forms.items():
             rows.append({
                 "form": form, "files": len(f["files"]),
                 "bytes": sum(p.stat().st_size for p in f["files"]),
                 "memory_mb": memory_mb(f["files"], shape, tasks),
+                "memory_no_arena_mb": memory_mb(f["files"], shape, tasks, arena=False),
                 "accuracy_change_mean": (float(np.mean(f["changes"])) if f["changes"]
                                          else None),
                 "accuracy_change_worst": min(f["changes"]) if f["changes"] else None,
@@ -152,7 +160,8 @@ def pack_case(case: PackCase, settings: DeploySettings, log: Any = None) -> dict
         timing = latency(pack, forms, settings.latency_budget_s)
     archive = len(archive_bytes(pack))
     return {"case": case.name, "arch": case.arch, "tasks": tasks, "note": case.note,
-            "forms": rows, "single_task_memory_mb": single, "archive_bytes": archive,
+            "forms": rows, "single_task_memory_mb": single,
+            "single_task_memory_no_arena_mb": single_off, "archive_bytes": archive,
             "multi_task_over_archive": rows[-1]["bytes"] / archive,
             "multi_task_max_abs_diff": forms["multi-task"]["max_abs_diff"],
             "latency": timing}
@@ -182,22 +191,27 @@ def markdown(result: dict[str, Any]) -> str:
                  "int8": "per-task ONNX, int8", "multi-task": "one multi-task ONNX"}
         times = {r["batch"]: r for r in case["latency"]}
         rows = [[names[r["form"]], r["files"], fmt_int(r["bytes"]), fmt(r["memory_mb"], 1),
+                 fmt(r["memory_no_arena_mb"], 1),
                  fmt(times[1][f"{r['form']}_ms"], 3), fmt(times[32][f"{r['form']}_ms"], 2),
                  fmt(r["accuracy_change_mean"], 2), fmt(r["accuracy_change_worst"], 2)]
                 for r in case["forms"]]
         rows.append(["archive (pack.safetensors)", 1, fmt_int(case["archive_bytes"]), "-", "-",
-                     "-", "-", "-"])
+                     "-", "-", "-", "-"])
         multi = case["forms"][-1]
         parts.append(
             f"### {case['case']}: {case['tasks']} Split-Digits tasks; {case['note']}\n\n"
             + markdown_table(
-                ["form", "files", "bytes", "ORT memory MB, all tasks", "batch 1 ms",
+                ["form", "files", "bytes", "ORT memory MB, all tasks", "arena off MB", "batch 1 ms",
                  "batch 32 ms", "accuracy change, mean pts", "worst pts"], rows)
             + f"\n\nMemory: resident-set growth of a fresh process serving every task (each "
               f"task at batch 1 and 32, three rounds). One per-task session alone: "
               f"{case['single_task_memory_mb']:.1f} MB, so the multi-task session is "
               f"{multi['memory_mb'] / case['single_task_memory_mb']:.2f}x a single task's "
-              f"(target <= 1.2x). Latency: the last task, median, all forms interleaved. "
+              f"(target <= 1.2x); with onnxruntime's CPU memory arena off "
+              f"(`SessionOptions.enable_cpu_mem_arena = False`) "
+              f"{case['single_task_memory_no_arena_mb']:.1f} MB and "
+              f"{multi['memory_no_arena_mb'] / case['single_task_memory_no_arena_mb']:.2f}x. "
+              f"Latency: the last task, median, all forms interleaved. "
               f"Multi-task file / archive: {case['multi_task_over_archive']:.3f} (target "
               f"<= 1.05); its largest logit difference from PyTorch over every task "
               f"{case['multi_task_max_abs_diff']:.1e}.")

@@ -110,7 +110,8 @@ def test_deploy_tables(smoke):
         assert [forms[f]["files"] for f in forms] == [tasks, tasks, tasks, 1]
         assert forms["float16"]["bytes"] < forms["float32"]["bytes"]
         assert forms["int8"]["bytes"] < forms["float16"]["bytes"]
-        assert all(r["memory_mb"] > 0 for r in case["forms"]) and case["single_task_memory_mb"] > 0
+        assert all(r["memory_mb"] > 0 and r["memory_no_arena_mb"] > 0 for r in case["forms"])
+        assert case["single_task_memory_mb"] > 0 and case["single_task_memory_no_arena_mb"] > 0
         assert forms["float32"]["accuracy_change_mean"] is None
         assert forms["int8"]["accuracy_change_worst"] <= forms["int8"]["accuracy_change_mean"]
         assert case["multi_task_max_abs_diff"] < 1e-4
