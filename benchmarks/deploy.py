@@ -37,6 +37,7 @@ from .cost import LENET, RESNET, PackCase, archive_floor, build_pack
 
 CPU = "CPUExecutionProvider"
 FORMS = ("float32", "float16", "int8", "multi-task")
+MEMORY_REPEATS = 3
 
 # Run in a fresh interpreter: load the given ONNX files, run every task three rounds at batch 1
 # and 32, print the resident-set growth (MB) over the process before loading.
@@ -104,16 +105,20 @@ def export_forms(pack: Pack, folder: Path) -> dict[str, Any]:
     return forms
 
 
-def memory_mb(files: list[Path], shape: tuple[int, ...], tasks: int, arena: bool = True
-              ) -> float:
-    """Resident-set growth of a fresh process serving ``files`` (see the module docstring);
+def memory_mb(files: list[Path], shape: tuple[int, ...], tasks: int, arena: bool = True,
+              repeats: int = MEMORY_REPEATS) -> float:
+    """Resident-set growth of a fresh process serving ``files`` (see the module docstring),
+    the median of ``repeats`` processes (it varies by ~15% from one to the next);
     ``arena``: onnxruntime's CPU memory arena on (the default) or off."""
-    done = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, json.dumps(list(shape)),
-                           str(tasks), "arena" if arena else "off", *map(str, files)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory measurement failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["rss_mb"]
+    values = []
+    for _ in range(repeats):
+        done = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, json.dumps(list(shape)),
+                               str(tasks), "arena" if arena else "off", *map(str, files)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory measurement failed: {done.stderr.strip()[-2000:]}")
+        values.append(json.loads(done.stdout.strip().splitlines()[-1])["rss_mb"])
+    return float(np.median(values))
 
 
 def latency(pack: Pack, forms: dict[str, Any], budget_s: float) -> list[dict[str, Any]]:
@@ -204,7 +209,8 @@ def markdown(result: dict[str, Any]) -> str:
                 ["form", "files", "bytes", "ORT memory MB, all tasks", "arena off MB", "batch 1 ms",
                  "batch 32 ms", "accuracy change, mean pts", "worst pts"], rows)
             + f"\n\nMemory: resident-set growth of a fresh process serving every task (each "
-              f"task at batch 1 and 32, three rounds). One per-task session alone: "
+              f"task at batch 1 and 32, three rounds; median of {MEMORY_REPEATS} processes). "
+              f"One per-task session alone: "
               f"{case['single_task_memory_mb']:.1f} MB, so the multi-task session is "
               f"{multi['memory_mb'] / case['single_task_memory_mb']:.2f}x a single task's "
               f"(target <= 1.2x); with onnxruntime's CPU memory arena off "
