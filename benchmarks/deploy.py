@@ -37,7 +37,6 @@ from .cost import LENET, RESNET, PackCase, archive_floor, build_pack
 
 CPU = "CPUExecutionProvider"
 FORMS = ("float32", "float16", "int8", "multi-task")
-MEMORY_REPEATS = 3
 
 # Run in a fresh interpreter: load the given ONNX files, run every task three rounds at batch 1
 # and 32, print the resident-set growth (MB) over the process before loading.
@@ -74,16 +73,17 @@ class DeploySettings:
     packs: tuple[PackCase, ...]
     floor_tasks: tuple[int, ...]  # LeNet packs of this many tasks: archive vs entropy floor
     latency_budget_s: float
+    memory_repeats: int  # processes per memory value (the median is reported)
     note: str = ""
 
 
 SMOKE = PackCase("mlp-1x8x8", "mlp", (1, 8, 8), {}, 0.75, 1, 0, tasks=2,
                  note="trained 1 epoch per task")
 SETTINGS = {
-    "smoke": DeploySettings((SMOKE,), (2,), 0.2, note="smoke: tiny cases only; not a "
+    "smoke": DeploySettings((SMOKE,), (2,), 0.2, 1, note="smoke: tiny cases only; not a "
                                                       "measurement"),
-    "quick": DeploySettings((LENET,), (3, 5), 2.0, note="quick: no resnet18 case"),
-    "full": DeploySettings((LENET, RESNET), (3, 5, 10), 10.0),
+    "quick": DeploySettings((LENET,), (3, 5), 2.0, 3, note="quick: no resnet18 case"),
+    "full": DeploySettings((LENET, RESNET), (3, 5, 10), 10.0, 3),
 }
 
 
@@ -106,7 +106,7 @@ def export_forms(pack: Pack, folder: Path) -> dict[str, Any]:
 
 
 def memory_mb(files: list[Path], shape: tuple[int, ...], tasks: int, arena: bool = True,
-              repeats: int = MEMORY_REPEATS) -> float:
+              repeats: int = 3) -> float:
     """Resident-set growth of a fresh process serving ``files`` (see the module docstring),
     the median of ``repeats`` processes (it varies by ~15% from one to the next);
     ``arena``: onnxruntime's CPU memory arena on (the default) or off."""
@@ -148,16 +148,18 @@ def pack_case(case: PackCase, settings: DeploySettings, log: Any = None) -> dict
         log(f"deploy {case.name}: pack of {len(pack.tasks)} tasks built in {seconds:.1f} s")
     with tempfile.TemporaryDirectory(prefix="packtool-deploy-") as tmp:
         forms = export_forms(pack, Path(tmp))
-        shape, tasks = pack.spec.input_size, len(pack.tasks)
-        single = memory_mb(forms["float32"]["files"][-1:], shape, tasks)
-        single_off = memory_mb(forms["float32"]["files"][-1:], shape, tasks, arena=False)
+        shape, tasks, repeats = pack.spec.input_size, len(pack.tasks), settings.memory_repeats
+        last = forms["float32"]["files"][-1:]
+        single = memory_mb(last, shape, tasks, repeats=repeats)
+        single_off = memory_mb(last, shape, tasks, arena=False, repeats=repeats)
         rows = []
         for form, f in forms.items():
             rows.append({
                 "form": form, "files": len(f["files"]),
                 "bytes": sum(p.stat().st_size for p in f["files"]),
-                "memory_mb": memory_mb(f["files"], shape, tasks),
-                "memory_no_arena_mb": memory_mb(f["files"], shape, tasks, arena=False),
+                "memory_mb": memory_mb(f["files"], shape, tasks, repeats=repeats),
+                "memory_no_arena_mb": memory_mb(f["files"], shape, tasks, arena=False,
+                                                repeats=repeats),
                 "accuracy_change_mean": (float(np.mean(f["changes"])) if f["changes"]
                                          else None),
                 "accuracy_change_worst": min(f["changes"]) if f["changes"] else None,
@@ -209,7 +211,8 @@ def markdown(result: dict[str, Any]) -> str:
                 ["form", "files", "bytes", "ORT memory MB, all tasks", "arena off MB", "batch 1 ms",
                  "batch 32 ms", "accuracy change, mean pts", "worst pts"], rows)
             + f"\n\nMemory: resident-set growth of a fresh process serving every task (each "
-              f"task at batch 1 and 32, three rounds; median of {MEMORY_REPEATS} processes). "
+              f"task at batch 1 and 32, three rounds; median of {settings['memory_repeats']} "
+              f"processes). "
               f"One per-task session alone: "
               f"{case['single_task_memory_mb']:.1f} MB, so the multi-task session is "
               f"{multi['memory_mb'] / case['single_task_memory_mb']:.2f}x a single task's "
