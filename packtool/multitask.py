@@ -54,13 +54,15 @@ class _TaskContext:
     """The call's task, shared by every property: its gather index and its bits as bytes.
     Outside a call it is task 1 (so that reading a tensor, e.g. by ``repr``, works)."""
 
-    def __init__(self, tasks: int) -> None:
+    def __init__(self, tasks: int, table: Tensor) -> None:
         self.width = tasks.bit_length()
-        self.set(torch.ones(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+        self.set(torch.ones(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), table)
 
-    def set(self, task: Tensor, index: Tensor) -> None:
+    def set(self, task: Tensor, index: Tensor, table: Tensor) -> None:
+        """``table``: the network's byte -> mask lookup, where the network is now."""
         self.index = index
         self.bits = [((task >> j) & 1).to(torch.uint8) * 255 for j in range(self.width)]
+        self.table = table
 
 
 def pack_planes(owners: Tensor, bits: int) -> Tensor:
@@ -90,7 +92,7 @@ class MultiTaskNet(nn.Module):
         # Row b: the bits of byte b as floats, first weight (the high bit) first.
         self.register_buffer("bit_table", ((torch.arange(256)[:, None] & torch.tensor(
             _BIT_VALUES)) != 0).float())
-        self._context = _TaskContext(self.tasks)
+        self._context = _TaskContext(self.tasks, self.bit_table)
         getters: dict[nn.Module, dict[str, Callable[[nn.Module], Tensor]]] = {}
         bits = self.tasks.bit_length()
         for key, owners in pack.owners.items():
@@ -117,15 +119,14 @@ class MultiTaskNet(nn.Module):
         _detach(module, name)
         module.register_buffer(name + "_shared", weight.detach().cpu().float().contiguous())
         module.register_buffer(name + "_planes", pack_planes(owners.cpu(), bits))
-        shape, n, context, bit_table = tuple(weight.shape), weight.numel(), self._context, \
-            self.bit_table
+        shape, n, context = tuple(weight.shape), weight.numel(), self._context
 
         def read(m: nn.Module) -> Tensor:
             packed = planes_at_most(m._buffers[name + "_planes"], context.bits)
             # A byte's eight mask values in one lookup: one gather and one multiply per
             # weight, the cheapest way onnxruntime offers (a where or a broadcast bit test
             # costs several times more).
-            mask = bit_table.index_select(0, packed.long()).reshape(-1)[:n]
+            mask = context.table.index_select(0, packed.long()).reshape(-1)[:n]
             return m._buffers[name + "_shared"] * mask.reshape(shape)
 
         return read
@@ -175,11 +176,11 @@ class MultiTaskNet(nn.Module):
         valid = (task >= 1) & (task <= self.tasks)
         # Out of range: index T, past the end of every stack, so the gather fails.
         index = torch.where(valid, task - 1, torch.full_like(task, self.tasks))
-        self._context.set(task, index)
+        self._context.set(task, index, self.bit_table)
         try:
             logits = self.net(x)
         finally:
-            self._context.set(torch.ones_like(task), torch.zeros_like(task))
+            self._context.set(torch.ones_like(task), torch.zeros_like(task), self.bit_table)
         if self.distance is None:
             return logits
         f = self._features.pop().flatten(1)
