@@ -66,6 +66,8 @@ TASKS_KEY = "packtool.tasks"
 #: arithmetic folds, the rebuilt dense weights and masks (which would undo the compact storage)
 #: do not.
 FOLD_LIMIT = 256
+#: Largest relative difference of the feature distance accepted on export.
+DISTANCE_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -226,8 +228,8 @@ def verify_multi_task(model: bytes, pack: Pack, *, tolerance: float = 1e-4
 
     Raises:
         PackToolError: a logit difference above ``tolerance`` (or NaN), a distance differing by
-            more than ``tolerance`` relative to its size, padding that is not ``-inf``, or a
-            wrong shape.
+            more than :data:`DISTANCE_TOLERANCE` relative to its size, padding that is not
+            ``-inf``, or a wrong shape.
     """
     inputs = torch.randn(VERIFY_BATCH, *pack.spec.input_size,
                          generator=torch.Generator().manual_seed(VERIFY_SEED))
@@ -245,14 +247,15 @@ def verify_multi_task(model: bytes, pack: Pack, *, tolerance: float = 1e-4
         if not np.all(np.isneginf(actual[:, classes:])):
             raise PackToolError(f"ONNX check of {name} failed: padded logits are not -inf")
         diff = float(np.abs(actual[:, :classes].astype(np.float64) - logits.numpy()).max())
-        # Distances are sums of squares of hundreds of features: compare them relatively.
+        # Distances scale the features' float differences by the inverse feature variance:
+        # compare them relatively, at DISTANCE_TOLERANCE.
         far = 0.0 if len(outputs) == 1 else float(
             (np.abs(outputs[1] - distance.numpy()) / np.maximum(1, np.abs(distance.numpy())))
             .max())
-        if not (diff <= tolerance and far <= tolerance):  # also catches NaN
+        if not (diff <= tolerance and far <= DISTANCE_TOLERANCE):  # also catches NaN
             raise PackToolError(
                 f"ONNX check of {name} failed: onnxruntime ({provider_of(sess)}) differs from "
-                f"PyTorch by {max(diff, far):.3g} > tolerance {tolerance:g}; nothing was "
-                "written")
+                f"PyTorch by {diff:.3g} in logits (tolerance {tolerance:g}), {far:.3g} relative "
+                f"in distances (tolerance {DISTANCE_TOLERANCE:g}); nothing was written")
         worst = max(worst, diff)
     return worst, provider_of(sess)

@@ -143,7 +143,8 @@ def fit_feature_stats(features: Tensor, labels: Tensor) -> dict[str, Tensor]:
 
     Returns float32 ``means`` ``[C', D]`` (the classes present), ``basis`` ``[r, D]`` and
     ``scale`` ``[1]``: a few times ``D`` values per task, where the full matrix would take
-    ``D * D`` (67 MB for a 4096-feature head).
+    ``D * D`` (67 MB for a 4096-feature head). The average variance is at least
+    :data:`NOISE_FLOOR` times the features' mean square.
     """
     if features.dim() != 2 or labels.shape != features.shape[:1] or len(labels) < 2:
         raise DataError(f"cannot fit feature statistics to features {list(features.shape)} and "
@@ -158,12 +159,20 @@ def fit_feature_stats(features: Tensor, labels: Tensor) -> dict[str, Tensor]:
     _, singular, directions = torch.linalg.svd(residuals, full_matrices=False)
     variances = singular**2 / n  # eigenvalues of S, largest first
     isotropic = shrink * (float(variances.sum()) / d or 1.0)
+    # A within-class spread below a thousandth of the features' size is float noise (a head
+    # that barely trained): the precision would amplify the last bits of every feature.
+    isotropic = max(isotropic, NOISE_FLOOR * float(f.pow(2).mean()))
     kept = int((variances > 1e-12 * float(variances[0])).sum()) if len(variances) else 0
     kept = min(kept, PRECISION_RANK)
     v = (1 - shrink) * variances[:kept]
     basis = directions[:kept] * (v / (isotropic + v) / isotropic).sqrt()[:, None]
     return {"means": means.float().contiguous(), "basis": basis.float().contiguous(),
             "scale": torch.tensor([1 / isotropic], dtype=torch.float32)}
+
+
+#: Smallest average within-class variance :func:`fit_feature_stats` assumes, relative to the
+#: features' mean square (a standard deviation of 1e-3 of their size).
+NOISE_FLOOR = 1e-6
 
 
 class TaskFreeNet(nn.Module):
@@ -192,32 +201,41 @@ class TaskFreeNet(nn.Module):
         f = self._seen.pop().flatten(1)
         if not self.known:
             return logits, torch.full_like(logits[:, 0], math.nan)
-        return logits, feature_distance(f, self.basis, self.scale, self.means,
+        return logits, feature_distance(f, self.center, self.basis, self.scale, self.means,
                                         self.projected_means, self.offsets)
 
 
 def distance_terms(stats: dict[str, Tensor] | None) -> dict[str, Tensor]:
     """What :func:`feature_distance` needs of :func:`fit_feature_stats`' ``stats``.
 
-    ``means`` ``[C, F]``, ``basis`` ``[r, F]``, ``scale`` ``[1]``, ``projected_means``
-    ``[C, r]`` (the means in the basis) and ``offsets`` ``[C]`` (each mean's own term); without
-    ``stats``, placeholders of one class and rank 0.
+    ``center`` ``[F]`` (the mean of the class means), ``means`` ``[C, F]`` less the center,
+    ``basis`` ``[r, F]``, ``scale`` ``[1]``, ``projected_means`` ``[C, r]`` (the centered means
+    in the basis) and ``offsets`` ``[C]`` (each mean's own term); without ``stats``,
+    placeholders of one class and rank 0.
     """
-    means = stats["means"] if stats else torch.zeros(1, 1)
+    raw = stats["means"] if stats else torch.zeros(1, 1)
     basis = stats["basis"] if stats else torch.zeros(0, 1)
     scale = stats["scale"] if stats else torch.ones(1)
+    center = raw.mean(0)
+    means = raw - center
     projected = means @ basis.T  # [C, r]
     # |mu|_P^2 per class: scale |mu|^2 - |B mu|^2
     offsets = scale * means.pow(2).sum(1) - projected.pow(2).sum(1)
-    return {"means": means, "basis": basis, "scale": scale, "projected_means": projected,
-            "offsets": offsets}
+    return {"center": center, "means": means, "basis": basis, "scale": scale,
+            "projected_means": projected, "offsets": offsets}
 
 
-def feature_distance(f: Tensor, basis: Tensor, scale: Tensor, means: Tensor,
+def feature_distance(f: Tensor, center: Tensor, basis: Tensor, scale: Tensor, means: Tensor,
                      projected_means: Tensor, offsets: Tensor) -> Tensor:
     """Squared Mahalanobis distance of features ``f`` ``[N, F]`` to the nearest class mean,
     divided by ``F``: ``[N]`` (the terms of :func:`distance_terms`; a class whose offset is
-    ``+inf`` is never nearest)."""
+    ``+inf`` is never nearest).
+
+    Expanded as ``|f|^2 - 2 f.mu + |mu|^2`` (no ``[N, C, F]`` tensor), after subtracting the
+    center from ``f`` and the means: features far from the origin (every ReLU feature is
+    positive) would otherwise lose the distance to cancellation in float32.
+    """
+    f = f - center
     fb = f @ basis.T
     cross = scale * (f @ means.T) - fb @ projected_means.T  # f P mu
     own = scale * f.pow(2).sum(1, keepdim=True) - fb.pow(2).sum(1, keepdim=True)

@@ -28,7 +28,15 @@ from packtool import (
 from packtool.evaluate import score_task_free, split_logits
 from packtool.exporters import TaskMetadata, archive_bytes, archive_from_bytes, predict, task_onnx
 from packtool.formats import model_file
-from packtool.taskfree import TaskFreeNet, fit_feature_stats, task_free_net, temperatures_of
+from packtool.taskfree import (
+    NOISE_FLOOR,
+    TaskFreeNet,
+    distance_terms,
+    feature_distance,
+    fit_feature_stats,
+    task_free_net,
+    temperatures_of,
+)
 
 CONFIG = TrainConfig(epochs=4, finetune_epochs=1, lr=0.05, device="cpu")
 
@@ -290,3 +298,28 @@ def _check_choice(result, chosen, pack, logits):
     for i, (p, k) in enumerate(zip(result.predictions, chosen)):
         assert p["top"][0]["class"] == pack.tasks[k].classes[int(logits[k][i].argmax())]
         assert p["task_margin"] == pytest.approx(margins[i], rel=1e-3, abs=1e-4)
+
+
+def test_variance_floor_for_a_head_that_barely_trained():
+    """Features all but constant: the precision stays bounded by the noise floor."""
+    g = torch.Generator().manual_seed(0)
+    features = 100 + 1e-9 * torch.randn(40, 16, generator=g)
+    stats = fit_feature_stats(features, torch.arange(40) % 2)
+    assert float(stats["scale"]) <= 1 / (NOISE_FLOOR * 100**2) * 1.001
+
+
+def test_distance_keeps_its_precision_far_from_the_origin():
+    """ReLU features sit far from the origin; the expanded distance is centered first."""
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(200) % 4
+    features = 1e3 + torch.randn(200, 32, generator=g) + labels[:, None].float()
+    stats = fit_feature_stats(features, labels)
+    terms = distance_terms(stats)
+    f = features[:8]
+    fast = feature_distance(f, **{k: terms[k] for k in (
+        "center", "basis", "scale", "means", "projected_means")}, offsets=terms["offsets"])
+    precision = (stats["scale"].double() * torch.eye(32)
+                 - stats["basis"].double().T @ stats["basis"].double())
+    diffs = f.double()[:, None, :] - stats["means"].double()[None]
+    exact = torch.einsum("ncf,fg,ncg->nc", diffs, precision, diffs).min(1).values / 32
+    torch.testing.assert_close(fast.double(), exact, rtol=1e-4, atol=1e-5)
