@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from packtool import Pack, TrainConfig, add_task, evaluate, load_task_data
-from packtool.exporters import export_all
+from packtool import Pack, PackToolError, TrainConfig, add_task, evaluate, load_task_data
+from packtool.exporters import export_all, export_multi_task, export_reduced
 
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
 
@@ -52,6 +52,17 @@ def main() -> None:
         print(f"{f.path}: {f.bytes} bytes, max |onnxruntime - PyTorch| {f.max_abs_diff:.1e}")
     if archive is not None:
         print(f"{archive.path}: {archive.bytes} bytes (all {len(pack.tasks)} tasks)")
+    multi = export_multi_task(pack, args.work_dir / "export" / "all-tasks.onnx")
+    print(f"{multi.path}: {multi.bytes} bytes, every task in one graph (input `task`)")
+    # int8, measured on the task's test split; refused (nothing written) past 1 point lost.
+    first = pack.tasks[0].name
+    try:
+        int8 = export_reduced(pack, first, args.work_dir / "export" / f"{first}-int8.onnx",
+                              "int8")
+        print(f"{int8.path}: {int8.bytes} bytes, test accuracy change "
+              f"{int8.change.accuracy_change:+.2f} points")
+    except PackToolError as exc:
+        print(f"int8 not written: {exc}")
 
 
 if __name__ == "__main__":
