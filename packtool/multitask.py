@@ -89,9 +89,10 @@ class MultiTaskNet(nn.Module):
         self.net = build_network(pack.spec).eval()
         self.net.set_submodule(anat.classifier,
                                nn.Linear(anat.in_features, max(self.classes)).eval())
-        # Row b: the bits of byte b as floats, first weight (the high bit) first.
+        # Row b: the bits of byte b, first weight (the high bit) first; stored as bytes (a
+        # quarter of the file space), made float once per call (a runtime folds that at load).
         self.register_buffer("bit_table", ((torch.arange(256)[:, None] & torch.tensor(
-            _BIT_VALUES)) != 0).float())
+            _BIT_VALUES)) != 0).to(torch.uint8))
         self._context = _TaskContext(self.tasks, self.bit_table)
         getters: dict[nn.Module, dict[str, Callable[[nn.Module], Tensor]]] = {}
         bits = self.tasks.bit_length()
@@ -126,7 +127,7 @@ class MultiTaskNet(nn.Module):
             # A byte's eight mask values in one lookup: one gather and one multiply per
             # weight, the cheapest way onnxruntime offers (a where or a broadcast bit test
             # costs several times more).
-            mask = context.table.index_select(0, packed.long()).reshape(-1)[:n]
+            mask = context.table.float().index_select(0, packed.long()).reshape(-1)[:n]
             return m._buffers[name + "_shared"] * mask.reshape(shape)
 
         return read

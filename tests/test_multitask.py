@@ -117,12 +117,13 @@ def test_shared_weights_are_stored_once(lenet_pack, multi_file):
               for v in [*r.head.values(), *r.feature_stats.values()])
     own += len(lenet_pack.tasks) * lenet_pack.private_values
     nonzero = sum(int((w != 0).sum()) for w in lenet_pack.shared.values())
-    table = 256 * 8  # the byte -> eight mask values lookup
     width = lenet_pack.anatomy().in_features
     fill = 3 * width + len(lenet_pack.tasks) * width  # padding rows; the tasks' feature centers
-    assert nonzero <= stored(onnx.TensorProto.FLOAT) <= packed + own + table + fill + 1000
-    # 3 tasks: owners 0..3 in two bit planes, a quarter of a byte per weight.
-    assert packed / 4 <= stored(onnx.TensorProto.UINT8) <= packed / 4 + 1000
+    assert nonzero <= stored(onnx.TensorProto.FLOAT) <= packed + own + fill + 1000
+    # 3 tasks: owners 0..3 in two bit planes, a quarter of a byte per weight, and the byte ->
+    # eight mask values lookup.
+    table = 256 * 8
+    assert packed / 4 <= stored(onnx.TensorProto.UINT8) <= packed / 4 + table + 1000
 
 
 def test_owner_planes_round_trip():
