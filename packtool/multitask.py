@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from .method import tensor_at
 from .models import build_network
 from .pack import Pack
-from .taskfree import distance_terms, feature_distance
+from .taskfree import feature_distance
 
 #: Byte values of the bits of a packed byte, first weight first (the high bit).
 _BIT_VALUES = tuple(1 << (7 - i) for i in range(8))
@@ -209,34 +209,38 @@ def row_table(tensors: list[Tensor], fill: float) -> tuple[Tensor, Tensor]:
 def _distance_tables(pack: Pack) -> nn.Module | None:
     """Every task's feature statistics as row tables (:func:`row_table`): class means (the
     fill row's offset is made infinite, so never nearest), basis rows (zero fill: no effect),
-    centers and scales; ``None`` unless every task has feature statistics."""
+    class counts and scales; ``None`` unless every task has feature statistics."""
     if not all(r.feature_stats for r in pack.tasks):
         return None
-    terms = [distance_terms(r.feature_stats) for r in pack.tasks]
+    stats = [{k: v.detach().cpu().float() for k, v in r.feature_stats.items()}
+             for r in pack.tasks]
     holder = nn.Module()
-    means, class_rows = row_table([t["means"].cpu() for t in terms], 0.0)
-    basis, basis_rows = row_table([t["basis"].cpu() for t in terms], 0.0)
+    means, class_rows = row_table([s["means"] for s in stats], 0.0)
+    basis, basis_rows = row_table([s["basis"] for s in stats], 0.0)
     # A padded class: its offset is +inf, so it is never the nearest.
     pad = torch.where(class_rows == means.shape[0] - 1, math.inf, 0.0)
+    counts = torch.tensor([[float(len(s["means"]))] for s in stats])
     for name, value in (("means", means), ("class_rows", class_rows), ("class_pad", pad),
-                        ("basis", basis), ("basis_rows", basis_rows),
-                        ("center", torch.stack([t["center"].cpu() for t in terms])),
-                        ("scale", torch.stack([t["scale"].cpu() for t in terms]))):
+                        ("classes", counts), ("basis", basis), ("basis_rows", basis_rows),
+                        ("scale", torch.stack([s["scale"] for s in stats]))):
         holder.register_buffer(name, value)
     return holder
 
 
 def _task_distance(tables: nn.Module, f: Tensor, index: Tensor) -> Tensor:
-    """:func:`packtool.taskfree.feature_distance` with task ``index``'s statistics."""
+    """:func:`packtool.taskfree.feature_distance` with task ``index``'s statistics, their
+    terms computed as :func:`packtool.taskfree.distance_terms` does."""
     def pick(name: str) -> Tensor:
         return getattr(tables, name).index_select(0, index).squeeze(0)
 
-    means = tables.means.index_select(0, pick("class_rows"))
+    raw = tables.means.index_select(0, pick("class_rows"))  # padded rows are zero
+    center = raw.sum(0) / pick("classes")
+    means = raw - center
     basis = tables.basis.index_select(0, pick("basis_rows"))
     scale = pick("scale")
     projected = means @ basis.T
     offsets = scale * means.pow(2).sum(1) - projected.pow(2).sum(1) + pick("class_pad")
-    return feature_distance(f, pick("center"), basis, scale, means, projected, offsets)
+    return feature_distance(f, center, basis, scale, means, projected, offsets)
 
 
 def _detach(module: nn.Module, name: str) -> None:

@@ -118,7 +118,7 @@ def test_shared_weights_are_stored_once(lenet_pack, multi_file):
     own += len(lenet_pack.tasks) * lenet_pack.private_values
     nonzero = sum(int((w != 0).sum()) for w in lenet_pack.shared.values())
     width = lenet_pack.anatomy().in_features
-    fill = 3 * width + len(lenet_pack.tasks) * width  # padding rows; the tasks' feature centers
+    fill = 3 * width  # the padding rows of heads, means and bases
     assert nonzero <= stored(onnx.TensorProto.FLOAT) <= packed + own + fill + 1000
     # 3 tasks: owners 0..3 in two bit planes, a quarter of a byte per weight, and the byte ->
     # eight mask values lookup.
