@@ -8,7 +8,8 @@ Per torchvision model, by name:
   packing rule leaves out, buffers) each task stores, and its head's bytes per class;
 * the masked training step against dense (:func:`benchmarks.masking_overhead.measure_network`:
   task 2 trained on the free half, then fine-tuned with the released quarter masked);
-* one task exported to ONNX and checked in onnxruntime against PyTorch (full mode).
+* one task exported to ONNX and checked in onnxruntime against PyTorch, then two tasks as one
+  multi-task ONNX, checked for each task (full mode).
 
 Same targets as the conv nets: a step at most 1.15x dense.
 """
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from packtool import Pack, TaskData, TrainConfig, add_task
-from packtool.exporters import export_onnx_bytes
+from packtool.exporters import export_multi_task_bytes, export_onnx_bytes
 from packtool.models import ArchSpec, anatomy, build_network, native_input_size
 
 from . import masking_overhead
@@ -84,15 +85,21 @@ def parts(arch: str) -> dict[str, Any]:
 
 
 def export_check(arch: str) -> dict[str, Any]:
-    """One task (no training: ratio 0.5 on the initial weights) exported and verified."""
+    """One task (no training: ratio 0.5 on the initial weights) exported and verified; then a
+    second task (3 classes more) and both as one multi-task graph, verified for each task."""
     size = native_input_size(arch)
     pack = Pack.create(arch, size, seed=0)
     config = TrainConfig(epochs=0, finetune_epochs=0, device="cpu")
     pack, _ = add_task(pack, "t1", _random_task(size), 0.5, config)
     start = time.perf_counter()
     data, result = export_onnx_bytes(pack, "t1")
-    return {"bytes": len(data), "max_abs_diff": result.max_abs_diff,
-            "provider": result.provider, "export_s": round(time.perf_counter() - start, 1)}
+    row = {"bytes": len(data), "max_abs_diff": result.max_abs_diff,
+           "provider": result.provider, "export_s": round(time.perf_counter() - start, 1)}
+    pack, _ = add_task(pack, "t2", _random_task(size, classes=6), 0.0, config)
+    start = time.perf_counter()
+    multi, checked = export_multi_task_bytes(pack)
+    return {**row, "multi_task_bytes": len(multi), "multi_task_max_abs_diff":
+            checked.max_abs_diff, "multi_task_s": round(time.perf_counter() - start, 1)}
 
 
 def _random_task(size: tuple[int, int, int], classes: int = 3, n: int = 6) -> TaskData:
@@ -147,8 +154,14 @@ def markdown(result: dict[str, Any]) -> str:
                             r["step"]["finetune_ratio"]] for r in timed]))
     exported = [r for r in rows if "export" in r]
     if exported:
-        parts_.append("### One task exported to ONNX, checked in onnxruntime\n\n" + markdown_table(
-            ["arch", "ONNX bytes", "max abs diff", "provider", "export s"],
+        parts_.append("### Exported to ONNX, checked in onnxruntime\n\nOne task (prune 0.5), "
+                      "then two tasks in one multi-task graph (each task checked):\n\n"
+                      + markdown_table(
+            ["arch", "ONNX bytes", "max abs diff", "provider", "export s",
+             "multi-task bytes", "multi-task max abs diff", "multi-task s"],
             [[r["arch"], fmt_int(r["export"]["bytes"]), f"{r['export']['max_abs_diff']:.1e}",
-              r["export"]["provider"], r["export"]["export_s"]] for r in exported]))
+              r["export"]["provider"], r["export"]["export_s"],
+              fmt_int(r["export"]["multi_task_bytes"]),
+              f"{r['export']['multi_task_max_abs_diff']:.1e}", r["export"]["multi_task_s"]]
+             for r in exported]))
     return "\n\n".join(parts_)
