@@ -397,8 +397,8 @@ def _refuse_overwriting(model: Path, targets: list[Path]) -> None:
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...",
                 type=click.Path(path_type=Path))
 @click.option("--task", "name", metavar="NAME|auto",
-              help="Task to run (required with a pack file); auto: every task runs and each "
-                   "image goes to the task that scores it best.")
+              help="Task to run (required with a pack file or a multi-task ONNX); auto: every "
+                   "task runs and each image goes to the task that scores it best.")
 @click.option("--same-task", is_flag=True,
               help="With --task auto: the IMAGEs come from one task, chosen by their summed "
                    "scores.")

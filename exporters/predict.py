@@ -75,19 +75,22 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
     """Classify ``images`` with one task of an exported ``.onnx`` or a pack file, or let
     ``task="auto"`` choose the task.
 
-    An ``.onnx`` file brings its classes and preprocessing in its metadata (``task``, if given,
-    must match it). A pack file (archive or ``model.pt``) needs ``task``: the task is rebuilt,
-    exported to ONNX in memory and run with onnxruntime. Images are prepared as the task's
-    metadata says (:meth:`packtool.data.Preprocess.load_image`).
+    A per-task ``.onnx`` file brings its classes and preprocessing in its metadata (``task``,
+    if given, must match it). A multi-task ``.onnx`` file and a pack file (archive or
+    ``model.pt``) need ``task``; a pack file's task is rebuilt, exported to ONNX in memory and
+    run with onnxruntime. Images are prepared as the task's metadata says
+    (:meth:`packtool.data.Preprocess.load_image`).
 
     Args:
-        task: the task to run, or ``"auto"`` (pack files only): every task runs and each image
-            goes to the task with the best ``task_score`` after the tasks' temperatures.
+        task: the task to run, or ``"auto"`` (a multi-task file or a pack file): every task
+            runs and each image goes to the task with the best ``task_score`` after the tasks'
+            temperatures.
         top: how many classes to report per image (clamped to the number of classes).
         same_task: with ``auto``, the images come from one task: it is chosen by their summed
             scores.
         task_score: ``entropy``, ``max-prob``, ``energy`` or ``mahalanobis``
-            (:mod:`packtool.taskfree`); default :func:`packtool.taskfree.default_score`.
+            (:mod:`packtool.taskfree`); default: ``mahalanobis`` where every task has feature
+            statistics, else ``entropy`` (:func:`packtool.taskfree.default_score`).
 
     Returns:
         softmax probabilities of the ``top`` most likely classes per image.
