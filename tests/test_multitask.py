@@ -241,3 +241,16 @@ def test_packed_comparison_is_owner_at_most_task(tasks):
                      for j in range(bits)]
         mask = np.unpackbits(planes_at_most(planes, task_bits).numpy())[:1003]
         assert np.array_equal(mask.astype(bool), (owners <= task).numpy()), task
+
+
+@pytest.mark.parametrize("tasks", ['not json', '[]', '[{"task": "a"}]', '{"task": "a"}'])
+def test_damaged_task_metadata_is_a_clear_error(multi_file, tmp_path, images, tasks):
+    path, _ = multi_file
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "packtool.tasks":
+            prop.value = tasks
+    damaged = tmp_path / "damaged.onnx"
+    onnx.save(model, str(damaged))
+    with pytest.raises(PackToolError, match=r"invalid packtool\.tasks metadata"):
+        predict(damaged, images, task="task 1")
