@@ -14,10 +14,11 @@ unpruned network (``reference``). The plan:
 1. scan every ratio of the grid (:data:`GRID`, and the reserve's minimum if there is one);
 2. the largest ratio whose *pruned* score already meets the target is safe: fine-tuning keeps
    the best epoch on validation and starts from the pruned network, so it can only do better;
-3. fine-tune the ratios above the safe one, smallest (most promising) first, while each meets
-   the target and trials remain; the largest that met it wins, else the safe one (fine-tuned
-   with a trial kept for it). With every trial allowed, the choice is the largest grid ratio
-   whose fine-tuned score meets the target, as long as those scores fall with the ratio.
+3. fine-tune ratios above the safe one: all of them if the trials allow (the largest that
+   meets the target wins: the brute-force answer), else a bisection of them with one trial
+   kept for the safe ratio (assuming fine-tuned scores fall with the ratio; three trials span
+   eight grid steps, where trying them in order would reach three). The largest ratio that met
+   the target wins, else the safe one, fine-tuned.
 
 Every decision is recorded: each candidate's scores (:class:`Candidate`) and why the ratio won.
 """
@@ -149,22 +150,41 @@ def plan(ratios: Sequence[float], reference: float, tolerance: float, trials: in
     search = [Candidate(r, scan(r)) for r in ratios]
     passing = [c for c in search if c.val_pruned >= goal]
     safe = passing[-1] if passing else search[0]  # none passes: the reserve's minimum
-    chosen: tuple[Candidate, Any] | None = None
-    budget = trials
-    for candidate in (c for c in search if c.ratio > safe.ratio):
-        if budget - (chosen is None) <= 0:  # keep the last trial for the safe ratio
-            break
+    above = [c for c in search if c.ratio > safe.ratio]
+    kept: dict[str, Any] = {}  # the state of the largest passing trial so far (states are big)
+
+    def passes(candidate: Candidate) -> bool:
         candidate.val_finetuned, state = finetune(candidate.ratio)
-        budget -= 1
-        if candidate.val_finetuned < goal:
-            break
-        chosen = candidate, state
-    if chosen is None:
-        safe.val_finetuned, state = finetune(safe.ratio)
-        chosen = safe, state
-    winner, state = chosen
+        if candidate.val_finetuned >= goal or candidate is safe:
+            kept["state"] = state
+        return candidate.val_finetuned >= goal
+
+    if trials > len(above):  # every candidate can be tried: the largest that passes
+        winners = [c for c in above if passes(c)]
+    else:  # bisection, a trial kept for the safe ratio
+        winners = _bisect(above, trials - 1, passes)
+    winner = winners[-1] if winners else safe
+    if not winners:
+        passes(safe)
     reason = TOLERANCE if winner.val_finetuned >= goal else RESERVE
-    return Decision(winner.ratio, reason, search, state)
+    return Decision(winner.ratio, reason, search, kept["state"])
+
+
+def _bisect(above: Sequence[Candidate], budget: int, passes: Callable[[Candidate], bool]
+            ) -> list[Candidate]:
+    """The passing candidates a bisection of ``above`` finds in ``budget`` trials, assuming
+    fine-tuned scores fall with the ratio (the last found is the largest)."""
+    found = []
+    lo, hi = 0, len(above) - 1
+    while lo <= hi and budget > 0:
+        mid = (lo + hi) // 2
+        budget -= 1
+        if passes(above[mid]):
+            found.append(above[mid])
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return found
 
 
 # ------------------------------------------------------------------------------------------------

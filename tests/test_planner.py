@@ -41,19 +41,26 @@ def _plan(pruned, tuned, trials=3, reference=1.0, tolerance=1.0, ratios=GRID):
     return plan(list(ratios), reference, tolerance, trials, pruned, finetune), tried
 
 
-def test_the_largest_safe_ratio_needs_no_search_beyond_a_failure():
+def test_trials_bisect_the_ratios_above_the_safe_one():
+    """Safe (passes unpruned-fine-tuned) up to 0.5; fine-tuned scores pass up to 0.8. Three
+    trials, one kept for the safe ratio: a bisection of 0.55..0.95 tries 0.75, then 0.85."""
     decision, tried = _plan(lambda r: 1.0 if r <= 0.5 else 0.5,
-                            lambda r: 1.0 if r <= 0.6 else 0.8)
-    assert tried == [0.55, 0.6, 0.65]  # above the safe 0.5, most promising first, until a miss
-    assert (decision.ratio, decision.reason, decision.state) == (0.6, TOLERANCE, "state 0.6")
+                            lambda r: 1.0 if r <= 0.8 else 0.8)
+    assert tried == [0.75, 0.85]
+    assert (decision.ratio, decision.reason, decision.state) == (0.75, TOLERANCE, "state 0.75")
     scores = {c.ratio: c.val_finetuned for c in decision.search}
-    assert scores[0.6] == 1.0 and scores[0.65] == 0.8 and scores[0.5] is None
+    assert scores[0.75] == 1.0 and scores[0.85] == 0.8 and scores[0.5] is None
+    decision, tried = _plan(lambda r: 1.0 if r <= 0.5 else 0.5,
+                            lambda r: 1.0 if r <= 0.8 else 0.8, trials=4)
+    assert tried == [0.75, 0.85, 0.8] and decision.ratio == 0.8  # the bisection converges
+    assert decision.state == "state 0.8"
 
 
 def test_the_trial_budget_keeps_one_for_the_safe_ratio():
     decision, tried = _plan(lambda r: 1.0 if r <= 0.3 else 0.0, lambda r: 1.0 if r <= 0.3 else 0,
                             trials=2)
-    assert tried == [0.35, 0.3] and decision.ratio == 0.3
+    assert tried == [0.65, 0.3] and decision.ratio == 0.3  # the one bisection trial missed
+    assert decision.state == "state 0.3"
     decision, tried = _plan(lambda r: 1.0 if r <= 0.3 else 0.0, lambda r: 1.0, trials=1)
     assert tried == [0.3] and decision.ratio == 0.3  # one trial: the safe ratio only
 
@@ -61,9 +68,12 @@ def test_the_trial_budget_keeps_one_for_the_safe_ratio():
 def test_with_every_trial_the_choice_is_the_brute_force_one():
     pruned = {r: 1.0 - r for r in GRID}  # falls with the ratio
     tuned = {r: 1.0 - r / 4 for r in GRID}  # fine-tuning recovers three quarters
+    tuned[0.25] = 0.0  # a dip: trying every ratio still finds the largest that passes
     brute = max(r for r in GRID if tuned[r] >= target(1.0, 10.0))
-    decision, _ = _plan(pruned.get, tuned.get, trials=len(GRID), tolerance=10.0)
-    assert decision.ratio == brute == 0.4
+    decision, tried = _plan(pruned.get, tuned.get, trials=len(GRID), tolerance=10.0)
+    assert decision.ratio == brute == 0.4 and decision.state == "state 0.4"
+    safe = max(r for r in GRID if pruned[r] >= target(1.0, 10.0))
+    assert tried == [r for r in GRID if r > safe]  # every candidate, once
 
 
 def test_a_reserve_minimum_that_misses_the_tolerance_is_still_the_floor():
@@ -110,12 +120,8 @@ def test_auto_is_the_largest_fixed_ratio_within_the_tolerance(digits):
     goal = target(reference, 3.0)
     passing = sorted(r for r in GRID if fixed[r] >= goal)
     safe = max(c["ratio"] for c in auto.prune_search if c["val_pruned"] >= goal)
-    # The largest passing ratio reachable from the safe one without a miss in between.
-    brute = safe
-    for r in (r for r in GRID if r > safe):
-        if r not in passing:
-            break
-        brute = r
+    # Every ratio above the safe one tried: the largest that passes (else the safe one).
+    brute = max([safe, *(r for r in passing if r > safe)])
     assert auto.prune == brute and auto.prune_reason == TOLERANCE
     assert 0.0 < brute < 0.95 and len(tried) >= 2  # a real search: pruning costs accuracy here
     assert add_task(_base(), "t", data, "auto", CONFIG, tolerance=3.0,
