@@ -15,10 +15,12 @@ unpruned network (``reference``). The plan:
 2. the largest ratio whose *pruned* score already meets the target is safe: fine-tuning keeps
    the best epoch on validation and starts from the pruned network, so it can only do better;
 3. fine-tune ratios above the safe one: all of them if the trials allow (the largest that
-   meets the target wins: the brute-force answer), else a bisection of them with one trial
-   kept for the safe ratio (assuming fine-tuned scores fall with the ratio; three trials span
-   eight grid steps, where trying them in order would reach three). The largest ratio that met
-   the target wins, else the safe one, fine-tuned.
+   meets the target wins: the brute-force answer), else an exponential search, each from the
+   same post-training state: 1, 3, 7, ... grid steps above the safe ratio while they meet the
+   target, then a bisection of the gap below the first miss, one trial kept for the safe ratio
+   until a ratio passes (this assumes fine-tuned scores fall with the ratio; three trials
+   reach seven steps, where trying the ratios in order reached three). The largest ratio that
+   met the target wins, else the safe one, fine-tuned.
 
 Every decision is recorded: each candidate's scores (:class:`Candidate`) and why the ratio won.
 """
@@ -161,8 +163,8 @@ def plan(ratios: Sequence[float], reference: float, tolerance: float, trials: in
 
     if trials > len(above):  # every candidate can be tried: the largest that passes
         winners = [c for c in above if passes(c)]
-    else:  # bisection, a trial kept for the safe ratio
-        winners = _bisect(above, trials - 1, passes)
+    else:
+        winners = _gallop(above, trials, passes)
     winner = winners[-1] if winners else safe
     if not winners:
         passes(safe)
@@ -170,20 +172,23 @@ def plan(ratios: Sequence[float], reference: float, tolerance: float, trials: in
     return Decision(winner.ratio, reason, search, kept["state"])
 
 
-def _bisect(above: Sequence[Candidate], budget: int, passes: Callable[[Candidate], bool]
+def _gallop(above: Sequence[Candidate], trials: int, passes: Callable[[Candidate], bool]
             ) -> list[Candidate]:
-    """The passing candidates a bisection of ``above`` finds in ``budget`` trials, assuming
-    fine-tuned scores fall with the ratio (the last found is the largest)."""
-    found = []
-    lo, hi = 0, len(above) - 1
-    while lo <= hi and budget > 0:
-        mid = (lo + hi) // 2
-        budget -= 1
-        if passes(above[mid]):
-            found.append(above[mid])
-            lo = mid + 1
+    """The passing candidates an exponential search of ``above`` finds in ``trials`` trials
+    (one kept for the safe ratio until one passes), assuming fine-tuned scores fall with the
+    ratio: 1, 3, 7, ... steps above the safe ratio while they pass, then a bisection of the gap
+    below the first miss. The last found is the largest."""
+    found: list[Candidate] = []
+    last, miss, step, tried = -1, len(above), 1, 0  # last passing index, first failing index
+    while trials - tried - (not found) > 0 and miss - last > 1:
+        galloping = miss == len(above)
+        i = min(last + step, miss - 1) if galloping else (last + miss) // 2
+        tried += 1
+        if passes(above[i]):
+            found.append(above[i])
+            last, step = i, step * 2
         else:
-            hi = mid - 1
+            miss = i
     return found
 
 

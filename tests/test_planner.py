@@ -41,25 +41,31 @@ def _plan(pruned, tuned, trials=3, reference=1.0, tolerance=1.0, ratios=GRID):
     return plan(list(ratios), reference, tolerance, trials, pruned, finetune), tried
 
 
-def test_trials_bisect_the_ratios_above_the_safe_one():
-    """Safe (passes unpruned-fine-tuned) up to 0.5; fine-tuned scores pass up to 0.8. Three
-    trials, one kept for the safe ratio: a bisection of 0.55..0.95 tries 0.75, then 0.85."""
-    decision, tried = _plan(lambda r: 1.0 if r <= 0.5 else 0.5,
-                            lambda r: 1.0 if r <= 0.8 else 0.8)
-    assert tried == [0.75, 0.85]
-    assert (decision.ratio, decision.reason, decision.state) == (0.75, TOLERANCE, "state 0.75")
+def test_trials_gallop_then_bisect_above_the_safe_one():
+    """Safe (passes pruned, not fine-tuned) up to 0.5; fine-tuned scores pass up to 0.8. The
+    trials go 1, 3, 7 grid steps above the safe ratio while they pass, then bisect the gap."""
+    def pruned(r):
+        return 1.0 if r <= 0.5 else 0.5
+
+    def tuned(r):
+        return 1.0 if r <= 0.8 else 0.8
+
+    decision, tried = _plan(pruned, tuned)
+    assert tried == [0.55, 0.65, 0.85]
+    assert (decision.ratio, decision.reason, decision.state) == (0.65, TOLERANCE, "state 0.65")
     scores = {c.ratio: c.val_finetuned for c in decision.search}
-    assert scores[0.75] == 1.0 and scores[0.85] == 0.8 and scores[0.5] is None
-    decision, tried = _plan(lambda r: 1.0 if r <= 0.5 else 0.5,
-                            lambda r: 1.0 if r <= 0.8 else 0.8, trials=4)
-    assert tried == [0.75, 0.85, 0.8] and decision.ratio == 0.8  # the bisection converges
+    assert scores[0.65] == 1.0 and scores[0.85] == 0.8 and scores[0.5] is None
+    decision, tried = _plan(pruned, tuned, trials=5)
+    assert tried == [0.55, 0.65, 0.85, 0.75, 0.8] and decision.ratio == 0.8  # converged
     assert decision.state == "state 0.8"
+    decision, tried = _plan(pruned, lambda r: 1.0 if r <= 0.55 else 0.8)
+    assert tried == [0.55, 0.65, 0.6] and decision.ratio == 0.55  # the gap bisected
 
 
 def test_the_trial_budget_keeps_one_for_the_safe_ratio():
     decision, tried = _plan(lambda r: 1.0 if r <= 0.3 else 0.0, lambda r: 1.0 if r <= 0.3 else 0,
                             trials=2)
-    assert tried == [0.65, 0.3] and decision.ratio == 0.3  # the one bisection trial missed
+    assert tried == [0.35, 0.3] and decision.ratio == 0.3  # the first step missed
     assert decision.state == "state 0.3"
     decision, tried = _plan(lambda r: 1.0 if r <= 0.3 else 0.0, lambda r: 1.0, trials=1)
     assert tried == [0.3] and decision.ratio == 0.3  # one trial: the safe ratio only
@@ -180,12 +186,12 @@ def test_auto_keeps_zero_forgetting_and_the_record():
     assert restored.tasks[1].prune_search == record.prune_search
 
 
-@pytest.mark.parametrize("stop_after", [5, 7])  # 4 training epochs, then two trials of 2
+@pytest.mark.parametrize("stop_after", [5, 7, 9])  # 4 training epochs, then three trials of 2
 def test_resume_mid_search_ends_bit_identical(tmp_path, stop_after, digits):
     data = digits
     settings = {"tolerance": 3.0, "auto_trials": 3}
     reference, expected = add_task(_base(), "t", data, "auto", CONFIG, **settings)
-    assert sum(c["val_finetuned"] is not None for c in expected.prune_search) == 2
+    assert sum(c["val_finetuned"] is not None for c in expected.prune_search) == 3
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
         add_task(_base(), "t", data, "auto", CONFIG, **settings, checkpoint=ckpt,
