@@ -56,7 +56,9 @@ from .onnx import (
     VERIFY_SEED,
     TaskMetadata,
     check_onnx,
+    check_opset,
     sparsify_initializers,
+    strip_export_noise,
 )
 from .runtime import infer_all, provider_of, session
 
@@ -140,9 +142,7 @@ def multi_task_onnx(pack: Pack, *, opset: int = MIN_OPSET, source_sha256: str | 
 
 def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
             ) -> onnx.ModelProto:
-    if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
-        raise PackToolError(
-            f"opset must be in {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}")
+    check_opset(opset)
     outputs = [OUTPUT_NAME] if net.distance is None else [OUTPUT_NAME, DISTANCE_NAME]
     # Batch 2, not 1: torch.export specializes a dimension of size 1 instead of keeping it.
     example = (torch.zeros(2, *pack.spec.input_size), torch.ones(1, dtype=torch.int64))
@@ -152,8 +152,9 @@ def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
                 net, example, dynamo=True, external_data=False, optimize=False,
                 input_names=[INPUT_NAME, TASK_NAME], output_names=outputs,
                 dynamic_shapes=({0: "batch"}, None), opset_version=opset, verbose=False)
-        proto = _strip(program.model_proto)
-        proto = _strip(onnxscript.optimizer.optimize(proto, output_size_limit=FOLD_LIMIT))
+        proto = strip_export_noise(program.model_proto)
+        proto = strip_export_noise(onnxscript.optimizer.optimize(proto,
+                                                                 output_size_limit=FOLD_LIMIT))
     except Exception as exc:  # the exporter raises many types; the message is what counts
         raise PackToolError(
             f"cannot export the pack to one multi-task ONNX: {one_line(exc, first=True)}"
@@ -180,14 +181,6 @@ def _no_attention_fast_path() -> Iterator[None]:
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(before)
-
-
-def _strip(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop the exporter's per-node stack traces: noise, and not ours to ship."""
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-    del proto.metadata_props[:]
-    return proto
 
 
 def export_multi_task(pack: Pack, path: str | os.PathLike, *, opset: int = MIN_OPSET,

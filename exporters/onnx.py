@@ -195,10 +195,7 @@ class _TaskExport:
     """One task's baked network and its ONNX translation."""
 
     def __init__(self, pack: Pack, task: str | int, opset: int) -> None:
-        if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
-            raise PackToolError(
-                f"opset must be in {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}"
-            )
+        check_opset(opset)
         self.pack, self.record, self.opset = pack, pack.task(task), opset
         self.network: nn.Module = pack.model_for(self.record.name, device="cpu")
         self.outputs = [OUTPUT_NAME]
@@ -206,11 +203,7 @@ class _TaskExport:
     def model(self, *, dense: bool, source_sha256: str | None, check: bool = False
               ) -> onnx.ModelProto:
         """The ONNX model; with ``check``, ``onnx.checker`` runs before and after sparsifying."""
-        proto = self._torch_export()
-        for node in proto.graph.node:
-            # Stack traces and source paths of the export machine: noise, and not ours to ship.
-            del node.metadata_props[:]
-        del proto.metadata_props[:]
+        proto = strip_export_noise(self._torch_export())
         onnx.helper.set_model_props(
             proto, TaskMetadata.of(self.pack, self.record, source_sha256).to_props()
         )
@@ -239,6 +232,23 @@ class _TaskExport:
         if opsets.get("", opsets.get("ai.onnx")) != self.opset:
             raise PackToolError(f"the exporter could not produce opset {self.opset}")
         return proto
+
+
+def check_opset(opset: int) -> None:
+    """PackToolError unless ``opset`` is one the exporter can write (18 up to onnx's newest)."""
+    if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
+        raise PackToolError(
+            f"opset must be in {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}"
+        )
+
+
+def strip_export_noise(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's metadata, in place: per-node stack traces and source paths of the
+    export machine are noise, and not ours to ship."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    del proto.metadata_props[:]
+    return proto
 
 
 def sparsify_initializers(model: onnx.ModelProto) -> list[str]:

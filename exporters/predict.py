@@ -24,7 +24,13 @@ import torch
 from packtool.data import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskError
 from packtool.formats.sniff import is_pack_file, load
-from packtool.taskfree import check_score, default_score, identify, task_scores
+from packtool.taskfree import (
+    check_score,
+    default_score,
+    default_score_for,
+    identify,
+    task_scores,
+)
 
 from .multitask import is_multi_task, multi_task_onnx, tasks_metadata
 from .onnx import DISTANCE_NAME, TaskMetadata, task_onnx
@@ -162,7 +168,7 @@ def _chosen(runners: list[_Runner], task: str | None, score: str | None, source:
     names = [r.meta.task for r in runners]
     if task == AUTO:
         has_distance = DISTANCE_NAME in [o.name for o in runners[0].session.get_outputs()]
-        return runners, score or ("mahalanobis" if has_distance else "entropy")
+        return runners, score or default_score_for(has_distance)
     if task is None:
         raise TaskError(f"{source} holds tasks {', '.join(names)}: choose one with `task` "
                         "(or `auto`)")

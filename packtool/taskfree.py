@@ -61,7 +61,12 @@ def default_score(pack: Pack) -> str:
     """The score task-free inference uses unless told: ``mahalanobis`` where every task has
     feature statistics (it identifies tasks far better, see the README's measurements), else
     ``entropy`` (files written before packtool fitted them)."""
-    return "mahalanobis" if all(t.feature_stats for t in pack.tasks) else "entropy"
+    return default_score_for(all(t.feature_stats for t in pack.tasks))
+
+
+def default_score_for(feature_stats: bool) -> str:
+    """:func:`default_score` of a source that has feature statistics for every task, or not."""
+    return "mahalanobis" if feature_stats else "entropy"
 
 
 def check_score(score: str) -> str:
