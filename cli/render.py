@@ -88,6 +88,8 @@ def add_task_doc(result: TaskResult) -> dict[str, Any]:
     doc = {key: values[key] for key in ADD_TASK_KEYS}
     if result.prune_search is not None:
         doc["prune_search"] = result.prune_search
+    if result.prune_warning is not None:
+        doc["prune_warning"] = result.prune_warning
     return doc
 
 
@@ -114,6 +116,8 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
     show_table(console, title, ("", "value"), rows, header=False)
     if doc.get("prune_search"):
         show_search(console, doc["prune_search"], doc["prune"])
+    if doc.get("prune_warning"):
+        console.print(f"Note: {doc['prune_warning']}", markup=False)
 
 
 def show_search(console: Console, search: list[dict[str, Any]], chosen: float) -> None:

@@ -48,7 +48,16 @@ from .loop import (
 )
 from .method import MAX_TASKS, Phase, assign_owners, select_all
 from .pack import Pack
-from .planner import FIXED, RESERVE, Decision, Pruning, candidates, plan, target
+from .planner import (
+    FIXED,
+    RESERVE,
+    Decision,
+    Pruning,
+    candidates,
+    noise_warning,
+    plan,
+    target,
+)
 from .progress import Progress
 from .records import TaskRecord, TaskResult
 from .session import Session, prepare
@@ -130,6 +139,7 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float],
         free_fraction=new.free_fraction, seconds=seconds, prune=decision.ratio,
         prune_reason=decision.reason,
         prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
+        prune_warning=decision.warning,
         skipped_images=int(metrics.get("skipped_images", 0)), temperature=record.temperature,
     )
 
@@ -255,8 +265,12 @@ def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint
                            f"(target {max(goal, 0.0):.2%})")
         return val, state
 
+    warning = noise_warning(len(t.data.val), after.reference, pruning.tolerance)
+    if warning:
+        t.progress.message(f"warning: {warning}")
     decision = plan(candidates(pruning.minimum), after.reference, pruning.tolerance,
                     pruning.trials, scan, finetune)
+    decision.warning = warning
     t.search = None
     t.load(after.state, Phase.TRAIN)
     t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy

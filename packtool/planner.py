@@ -126,6 +126,27 @@ class Decision:
     reason: str
     search: list[Candidate] | None
     state: Any
+    warning: str | None = None  # the validation split cannot resolve the tolerance
+
+
+def noise_warning(images: int, reference: float, tolerance: float) -> str | None:
+    """Why a validation split of ``images`` images is too coarse for ``tolerance``, or ``None``.
+
+    Its accuracy ``reference`` is known to about two binomial standard errors (95%); with no
+    error at all, to the rule of three (an error rate up to ``3 / images``). When that spread
+    exceeds the tolerance, which ratios pass is decided by a few lucky or unlucky images: the
+    planner still applies its rule, and this says so.
+    """
+    if reference >= 1.0:
+        spread = 300 / images
+    else:
+        spread = 200 * math.sqrt(reference * (1 - reference) / images)
+    if spread <= tolerance:
+        return None
+    return (f"the validation split ({images} images, {reference:.1%} before pruning) measures "
+            f"accuracy to about +/-{spread:.1f} points (95%), coarser than the tolerance of "
+            f"{tolerance:g}: the choice is noise-limited; more validation images "
+            f"(--val-fraction) or a larger --tolerance make it firmer")
 
 
 def candidates(minimum: float = 0.0) -> list[float]:

@@ -132,7 +132,8 @@ class LayerCapacity:
 
 @dataclass
 class TaskResult:
-    """What :func:`add_task` reports; the same numbers are stored in the task record."""
+    """What :func:`add_task` reports; the same numbers are stored in the task record (but
+    ``prune_warning``, the planner's note that validation was too coarse to be sure)."""
 
     task: str
     index: int
@@ -146,6 +147,7 @@ class TaskResult:
     prune: float = 0.0
     prune_reason: str = "fixed"
     prune_search: list[dict[str, Any]] | None = None
+    prune_warning: str | None = None
     skipped_images: int = 0
     temperature: float | None = None
 

@@ -228,6 +228,8 @@ def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
     assert set(search[0]) == {"ratio", "val_pruned", "val_finetuned"}
     assert sum(c["val_finetuned"] is not None for c in search) <= 2
     assert any(c["ratio"] == doc["prune"] and c["val_finetuned"] is not None for c in search)
+    # 72 validation images know accuracy to a few points, coarser than the 2-point tolerance.
+    assert doc["prune_warning"].startswith(f"the validation split ({72} images")
     info = ok_json("info", model, "--share", "0.1")
     task = info["tasks"][0]
     assert task["prune"] == doc["prune"] and task["prune_search"] == search
@@ -240,6 +242,7 @@ def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
     table = ok("add-task", model, "--data", "digits", "--classes", "5-9", "--prune", "auto",
                *FAST).stdout
     assert "Prune search (validation accuracy)" in table and "chosen" in table
+    assert "Note: the validation split (" in table and "noise-limited" in table
 
 
 def test_eval_task_free_and_predict_auto(packed, tmp_path):

@@ -22,7 +22,16 @@ from packtool import (
 from packtool import lifecycle as lifecycle_module
 from packtool.exporters import archive_bytes, archive_from_bytes
 from packtool.formats.model_file import FORMAT_VERSION
-from packtool.planner import GRID, RESERVE, TOLERANCE, Pruning, candidates, plan, target
+from packtool.planner import (
+    GRID,
+    RESERVE,
+    TOLERANCE,
+    Pruning,
+    candidates,
+    noise_warning,
+    plan,
+    target,
+)
 from packtool.records import LayerCapacity
 
 CONFIG = TrainConfig(epochs=4, finetune_epochs=2, lr=0.05, device="cpu")
@@ -102,6 +111,17 @@ def test_bad_pruning_settings(kwargs, match):
 # -- add_task with auto ------------------------------------------------------------------------
 
 
+def test_noise_warning_when_validation_is_coarser_than_the_tolerance():
+    """Two binomial standard errors of the reference accuracy, or the rule of three at 100%."""
+    saturated = noise_warning(29, 1.0, 1.0)  # split-digits: 29 images, none wrong
+    assert saturated is not None and "+/-10.3 points" in saturated
+    assert "(29 images, 100.0% before pruning)" in saturated
+    noisy = noise_warning(144, 0.97, 1.0)  # permuted-digits: 200 * sqrt(.97 * .03 / 144) = 2.8
+    assert noisy is not None and "+/-2.8 points" in noisy
+    assert noise_warning(144, 0.97, 3.0) is None  # a tolerance the split resolves
+    assert noise_warning(10_000, 0.9, 1.0) is None and noise_warning(30_000, 1.0, 0.5) is None
+
+
 def _base() -> Pack:
     """An MLP narrow enough that pruning costs accuracy on the ten digits."""
     return Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
@@ -118,7 +138,10 @@ def test_auto_is_the_largest_fixed_ratio_within_the_tolerance(digits):
     data = digits
     _, auto = add_task(_base(), "t", data, "auto", CONFIG, tolerance=3.0, auto_trials=len(GRID))
     reference = auto.prune_search[0]["val_pruned"]  # ratio 0 prunes nothing
-    fixed = {r: add_task(_base(), "t", data, r, CONFIG)[1].val_accuracy for r in GRID}
+    results = {r: add_task(_base(), "t", data, r, CONFIG)[1] for r in GRID}
+    fixed = {r: result.val_accuracy for r, result in results.items()}
+    assert all(result.prune_warning is None for result in results.values())  # auto's only
+    assert "noise-limited" in auto.prune_warning  # ~130 validation images, 3-point tolerance
     tried = {c["ratio"]: c["val_finetuned"] for c in auto.prune_search
              if c["val_finetuned"] is not None}
     for ratio, val in tried.items():
