@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["packnet-0.5", "packnet-0.75", "packnet-auto", "separate", "finetune", "joint"]
 FREE_INIT = ["packnet-0.75@zero", "packnet-0.75@kept", "packnet-0.75@reinit"]
+WIDE_VAL = ["packnet-auto+val25", "packnet-0.75+val25"]
 QUALITY_HEADER = ("| method | 0/1 | 2/3 | 4/5 | 6/7 | 8/9 | avg acc | avg forgetting | "
                   "values stored | wall s |")
 
@@ -43,7 +44,9 @@ def test_quality_tables_have_every_method_and_task(smoke):
     assert list(sequences) == ["split-digits", "permuted-digits", "long-permuted-digits"]
     for seq in sequences.values():
         study = FREE_INIT if seq["sequence"] == "long-permuted-digits" else []
-        assert [r["method"] for r in seq["rows"]] == METHODS + study
+        assert [r["method"] for r in seq["rows"]] == METHODS + study + WIDE_VAL
+        assert all(wide["val"] > 2 * narrow["val"] and wide["train"] < narrow["train"]
+                   for wide, narrow in zip(seq["samples_wide_val"], seq["samples"]))
         for row in seq["rows"]:
             assert len(row["final"]) == len(seq["tasks"]) == (
                 10 if seq["sequence"].startswith("long") else 5)
