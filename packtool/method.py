@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from typing import Any
 
@@ -333,16 +333,18 @@ def reserved_release(free: int, reserve: int) -> int:
 
 def _assign_layer(weight: Tensor, owners: Tensor, task: int, ratio: float,
                   reserve: int) -> Tensor:
-    free = (owners == FREE).flatten()
-    count = int(free.sum())
-    released = smallest_k(_free_scores(weight, free),
-                             max(release_count(count, ratio), reserved_release(count, reserve)))
+    # A first task's layer is all free: no free mask at all (a bool per weight saved).
+    free = (owners == FREE).flatten() if bool(owners.any()) else None
+    count = owners.numel() if free is None else int(free.sum())
+    released = _smallest(lambda: _bit_chunks(weight, free), count,
+                         max(release_count(count, ratio), reserved_release(count, reserve)))
     return _owners_after(owners, free, released, task)
 
 
-def _owners_after(owners: Tensor, free: Tensor, released: Tensor, task: int) -> Tensor:
-    """``owners`` with the free entries not in ``released`` set to ``task`` (a new tensor)."""
-    if bool(free.all()):
+def _owners_after(owners: Tensor, free: Tensor | None, released: Tensor, task: int) -> Tensor:
+    """``owners`` with the free entries (all if ``free`` is None) not in ``released`` set to
+    ``task`` (a new tensor)."""
+    if free is None or bool(free.all()):
         kept = ~released
     else:  # masked_scatter_ places per-free-weight decisions without int64 index tensors
         kept = torch.zeros_like(free).masked_scatter_(free, ~released)
@@ -355,34 +357,77 @@ def _free_scores(weight: Tensor, free: Tensor) -> Tensor:
     return scores if bool(free.all()) else scores[free]
 
 
+#: Elements per pass of the magnitude selection: its temporaries stay this size (64 MB of int32)
+#: however large the layer is (VGG-16's fc6 has 102M weights).
+CHUNK = 1 << 24
+
+
+def _bit_chunks(values: Tensor, free: Tensor | None) -> Iterator[Tensor]:
+    """``|values|`` of the entries where ``free`` (flat; all if ``None``), in order, as float32
+    bit patterns (int32), one chunk at a time: no full copy of the scores is ever made.
+
+    Raises:
+        ValueError: a NaN among the values.
+    """
+    flat = values.detach().flatten()
+    for start in range(0, flat.numel(), CHUNK):
+        part = flat[start:start + CHUNK].abs().float()
+        if free is not None:
+            part = part[free[start:start + CHUNK]]
+        if bool(torch.isnan(part).any()):
+            raise ValueError("scores must be float32 without NaN")
+        yield part.view(torch.int32)
+
+
 def smallest_k(scores: Tensor, k: int) -> Tensor:
     """Bool mask of the ``k`` smallest entries of a flat non-negative float32 tensor.
 
-    Exact count; ties at the cut go to the lowest indices. Finds the cut by bisection on the
-    float bit patterns (non-negative floats order like their int32 bits), so memory stays at one
-    bool tensor per pass instead of the int64 indices ``sort``/``kthvalue`` allocate (VGG-16's
-    fc6 has 102M weights).
+    Exact count; ties at the cut go to the lowest indices (see :func:`_smallest`).
     """
-    n = scores.numel()
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=scores.device)
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=scores.device)
-    if scores.dtype != torch.float32 or bool(torch.isnan(scores).any()):
+    if scores.dtype != torch.float32:
         raise ValueError("scores must be float32 without NaN")
-    bits = scores.view(torch.int32)
-    lo, hi = 0, 0x7F800000  # +0.0 .. +inf
-    while lo < hi:  # smallest b with count(bits <= b) >= k
-        mid = (lo + hi) // 2
-        if int(torch.count_nonzero(bits <= mid)) >= k:
-            hi = mid
-        else:
-            lo = mid + 1
-    mask = bits < lo
-    missing = k - int(torch.count_nonzero(mask))
-    ties = (bits == lo).nonzero().flatten()[:missing]
-    mask[ties] = True
+    return _smallest(lambda: _bit_chunks(scores, None), scores.numel(), k)
+
+
+def _smallest(chunks: Callable[[], Iterator[Tensor]], n: int, k: int) -> Tensor:
+    """Bool mask of the ``k`` smallest of ``n`` scores that ``chunks()`` yields (afresh on each
+    call) as the int32 bit patterns of non-negative floats, which order like the floats.
+
+    A radix select in three passes: a histogram of the high 16 bits finds the bucket of the
+    ``k``-th smallest, one of that bucket's low 16 bits finds its exact bit pattern (the cut),
+    then everything below the cut is marked, and ties at the cut in index order until there
+    are ``k``. Temporaries are one chunk's; the result is the one tensor of ``n`` bools (no
+    ``sort``/``kthvalue``, whose int64 indices take 8 bytes per weight).
+    """
+    device = next(chunks(), torch.empty(0)).device
+    if k <= 0 or k >= n:
+        return torch.full((n,), k > 0, dtype=torch.bool, device=device)
+    high = torch.zeros(1 << 15, dtype=torch.int64, device=device)  # +inf is 0x7F80 << 16
+    for bits in chunks():
+        high += torch.bincount(bits >> 16, minlength=1 << 15)
+    bucket, below = _bucket_of(high, k)
+    low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
+    for bits in chunks():
+        low += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+    rest, below_in_bucket = _bucket_of(low, k - below)
+    cut, missing = (bucket << 16) | rest, k - below - below_in_bucket
+    mask, start = torch.empty(n, dtype=torch.bool, device=device), 0
+    for bits in chunks():
+        part = mask[start:start + bits.numel()]
+        torch.lt(bits, cut, out=part)
+        if missing:
+            ties = (bits == cut).nonzero().flatten()[:missing]
+            part[ties] = True
+            missing -= ties.numel()
+        start += bits.numel()
     return mask
+
+
+def _bucket_of(histogram: Tensor, k: int) -> tuple[int, int]:
+    """The bucket holding the ``k``-th smallest value (1-based) and how many lie below it."""
+    cumulative = histogram.cumsum(0)
+    bucket = int(torch.searchsorted(cumulative, torch.tensor(k, device=cumulative.device)))
+    return bucket, int(cumulative[bucket - 1]) if bucket else 0
 
 
 def _check_task(task: int) -> None:

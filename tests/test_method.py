@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from packtool import method as method_module
 from packtool.method import (
     PackNetPruning,
     Phase,
@@ -105,6 +106,36 @@ def test_smallest_k_matches_a_stable_sort(seed):
     expected = torch.zeros(1000, dtype=torch.bool)
     expected[order[:k]] = True
     assert torch.equal(smallest_k(scores, k), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_chunked_selection_matches_a_stable_sort_across_chunk_borders(monkeypatch, seed):
+    """Chunks of 7: ties at the cut straddle chunk borders; scores spanning many float
+    exponents (and infinity) exercise both radix passes; a layer with owned weights selects
+    among its free ones only."""
+    monkeypatch.setattr(method_module, "CHUNK", 7)
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.randint(0, 6, (200,), generator=g).float()
+              * torch.tensor(10.0) ** torch.randint(-30, 30, (200,), generator=g))
+    scores[::37] = float("inf")
+    for k in (1, 57, 100, 199):
+        expected = torch.zeros(200, dtype=torch.bool)
+        expected[torch.sort(scores, stable=True).indices[:k]] = True
+        assert torch.equal(smallest_k(scores, k), expected)
+    weight = torch.randn(20, 10, generator=g).round(decimals=1)  # ties
+    owners = (torch.rand(20, 10, generator=g) < 0.3).to(torch.uint8)
+    free = owners.flatten() == 0
+    new = assign_owners({"w": weight}, {"w": owners}, task=2, ratio=0.5)["w"]
+    order = torch.sort(weight.flatten()[free].abs(), stable=True).indices
+    released = torch.zeros(int(free.sum()), dtype=torch.bool)
+    released[order[:round(0.5 * int(free.sum()))]] = True
+    assert torch.equal(new.flatten()[free] == 0, released)
+    assert torch.equal(new.flatten()[~free], owners.flatten()[~free])  # owned: untouched
+
+
+def test_selection_refuses_nan():
+    with pytest.raises(ValueError, match="without NaN"):
+        smallest_k(torch.tensor([0.1, float("nan"), 0.3]), 1)
 
 
 def _layers(seed=0):
