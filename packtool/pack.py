@@ -252,7 +252,10 @@ class Pack:
 
     def anatomy(self) -> Anatomy:
         if self._anatomy is None:
-            self._anatomy = self._checked_anatomy(build_network(self.spec))
+            # Apart from the global random stream: a seeded add-task must draw the same values
+            # whether or not this pack had been asked for its anatomy before.
+            with torch.random.fork_rng(devices=[]):
+                self._anatomy = self._checked_anatomy(build_network(self.spec))
         return self._anatomy
 
     def network(

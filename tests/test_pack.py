@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from formats.make_v1 import CONFIG as V1_CONFIG
+from formats.make_v1 import Task as V1Task
 from safetensors.torch import save_file
 
 from packtool import (
@@ -406,3 +408,20 @@ def test_one_line_joins_lines_and_unwraps_worker_tracebacks():
                "recent call last):\n  File \"x.py\", line 1, in f\npacktool.errors.DataError: "
                "cannot read image a.png: truncated")
     assert one_line(DataError(wrapped)) == "cannot read image a.png: truncated"
+
+
+def test_a_seeded_add_task_does_not_depend_on_what_was_asked_of_the_pack_before():
+    """A loaded pack builds its anatomy lazily; that build used to draw from the seeded random
+    stream of the first add-task only, so the same add-task on the same pack gave another
+    result the second time."""
+    fixture = Path(__file__).parent / "formats" / "lenet-1task.pt"
+    base = Pack.load(fixture)
+    first, _ = add_task(base, "second", V1Task(3, seed=1), 0.5, V1_CONFIG)
+    again, _ = add_task(base, "second", V1Task(3, seed=1), 0.5, V1_CONFIG)
+    asked = Pack.load(fixture)
+    asked.anatomy()
+    third, _ = add_task(asked, "second", V1Task(3, seed=1), 0.5, V1_CONFIG)
+    for pack in (again, third):
+        for key in first.shared:
+            assert torch.equal(pack.shared[key], first.shared[key])
+        assert torch.equal(pack.tasks[1].head["weight"], first.tasks[1].head["weight"])
