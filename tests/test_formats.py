@@ -1,7 +1,8 @@
 """Files written by earlier packtools keep loading: the fixtures in ``tests/formats/`` were
 written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make_v1.py) and at
 commit cb09c2d (model file and archive format 2; make_v2.py), and with formats 3 (make_v3.py) and
-4 (the archive, make_v4.py)."""
+4 (the archive, make_v4.py); a checkpoint inside a --prune auto search as written before trials
+stopped at the target (make_search_v1.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from formats import make_search_v1 as search_v1
 from formats.make_v1 import CONFIG, Task
 
 from packtool import Pack, TaskError, add_task, load
@@ -171,3 +173,22 @@ def test_v4_archive_serves_what_its_model_file_serves():
     _assert_same_outputs(pack, archive)
     older = read_archive(FORMATS / "lenet-calibrated-v3.safetensors")  # bit-packed owners
     assert all(torch.equal(older.owners[k], archive.owners[k]) for k in pack.owners)
+
+
+def test_a_search_checkpoint_resumes_to_the_recorded_result(tmp_path):
+    """A checkpoint written inside a --prune auto search before trials stopped at the target
+    (make_search_v1.py) keeps a finished passing trial; it resumes to what its run wrote."""
+    model = tmp_path / "mlp16.pt"
+    shutil.copy(FORMATS / "mlp16.pt", model)
+    ckpt = tmp_path / "mlp16.pt.search.ckpt"
+    shutil.copy(FORMATS / ckpt.name, ckpt)
+    assert Checkpoint.load(ckpt).search["done"]  # a trial finished before the interruption
+    pack = Pack.load(model)
+    pack, result = add_task(pack, "digits", search_v1.digits(pack), "auto", search_v1.CONFIG,
+                            **search_v1.SEARCH, checkpoint=ckpt, resume=True)
+    done = Pack.load(FORMATS / "mlp16-searched.pt")
+    assert pack.tasks[0].prune_search == done.tasks[0].prune_search
+    assert result.prune == done.tasks[0].prune
+    for key in done.shared:
+        assert torch.equal(pack.shared[key], done.shared[key])
+        assert torch.equal(pack.owners[key], done.owners[key])
