@@ -191,8 +191,8 @@ def _train_prune_finetune(t: Session, pruning: Pruning, start: Checkpoint | None
     config, search = t.config, start.search if start is not None else None
     after = None  # resuming a fixed ratio's fine-tuning: its checkpoint holds all it needs
     if start is None or start.phase == Phase.TRAIN.value:
-        reference = _phase(t, Phase.TRAIN, config.epochs, config.lr, config.lr_decay_epochs,
-                           start)
+        reference, _ = _phase(t, Phase.TRAIN, config.epochs, config.lr,
+                              config.lr_decay_epochs, start)
         start = None
         after = _AfterTraining(snapshot(t.net), RngState.capture(t.generator, t.device),
                                reference)
@@ -212,7 +212,7 @@ def _train_prune_finetune(t: Session, pruning: Pruning, start: Checkpoint | None
     else:
         t.metrics.update(start.metrics)
         t.released = start.released
-    best_val = _phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0, start,
+    best_val, _ = _phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0, start,
                       include_start=True)
     reason = RESERVE if t.metrics.get("reserve_raised_layers") else FIXED
     return Decision(ratio, reason, None, None), {**t.metrics, "val_accuracy": best_val}
@@ -231,13 +231,19 @@ class _AfterTraining:
 def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint | None
           ) -> tuple[Decision, dict[str, float]]:
     """The planner's choice (:mod:`packtool.planner`), on the validation split only; the
-    test split is read after it decided. Checkpoints carry the search, so it resumes."""
+    test split is read after it decided. Checkpoints carry the search, so it resumes.
+
+    A trial stops as soon as its validation accuracy meets the target (whether it passes is
+    then known) and is kept paused; the chosen one then finishes its fine-tuning from there,
+    which makes it exactly the fixed-ratio fine-tuning at that ratio.
+    """
     resumed = (start.search if start is not None else None) or {}
     done = {r: v for r, v in resumed.get("done", [])}
     goal = target(after.reference, pruning.tolerance)
     t.search = {"reference": after.reference, "start": after.state, "rng": after.rng.to_dict(),
                 "done": [list(d) for d in resumed.get("done", [])], "current": None,
-                "best": resumed.get("best"), "best_ratio": resumed.get("best_ratio")}
+                "best": resumed.get("best"), "best_ratio": resumed.get("best_ratio"),
+                "continuing": False}
 
     def scan(ratio: float) -> float:
         t.load(after.state, Phase.TRAIN)
@@ -254,15 +260,16 @@ def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint
             _prune(t, ratio, pruning.reserve)
             after.rng.restore(t.generator, t.device)
         t.search["current"] = ratio
-        val = _phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0, here,
-                     include_start=True)
-        state = snapshot(t.net)
+        val, end = _phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0,
+                          here, include_start=True, stop_at=goal)
+        # Plain values: it may travel inside a checkpoint file (no fine-tuning: a state_dict).
+        state = snapshot(t.net) if end is None else end.state()
+        passed_before = any(v >= goal for _, v in t.search["done"])
         t.search["done"].append([ratio, val])
         t.search["current"] = None
-        if val >= goal:
+        if val >= goal or not passed_before:  # the winner so far, or the fallback to come
             t.search["best"], t.search["best_ratio"] = state, ratio
-        t.progress.message(f"prune {ratio:g}: validation accuracy {val:.2%} after fine-tuning "
-                           f"(target {max(goal, 0.0):.2%})")
+        _report_trial(t, ratio, val, goal, t.config.finetune_epochs if end is None else end.epoch)
         return val, state
 
     warning = noise_warning(len(t.data.val), after.reference, pruning.tolerance)
@@ -271,37 +278,66 @@ def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint
     decision = plan(candidates(pruning.minimum), after.reference, pruning.tolerance,
                     pruning.trials, scan, finetune)
     decision.warning = warning
-    t.search = None
     t.load(after.state, Phase.TRAIN)
     t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
     _prune(t, decision.ratio, pruning.reserve)
     t.metrics["accuracy_after_prune"] = t.evaluate(t.data.test).accuracy
-    t.load(decision.state, Phase.FINETUNE)
     winner = next(c for c in decision.search if c.ratio == decision.ratio)
+    finished = _finish_trial(t, decision.state, start if resumed.get("continuing") else None)
+    winner.val_finetuned = winner.val_finetuned if finished is None else finished
+    t.search = None
     return decision, {**t.metrics, "val_accuracy": winner.val_finetuned}
 
 
+def _report_trial(t: Session, ratio: float, val: float, goal: float, epochs: int) -> None:
+    t.progress.message(f"prune {ratio:g}: validation accuracy {val:.2%} after {epochs} of "
+                       f"{t.config.finetune_epochs} fine-tuning epochs "
+                       f"(target {max(goal, 0.0):.2%})")
+
+
+def _finish_trial(t: Session, kept: dict[str, Any], start: Checkpoint | None) -> float | None:
+    """The chosen trial's fine-tuning, finished from where it paused (or from ``start``, a
+    checkpoint written while it finished); returns its best validation accuracy (``None``: the
+    trial had finished, its score stands)."""
+    if "format" not in kept:  # a finished trial's state_dict (no fine-tuning epochs, or a
+        t.load(kept, Phase.FINETUNE)  # checkpoint written before trials paused)
+        return None
+    paused = Checkpoint.from_state(kept)
+    t.search["continuing"] = True  # checkpoints from here on resume the finishing
+    val, _ = _phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0,
+                    start or paused)
+    return val
+
+
 def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
-           start: Checkpoint | None = None, include_start: bool = False) -> float:
-    """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy."""
+           start: Checkpoint | None = None, include_start: bool = False,
+           stop_at: float | None = None) -> tuple[float, Checkpoint | None]:
+    """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy and, with
+    ``stop_at``, where the phase ended, as a checkpoint held in memory.
+
+    With ``stop_at`` the phase stops early, paused, once its best validation accuracy reaches
+    ``stop_at``; ``_phase`` from that checkpoint finishes it exactly as if it had not stopped.
+    """
     if start is not None:
         t.net.load_state_dict(start.net)
     select_all(t.net, t.task, phase)  # (see _load)
     if epochs == 0:
-        return t.evaluate(t.data.val).accuracy
+        return t.evaluate(t.data.val).accuracy, None
     guard = FrozenWeightGuard(list(t.packed.values()), t.task, phase)
     optimizer = make_optimizer(guard.trainable_weights() + t.head_and_private(), t.config, lr)
     scheduler = make_scheduler(optimizer, decay_every)
-    best, first = BestEpoch(), 1
+    best, epoch = BestEpoch(), 0
     if start is not None:
         best = BestEpoch(Score(start.best_val, start.best_val_loss), start.best_state)
-        first = start.epoch + 1
+        epoch = start.epoch
         t.restore(start, optimizer, scheduler)
     elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate
         best.offer(t.evaluate(t.data.val), t.net)
         t.save(phase, 0, optimizer, scheduler, best)
     t.progress.phase_start(phase.value, epochs, len(t.loader))
-    for epoch in range(first, epochs + 1):
+    while epoch < epochs and not (stop_at is not None and best.score is not None
+                                  and best.score.accuracy >= stop_at):
+        epoch += 1
         if t.sampler is not None:  # a different shuffle for every epoch of both phases
             t.sampler.set_epoch(epoch if phase is Phase.TRAIN else 10_000 + epoch)
         t.train_mode()
@@ -315,10 +351,12 @@ def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
         t.progress.epoch_end(epoch, loss, acc, val.accuracy)
         best.offer(val, t.net)
         t.save(phase, epoch, optimizer, scheduler, best)
+    end = None if stop_at is None else t.checkpoint_of(phase, epoch, optimizer, scheduler, best,
+                                                       keep=True)
     t.progress.phase_end(phase.value)
     best.restore(t.net)
     assert best.score is not None  # epochs >= 1 ran, or a checkpoint had one
-    return best.score.accuracy
+    return best.score.accuracy, end
 
 
 @torch.no_grad()

@@ -258,15 +258,9 @@ class Pack:
                 self._anatomy = self._checked_anatomy(build_network(self.spec))
         return self._anatomy
 
-    def network(
-        self,
-        task: int,
-        phase: Phase,
-        *,
-        head: Mapping[str, Tensor],
-        private: Mapping[str, Tensor],
-        device: str | torch.device | None = None,
-    ) -> nn.Module:
+    def network(self, task: int, phase: Phase, *, head: Mapping[str, Tensor],
+                private: Mapping[str, Tensor], device: str | torch.device | None = None
+                ) -> nn.Module:
         """A live network for task ``task`` in ``phase``: PackNet-masked, prune-reparametrized.
 
         The shared weights and owners are copied, so training the network leaves the pack

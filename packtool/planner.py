@@ -5,8 +5,11 @@ look at the trained network, both from the same post-training state and both on 
 *validation* split only (the test split is never read while the planner decides):
 
 * ``scan(ratio)``: prune at ``ratio`` and score, without fine-tuning (an evaluation, cheap);
-* ``finetune(ratio)``: prune at ``ratio``, fine-tune, and score the best epoch (a trial, as
-  costly as a fixed-ratio fine-tuning).
+* ``finetune(ratio)``: prune at ``ratio``, fine-tune, and score the best epoch (a trial). The
+  lifecycle stops a trial as soon as its best epoch meets the target (whether it passes is
+  then known) and keeps it paused; the chosen trial finishes its fine-tuning from there, so it
+  ends exactly as the fixed-ratio fine-tuning at that ratio, and a passing trial costs only the
+  epochs it needed.
 
 The task may lose at most ``tolerance`` points of validation accuracy against the trained,
 unpruned network (``reference``). The plan:

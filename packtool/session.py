@@ -3,6 +3,7 @@ data, settings and checkpoints. :mod:`packtool.lifecycle` runs the steps on it."
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -20,7 +21,7 @@ from .data import TaskData, TaskSplit, cache_splits, in_memory
 from .distributed import World
 from .evaluate import Score, eval_loader, evaluate
 from .formats.checkpoint import Checkpoint
-from .loop import BestEpoch, Precision, RngState
+from .loop import BestEpoch, Precision, RngState, snapshot
 from .method import Phase, select_all, tensor_at
 from .models import Anatomy, build_network, new_head
 from .pack import Pack
@@ -105,18 +106,26 @@ class Session:
                 time.monotonic() - self.last_saved < self.checkpoint_every):
             return
         self.last_saved = time.monotonic()
+        self.checkpoint_of(phase, epoch, optimizer, scheduler, best).save(self.checkpoint)
+
+    def checkpoint_of(self, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
+                      scheduler: Any, best: BestEpoch, *, keep: bool = False) -> Checkpoint:
+        """The end of ``epoch`` as a checkpoint. With ``keep``, one held in memory while
+        training goes on (the network and optimizer state copied; no search inside it)."""
         rng = RngState.capture(self.generator, self.device)
-        Checkpoint(
-            identity=self.identity, phase=phase.value, epoch=epoch, net=self.net.state_dict(),
-            optimizer=optimizer.state_dict(),
+        optimizer_state = optimizer.state_dict()
+        return Checkpoint(
+            identity=self.identity, phase=phase.value, epoch=epoch,
+            net=snapshot(self.net) if keep else self.net.state_dict(),
+            optimizer=copy.deepcopy(optimizer_state) if keep else optimizer_state,
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             best_val=best.score.accuracy if best.score else -1.0,
             best_val_loss=best.score.loss if best.score else math.inf,
             best_state=best.state, metrics=dict(self.metrics),
-            rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda, search=self.search,
-            released=self.released, scaler=None if self.precision.scaler is None else
-            self.precision.scaler.state_dict(),
-        ).save(self.checkpoint)
+            rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda,
+            search=None if keep else self.search, released=self.released,
+            scaler=None if self.precision.scaler is None else self.precision.scaler.state_dict(),
+        )
 
     def restore(self, start: Checkpoint, optimizer: torch.optim.Optimizer,
                 scheduler: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from packtool import (
 )
 from packtool import lifecycle as lifecycle_module
 from packtool.exporters import archive_bytes, archive_from_bytes
+from packtool.formats.checkpoint import Checkpoint
 from packtool.formats.model_file import FORMAT_VERSION
 from packtool.planner import (
     GRID,
@@ -32,6 +34,7 @@ from packtool.planner import (
     plan,
     target,
 )
+from packtool.progress import Progress
 from packtool.records import LayerCapacity
 
 CONFIG = TrainConfig(epochs=4, finetune_epochs=2, lr=0.05, device="cpu")
@@ -144,9 +147,12 @@ def test_auto_is_the_largest_fixed_ratio_within_the_tolerance(digits):
     assert "noise-limited" in auto.prune_warning  # ~130 validation images, 3-point tolerance
     tried = {c["ratio"]: c["val_finetuned"] for c in auto.prune_search
              if c["val_finetuned"] is not None}
-    for ratio, val in tried.items():
-        assert val == fixed[ratio]  # every trial is exactly the fixed-ratio fine-tuning
     goal = target(reference, 3.0)
+    for ratio, val in tried.items():
+        if ratio == auto.prune or val < goal:  # finished: exactly the fixed-ratio fine-tuning
+            assert val == fixed[ratio]
+        else:  # stopped once it met the target: a score on the way to the fixed-ratio one
+            assert goal <= val <= fixed[ratio]
     passing = sorted(r for r in GRID if fixed[r] >= goal)
     safe = max(c["ratio"] for c in auto.prune_search if c["val_pruned"] >= goal)
     # Every ratio above the safe one tried: the largest that passes (else the safe one).
@@ -155,6 +161,39 @@ def test_auto_is_the_largest_fixed_ratio_within_the_tolerance(digits):
     assert 0.0 < brute < 0.95 and len(tried) >= 2  # a real search: pruning costs accuracy here
     assert add_task(_base(), "t", data, "auto", CONFIG, tolerance=3.0,
                     auto_trials=len(GRID))[1].prune == auto.prune  # same seed, same choice
+
+
+class _Epochs(Progress):
+    """Counts the epochs of each phase."""
+
+    def __init__(self) -> None:
+        self.phase, self.epochs = "", []
+
+    def phase_start(self, phase: str, epochs: int, batches: int) -> None:
+        self.phase = phase
+
+    def epoch_end(self, *args) -> None:
+        self.epochs.append(self.phase)
+
+
+def test_the_chosen_trial_finishes_as_the_fixed_ratio_fine_tuning(digits):
+    """Trials stop once they meet the target; the chosen one then finishes its fine-tuning
+    from where it stopped, bit for bit the fixed-ratio add-task at that ratio."""
+    auto_pack, auto = add_task(_base(), "t", digits, "auto", CONFIG, tolerance=3.0)
+    fixed_pack, fixed = add_task(_base(), "t", digits, auto.prune, CONFIG)
+    assert 0.0 < auto.prune < 0.95 and auto.val_accuracy == fixed.val_accuracy
+    for key in fixed_pack.shared:
+        assert torch.equal(auto_pack.shared[key], fixed_pack.shared[key])
+        assert torch.equal(auto_pack.owners[key], fixed_pack.owners[key])
+    assert torch.equal(auto_pack.tasks[0].head["weight"], fixed_pack.tasks[0].head["weight"])
+    # A tolerance every ratio meets unpruned: 0.95 is safe, its trial stops before its first
+    # epoch, and the only fine-tuning epochs are its finishing.
+    progress = _Epochs()
+    pack, result = add_task(_base(), "t", digits, "auto", CONFIG, tolerance=100.0,
+                            progress=progress)
+    assert result.prune == 0.95 and progress.epochs.count("finetune") == CONFIG.finetune_epochs
+    fixed_pack, _ = add_task(_base(), "t", digits, 0.95, CONFIG)
+    assert all(torch.equal(pack.shared[k], fixed_pack.shared[k]) for k in pack.shared)
 
 
 class _Guarded(Dataset):
@@ -227,6 +266,24 @@ def test_resume_mid_search_ends_bit_identical(tmp_path, stop_after, digits):
         assert torch.equal(pack.shared[key], reference.shared[key])
         assert torch.equal(pack.owners[key], reference.owners[key])
     assert saved.exists()
+
+
+def test_resume_while_the_chosen_trial_finishes_ends_bit_identical(tmp_path, digits):
+    config = replace(CONFIG, finetune_epochs=5)  # the chosen trial stops at 3 (this data)
+    settings = {"tolerance": 3.0, "auto_trials": 3}
+    counted = _Epochs()
+    reference, expected = add_task(_base(), "t", digits, "auto", config, **settings,
+                                   progress=counted)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):  # at the last epoch: the one before it was saved
+        add_task(_base(), "t", digits, "auto", config, **settings, checkpoint=ckpt,
+                 progress=StopAfter(len(counted.epochs)))
+    assert Checkpoint.load(ckpt).search["continuing"]  # inside the finishing, after the search
+    pack, result = add_task(_base(), "t", digits, "auto", config, **settings, checkpoint=ckpt,
+                            resume=True)
+    assert result.prune == expected.prune and result.prune_search == expected.prune_search
+    for key in reference.shared:
+        assert torch.equal(pack.shared[key], reference.shared[key])
 
 
 # -- reserve ------------------------------------------------------------------------------------

@@ -16,11 +16,17 @@ Format (format version 1): a ``torch.save`` file of tensors and plain values, re
       "search": None | {                 # an auto prune search under way (packtool.planner)
           "reference": float, "start": {state_dict after training}, "rng": {...},
           "done": [[ratio, val_accuracy], ...], "current": ratio | None,
-          "best": {state_dict} | None, "best_ratio": ratio | None},
+          "best": {checkpoint state} | None, "best_ratio": ratio | None,
+          "continuing": bool},         # the chosen trial finishing its fine-tuning
       "released": None | {key: float tensor},   # free_init "kept": what the prune released
       "scaler": None | {...},                    # --amp float16 on CUDA: the gradient scaler
       "digest": "<sha256 hex>",  # :func:`~.digest.digest` of every other entry
     }
+
+``search["best"]`` is the largest passing trial, paused where it met the target: a checkpoint
+state of its own (:meth:`Checkpoint.state`, without ``search``). Before trials stopped at the
+target it was the finished trial's state_dict, and ``continuing`` was absent; such checkpoints
+still resume.
 
 ``digest``, ``search``, ``released`` and ``scaler`` were added after the first release: a checkpoint
 without a digest (packtool 0.1.0) is read unchecked; one with a digest that does not match is
@@ -91,7 +97,14 @@ class Checkpoint:
         return f"task {self.identity['task']!r}, {self.phase} epoch {self.epoch}/{total}"
 
     def save(self, path: str | os.PathLike) -> None:
-        state = {
+        state = self.state()
+        state["digest"] = digest(state)
+        atomic_write(path, lambda f: torch.save(state, f))
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`save` writes (without the digest): tensors and plain values only, so a
+        checkpoint can also travel inside another one (a paused search trial)."""
+        return {
             "format": FORMAT, "version": FORMAT_VERSION,
             "run": json.dumps(self.identity, sort_keys=True), "phase": self.phase,
             "epoch": self.epoch, "net": _on_cpu(self.net), "optimizer": _on_cpu(self.optimizer),
@@ -101,8 +114,6 @@ class Checkpoint:
             "best_val_loss": self.best_val_loss, "search": _on_cpu(self.search),
             "released": _on_cpu(self.released), "scaler": self.scaler,
         }
-        state["digest"] = digest(state)
-        atomic_write(path, lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Checkpoint:
@@ -120,12 +131,17 @@ class Checkpoint:
                                   f"{state.get('version')!r}")
         try:
             _check(state)
-            # Fields with defaults may be absent (checkpoints of an earlier packtool).
-            fields = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
-            fields["identity"] = json.loads(state["run"])
-            return cls(**fields)
+            return cls.from_state(state)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PackFormatError(f"checkpoint {path} is damaged: {exc}") from exc
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Checkpoint:
+        """The checkpoint :meth:`state` described (fields with defaults may be absent: they
+        were added after the first release)."""
+        fields = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
+        fields["identity"] = json.loads(state["run"])
+        return cls(**fields)
 
     def check_identity(self, identity: dict[str, Any], path: str | os.PathLike) -> None:
         """Refuse to resume a different add-task; name what differs."""
