@@ -52,7 +52,8 @@ SCORES = ("entropy", "max-prob", "energy", "mahalanobis")
 # Largest rank of the stored precision's low-rank part (see fit_feature_stats).
 PRECISION_RANK = 256
 # Temperatures searched by calibrate(): 481 points evenly spaced in log T (steps of 1.25%).
-TEMPERATURES = torch.logspace(math.log10(0.05), math.log10(20.0), 481, dtype=torch.float64)
+TEMPERATURES = torch.logspace(math.log10(0.05), math.log10(20.0), 481, dtype=torch.float64
+                              ).clamp(0.05, 20.0)  # exact ends: 10 ** log10(0.05) is below 0.05
 # Spread of the log-normal prior on T (see fit_temperature).
 PRIOR_SIGMA = 1.0
 

@@ -30,6 +30,7 @@ from packtool.exporters import TaskMetadata, archive_bytes, archive_from_bytes, 
 from packtool.formats import model_file
 from packtool.taskfree import (
     NOISE_FLOOR,
+    TEMPERATURES,
     TaskFreeNet,
     distance_terms,
     feature_distance,
@@ -39,6 +40,13 @@ from packtool.taskfree import (
 )
 
 CONFIG = TrainConfig(epochs=4, finetune_epochs=1, lr=0.05, device="cpu")
+
+
+def test_the_temperature_grid_ends_exactly_at_its_bounds():
+    """10 ** log10(0.05) is 0.049999...: a task calibrated to the coldest end recorded a
+    temperature below the documented range."""
+    assert TEMPERATURES[0].item() == 0.05 and TEMPERATURES[-1].item() == 20.0
+    assert bool((TEMPERATURES[1:] > TEMPERATURES[:-1]).all())
 
 
 class Unreadable(Dataset):
