@@ -46,7 +46,7 @@ from .loop import (
     snapshot,
     train_epoch,
 )
-from .method import MAX_TASKS, Phase, assign_owners, select_all
+from .method import MAX_TASKS, Phase, assign_owners, select_all, with_masks
 from .pack import Pack
 from .planner import (
     FIXED,
@@ -318,8 +318,8 @@ def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
     With ``stop_at`` the phase stops early, paused, once its best validation accuracy reaches
     ``stop_at``; ``_phase`` from that checkpoint finishes it exactly as if it had not stopped.
     """
-    if start is not None:
-        t.net.load_state_dict(start.net)
+    if start is not None:  # a checkpoint stores no masks: select_all derives them
+        t.net.load_state_dict(with_masks(start.net, t.net))
     select_all(t.net, t.task, phase)  # (see _load)
     if epochs == 0:
         return t.evaluate(t.data.val).accuracy, None
@@ -328,7 +328,8 @@ def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
     scheduler = make_scheduler(optimizer, decay_every)
     best, epoch = BestEpoch(), 0
     if start is not None:
-        best = BestEpoch(Score(start.best_val, start.best_val_loss), start.best_state)
+        best = BestEpoch(Score(start.best_val, start.best_val_loss),
+                         None if start.best_state is None else with_masks(start.best_state, t.net))
         epoch = start.epoch
         t.restore(start, optimizer, scheduler)
     elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate

@@ -136,13 +136,14 @@ class BestEpoch:
 
     score: Score | None = None
     state: dict[str, Tensor] | None = None
+    current: bool = False  # the last offer was kept: ``state`` is the model as it is now
 
     def offer(self, score: Score, model: nn.Module) -> bool:
         """Keep ``model``'s state if ``score`` is better (:meth:`Score.better_than`)."""
-        if not score.better_than(self.score):
-            return False
-        self.score, self.state = score, snapshot(model)
-        return True
+        self.current = score.better_than(self.score)
+        if self.current:
+            self.score, self.state = score, snapshot(model)
+        return self.current
 
     def restore(self, model: nn.Module) -> None:
         if self.state is not None:

@@ -121,7 +121,7 @@ class Session:
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             best_val=best.score.accuracy if best.score else -1.0,
             best_val_loss=best.score.loss if best.score else math.inf,
-            best_state=best.state, metrics=dict(self.metrics),
+            best_state=best.state, best_is_net=best.current, metrics=dict(self.metrics),
             rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda,
             search=None if keep else self.search, released=self.released,
             scaler=None if self.precision.scaler is None else self.precision.scaler.state_dict(),

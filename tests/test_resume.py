@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from packtool import Pack, Progress, TaskError, TrainConfig, add_task
+from packtool import Pack, PackFormatError, Progress, TaskError, TrainConfig, add_task
 from packtool.formats.checkpoint import Checkpoint
 
 CONFIG = TrainConfig(epochs=3, finetune_epochs=2, lr=0.05, finetune_lr=0.01, batch_size=16,
@@ -92,3 +92,35 @@ def test_resume_without_checkpoint_starts_over(make_task, tmp_path):
                        checkpoint=tmp_path / "c.ckpt", resume=True, progress=Collect())
     assert any("starting from the beginning" in m for m in messages)
     assert pack.task_names == ["first", "second"]
+
+
+def test_checkpoints_store_no_masks_and_the_best_epoch_once(make_task, tmp_path):
+    """Format 2: masks are derived from the owners, and a best epoch that is the last one is
+    the network itself; both stay out of the file, and resuming restores them."""
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        add_task(_base(make_task), "second", make_task(3, seed=1), 0.5, CONFIG,
+                 checkpoint=ckpt, progress=_InterruptAt("finetune", 2))
+    raw = torch.load(ckpt, weights_only=True)
+    assert raw["version"] == 2 and raw["net"] and not any(k.endswith("_mask") for k in raw["net"])
+    assert (raw["best_state"] is None) == raw["best_is_net"]
+    saved = Checkpoint.load(ckpt)
+    assert saved.best_state is not None  # the network's, when it was stored once
+    # A best epoch before the last one is stored apart, and read back as stored.
+    earlier = {k: v + 1 if v.is_floating_point() else v for k, v in saved.net.items()}
+    saved.best_state, saved.best_is_net = earlier, False
+    saved.save(tmp_path / "again.ckpt")
+    again = Checkpoint.load(tmp_path / "again.ckpt")
+    assert all(torch.equal(again.best_state[k], earlier[k]) for k in earlier)
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_as_such(make_task, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        add_task(_base(make_task), "second", make_task(3, seed=1), 0.5, CONFIG,
+                 checkpoint=ckpt, progress=_InterruptAt("train", 2))
+    raw = torch.load(ckpt, weights_only=True)
+    raw["version"] = 3
+    torch.save(raw, ckpt)
+    with pytest.raises(PackFormatError, match="written by a newer packtool"):
+        Checkpoint.load(ckpt)
