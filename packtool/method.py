@@ -198,18 +198,17 @@ def select(module: nn.Module, task: int, phase: Phase, name: str = "weight") -> 
 
 
 def without_masks(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` without the PackNet mask buffers (``<name>_mask`` beside ``<name>_orig``):
-    :func:`select` derives them from the owners, so a checkpoint need not store them."""
-    return {k: v for k, v in state.items()
-            if not (k.endswith("_mask") and k[:-len("_mask")] + "_orig" in state)}
+    """``state`` without the mask buffers (``<name>_mask`` beside ``<name>_orig``), which
+    :func:`select` derives from the owners. :func:`with_masks` puts ``net``'s back."""
+    return {k: v for k, v in state.items() if not _is_mask(k, state)}
 
 
 def with_masks(state: Mapping[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
-    """``state`` completed with ``net``'s mask buffers where it has none (the inverse of
-    :func:`without_masks`; call :func:`select_all` after loading, or take them after it)."""
-    masks = {k: v for k, v in net.state_dict().items()
-             if k.endswith("_mask") and k[:-len("_mask")] + "_orig" in state}
-    return {**masks, **state}
+    return {**{k: v for k, v in net.state_dict().items() if _is_mask(k, state)}, **state}
+
+
+def _is_mask(key: str, state: Mapping[str, Tensor]) -> bool:
+    return key.endswith("_mask") and key[:-len("_mask")] + "_orig" in state
 
 
 def select_all(net: nn.Module, task: int, phase: Phase) -> None:
