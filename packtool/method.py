@@ -283,7 +283,8 @@ def release_count(free: int, ratio: float) -> int:
 
     Python's ``round`` (half to even), the rule of ``torch.nn.utils.prune``'s ``amount``.
     """
-    _check_ratio(ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
     return round(ratio * free)
 
 
@@ -447,8 +448,3 @@ def _bucket_of(histogram: Tensor, k: int) -> tuple[int, int]:
 def _check_task(task: int) -> None:
     if not 1 <= int(task) <= MAX_TASKS:
         raise ValueError(f"task index must be in 1..{MAX_TASKS}, got {task}")
-
-
-def _check_ratio(ratio: float) -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
