@@ -3,7 +3,7 @@
 Every file packtool writes goes through :func:`atomic_write`: the bytes land in a temporary file
 in the target's directory, are fsynced, and replace the target with ``os.replace`` (atomic on
 POSIX and Windows), then the directory is fsynced. A crash at any point leaves either the old
-file or the new one, never a mix.
+file or the new one, never a mix. Ctrl-C during a write is held until the write is done.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,17 +38,41 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(target))
-        os.replace(tmp, target)
+        with _ctrl_c_held():
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _mode_for(target))
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``.
+
+    ``torch.save`` turns a ``KeyboardInterrupt`` raised inside its writer into a
+    ``RuntimeError`` ("unexpected pos"), which would read as a failed write; held, the write
+    completes and the interruption follows it. Only the main thread receives signals, and only
+    Python's own handler is replaced.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def load_weights_only(path: str | os.PathLike) -> Any:

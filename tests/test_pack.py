@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from packtool import (
     add_task,
     evaluate,
 )
+from packtool.fileio import atomic_write
 from packtool.formats.model_file import FORMAT_VERSION
 
 FAST = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
@@ -109,6 +111,23 @@ def test_save_is_atomic_when_writing_fails(pack3, tmp_path, monkeypatch):
         pack3.save(path)
     assert _bytes(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_ctrl_c_during_a_write_completes_it_then_interrupts(tmp_path):
+    """torch.save turns a KeyboardInterrupt raised inside its writer into a RuntimeError (the
+    CLI then said "internal error"); a Ctrl-C that lands in a write is held until the file is
+    whole, then interrupts."""
+    target, state = tmp_path / "state.pt", {"w": torch.randn(1000)}
+
+    def write(f):
+        os.kill(os.getpid(), signal.SIGINT)
+        torch.save(state, f)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, write)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], state["w"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
 
 
 def _bad_files(pack: Pack, tmp_path: Path) -> dict[str, Path]:
