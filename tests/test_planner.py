@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from packtool import (
     Pack,
+    PackFormatError,
     PackToolError,
     TaskError,
     TrainConfig,
@@ -23,6 +24,7 @@ from packtool import (
 from packtool import lifecycle as lifecycle_module
 from packtool.exporters import archive_bytes, archive_from_bytes
 from packtool.formats.checkpoint import Checkpoint
+from packtool.formats.digest import digest
 from packtool.formats.model_file import FORMAT_VERSION
 from packtool.planner import (
     GRID,
@@ -324,3 +326,19 @@ def test_forecast_counts_tasks_that_fit_in_the_fullest_layer():
     assert forecast([LayerCapacity("a", 10, 10, ())]).tasks_fit is None
     with pytest.raises(PackToolError, match="share"):
         forecast(layers, share=0.0)
+
+
+def test_a_damaged_paused_trial_in_a_checkpoint_is_a_format_error(tmp_path, digits):
+    """The paused trial inside a search checkpoint is checked as a checkpoint of its own: a
+    file whose digest was recomputed over a broken one is refused, not half-resumed."""
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):  # 4 training epochs, a trial that passed, one more
+        add_task(_base(), "t", digits, "auto", CONFIG, tolerance=3.0, checkpoint=ckpt,
+                 progress=StopAfter(7))
+    raw = torch.load(ckpt, weights_only=True)
+    assert raw["search"]["best"]["format"] == "packtool.checkpoint"
+    del raw["search"]["best"]["net"]
+    raw["digest"] = digest({k: v for k, v in raw.items() if k != "digest"})
+    torch.save(raw, ckpt)
+    with pytest.raises(PackFormatError, match="is damaged"):
+        Checkpoint.load(ckpt)

@@ -178,6 +178,10 @@ def _check(state: dict[str, Any]) -> None:
     owners = {k[:-len(_OWNERS)]: v for k, v in net.items() if k.endswith(_OWNERS)}
     weights = {k: net[k + _ORIG] for k in owners}
     check_owners(weights, owners, int(json.loads(state["run"])["index"]))
+    paused = (state.get("search") or {}).get("best")
+    if isinstance(paused, dict) and "format" in paused:  # a paused trial: a checkpoint itself
+        _check(paused)
+        Checkpoint.from_state(paused)
 
 
 def _compared(identity: dict[str, Any]) -> dict[str, Any]:
