@@ -325,16 +325,18 @@ def assign_owners(
         return {n: _assign_layer(weights[n], own, task, ratio, reserve)
                 for n, own in owners.items()}
     free = {name: (own == FREE).flatten() for name, own in owners.items()}
-    scores = torch.cat([_free_scores(weights[n], free[n]).cpu() for n in owners])
-    released_all = smallest_k(scores, release_count(scores.numel(), ratio))
-    del scores
+    total = sum(int(f.sum()) for f in free.values())
+    # Every layer's free scores in turn, on the CPU (layers may sit on different devices).
+    released_all = _smallest(lambda: (c.cpu() for n in owners for c in _bit_chunks(
+        weights[n], free[n])), total, release_count(total, ratio))
     result, start = {}, 0
     for name, own in owners.items():
         count = int(free[name].sum())
         released = released_all[start:start + count].to(own.device)
         floor = reserved_release(count, reserve)
         if int(released.sum()) < floor:  # the reserve releases more of this layer
-            released = smallest_k(_free_scores(weights[name], free[name]), floor) | released
+            chunks = functools.partial(_bit_chunks, weights[name], free[name])
+            released = _smallest(chunks, count, floor) | released
         result[name] = _owners_after(own, free[name], released, task)
         start += count
     return result
@@ -364,12 +366,6 @@ def _owners_after(owners: Tensor, free: Tensor | None, released: Tensor, task: i
     else:  # masked_scatter_ places per-free-weight decisions without int64 index tensors
         kept = torch.zeros_like(free).masked_scatter_(free, ~released)
     return owners.flatten().masked_fill(kept, task).view_as(owners)
-
-
-def _free_scores(weight: Tensor, free: Tensor) -> Tensor:
-    """``|w|`` of the free entries, flat float32 (exact ordering for any float dtype)."""
-    scores = weight.detach().flatten().abs().float()
-    return scores if bool(free.all()) else scores[free]
 
 
 #: Elements per pass of the magnitude selection: its temporaries stay this size (64 MB of int32)
