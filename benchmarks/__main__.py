@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import architectures, cost, deploy, quality, taskfree, throughput
+from . import architectures, cost, deploy, planner, quality, taskfree, throughput
 from .common import machine
 
-PARTS = {"quality": quality, "taskfree": taskfree, "cost": cost, "deploy": deploy,
-         "architectures": architectures, "throughput": throughput}
+PARTS = {"quality": quality, "planner": planner, "taskfree": taskfree, "cost": cost,
+         "deploy": deploy, "architectures": architectures, "throughput": throughput}
 
 
 def main(argv: list[str] | None = None) -> int:
