@@ -103,7 +103,8 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="With --prune auto: fine-tuning trials at most [default: 3].")
 @click.option("--reserve", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="N", help="Keep room for N more tasks of this size in every layer "
-                                "(raises the ratio where needed).")
+                                "(raises the ratio where needed). With --prune auto, give the "
+                                "number of tasks still to come if you know it.")
 @click.option("--task", "name", metavar="NAME",
               help="Task name [default: DATA plus the classes, e.g. digits-0-1].")
 @click.option("--classes", callback=params.classes, metavar="LIST",

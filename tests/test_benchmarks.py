@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import planner
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["packnet-0.5", "packnet-0.75", "packnet-auto", "separate", "finetune", "joint"]
 FREE_INIT = ["packnet-0.75@zero", "packnet-0.75@kept", "packnet-0.75@reinit"]
@@ -74,6 +76,63 @@ def test_packnet_forgets_exactly_nothing(smoke):
                 for run in row["seeds"]:
                     assert run["forgetting"] == [0.0] * old
                     assert run["just_learned"][:old] == run["final"][:old]
+
+
+def test_planner_runs_every_method_on_every_seed(smoke):
+    doc, markdown = smoke
+    result = doc["planner"]
+    assert [s["sequence"] for s in result["sequences"]] == [
+        "split-digits", "permuted-digits", "long-permuted-digits"]
+    for seq in result["sequences"]:
+        rows, n = {r["method"]: r for r in seq["rows"]}, seq["tasks"]
+        assert list(rows) == list(planner.METHODS)
+        for method, row in rows.items():
+            assert [s["seed"] for s in row["seeds"]] == result["settings"]["seeds"]
+            for run in row["seeds"]:
+                assert len(run["final"]) == n and run["seconds"] > 0
+                if method != "separate":
+                    assert run["forgetting"] == [0.0] * (n - 1)
+                    assert len(run["ratios"]) == n - 1
+        assert all(run["ratios"] == [0.5] * (n - 1) for run in rows["packnet-0.5"]["seeds"])
+        for run in rows["packnet-auto+reserve"]["seeds"]:  # room kept for the tasks to come
+            for k, ratio in enumerate(run["ratios"]):
+                ahead = n - 1 - k
+                assert ratio >= ahead / (ahead + 1) - 1e-9
+    assert "## Planner" in markdown and "(paired)" in markdown
+    assert "packnet-auto+reserve within 3 points of separate networks" in markdown
+
+
+def _row(method: str, accuracies: list[float], seconds: float = 1.0) -> dict:
+    return {"method": method, "seeds": [
+        {"avg_accuracy": a, "seconds": seconds, "forgetting": [0.0], "ratios": [0.5]}
+        for a in accuracies]}
+
+
+def test_planner_statistics_are_paired_by_seed():
+    fixed = [_row("packnet-0.5", [0.90, 0.92]), _row("packnet-0.75", [0.91, 0.95])]
+    assert planner.best_fixed({"rows": fixed})["method"] == "packnet-0.75"
+    mean, se, at_least = planner.paired(_row("packnet-auto", [0.92, 0.94]), fixed[1])
+    assert mean == pytest.approx(0.0) and se == pytest.approx(1.0) and at_least == 1
+    assert planner.mean_se([0.5]) == (0.5, None)
+
+
+def test_planner_targets_follow_the_measurements():
+    rows = [_row("packnet-0.5", [0.90, 0.90]), _row("packnet-0.75", [0.93, 0.93]),
+            _row("packnet-auto", [0.92, 0.93], seconds=1.6),
+            _row("packnet-auto+reserve", [0.94, 0.93], seconds=1.4),
+            _row("separate", [0.955, 0.96])]
+    rows[3]["seeds"][1]["forgetting"] = [1e-9]
+    result = {"sequences": [{"sequence": "long-permuted-digits", "rows": rows}]}
+    met = {c["target"].split(": ", 1)[1]: c["ok"] for c in planner.checks(result)}
+    assert met == {
+        "every PackNet row forgets exactly 0.0 (every seed)": False,
+        "packnet-auto mean accuracy at least the best fixed ratio's": False,
+        "packnet-auto time at most 1.5x packnet-0.75's": False,
+        "packnet-auto within 3 points of separate networks": False,
+        "packnet-auto+reserve mean accuracy at least the best fixed ratio's": True,
+        "packnet-auto+reserve time at most 1.5x packnet-0.75's": True,
+        "packnet-auto+reserve within 3 points of separate networks": True,
+    }
 
 
 def test_cost_tables(smoke):
