@@ -123,10 +123,16 @@ def test_ctrl_c_during_a_write_completes_it_then_interrupts(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
         torch.save(state, f)
 
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, write)
+    # Python's own handler, as in a terminal: a suite started in the background (``cmd &``)
+    # inherits SIGINT ignored, and then there is no Ctrl-C to hold.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(target, write)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert torch.equal(torch.load(target, weights_only=True)["w"], state["w"])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
 
 
