@@ -192,7 +192,10 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
     if as_json:
         render.print_json(doc)
     else:
-        render.show_task_summary(render.console_for(), doc, pack, str(model))
+        console = render.console_for()
+        render.show_task_summary(console, doc, pack, str(model))
+        if prune == AUTO and not reserve:
+            render.show_reserve_tip(console)
 
 
 # -- eval -------------------------------------------------------------------------------------

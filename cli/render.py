@@ -120,6 +120,13 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
         console.print(f"Note: {doc['prune_warning']}", markup=False)
 
 
+def show_reserve_tip(console: Console) -> None:
+    """After ``--prune auto`` without ``--reserve``: the planner weighed this task alone."""
+    console.print("Tip: --prune auto weighed this task alone; if more tasks will follow, "
+                  "--reserve N (the number still to come) keeps room for them (README: "
+                  "Choosing the prune ratio).", markup=False)
+
+
 def show_search(console: Console, search: list[dict[str, Any]], chosen: float) -> None:
     """The planner's candidates: validation accuracy pruned, and fine-tuned where tried."""
     rows = [(f"{c['ratio']:g}", pct(c["val_pruned"]),

@@ -243,6 +243,10 @@ def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
                *FAST).stdout
     assert "Prune search (validation accuracy)" in table and "chosen" in table
     assert "Note: the validation split (" in table and "noise-limited" in table
+    assert "Tip: --prune auto weighed this task alone" in table  # no --reserve given
+    told = ok("add-task", model, "--data", "digits", "--classes", "0,9", "--prune", "auto",
+              "--reserve", "1", *FAST).stdout
+    assert "Prune search" in told and "Tip:" not in told
 
 
 def test_eval_task_free_and_predict_auto(packed, tmp_path):
