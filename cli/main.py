@@ -76,12 +76,17 @@ def main(debug: bool) -> None:
                    "(kept), or zero.")
 @click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE", callback=params.kwargs,
               help="Keyword argument for the architecture builder (repeatable), e.g. hidden=64.")
+@click.option("--tasks", "planned_tasks", type=click.IntRange(1, 255), metavar="N",
+              help="How many tasks MODEL is meant to hold, pretrained one included: each "
+                   "add-task without --reserve keeps room for the rest of the plan.")
 @click.option("--force", is_flag=True, help="Overwrite an existing MODEL.")
 def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int, int] | None,
-         policy: str, free_init: str, kwargs: dict[str, Any], force: bool) -> None:
+         policy: str, free_init: str, kwargs: dict[str, Any], planned_tasks: int | None,
+         force: bool) -> None:
     """Create MODEL: a network with every weight free and no tasks."""
     pack = create_file(model, arch, input_size=input_size, kwargs=kwargs, weights=weights,
-                       policy=policy, free_init=free_init, force=force)
+                       policy=policy, free_init=free_init, planned_tasks=planned_tasks,
+                       force=force)
     render.show_created(render.console_for(), pack, str(model))
 
 
@@ -101,10 +106,10 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
                    "1.0].")
 @click.option("--auto-trials", type=click.IntRange(min=1), metavar="N",
               help="With --prune auto: fine-tuning trials at most [default: 3].")
-@click.option("--reserve", type=click.IntRange(min=0), default=0, show_default=True,
-              metavar="N", help="Keep room for N more tasks of this size in every layer "
-                                "(raises the ratio where needed). With --prune auto, give the "
-                                "number of tasks still to come if you know it.")
+@click.option("--reserve", type=click.IntRange(min=0), metavar="N",
+              help="Keep room for N more tasks of this size in every layer (raises the ratio "
+                   "where needed). With --prune auto, give the number of tasks still to come "
+                   "if you know it [default: the rest of init --tasks, else 0].")
 @click.option("--task", "name", metavar="NAME",
               help="Task name [default: DATA plus the classes, e.g. digits-0-1].")
 @click.option("--classes", callback=params.classes, metavar="LIST",
@@ -160,7 +165,7 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="Discard the checkpoint of an interrupted add-task and start over.")
 @params.json_option
 def add_task(model: Path, data: str, prune: float | str, tolerance: float | None,
-             auto_trials: int | None, reserve: int, name: str | None,
+             auto_trials: int | None, reserve: int | None, name: str | None,
              classes: list[int] | None, data_root: str | None, val_fraction: float,
              skip_bad_images: bool, checkpoint_every: float, resume: bool, restart: bool,
              as_json: bool, **options: Any) -> None:
@@ -194,7 +199,7 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
     else:
         console = render.console_for()
         render.show_task_summary(console, doc, pack, str(model))
-        if prune == AUTO and not reserve:
+        if prune == AUTO and reserve is None and pack.planned_tasks is None:
             render.show_reserve_tip(console)
 
 

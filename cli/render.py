@@ -76,8 +76,10 @@ def show_created(console: Console, pack: Pack, path: str) -> None:
     spec = pack.spec
     size = "x".join(map(str, spec.input_size))
     layers = len(pack.shared)
+    plan = f", planned for {pack.planned_tasks} tasks" if pack.planned_tasks else ""
     console.print(f"Created {path}: {spec.arch} on {size} inputs, {count(pack.prunable_weights)} "
-                  f"prunable weights in {layers} layers, policy {pack.policy}.", markup=False)
+                  f"prunable weights in {layers} layers, policy {pack.policy}{plan}.",
+                  markup=False)
 
 
 # -- add-task ---------------------------------------------------------------------------------
@@ -121,10 +123,10 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
 
 
 def show_reserve_tip(console: Console) -> None:
-    """After ``--prune auto`` without ``--reserve``: the planner weighed this task alone."""
+    """After ``--prune auto`` without ``--reserve`` or a plan: it weighed this task alone."""
     console.print("Tip: --prune auto weighed this task alone; if more tasks will follow, "
-                  "--reserve N (the number still to come) keeps room for them (README: "
-                  "Choosing the prune ratio).", markup=False)
+                  "--reserve N (the number still to come) or init --tasks keeps room for them "
+                  "(README: Choosing the prune ratio).", markup=False)
 
 
 def show_search(console: Console, search: list[dict[str, Any]], chosen: float) -> None:
@@ -190,6 +192,7 @@ def info_doc(pack: Pack, share: float | None = None) -> dict[str, Any]:
         "prunable_weights": pack.prunable_weights,
         "free_fraction": pack.free_fraction,
         "free_init": pack.free_init,
+        "planned_tasks": pack.planned_tasks,
         "private_values": private,
         "private_share": private / (private + pack.prunable_weights),
         "private_tensors": [{"name": k, "shape": list(shape)}
@@ -244,6 +247,10 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
     else:
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
     show_capacity(console, pack)
+    if doc["planned_tasks"] is not None:
+        ahead = max(0, doc["planned_tasks"] - len(doc["tasks"]))
+        console.print(f"Planned: {doc['planned_tasks']} tasks (init --tasks), {ahead} still to "
+                      "come.", markup=False)
     show_forecast(console, doc["forecast"])
 
 

@@ -109,6 +109,7 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
         "policy": pack.policy,
         **({"free_init": pack.free_init} if pack.free_init != "zero" else {}),
         **({"pretrained": "true"} if pack.pretrained else {}),
+        **({"planned_tasks": str(pack.planned_tasks)} if pack.planned_tasks else {}),
         "tasks": _json([t.meta() for t in pack.tasks]),
         "layers": _json(layers),
         "bits": str(bits),

@@ -42,7 +42,8 @@ from .records import TaskResult
 def add_task_to_file(
     model: str | os.PathLike, data: str, prune: float | str,
     config: TrainConfig | None = None, *, settings: dict[str, Any] | None = None,
-    reserve: int = 0, tolerance: float = 1.0, auto_trials: int = 3, name: str | None = None,
+    reserve: int | None = None, tolerance: float = 1.0, auto_trials: int = 3,
+    name: str | None = None,
     classes: Sequence[int] | None = None, data_root: str | os.PathLike | None = None,
     val_fraction: float = 0.1, skip_bad_images: bool = False, checkpoint_every: float = 0.0,
     resume: bool = False, restart: bool = False, progress: Progress | None = None,
@@ -59,7 +60,7 @@ def add_task_to_file(
     """
     given = config
     config = config or TrainConfig(**(settings or {}))  # bad settings fail before MODEL is locked
-    Pruning(prune, reserve, tolerance, auto_trials)
+    Pruning(prune, 0 if reserve is None else reserve, tolerance, auto_trials)
     if resume and restart:
         raise TaskError("use either `resume=True` or `restart=True`, not both")
     model = Path(model)
@@ -95,7 +96,7 @@ def create_file(model: str | os.PathLike, arch: str, *,
                 input_size: tuple[int, int, int] | None = None,
                 kwargs: dict[str, Any] | None = None, weights: str | os.PathLike | None = None,
                 policy: str = "per_task", free_init: str = FREE_INITS[0],
-                force: bool = False) -> Pack:
+                planned_tasks: int | None = None, force: bool = False) -> Pack:
     """Create the model file ``model``: :meth:`Pack.create`, saved atomically.
 
     ``weights="DEFAULT"`` takes torchvision's pretrained weights from the local torch hub cache
@@ -108,7 +109,7 @@ def create_file(model: str | os.PathLike, arch: str, *,
     if weights == PRETRAINED:
         weights = pretrained_weights_file(arch)
     pack = Pack.create(arch, input_size, kwargs=kwargs, weights=weights, policy=policy,
-                       free_init=free_init)
+                       free_init=free_init, planned_tasks=planned_tasks)
     with file_lock(model) if model.exists() else contextlib.nullcontext():
         pack.save(model)
     return pack

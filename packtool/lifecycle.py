@@ -56,6 +56,7 @@ from .planner import (
     candidates,
     noise_warning,
     plan,
+    planned_reserve,
     target,
 )
 from .progress import Progress
@@ -66,7 +67,7 @@ from .taskfree import calibrate
 
 def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
              config: TrainConfig | None = None, *, settings: dict[str, Any] | None = None,
-             reserve: int = 0, tolerance: float = 1.0,
+             reserve: int | None = None, tolerance: float = 1.0,
              auto_trials: int = 3, progress: Progress | None = None,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
              resume: bool = False) -> tuple[Pack, TaskResult]:
@@ -74,26 +75,25 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
 
     ``config`` defaults to the paper's schedule for a pretrained network, else to learning
     rates that train from scratch (:func:`packtool.config.schedule`, said in ``progress``),
-    with ``settings`` (TrainConfig fields) on top.
-    ``prune`` is the share of the task's trained weights released, or ``"auto"``: the largest
-    ratio that keeps validation accuracy within ``tolerance`` points of the unpruned network's,
-    found with at most ``auto_trials`` fine-tunings (:mod:`packtool.planner`). ``reserve``
-    keeps room for that many more tasks of the same size in every layer, releasing more where
-    the ratio would keep too much. Returns the new pack and what it measured; ``pack`` itself
-    is never changed, so an exception or ``KeyboardInterrupt`` leaves nothing half-done.
+    with ``settings`` (TrainConfig fields) on top. ``prune`` is the share of the task's trained
+    weights released, or ``"auto"``: the largest ratio that keeps validation accuracy within
+    ``tolerance`` points of the unpruned network's, found with at most ``auto_trials``
+    fine-tunings (:mod:`packtool.planner`). ``reserve`` keeps room for that many more tasks of
+    the same size in every layer, releasing more where the ratio would keep too much (``None``:
+    the rest of ``pack.planned_tasks``, if any). Returns the new pack and what it measured;
+    ``pack`` itself is never changed, so an exception or Ctrl-C leaves nothing half-done.
 
     With ``checkpoint``, the state is saved there (atomically) after every epoch, or after the
-    first epoch that ends ``checkpoint_every`` seconds after the last save (a large network's
-    checkpoint is not worth writing every few minutes); with
-    ``resume`` too, an add-task interrupted at any point continues from its last completed
-    epoch and ends with the same result as an uninterrupted one (bit-identical on CPU). A
-    checkpoint found without ``resume`` is an error, never silently used or overwritten. The
-    checkpoint is left in place on success; delete it once the pack is saved.
+    first epoch that ends ``checkpoint_every`` seconds after the last save; with ``resume`` too,
+    an add-task interrupted at any point continues from its last completed epoch and ends as an
+    uninterrupted one would (bit-identical on CPU). A checkpoint found without ``resume`` is an
+    error, never silently used or overwritten; it is left in place on success.
     """
     note = None
     if config is None:
         config, note = schedule(pack.pretrained, settings)
-    pruning = Pruning(prune, reserve, tolerance, auto_trials)
+    pruning = Pruning(prune, planned_reserve(pack.planned_tasks, len(pack.tasks))
+                      if reserve is None else reserve, tolerance, auto_trials)
     _check_new_task(pack, name, data)
     world = distributed.current()
     device = distributed.rank_device(world, resolve_device(config.device))

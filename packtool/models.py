@@ -305,6 +305,21 @@ def anatomy(net: nn.Module, prunable: Sequence[str] | None = None) -> Anatomy:
                    in_features=head.in_features, head_bias=head.bias is not None)
 
 
+def recorded_anatomy(net: nn.Module, shapes: Mapping[str, Sequence[int]]) -> Anatomy:
+    """:func:`anatomy` with the prunable weights a pack recorded (key -> shape).
+
+    Raises:
+        ArchitectureError: as :func:`anatomy`, or a recorded weight of another shape.
+    """
+    anat = anatomy(net, prunable=list(shapes))
+    params = dict(net.named_parameters())
+    for key, shape in shapes.items():
+        if params[key].shape != tuple(shape):
+            raise ArchitectureError(f"{key} is {list(shape)} in the pack, "
+                                    f"{list(params[key].shape)} in the network")
+    return anat
+
+
 def _check_not_tied(net: nn.Module, prunable: Sequence[str]) -> None:
     """A weight two modules share (tied weights) would be masked in one place only."""
     names: dict[int, list[str]] = {}

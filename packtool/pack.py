@@ -43,6 +43,7 @@ from .models import (
     load_weights,
     native_input_size,
     new_head,
+    recorded_anatomy,
 )
 from .records import LayerCapacity, TaskRecord, format_version
 
@@ -69,6 +70,7 @@ class Pack:
         owners: ``"<layer>.weight"`` -> uint8 owner index, same shape as the weight.
         tasks: task records in index order.
         free_init: how the next task's free weights start (:data:`FREE_INITS`).
+        planned_tasks: how many tasks the pack is meant to hold (``init --tasks``), if said.
         pretrained: the network started from pretrained weights (which decides the default
             schedule, :func:`packtool.config.schedule`).
         released: with ``free_init="kept"``, the trained values of the free weights, flat in
@@ -89,6 +91,7 @@ class Pack:
         free_init: str = FREE_INITS[0],
         released: dict[str, Tensor] | None = None,
         pretrained: bool | None = None,
+        planned_tasks: int | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise TaskError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
@@ -97,6 +100,7 @@ class Pack:
         self.spec = spec
         self.policy = policy
         self.free_init = free_init
+        self.planned_tasks = planned_tasks
         self.released = released or {}
         self.shared = shared
         self.owners = owners
@@ -117,6 +121,9 @@ class Pack:
         """
         if len(self.tasks) > MAX_TASKS:
             raise ValueError(f"a pack holds at most {MAX_TASKS} tasks, this one {len(self.tasks)}")
+        if self.planned_tasks is not None and not (
+                type(self.planned_tasks) is int and 1 <= self.planned_tasks <= MAX_TASKS):
+            raise ValueError(f"planned tasks must be 1..{MAX_TASKS}, not {self.planned_tasks!r}")
         check_owners(self.shared, self.owners, len(self.tasks))
         if self.tasks:  # every free weight was released by a task: exactly zero at rest
             for key, weight in self.shared.items():
@@ -149,6 +156,7 @@ class Pack:
         std: tuple[float, ...] = (),
         policy: str = "per_task",
         free_init: str = FREE_INITS[0],
+        planned_tasks: int | None = None,
         seed: int = 0,
     ) -> Pack:
         """A pack with no tasks and every weight free.
@@ -181,7 +189,8 @@ class Pack:
         head_prefix = anat.classifier + "."
         head = {k[len(head_prefix):]: v for k, v in state.items() if k.startswith(head_prefix)}
         pack = cls(spec, shared, owners, private, policy=policy, free_init=free_init,
-                   pretrained_head=head if weights is not None else None)
+                   pretrained_head=head if weights is not None else None,
+                   planned_tasks=planned_tasks)
         pack._anatomy = anat
         return pack
 
@@ -320,7 +329,8 @@ class Pack:
         not changed."""
         pack = Pack(self.spec, shared, owners, self.initial_private, [*self.tasks, record],
                     policy=self.policy, pretrained_head=self.pretrained_head,
-                    free_init=self.free_init, released=released, pretrained=self.pretrained)
+                    free_init=self.free_init, released=released, pretrained=self.pretrained,
+                    planned_tasks=self.planned_tasks)
         pack._anatomy = self._anatomy
         return pack
 
@@ -341,19 +351,10 @@ class Pack:
     def _checked_anatomy(self, net: nn.Module) -> Anatomy:
         """The anatomy with the prunable weights this pack recorded (see :mod:`.models`)."""
         try:
-            anat = anatomy(net, prunable=list(self.shared))
+            return recorded_anatomy(net, {k: v.shape for k, v in self.shared.items()})
         except ArchitectureError as exc:
             raise PackFormatError(f"pack weights do not match architecture {self.spec.arch}: "
                                   f"{exc}") from exc
-        params = dict(net.named_parameters())
-        wrong = [k for k, v in self.shared.items() if params[k].shape != v.shape]
-        if wrong:
-            raise PackFormatError(
-                f"pack weights do not match architecture {self.spec.arch}: {wrong[0]} is "
-                f"{list(self.shared[wrong[0]].shape)} in the pack, "
-                f"{list(params[wrong[0]].shape)} in the network"
-            )
-        return anat
 
     # ---------------------------------------------------------------------------------------
     # Files
@@ -369,6 +370,7 @@ class Pack:
             **({"free_init": self.free_init} if self.free_init != "zero" else {}),
             # Stored only where the pretrained classifier, kept in the file, does not say it.
             **({"pretrained": True} if self.pretrained and not self.pretrained_head else {}),
+            **({"planned_tasks": self.planned_tasks} if self.planned_tasks else {}),
             "tasks": [t.meta() for t in self.tasks],
         }
 
@@ -432,7 +434,8 @@ class Pack:
                        pretrained_head=_tensor_dict(state["pretrained_head"]),
                        free_init=meta.get("free_init", "zero"),  # 0.1.0: released at zero
                        released=_tensor_dict(state.get("released", {})),
-                       pretrained=meta.get("pretrained"))
+                       pretrained=meta.get("pretrained"),
+                       planned_tasks=meta.get("planned_tasks"))
         except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
             raise PackFormatError(f"{source} is damaged: {type(exc).__name__}: {exc}") from exc
 

@@ -132,6 +132,12 @@ class Decision:
     warning: str | None = None  # the validation split cannot resolve the tolerance
 
 
+def planned_reserve(planned_tasks: int | None, packed: int) -> int:
+    """The reserve a task added without one gets: the tasks of the pack's plan still to come
+    after it (``planned_tasks`` less the ``packed`` ones less itself); 0 without a plan."""
+    return max(0, planned_tasks - packed - 1) if planned_tasks else 0
+
+
 def noise_warning(images: int, reference: float, tolerance: float) -> str | None:
     """Why a validation split of ``images`` images is too coarse for ``tolerance``, or ``None``.
 

@@ -62,7 +62,8 @@ def test_info_counts_follow_the_prune_ratios(packed):
     doc = ok_json("info", model)
     assert set(doc) == {"arch", "input_size", "prunable_weights", "free_fraction", "tasks",
                         "private_values", "private_share", "private_tensors", "forecast",
-                        "free_init"}
+                        "free_init", "planned_tasks"}
+    assert doc["planned_tasks"] is None
     assert doc["arch"] == "mlp" and doc["input_size"] == [1, 8, 8]
     assert doc["prunable_weights"] == LAYER_WEIGHTS
     assert doc["private_values"] == 32 + 32  # the hidden layers' biases
@@ -247,6 +248,14 @@ def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
     told = ok("add-task", model, "--data", "digits", "--classes", "0,9", "--prune", "auto",
               "--reserve", "1", *FAST).stdout
     assert "Prune search" in told and "Tip:" not in told
+    planned = tmp_path / "planned.pt"
+    assert "planned for 2 tasks" in ok("init", planned, *ARCH, "--tasks", "2").stdout
+    first = ok("add-task", planned, "--data", "digits", "--classes", "0-4", "--prune", "auto",
+               *FAST).stdout
+    assert "Tip:" not in first  # the plan reserved for the second task
+    assert ok_json("info", planned)["tasks"][0]["prune"] >= 0.5
+    assert ok_json("info", planned)["planned_tasks"] == 2
+    assert "Planned: 2 tasks (init --tasks), 1 still to come." in ok("info", planned).stdout
 
 
 def test_eval_task_free_and_predict_auto(packed, tmp_path):

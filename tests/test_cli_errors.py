@@ -174,8 +174,10 @@ def test_bad_planner_settings_are_usage_errors(model, args):
     fails_unchanged(model, "add-task", model, "--data", "digits", *args, code=2)
 
 
-def test_bad_free_init(tmp_path):
+def test_bad_free_init_or_plan(tmp_path):
     assert_error(invoke("init", tmp_path / "m.pt", *ARCH, "--free-init", "random"), 2)
+    for tasks in ("0", "256", "two"):
+        assert_error(invoke("init", tmp_path / "m.pt", *ARCH, "--tasks", tasks), 2)
     assert not (tmp_path / "m.pt").exists()
 
 

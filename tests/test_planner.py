@@ -25,7 +25,7 @@ from packtool import lifecycle as lifecycle_module
 from packtool.exporters import archive_bytes, archive_from_bytes
 from packtool.formats.checkpoint import Checkpoint
 from packtool.formats.digest import digest
-from packtool.formats.model_file import FORMAT_VERSION
+from packtool.formats.model_file import FORMAT_VERSION, encode
 from packtool.planner import (
     GRID,
     RESERVE,
@@ -311,6 +311,47 @@ def test_a_reserve_the_ratio_already_meets_changes_nothing():
     assert result.prune_reason == "fixed"
     for key in plain.owners:
         assert torch.equal(plain.owners[key], reserved.owners[key])
+
+
+def test_a_plan_reserves_for_the_tasks_still_to_come():
+    """``Pack.create(planned_tasks=3)``: the first task reserves for two more, the second for
+    one, the third for none, exactly as an explicit ``reserve`` would (bit for bit)."""
+    config = TrainConfig(epochs=1, finetune_epochs=0, lr=0.05, device="cpu")
+    planned = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, planned_tasks=3)
+    told = _base()
+    for k, reserve in enumerate([2, 1, 0]):
+        data = synthetic_task(2, seed=k)
+        planned, by_plan = add_task(planned, f"t{k}", data, 0.1, config)
+        told, by_hand = add_task(told, f"t{k}", data, 0.1, config, reserve=reserve)
+        assert by_plan.prune_reason == by_hand.prune_reason == (RESERVE if reserve else "fixed")
+        for key in told.owners:
+            assert torch.equal(planned.owners[key], told.owners[key])
+            assert torch.equal(planned.shared[key], told.shared[key])
+    assert planned.planned_tasks == 3 and told.planned_tasks is None
+    _, beyond = add_task(planned, "t3", synthetic_task(2, seed=3), 0.1, config)
+    assert beyond.prune_reason == "fixed"  # past the plan: no reserve
+    _, explicit = add_task(Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, planned_tasks=3),
+                           "a", synthetic_task(2, seed=0), 0.1, config, reserve=0)
+    assert explicit.prune_reason == "fixed"  # an explicit reserve wins over the plan
+
+
+def test_the_plan_survives_the_model_file_and_the_archive(tmp_path):
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, planned_tasks=4)
+    pack, _ = add_task(pack, "a", synthetic_task(2, seed=0), 0.5,
+                       TrainConfig(epochs=1, finetune_epochs=0, device="cpu"))
+    pack.save(tmp_path / "m.pt")
+    assert Pack.load(tmp_path / "m.pt").planned_tasks == 4
+    assert archive_from_bytes(archive_bytes(pack)).planned_tasks == 4
+    unplanned = _base()
+    assert "planned_tasks" not in unplanned.meta()  # files without a plan are written as before
+    for bad in (0, 256, 2.0, "3", True):
+        with pytest.raises(ValueError, match="planned tasks"):
+            Pack.create("mlp", (1, 8, 8), planned_tasks=bad)
+    state = pack.state()
+    content = {k: v for k, v in state.items() if k not in ("format", "version", "digest")}
+    content["meta"] = content["meta"].replace('"planned_tasks": 4', '"planned_tasks": -1')
+    with pytest.raises(PackFormatError, match="damaged: ValueError: planned tasks"):
+        Pack.from_state(encode(content, state["version"]))
 
 
 # -- forecast -----------------------------------------------------------------------------------

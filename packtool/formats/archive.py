@@ -38,6 +38,9 @@ key                     value
                         starts its free weights (absent: ``zero``); an archive keeps no free
                         values, so ``kept`` starts from zero after it
 ``pretrained``          optional: ``true`` if the network started from pretrained weights
+``planned_tasks``       optional: how many tasks the pack is meant to hold (``init --tasks``),
+                        a decimal number 1..255; a task added to the pack read back reserves
+                        room for the rest of the plan
 ``tasks``               JSON list in index order; item ``k-1`` is task ``k``: ``{"name",
                         "index", "classes" (names in logit order), "data", "prune", "hparams",
                         "metrics", "created"}`` and, in version 2, ``"prune_reason"`` and
@@ -352,7 +355,9 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
     # initial_private only seeds a pack's first task; an archive always has one, so it is empty.
     return Pack(ArchSpec.from_dict(json.loads(metadata["spec"])), shared, owners, {}, tasks,
                 policy=metadata["policy"], free_init=metadata.get("free_init", "zero"),
-                pretrained=metadata.get("pretrained") == "true")
+                pretrained=metadata.get("pretrained") == "true",
+                planned_tasks=int(metadata["planned_tasks"]) if "planned_tasks" in metadata
+                else None)
 
 
 def _check_layer_shapes(spec: ArchSpec, layers: list) -> None:
