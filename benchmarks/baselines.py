@@ -19,7 +19,7 @@ between the two phases is missing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -144,12 +144,14 @@ class SequenceRun:
     """Accuracies of one method on one task sequence.
 
     ``just_learned[j]``: task j's test accuracy right after it was learned (None for joint
-    training, which learns all at once); ``final[j]``: after the last task.
+    training, which learns all at once); ``final[j]``: after the last task; ``ratios``: for
+    PackNet, the prune ratio each task but the last used.
     """
 
     final: list[float]
     just_learned: list[float | None]
     stored_values: int
+    ratios: list[float] = field(default_factory=list)
 
 
 def run_separate(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConfig,

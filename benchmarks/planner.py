@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from dataclasses import asdict, replace
 from typing import Any
 
-from packtool import evaluate
-
-from . import baselines, quality
+from . import quality
 from .common import fmt, markdown_table
 
 SEEDS = {"smoke": (0,), "quick": (0, 1, 2), "full": tuple(range(10))}
@@ -33,36 +30,11 @@ METHODS = {
     "packnet-0.5": "PackNet, prune 0.5",
     "packnet-0.75": "PackNet, prune 0.75",
     "packnet-auto": "PackNet, prune auto",
-    "packnet-auto+reserve": "PackNet, prune auto, --reserve the tasks still to come",
+    f"packnet-auto{quality.RESERVE}": "PackNet, prune auto, --reserve the tasks still to come",
     "separate": "Separate networks (upper bound)",
 }
 FIXED = ("packnet-0.5", "packnet-0.75")
-AUTO = ("packnet-auto", "packnet-auto+reserve")
-
-
-def run_method(method: str, seq: quality.SequenceSpec, tasks: list[baselines.TaskTensors],
-               settings: quality.QualitySettings, seed: int) -> dict[str, Any]:
-    """One method on one seed: final accuracies, forgetting, ratios chosen, seconds."""
-    config = settings.config(seed)
-    start = time.perf_counter()
-    if method == "separate":
-        run = baselines.run_separate(seq.spec, tasks, config, seed)
-        final, just, ratios = run.final, run.just_learned, []
-    else:
-        ratio = method.removeprefix("packnet-").removesuffix("+reserve")
-        pack, just = quality.build_pack(seq, tasks, config, seed,
-                                        ratio if ratio == "auto" else float(ratio),
-                                        reserve_ahead=method.endswith("+reserve"))
-        final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
-        ratios = [record.prune for record in pack.tasks[:-1]]
-    return {
-        "seed": seed,
-        "avg_accuracy": sum(final) / len(final),
-        "final": final,
-        "forgetting": [j - f for j, f in zip(just[:-1], final[:-1], strict=True)],
-        "ratios": ratios,
-        "seconds": time.perf_counter() - start,
-    }
+AUTO = ("packnet-auto", f"packnet-auto{quality.RESERVE}")
 
 
 def run_sequence(name: str, settings: quality.QualitySettings, log: Any = None
@@ -73,7 +45,7 @@ def run_sequence(name: str, settings: quality.QualitySettings, log: Any = None
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     for seed in settings.seeds:  # seeds outside: a slow spell of the machine hits every method
         for method in METHODS:
-            result = run_method(method, seq, tasks, settings, seed)
+            result = quality.run_method(method, seq, tasks, settings, seed)
             per_method[method].append(result)
             if log:
                 log(f"planner {name} seed {seed} {method}: avg accuracy "

@@ -71,6 +71,8 @@ FREE_INIT_METHODS = {f"packnet-0.75@{init}": f"PackNet 0.75, free weights start 
 #: training part validated (10% elsewhere); the planner warns that 10% cannot resolve its
 #: tolerance on these sequences, so this measures what more validation buys it.
 WIDE_VAL = 0.25
+#: A method suffix: every task is told how many tasks are still to come (``reserve``).
+RESERVE = "+reserve"
 WIDE = "+val25"
 WIDE_VAL_METHODS = {f"packnet-{r}{WIDE}": f"PackNet, prune {r}, validation 25%"
                     for r in ("auto", "0.75")}
@@ -215,9 +217,10 @@ def build_pack(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainCon
 
 
 def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
-                seed: int, ratio: float | str, free_init: str = FREE_INITS[0]) -> SequenceRun:
-    """:func:`build_pack`, measured: final accuracies and the values stored."""
-    pack, just = build_pack(seq, tasks, config, seed, ratio, free_init)
+                seed: int, ratio: float | str, free_init: str = FREE_INITS[0],
+                reserve_ahead: bool = False) -> SequenceRun:
+    """:func:`build_pack`, measured: final accuracies, the values stored, the ratios used."""
+    pack, just = build_pack(seq, tasks, config, seed, ratio, free_init, reserve_ahead)
     final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
     stored = sum(w.numel() for w in pack.shared.values()) + sum(
         v.numel()
@@ -225,17 +228,20 @@ def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainCo
         for part in (record.head, pack.private_state(record))
         for v in part.values() if v.is_floating_point()
     )
-    return SequenceRun(final, just, stored)
+    return SequenceRun(final, just, stored, [record.prune for record in pack.tasks[:-1]])
 
 
 def run_method(method: str, seq: SequenceSpec, tasks: Sequence[TaskTensors],
                settings: QualitySettings, seed: int) -> dict[str, Any]:
+    """One method on one seed: ``packnet-<ratio|auto>[@<free_init>][+reserve]`` (``+reserve``:
+    each task told the tasks still to come) or a baseline's name."""
     config = settings.config(seed)
     start = time.perf_counter()
     if method.startswith("packnet-"):
-        ratio, _, free_init = method.split("-", 1)[1].partition("@")
+        spec = method.removeprefix("packnet-").removesuffix(RESERVE)
+        ratio, _, free_init = spec.partition("@")
         run = run_packnet(seq, tasks, config, seed, ratio if ratio == "auto" else float(ratio),
-                          free_init or FREE_INITS[0])
+                          free_init or FREE_INITS[0], reserve_ahead=method.endswith(RESERVE))
     else:
         runner = {"separate": baselines.run_separate, "finetune": baselines.run_finetune,
                   "joint": baselines.run_joint}[method]
@@ -252,6 +258,7 @@ def run_method(method: str, seq: SequenceSpec, tasks: Sequence[TaskTensors],
         "avg_forgetting": (None if any(f is None for f in forgetting)
                            else sum(forgetting) / len(forgetting)),  # type: ignore[arg-type]
         "stored_values": run.stored_values,
+        "ratios": run.ratios,
         "seconds": seconds,
     }
 
