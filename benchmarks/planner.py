@@ -10,9 +10,13 @@ say whether a gap is real.
 Rows, on the quality part's three sequences and settings: prune 0.5 and 0.75, ``auto`` at its
 defaults, ``auto`` told how many tasks are still to come (``--reserve`` that number, so each
 task keeps at most an equal share of the free weights with the tasks after it: what a user who
-knows the sequence's length can say), and separate networks. Targets (issue 13): ``auto`` at
-least the best fixed ratio on every sequence, within 3 points of separate networks on the long
-one, its search at most 1.5x a fixed ratio's time; zero forgetting throughout.
+knows the sequence's length can say), and separate networks. Then the validation study: prune
+0.75 and both ``auto`` rows again with 25% of the training part validated (:data:`WIDE_VAL`;
+10% elsewhere, where the planner warns that its split cannot resolve the tolerance), each
+compared seed by seed with prune 0.75 on the same split: what a firmer split buys the planner.
+Targets (issue 13): ``auto`` at least the best fixed ratio on every sequence, within 3 points of
+separate networks on the long one, its search at most 1.5x a fixed ratio's time; zero
+forgetting throughout.
 """
 
 from __future__ import annotations
@@ -35,22 +39,28 @@ METHODS = {
 }
 FIXED = ("packnet-0.5", "packnet-0.75")
 AUTO = ("packnet-auto", f"packnet-auto{quality.RESERVE}")
+#: The validation study's share of the training part validated, and its method suffix.
+WIDE_VAL, WIDE = 0.25, "+val25"
+METHODS.update({f"{m}{WIDE}": f"{METHODS[m]}; 25% validated" for m in ("packnet-0.75", *AUTO)})
 
 
 def run_sequence(name: str, settings: quality.QualitySettings, log: Any = None
                  ) -> dict[str, Any]:
     seq = quality.SEQUENCES[name]
-    tasks = quality.load_sequence(seq)
+    tasks, wide = quality.load_sequence(seq), quality.load_sequence(seq, WIDE_VAL)
     quality.warm_up(seq, tasks, settings)
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     for seed in settings.seeds:  # seeds outside: a slow spell of the machine hits every method
         for method in METHODS:
-            result = quality.run_method(method, seq, tasks, settings, seed)
+            data = wide if method.endswith(WIDE) else tasks
+            result = quality.run_method(method.removesuffix(WIDE), seq, data, settings, seed)
             per_method[method].append(result)
             if log:
                 log(f"planner {name} seed {seed} {method}: avg accuracy "
                     f"{result['avg_accuracy']:.4f}, {result['seconds']:.1f} s")
     return {"sequence": name, "description": seq.description, "tasks": len(seq.tasks),
+            "val_images": [len(t.val) for t in tasks],
+            "val_images_wide": [len(t.val) for t in wide],
             "rows": [{"method": m, "label": label, "seeds": per_method[m]}
                      for m, label in METHODS.items()]}
 
@@ -84,6 +94,14 @@ def best_fixed(seq: dict[str, Any]) -> dict[str, Any]:
     return max(rows, key=lambda r: statistics.fmean(_accuracies(r)))
 
 
+def reference(seq: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """What ``row`` is compared with: the best fixed ratio, or for the validation study's rows
+    prune 0.75 on the same (wider) validation split."""
+    if row["method"].endswith(WIDE):
+        return next(r for r in seq["rows"] if r["method"] == f"packnet-0.75{WIDE}")
+    return best_fixed(seq)
+
+
 def paired(row: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float | None, int]:
     """Mean paired difference of average accuracy (points), its standard error, and the number
     of seeds on which ``row`` is at least ``reference``."""
@@ -108,7 +126,7 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for seq in result["sequences"]:
         name, rows = seq["sequence"], {r["method"]: r for r in seq["rows"]}
-        forgetting = [f for m in (*FIXED, *AUTO) for s in rows[m]["seeds"]
+        forgetting = [f for m in rows if m.startswith("packnet-") for s in rows[m]["seeds"]
                       for f in s["forgetting"]]
         out.append({"target": f"{name}: every PackNet row forgets exactly 0.0 (every seed)",
                     "measured": f"max abs forgetting = {max(map(abs, forgetting))!r}",
@@ -131,6 +149,22 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                 out.append({"target": f"{name}: {method} within 3 points of separate networks",
                             "measured": f"{_pm(gap, se).lstrip('+')} points behind",
                             "ok": gap <= 3.0})
+        out += _validation_study(name, rows)
+    return out
+
+
+def _validation_study(name: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a firmer validation split buys ``auto``: at least prune 0.75 on the same split."""
+    out = []
+    fixed = rows[f"packnet-0.75{WIDE}"]
+    for method in AUTO:
+        mean, se, wins = paired(rows[f"{method}{WIDE}"], fixed)
+        out.append({
+            "target": f"{name}: (validation study) {method} at least packnet-0.75, both with "
+                      f"{WIDE_VAL:.0%} of the training part validated",
+            "measured": f"{_pm(mean, se)} points (at least it on {wins} of "
+                        f"{len(fixed['seeds'])} seeds)",
+            "ok": mean >= 0})
     return out
 
 
@@ -139,20 +173,23 @@ def markdown(result: dict[str, Any]) -> str:
     parts = [f"Seeds {list(settings['seeds'])}, every method on every seed; the quality part's "
              f"settings ({settings['epochs']} + {settings['finetune_epochs']} epochs). Mean "
              "+/- standard error over the seeds; paired: the mean of the per-seed differences "
-             "from the best fixed ratio in hindsight, in points."]
+             "from the best fixed ratio in hindsight (the 25% validated rows: from prune 0.75 "
+             "with 25% validated), in points."]
     for seq in result["sequences"]:
-        best = best_fixed(seq)
         rows = []
         for r in seq["rows"]:
             mean, se = mean_se([100 * a for a in _accuracies(r)])
-            diff, dse, wins = paired(r, best)
+            ref = reference(seq, r)
+            diff, dse, wins = paired(r, ref)
             rows.append([r["label"], _pm(mean, se).lstrip("+"),
-                         "-" if r is best else _pm(diff, dse),
-                         "-" if r is best else f"{wins}/{len(r['seeds'])}", _ratios(r),
+                         "-" if r is ref else _pm(diff, dse),
+                         "-" if r is ref else f"{wins}/{len(r['seeds'])}", _ratios(r),
                          fmt(statistics.median(s["seconds"] for s in r["seeds"]))])
-        headers = ["method", "avg acc (%)", f"vs {best['method']} (paired)",
+        headers = ["method", "avg acc (%)", f"vs {best_fixed(seq)['method']} (paired)",
                    "seeds at least it", "mean ratio per task (but the last)", "wall s"]
+        val, wide = min(seq["val_images"]), min(seq["val_images_wide"])
         parts.append(f"### {seq['sequence']}: {seq['description']}\n\n"
+                     f"Validation images per task: at least {val} (25% validated: {wide}).\n\n"
                      + markdown_table(headers, rows, ["l", "r", "r", "r", "l", "r"]))
     check_rows = [[c["target"], c["measured"], "yes" if c["ok"] else "NO"]
                   for c in checks(result)]

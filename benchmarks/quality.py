@@ -17,10 +17,9 @@ so that data loading does not dominate the timings. Every method and seed sees t
 
 Rows (same network, optimizer and epoch budget; see :mod:`benchmarks.baselines`): packtool's
 PackNet at prune ratio 0.5 and 0.75 (the last task keeps all remaining free weights, ratio 0),
-separate networks, fine-tuning, joint training; then ``auto`` and prune 0.75 again with 25% of
-the training part validated (:data:`WIDE_VAL`: how much a firmer validation split buys the
-planner). Columns: each task's test accuracy after the
-last task, their mean, the mean forgetting over all but the last task (accuracy right after
+separate networks, fine-tuning, joint training, and ``auto`` (compared with the fixed ratios seed
+by seed, over ten seeds, in :mod:`benchmarks.planner`). Columns: each task's test accuracy after
+the last task, their mean, the mean forgetting over all but the last task (accuracy right after
 learning the task minus after the last task, in points), the floating-point values stored to
 serve every task, and wall time. Every figure is the median over the seeds.
 """
@@ -67,15 +66,8 @@ METHODS = {
 FREE_INIT_METHODS = {f"packnet-0.75@{init}": f"PackNet 0.75, free weights start {label}"
                      for init, label in (("zero", "at zero"), ("kept", "as trained (kept)"),
                                          ("reinit", "re-initialized"))}
-#: The validation study: ``auto`` and the best fixed ratio again, with this share of the
-#: training part validated (10% elsewhere); the planner warns that 10% cannot resolve its
-#: tolerance on these sequences, so this measures what more validation buys it.
-WIDE_VAL = 0.25
 #: A method suffix: every task is told how many tasks are still to come (``reserve``).
 RESERVE = "+reserve"
-WIDE = "+val25"
-WIDE_VAL_METHODS = {f"packnet-{r}{WIDE}": f"PackNet, prune {r}, validation 25%"
-                    for r in ("auto", "0.75")}
 
 
 @dataclass(frozen=True)
@@ -265,14 +257,13 @@ def run_method(method: str, seq: SequenceSpec, tasks: Sequence[TaskTensors],
 
 def run_sequence(name: str, settings: QualitySettings, log: Any = None) -> dict[str, Any]:
     seq = SEQUENCES[name]
-    tasks, wide = load_sequence(seq), load_sequence(seq, WIDE_VAL)
+    tasks = load_sequence(seq)
     warm_up(seq, tasks, settings)
-    methods = {**METHODS, **(FREE_INIT_METHODS if seq.init_study else {}), **WIDE_VAL_METHODS}
+    methods = {**METHODS, **(FREE_INIT_METHODS if seq.init_study else {})}
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in settings.seeds:  # seeds outside: a slow spell of the machine hits every method
         for method in methods:
-            data = wide if method.endswith(WIDE) else tasks
-            result = run_method(method.removesuffix(WIDE), seq, data, settings, seed)
+            result = run_method(method, seq, tasks, settings, seed)
             per_method[method].append(result)
             if log:
                 log(f"quality {name} seed {seed} {method}: avg accuracy "
@@ -299,7 +290,6 @@ def run_sequence(name: str, settings: QualitySettings, log: Any = None) -> dict[
         "tasks": [t.name for t in seq.tasks],
         "samples": [{"train": len(t.train), "val": len(t.val), "test": len(t.test)}
                     for t in tasks],
-        "samples_wide_val": [{"train": len(t.train), "val": len(t.val)} for t in wide],
         "rows": rows,
     }
 
@@ -328,7 +318,7 @@ def run(mode: str, log: Any = None) -> dict[str, Any]:
 
 def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets, measured: PackNet forgets exactly nothing; on split-digits its average
-    accuracy is within 1 point of separate networks; the validation study's comparison."""
+    accuracy is within 1 point of separate networks."""
     out = []
     for seq in result["sequences"]:
         for row in seq["rows"]:
@@ -341,7 +331,6 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "measured": f"max abs forgetting = {max(abs(v) for v in values)!r}",
                 "ok": all(v == 0.0 for v in values),
             })
-        out += _validation_study(seq)
         if seq["sequence"] == "split-digits":
             rows = {r["method"]: r for r in seq["rows"]}
             sep = rows["separate"]["avg_accuracy"]
@@ -355,21 +344,6 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "ok": gap <= 1.0,
                 })
     return out
-
-
-def _validation_study(seq: dict[str, Any]) -> list[dict[str, Any]]:
-    """What a firmer validation split buys ``auto``: at least prune 0.75 on the same split.
-    (``auto`` against the best fixed ratio in hindsight is measured, paired over ten seeds, in
-    :mod:`benchmarks.planner`.)"""
-    rows = {r["method"]: r for r in seq["rows"]}
-    wide_auto, wide_fixed = (rows[f"packnet-{r}{WIDE}"] for r in ("auto", "0.75"))
-    return [{
-        "target": f"{seq['sequence']}: (validation study) packnet-auto at least packnet-0.75, "
-                  f"both with {WIDE_VAL:.0%} of the training part validated",
-        "measured": f"{100 * wide_auto['avg_accuracy']:.2f} vs "
-                    f"{100 * wide_fixed['avg_accuracy']:.2f}",
-        "ok": wide_auto["avg_accuracy"] >= wide_fixed["avg_accuracy"],
-    }]
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -16,7 +16,6 @@ from benchmarks import planner
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["packnet-0.5", "packnet-0.75", "packnet-auto", "separate", "finetune", "joint"]
 FREE_INIT = ["packnet-0.75@zero", "packnet-0.75@kept", "packnet-0.75@reinit"]
-WIDE_VAL = ["packnet-auto+val25", "packnet-0.75+val25"]
 QUALITY_HEADER = ("| method | 0/1 | 2/3 | 4/5 | 6/7 | 8/9 | avg acc | avg forgetting | "
                   "values stored | wall s |")
 
@@ -46,9 +45,7 @@ def test_quality_tables_have_every_method_and_task(smoke):
     assert list(sequences) == ["split-digits", "permuted-digits", "long-permuted-digits"]
     for seq in sequences.values():
         study = FREE_INIT if seq["sequence"] == "long-permuted-digits" else []
-        assert [r["method"] for r in seq["rows"]] == METHODS + study + WIDE_VAL
-        assert all(wide["val"] > 2 * narrow["val"] and wide["train"] < narrow["train"]
-                   for wide, narrow in zip(seq["samples_wide_val"], seq["samples"]))
+        assert [r["method"] for r in seq["rows"]] == METHODS + study
         for row in seq["rows"]:
             assert len(row["final"]) == len(seq["tasks"]) == (
                 10 if seq["sequence"].startswith("long") else 5)
@@ -94,12 +91,16 @@ def test_planner_runs_every_method_on_every_seed(smoke):
                     assert run["forgetting"] == [0.0] * (n - 1)
                     assert len(run["ratios"]) == n - 1
         assert all(run["ratios"] == [0.5] * (n - 1) for run in rows["packnet-0.5"]["seeds"])
-        for run in rows["packnet-auto+reserve"]["seeds"]:  # room kept for the tasks to come
-            for k, ratio in enumerate(run["ratios"]):
-                ahead = n - 1 - k
-                assert ratio >= ahead / (ahead + 1) - 1e-9
+        for method in ("packnet-auto+reserve", "packnet-auto+reserve+val25"):
+            for run in rows[method]["seeds"]:  # room kept for the tasks to come
+                for k, ratio in enumerate(run["ratios"]):
+                    ahead = n - 1 - k
+                    assert ratio >= ahead / (ahead + 1) - 1e-9
+        # The validation study validates on a wider split (less left to train on).
+        assert all(w > 2 * v for w, v in zip(seq["val_images_wide"], seq["val_images"]))
     assert "## Planner" in markdown and "(paired)" in markdown
     assert "packnet-auto+reserve within 3 points of separate networks" in markdown
+    assert "(validation study) packnet-auto+reserve at least packnet-0.75" in markdown
 
 
 def _row(method: str, accuracies: list[float], seconds: float = 1.0) -> dict:
@@ -120,7 +121,9 @@ def test_planner_targets_follow_the_measurements():
     rows = [_row("packnet-0.5", [0.90, 0.90]), _row("packnet-0.75", [0.93, 0.93]),
             _row("packnet-auto", [0.92, 0.93], seconds=1.6),
             _row("packnet-auto+reserve", [0.94, 0.93], seconds=1.4),
-            _row("separate", [0.955, 0.96])]
+            _row("separate", [0.955, 0.96]),
+            _row("packnet-0.75+val25", [0.92, 0.94]), _row("packnet-auto+val25", [0.91, 0.96]),
+            _row("packnet-auto+reserve+val25", [0.93, 0.92])]
     rows[3]["seeds"][1]["forgetting"] = [1e-9]
     result = {"sequences": [{"sequence": "long-permuted-digits", "rows": rows}]}
     met = {c["target"].split(": ", 1)[1]: c["ok"] for c in planner.checks(result)}
@@ -132,7 +135,14 @@ def test_planner_targets_follow_the_measurements():
         "packnet-auto+reserve mean accuracy at least the best fixed ratio's": True,
         "packnet-auto+reserve time at most 1.5x packnet-0.75's": True,
         "packnet-auto+reserve within 3 points of separate networks": True,
+        "(validation study) packnet-auto at least packnet-0.75, both with 25% of the training "
+        "part validated": True,
+        "(validation study) packnet-auto+reserve at least packnet-0.75, both with 25% of the "
+        "training part validated": False,
     }
+    wide = planner.reference(result["sequences"][0], rows[-1])
+    assert wide["method"] == "packnet-0.75+val25"
+    assert planner.reference(result["sequences"][0], rows[2])["method"] == "packnet-0.75"
 
 
 def test_cost_tables(smoke):
