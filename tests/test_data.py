@@ -65,6 +65,17 @@ def check_colors(split):
         assert dominant(x) == y
 
 
+def check_box_crops(data):
+    """Every split is painted as its label, and cropped to the painted box: the class
+    channel ~1, the others ~0 (the background would pull them apart)."""
+    for split in (data.train, data.val, data.test):
+        check_colors(split)
+        for i in range(len(split)):
+            x, y = split[i]
+            means = x.mean(dim=(1, 2))
+            assert means[y] > 0.9 and means.sum() - means[y] < 0.15
+
+
 def write_folder(base, splits=("train", "test"), per_class=3, classes=("a_red", "b_green")):
     """An image folder ``base/<split>/<class>/*.jpg``, class k painted COLORS[k]."""
     for split in splits:
@@ -588,13 +599,7 @@ def test_cubs(tmp_path):
     assert data.classes == names
     assert (len(data.train), len(data.val), len(data.test)) == (3, 3, 3)
     assert labels_of(data.test) == [0, 1, 2]
-    for split in (data.train, data.val, data.test):
-        check_colors(split)
-        for i in range(len(split)):
-            x, y = split[i]
-            # The crop holds only the painted box: the class channel ~1, the others ~0.
-            means = x.mean(dim=(1, 2))
-            assert means[y] > 0.9 and means.sum() - means[y] < 0.15
+    check_box_crops(data)
     assert data.augment is True
 
 
@@ -661,12 +666,7 @@ def test_cars(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (3, 3, 3)
     assert labels_of(data.test) == [0, 1, 2]
     assert all(data.test.source.paths[i].startswith("cars_test/") for i in data.test.indices)
-    for split in (data.train, data.val, data.test):
-        check_colors(split)
-        for i in range(len(split)):
-            x, y = split[i]
-            means = x.mean(dim=(1, 2))
-            assert means[y] > 0.9 and means.sum() - means[y] < 0.15
+    check_box_crops(data)
 
 
 def test_cars_bad_box_and_bad_class(tmp_path):
