@@ -18,7 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from packtool import forecast
+from packtool import forecast, tasks_to_come
 
 if TYPE_CHECKING:
     from packtool import Pack, TaskFreeEvaluation, TaskResult
@@ -248,7 +248,7 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
     show_capacity(console, pack)
     if doc["planned_tasks"] is not None:
-        ahead = max(0, doc["planned_tasks"] - len(doc["tasks"]))
+        ahead = tasks_to_come(doc["planned_tasks"], len(doc["tasks"]))
         console.print(f"Planned: {doc['planned_tasks']} tasks (init --tasks), {ahead} still to "
                       "come.", markup=False)
     show_forecast(console, doc["forecast"])

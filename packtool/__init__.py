@@ -46,7 +46,7 @@ from .lifecycle import add_task
 from .method import PackNetPruning, Phase, assign_owners, bake, packnet_prune, select
 from .models import ArchSpec, native_input_size, parse_input_size
 from .pack import FREE_INITS, POLICIES, Pack
-from .planner import AUTO, Forecast, Pruning, forecast
+from .planner import AUTO, Forecast, Pruning, forecast, tasks_to_come
 from .progress import Progress
 from .records import LayerCapacity, TaskRecord, TaskResult
 from .report import plot_accuracy, plot_capacity
@@ -121,4 +121,5 @@ __all__ = [
     "select",
     "sha256_file",
     "task_scores",
+    "tasks_to_come",
 ]

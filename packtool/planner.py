@@ -132,10 +132,15 @@ class Decision:
     warning: str | None = None  # the validation split cannot resolve the tolerance
 
 
+def tasks_to_come(planned_tasks: int | None, packed: int) -> int:
+    """The tasks of a pack's plan (``init --tasks``) not packed yet: ``planned_tasks`` less the
+    ``packed`` ones; 0 without a plan or past it."""
+    return max(0, planned_tasks - packed) if planned_tasks else 0
+
+
 def planned_reserve(planned_tasks: int | None, packed: int) -> int:
-    """The reserve a task added without one gets: the tasks of the pack's plan still to come
-    after it (``planned_tasks`` less the ``packed`` ones less itself); 0 without a plan."""
-    return max(0, planned_tasks - packed - 1) if planned_tasks else 0
+    """The reserve a task added without one gets: the plan's tasks still to come after it."""
+    return max(0, tasks_to_come(planned_tasks, packed) - 1)
 
 
 def noise_warning(images: int, reference: float, tolerance: float) -> str | None:

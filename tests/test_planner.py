@@ -34,7 +34,9 @@ from packtool.planner import (
     candidates,
     noise_warning,
     plan,
+    planned_reserve,
     target,
+    tasks_to_come,
 )
 from packtool.progress import Progress
 from packtool.records import LayerCapacity
@@ -333,6 +335,12 @@ def test_a_plan_reserves_for_the_tasks_still_to_come():
     _, explicit = add_task(Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, planned_tasks=3),
                            "a", synthetic_task(2, seed=0), 0.1, config, reserve=0)
     assert explicit.prune_reason == "fixed"  # an explicit reserve wins over the plan
+
+
+def test_the_plan_counts_the_tasks_still_to_come():
+    assert [tasks_to_come(3, packed) for packed in range(5)] == [3, 2, 1, 0, 0]
+    assert [planned_reserve(3, packed) for packed in range(5)] == [2, 1, 0, 0, 0]
+    assert tasks_to_come(None, 2) == planned_reserve(None, 0) == 0
 
 
 def test_the_plan_survives_the_model_file_and_the_archive(tmp_path):
