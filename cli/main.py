@@ -148,7 +148,7 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--amp", is_flag=True,
               help="Mixed precision: bfloat16 on the CPU, float16 (or bfloat16) on CUDA.")
 @click.option("--seed", type=int, default=0, show_default=True, metavar="S",
-              help="Seeds initialization, shuffling and the validation split.")
+              help="Seeds initialization, shuffling, augmentation and the validation split.")
 @click.option("--val-fraction", type=params.FiniteRange(0, 1, max_open=True), default=0.1,
               show_default=True, help="Share of the training data held out for model selection.")
 @click.option("--data-root", type=click.Path(file_okay=False), metavar="DIR",

@@ -40,7 +40,8 @@ class TrainConfig:
         cache: keep the task's images decoded and resized in memory when they fit:
             ``"auto"`` (a budget of :func:`cache_budget`), ``"none"``, or a budget in GB.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        seed: seeds head initialization, dropout and shuffling; same seed, same CPU result.
+        seed: seeds head initialization, dropout, shuffling and augmentation; same seed, same
+            CPU result, whatever ``workers`` and ``cache`` are (:mod:`packtool.data.sampling`).
         prune_scope: ``layer`` (exact ratio per layer, the paper) or ``global`` (across layers).
 
     Raises:

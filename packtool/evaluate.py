@@ -96,11 +96,16 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
 def eval_loader(dataset: Dataset, *, batch_size: int, world: World | None = None,
                 **settings: Any) -> DataLoader:
     """The loader :func:`evaluate` reads ``dataset`` with: in order, the rank's shard under
-    torchrun; ``settings`` are DataLoader's (:func:`packtool.config.loader_settings`)."""
+    torchrun; ``settings`` are DataLoader's (:func:`packtool.config.loader_settings`).
+
+    The loader draws its workers' base seed from a generator of its own: evaluating never
+    moves the global random stream (a loader whose workers persist draws it once, a loader
+    without workers on every pass, so a shared stream would depend on both)."""
     sampler = None
     if world is not None:
         sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **settings)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                      generator=torch.Generator(), **settings)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -126,19 +126,40 @@ def lock_path(path: str | os.PathLike) -> Path:
     return target.with_name(target.name + ".lock")
 
 
+#: Descriptors of the locks this process holds (see :func:`file_lock`).
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_held_locks() -> None:
+    """In a forked child: close the inherited lock descriptors (not unlock: that would release
+    the parent's lock too). An ``flock`` lives as long as any descriptor of it is open, so a
+    DataLoader worker that kept one would hold a killed run's lock until it noticed its parent
+    was gone."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; spawned children never inherit (PEP 446)
+    os.register_at_fork(after_in_child=_close_held_locks)
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive, non-blocking lock on ``path`` for the ``with`` block.
 
     Uses ``flock`` on ``<path>.lock``: the kernel drops it when the holder exits or is killed,
-    so a stale lock file from a dead process never blocks. A second writer fails at once with
-    :class:`LockError` instead of waiting.
+    so a stale lock file from a dead process never blocks. Processes the holder forks (loader
+    workers) close their copy of the descriptor at once, so the lock never outlives the process
+    that took it. A second writer fails at once with :class:`LockError` instead of waiting.
     """
     lock = lock_path(path)
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise PackToolError(f"cannot create lock file {lock}: {exc.strerror}") from exc
+    _HELD_LOCKS.add(fd)
     try:
         if not _try_lock(fd):
             raise LockError(
@@ -149,6 +170,7 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock
 
 

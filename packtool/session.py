@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed
 from .config import TrainConfig, cache_budget, loader_settings
-from .data import TaskData, TaskSplit, cache_splits, in_memory
+from .data import EpochSampler, SeededSamples, TaskData, TaskSplit, cache_splits, in_memory
 from .distributed import World
 from .evaluate import Score, eval_loader, evaluate
 from .formats.checkpoint import Checkpoint
@@ -155,16 +155,21 @@ def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: 
     if world is not None:  # each rank trains on its shard; the batch size is per process
         sampler = DistributedSampler(data.train, world.size, world.rank, shuffle=True,
                                      seed=config.seed)
-    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=sampler is None,
-                        sampler=sampler, generator=generator,
+    # Every draw of an epoch comes from `generator` (see packtool.data.sampling); the loader's
+    # own generator only seeds its worker processes, whose global streams nothing reads.
+    loader = DataLoader(SeededSamples(data.train), batch_size=config.batch_size,
+                        sampler=EpochSampler(data.train, generator, sampler),
+                        generator=torch.Generator(),
                         **loader_settings(config.workers, data.train, device,
                                           in_memory(data.train)))
     convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
     precision = Precision.choose(device, config.amp, convolutional)
     if precision.channels_last:
         net.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its kernels
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        # Fixed input sizes: let cuDNN time its kernels and keep the fastest. Its choice may
+        # differ between runs, so not when the caller asked for deterministic algorithms.
+        torch.backends.cudnn.benchmark = True
     model = net
     if world is not None:  # after the reparametrization: masks and owners are buffers it syncs
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"

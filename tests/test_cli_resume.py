@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 from cli_helpers import assert_error, init_model, invoke, ok, sha256
+from crash import assert_same_pack, forked
 
 from packtool import Pack
 from packtool.formats.checkpoint import Checkpoint, checkpoint_path
 
-HERE = Path(__file__).parent
 # digits {0,1}: 9 batches of 32 per epoch. Adam with weight decay exercises the optimizer state
 # a resumed run must restore.
 ADD = ("add-task", "model.pt", "--data", "digits", "--classes", "0,1", "--prune", "0.5",
@@ -25,24 +22,9 @@ ADD = ("add-task", "model.pt", "--data", "digits", "--classes", "0,1", "--prune"
 STEPS_PER_EPOCH = 9
 
 
-def killed(where: str, arg: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(HERE / "kill_worker.py"), where, arg, *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_same_pack(a: Pack, b: Pack) -> None:
-    assert a.task_names == b.task_names
-    assert [t.metrics for t in a.tasks] == [t.metrics for t in b.tasks]
-    for key in a.shared:
-        assert torch.equal(a.shared[key], b.shared[key]), key
-        assert torch.equal(a.owners[key], b.owners[key]), key
-    for ta, tb in zip(a.tasks, b.tasks):
-        for part in ("head", "private"):
-            da, db = getattr(ta, part), getattr(tb, part)
-            assert da.keys() == db.keys()
-            assert all(torch.equal(da[k], db[k]) for k in da)
+def killed(kill: str, *args: str, cwd: Path) -> int:
+    """``packtool ARGS`` in a process SIGKILLed at ``kill`` (tests/crash.py); its exit code."""
+    return forked(list(args), kill=kill, cwd=cwd)
 
 
 @pytest.fixture(autouse=True)
@@ -54,9 +36,7 @@ def _in_tmp(tmp_path, monkeypatch):
 def uninterrupted(tmp_path_factory) -> Pack:
     folder = tmp_path_factory.mktemp("reference")
     init_model(folder / "model.pt")
-    done = subprocess.run([sys.executable, "-m", "packtool", *ADD], cwd=folder,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert forked(list(ADD), cwd=folder, out=folder / "out") == 0, (folder / "out.err").read_text()
     assert not checkpoint_path(folder / "model.pt").exists()  # removed once MODEL is saved
     return Pack.load(folder / "model.pt")
 
@@ -68,8 +48,7 @@ def uninterrupted(tmp_path_factory) -> Pack:
 def test_sigkill_mid_epoch_then_resume(tmp_path, uninterrupted, step, phase, epoch):
     model = init_model(tmp_path / "model.pt")
     before = sha256(model)
-    done = killed("step", str(step), *ADD, cwd=tmp_path)
-    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert killed(f"step:{step}", *ADD, cwd=tmp_path) == -signal.SIGKILL
     assert sha256(model) == before
     Pack.load(model)  # still a valid pack
     saved = Checkpoint.load(checkpoint_path(model))
@@ -87,8 +66,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, uninterrupted, step, phase, epo
 def test_sigkill_while_saving_model(tmp_path, uninterrupted):
     model = init_model(tmp_path / "model.pt")
     before = sha256(model)
-    done = killed("save", "model.pt", *ADD, cwd=tmp_path)
-    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert killed("save:model.pt", *ADD, cwd=tmp_path) == -signal.SIGKILL
     assert sha256(model) == before  # the half-written bytes went to a temporary file
     Pack.load(model)
     ok(*ADD, "--resume")  # from the last checkpoint: the end of fine-tuning
@@ -97,7 +75,7 @@ def test_sigkill_while_saving_model(tmp_path, uninterrupted):
 
 def test_restart_discards_the_checkpoint(tmp_path, uninterrupted):
     model = init_model(tmp_path / "model.pt")
-    killed("step", str(STEPS_PER_EPOCH + 2), *ADD, cwd=tmp_path)
+    killed(f"step:{STEPS_PER_EPOCH + 2}", *ADD, cwd=tmp_path)
     assert checkpoint_path(model).exists()
     assert_error(invoke(*ADD, "--resume", "--restart"), code=2, match="not both")
     ok(*ADD, "--restart")
@@ -107,7 +85,7 @@ def test_restart_discards_the_checkpoint(tmp_path, uninterrupted):
 
 def test_resume_refuses_another_run(tmp_path):
     model = init_model(tmp_path / "model.pt")
-    killed("step", str(STEPS_PER_EPOCH + 2), *ADD, cwd=tmp_path)
+    killed(f"step:{STEPS_PER_EPOCH + 2}", *ADD, cwd=tmp_path)
     before, ckpt = sha256(model), checkpoint_path(model).read_bytes()
     other = [a if a != "0.5" else "0.75" for a in ADD]
     assert_error(invoke(*other, "--resume"), match="prune differ")
@@ -119,7 +97,7 @@ def test_checkpoint_of_a_finished_task_is_dropped(tmp_path, uninterrupted):
     model = init_model(tmp_path / "model.pt")
     ok(*ADD)
     finished = tmp_path / "kept.ckpt"
-    killed("step", str(STEPS_PER_EPOCH + 2), *ADD[:2], "--data", "digits", "--classes", "0,1",
+    killed(f"step:{STEPS_PER_EPOCH + 2}", *ADD[:2], "--data", "digits", "--classes", "0,1",
            "--prune", "0.5", "--epochs", "3", "--device", "cpu", "--task", "again",
            "--finetune-epochs", "0", cwd=tmp_path)
     # Make the leftover one of task 1 (already in MODEL) rather than of the killed run.

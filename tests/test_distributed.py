@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 
 from packtool import Pack, TrainConfig, add_task, load_task_data
 from packtool.fileio import file_lock
+from packtool.formats.checkpoint import Checkpoint, checkpoint_path
 
 HERE = Path(__file__).parent
 CONFIG = TrainConfig(epochs=3, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
@@ -160,3 +162,50 @@ def test_cli_lock_held_stops_every_rank_under_torchrun(first_pack, tmp_path):
     assert any("in use by another packtool process" in e for e in errors)
     assert any("another process of this torchrun job failed" in e for e in errors)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+
+
+def _torchrun_killed(kill: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``packtool ARGS`` under torchrun, one rank SIGKILLed at ``kill`` (tests/crash.py)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env["CRASH_FILES"] = str(cwd / "killed")
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(HERE / "crash.py"), kill, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_one_rank_killed_then_resume_under_torchrun(first_pack, tmp_path):
+    """Rank 1 SIGKILLed mid-epoch: the job stops, MODEL is unchanged, and `--resume` under
+    torchrun ends bit-identical to an uninterrupted torchrun run."""
+    model, _ = first_pack
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    shutil.copy(model, reference / "model.pt")
+    args = (*CLI_ADD, "--data", "digits", "--classes", "2,3", "--epochs", "3", "--json")
+    ref = _torchrun_cli(*args, cwd=reference)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    steps = 11  # digits {2,3}: 11 batches of 16 per rank and epoch
+    killed = _torchrun_killed(f"step:{steps + 5}@1", *args, cwd=tmp_path)  # in epoch 2
+    assert killed.returncode != 0
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+    saved = Checkpoint.load(checkpoint_path(model))
+    assert (saved.phase, saved.epoch) == ("train", 1)
+
+    resumed = _torchrun_cli(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    documents = [json.loads(r.stdout) for r in (ref, resumed)]
+    for doc in documents:
+        doc.pop("seconds")
+    assert documents[0] == documents[1]
+    a, b = Pack.load(reference / "model.pt"), Pack.load(model)
+    assert a.tasks[-1].metrics == b.tasks[-1].metrics
+    for key in a.shared:
+        assert torch.equal(a.shared[key], b.shared[key]) and torch.equal(a.owners[key],
+                                                                          b.owners[key])
+    assert all(torch.equal(v, b.tasks[-1].head[k]) for k, v in a.tasks[-1].head.items())

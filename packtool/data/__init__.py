@@ -1,9 +1,10 @@
 """Datasets for packtool: a registry of named datasets, image folders, transforms, class subsets.
 
 Modules: :mod:`.registry` (:data:`DATASETS`, :func:`load_task_data`), :mod:`.preprocess` (image ->
-network input), :mod:`.sources` (samples read by position, one task's split), :mod:`.folders`
-(image folders), and one module per published layout (:mod:`.cubs`, :mod:`.cars`,
-:mod:`.flowers`, :mod:`.cifar100`, :mod:`.digits`) on the helpers of :mod:`.layout`.
+network input), :mod:`.sources` (samples read by position, one task's split), :mod:`.sampling`
+(a training epoch's order and randomness), :mod:`.folders` (image folders), and one module per
+published layout (:mod:`.cubs`, :mod:`.cars`, :mod:`.flowers`, :mod:`.cifar100`,
+:mod:`.digits`) on the helpers of :mod:`.layout`.
 
 Every task's data is a :class:`TaskData`: three map-style datasets (train, val, test) whose items
 are ``(x, y)`` with ``x`` a float32 tensor ``[C, H, W]`` (resized to the network's input size,
@@ -28,6 +29,7 @@ Nothing is downloaded: ``digits`` ships with scikit-learn, everything else is re
 from .layout import ENV_ROOT, IMAGE_EXTENSIONS, DatasetInfo, dataset_root
 from .preprocess import Preprocess, read_image
 from .registry import DATASETS, TaskData, load_task_data, parse_classes
+from .sampling import EpochSampler, SeededSamples
 from .sources import ImageArray, ImageFiles, TaskSplit, cache_splits, in_memory
 
 __all__ = [
@@ -35,9 +37,11 @@ __all__ = [
     "ENV_ROOT",
     "IMAGE_EXTENSIONS",
     "DatasetInfo",
+    "EpochSampler",
     "ImageArray",
     "ImageFiles",
     "Preprocess",
+    "SeededSamples",
     "TaskData",
     "TaskSplit",
     "cache_splits",
