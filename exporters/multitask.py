@@ -27,10 +27,9 @@ onnxruntime's prepacked kernels (the README's "Deploying" section has the measur
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,20 +40,24 @@ import onnx
 import onnxscript.optimizer
 import torch
 
-from packtool.errors import PackFormatError, PackToolError, one_line
+from packtool.errors import PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
 from packtool.multitask import MultiTaskNet, multi_task_net
 from packtool.pack import Pack
 from packtool.taskfree import task_free_net
 
-from .onnx import (
+from .metadata import (
     DISTANCE_NAME,
     INPUT_NAME,
-    MIN_OPSET,
     OUTPUT_NAME,
+    TASK_NAME,
+    TaskMetadata,
+    multi_task_props,
+)
+from .onnx import (
+    MIN_OPSET,
     VERIFY_BATCH,
     VERIFY_SEED,
-    TaskMetadata,
     check_onnx,
     check_opset,
     sparsify_initializers,
@@ -62,8 +65,6 @@ from .onnx import (
 )
 from .runtime import infer_all, provider_of, session
 
-TASK_NAME = "task"  # the second input
-TASKS_KEY = "packtool.tasks"
 #: Largest tensor (elements) the exporter's optimizer may fold into a stored constant: shape
 #: arithmetic folds, the rebuilt dense weights and masks (which would undo the compact storage)
 #: do not.
@@ -95,41 +96,8 @@ class MultiTaskExport:
                 "max_abs_diff": self.max_abs_diff}
 
 
-def is_multi_task(props: Mapping[str, str]) -> bool:
-    """Whether ONNX ``metadata_props`` are a multi-task file's."""
-    return TASKS_KEY in props
-
-
-def tasks_metadata(props: Mapping[str, str], source: str = "model") -> list[TaskMetadata]:
-    """Every task's :class:`TaskMetadata` from a multi-task file's ``metadata_props``."""
-    try:
-        tasks = json.loads(props[TASKS_KEY])
-        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict)
-                                                               for t in tasks):
-            raise ValueError("packtool.tasks is not a list of tasks")
-        common = {k: v for k, v in props.items() if k != TASKS_KEY}
-        metas = []
-        for t in tasks:
-            own = {"packtool.task": t["task"], "packtool.classes": json.dumps(t["classes"])}
-            for key in ("resize", "temperature"):
-                if t.get(key) is not None:
-                    own[f"packtool.{key}"] = str(t[key])
-            metas.append(TaskMetadata.from_props({**common, **own}, source))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PackFormatError(f"{source} has invalid packtool.tasks metadata: "
-                              f"{one_line(exc)}") from None
-    return metas
-
-
 def _props(pack: Pack, source_sha256: str | None) -> dict[str, str]:
-    metas = [TaskMetadata.of(pack, r, source_sha256) for r in pack.tasks]
-    props = {k: v for k, v in metas[0].to_props().items()
-             if k not in ("packtool.task", "packtool.classes", "packtool.resize",
-                          "packtool.temperature")}
-    props[TASKS_KEY] = json.dumps([{"task": m.task, "classes": list(m.classes),
-                                    "resize": m.resize, "temperature": m.temperature}
-                                   for m in metas])
-    return props
+    return multi_task_props([TaskMetadata.of(pack, r, source_sha256) for r in pack.tasks])
 
 
 def multi_task_onnx(pack: Pack, *, opset: int = MIN_OPSET, source_sha256: str | None = None

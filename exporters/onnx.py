@@ -30,11 +30,9 @@ onnxruntime beside PyTorch before writing it; a failed check writes nothing.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,20 +43,15 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from packtool._version import __version__
-from packtool.data import Preprocess
-from packtool.errors import PackFormatError, PackToolError, one_line
-from packtool.evaluate import PrecisionChange
+from packtool.errors import PackToolError, one_line
+from packtool.evaluation import PrecisionChange
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack
-from packtool.records import TaskRecord
 
 from .archive import ArchiveInfo, write_archive
+from .metadata import INPUT_NAME, OUTPUT_NAME, TaskMetadata
 from .runtime import infer, provider_of, session
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-DISTANCE_NAME = "distance"  # the multi-task graph's second output (task-free scores)
 MIN_OPSET = 18  # the dynamo exporter's lowest opset; lower requests fall back to 18 silently
 VERIFY_BATCH = 4
 VERIFY_SEED = 0
@@ -105,79 +98,6 @@ class OnnxExport:
                 "accuracy_change": None if change is None else change.accuracy_change,
                 "accuracy_float32": None if change is None else change.accuracy,
                 "accuracy": None if change is None else change.accuracy_reduced}
-
-
-@dataclass(frozen=True)
-class TaskMetadata:
-    """The ``packtool.*`` metadata_props of an exported task (all values strings in the file)."""
-
-    task: str
-    classes: tuple[str, ...]
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    version: str = __version__
-    source_sha256: str = ""
-    resize: int | None = None
-    temperature: float | None = None
-
-    KEYS = ("packtool.task", "packtool.classes", "packtool.input_size", "packtool.mean",
-            "packtool.std", "packtool.version", "packtool.source_sha256", "packtool.resize",
-            "packtool.temperature")
-
-    @classmethod
-    def of(cls, pack: Pack, record: TaskRecord, source_sha256: str | None = None) -> TaskMetadata:
-        spec = pack.spec
-        return cls(record.name, tuple(record.classes), spec.input_size, spec.mean, spec.std,
-                   __version__, source_sha256 or "", record.data.get("resize"),
-                   record.temperature)
-
-    @property
-    def preprocess(self) -> Preprocess:
-        """The evaluation transform the task's inputs take (what predict applies)."""
-        return Preprocess(self.input_size, self.mean, self.std, self.resize)
-
-    def to_props(self) -> dict[str, str]:
-        return {
-            "packtool.task": self.task,
-            "packtool.classes": json.dumps(list(self.classes)),
-            "packtool.input_size": "x".join(str(v) for v in self.input_size),
-            "packtool.mean": json.dumps(list(self.mean)),
-            "packtool.std": json.dumps(list(self.std)),
-            "packtool.version": self.version,
-            "packtool.source_sha256": self.source_sha256,
-            **({"packtool.resize": str(self.resize)} if self.resize is not None else {}),
-            **({"packtool.temperature": repr(self.temperature)}
-               if self.temperature is not None else {}),
-        }
-
-    @classmethod
-    def from_props(cls, props: Mapping[str, str], source: str = "model") -> TaskMetadata:
-        """Parse metadata_props; PackFormatError if they are not a packtool task's."""
-        missing = [k for k in cls.KEYS[:5] if k not in props]
-        if missing:
-            raise PackFormatError(
-                f"{source} is not a packtool task model (no {', '.join(missing)} metadata); "
-                "export one with `packtool export`"
-            )
-        try:
-            classes = json.loads(props["packtool.classes"])
-            size = tuple(int(v) for v in props["packtool.input_size"].split("x"))
-            resize = int(props["packtool.resize"]) if "packtool.resize" in props else None
-            mean = tuple(float(v) for v in json.loads(props["packtool.mean"]))
-            std = tuple(float(v) for v in json.loads(props["packtool.std"]))
-            temperature = (float(props["packtool.temperature"])
-                           if "packtool.temperature" in props else None)
-            if not (isinstance(classes, list) and classes and len(size) == 3
-                    and len(mean) == len(std) == size[0]):
-                raise ValueError("inconsistent values")
-            if temperature is not None and not 0 < temperature < math.inf:
-                raise ValueError(f"temperature {temperature} is not a positive number")
-        except (ValueError, TypeError) as exc:
-            raise PackFormatError(f"{source} has invalid packtool metadata: {exc}") from None
-        return cls(props["packtool.task"], tuple(str(c) for c in classes), size,  # type: ignore[arg-type]
-                   mean, std, props.get("packtool.version", ""),
-                   props.get("packtool.source_sha256", ""), resize, temperature)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,17 +30,18 @@ import torch
 from onnx import helper, numpy_helper
 from onnxruntime import quantization as ortq
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import nn
 from torch.utils.data import Dataset
 
+from packtool.choices import PRECISIONS
 from packtool.errors import DataError, PackToolError, one_line
-from packtool.evaluate import PrecisionChange, precision_change
+from packtool.evaluation import PrecisionChange, precision_change
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack
 
 from .onnx import OnnxExport, check_onnx, export_onnx_bytes, sparsify_initializers
-from .runtime import OrtModule, session
+from .runtime import infer, session
 
-PRECISIONS = ("float16", "int8")
 CALIBRATION_IMAGES = 64
 CALIBRATION_SEED = 0
 
@@ -189,3 +190,15 @@ def _check_drop(change: PrecisionChange, precision: str, max_drop: float, force:
             f"the {precision} export of task {change.task!r} loses {drop:.2f} points of test "
             f"accuracy ({change.accuracy:.2%} -> {change.accuracy_reduced:.2%}), more than the "
             f"{max_drop:g} allowed; nothing was written")
+
+
+class OrtModule(nn.Module):
+    """An onnxruntime session as a module from images to logits (on the CPU), so that
+    :func:`packtool.evaluation.precision_change` measures an ONNX file like a network."""
+
+    def __init__(self, sess: object) -> None:
+        super().__init__()
+        self.session = sess
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(infer(self.session, x.detach().cpu().numpy()))

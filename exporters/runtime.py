@@ -1,30 +1,66 @@
-"""onnxruntime sessions: the execution providers to ask for, loading a model, inference.
+"""Serving exported ONNX files with onnxruntime, numpy and Pillow only: no torch.
+
+::
+
+    from packtool.exporters.runtime import predict
+
+    result = predict("cars.onnx", ["photo.jpg"], top=3)          # a per-task file
+    result = predict("pack.onnx", ["a.jpg", "b.jpg"], task="auto")  # a multi-task file
+    print(result.to_dict())                                      # `packtool predict --json`
+
+A serving machine needs only this module's imports (see the README's "Deploying"): images are
+prepared as the file's metadata says (:mod:`.metadata`), with the same numpy and Pillow routine
+that training and ``packtool eval`` use (:class:`packtool.data.preprocess.Preprocess`), and
+``task="auto"`` tells the task with :mod:`packtool.task_id`, as ``eval --task-free`` does.
 
 onnxruntime-gpu lists ``CUDAExecutionProvider`` even on machines without a GPU, and a session
 asked for it there logs an error before falling back to the CPU. :func:`providers` therefore
-asks for CUDA only when PyTorch can see a GPU too, and results report the provider that really
+asks for CUDA only when the CUDA driver sees a GPU, and results report the provider that really
 ran (``session.get_providers()[0]``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import nn
 
-from packtool.errors import PackFormatError, one_line
+from packtool.choices import AUTO
+from packtool.data.preprocess import Preprocess
+from packtool.errors import PackFormatError, PackToolError, TaskError, one_line
+from packtool.task_id import check_score, default_score_for, identify, task_scores
+
+from .metadata import DISTANCE_NAME, TaskMetadata, is_multi_task, tasks_metadata
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+BATCH_SIZE = 32  # images per onnxruntime call
+
+
+def cuda_devices() -> int:
+    """How many GPUs the CUDA driver sees (0 without a driver or a GPU), asked of ``libcuda``
+    itself: the runtime does not need torch to know."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
 
 
 def providers() -> list[str]:
     """Execution providers to ask for, best first: CUDA only if it can really run, then CPU."""
-    if torch.cuda.is_available() and CUDA in ort.get_available_providers():
+    if CUDA in ort.get_available_providers() and cuda_devices() > 0:
         return [CUDA, CPU]
     return [CPU]
 
@@ -67,7 +103,7 @@ def infer_all(sess: ort.InferenceSession, inputs: np.ndarray, task: int | None =
     """Run the session on ``inputs`` -> every output, in the graph's order.
 
     ``task``: the 1-based task index a multi-task graph takes as its second input
-    (:mod:`packtool.exporters.multitask`); ``None`` for a per-task graph.
+    (:mod:`.metadata`); ``None`` for a per-task graph.
     """
     names = [i.name for i in sess.get_inputs()]
     feed = {names[0]: np.ascontiguousarray(inputs, dtype=np.float32)}
@@ -76,21 +112,175 @@ def infer_all(sess: ort.InferenceSession, inputs: np.ndarray, task: int | None =
     return sess.run(None, feed)
 
 
-class OrtModule(nn.Module):
-    """An onnxruntime session as a module from images to logits (on the CPU), so that
-    :func:`packtool.evaluate.precision_change` measures an ONNX file like a network."""
-
-    def __init__(self, sess: ort.InferenceSession) -> None:
-        super().__init__()
-        self.session = sess
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(infer(self.session, x.detach().cpu().numpy()))
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of ``[N, classes]`` logits, in float64 for stable small probabilities."""
     z = logits.astype(np.float64)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# predict
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` returns; :meth:`to_dict` is ``packtool predict --json``.
+
+    Attributes:
+        task: the task that ran; with ``auto``, the group's chosen task under ``same_task``,
+            else ``None`` (each prediction names its own).
+        provider: the onnxruntime execution provider that ran it.
+        predictions: per image in input order, ``{"image": path, "top": [{"class",
+            "probability"}, ...]}`` with ``top`` sorted by probability, highest first; with
+            ``auto`` also ``"task"`` (the chosen task) and ``"task_margin"`` (its score minus
+            the runner-up's; ``None`` with one task).
+        task_score: with ``auto``, the score that chose the tasks; else ``None``.
+    """
+
+    task: str | None
+    provider: str
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    task_score: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {"task": self.task, "provider": self.provider, "predictions": self.predictions}
+        return doc if self.task_score is None else {**doc, "task_score": self.task_score}
+
+
+@dataclass
+class _Runner:
+    """One task ready to run: its metadata, its onnxruntime session and, in a multi-task
+    session, its 1-based index (the ``task`` input)."""
+
+    meta: TaskMetadata
+    session: ort.InferenceSession
+    index: int | None = None
+
+
+def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike], *,
+            task: str | None = None, top: int = 5, same_task: bool = False,
+            task_score: str | None = None, source: str | None = None) -> PredictResult:
+    """Classify ``images`` with an exported ONNX file (a path, or its bytes), or let
+    ``task="auto"`` choose the task of a multi-task file.
+
+    A per-task file brings its classes and preprocessing in its metadata (``task``, if given,
+    must match it); a multi-task file needs ``task``. Images are prepared as the task's
+    metadata says (:meth:`packtool.data.preprocess.Preprocess.load_image`).
+
+    Args:
+        task: the task to run, or ``"auto"`` (a multi-task file): every task runs and each
+            image goes to the task with the best ``task_score`` after the tasks' temperatures.
+        top: how many classes to report per image (clamped to the number of classes).
+        same_task: with ``auto``, the images come from one task: it is chosen by their summed
+            scores.
+        task_score: ``entropy``, ``max-prob``, ``energy`` or ``mahalanobis``
+            (:mod:`packtool.task_id`); default: ``mahalanobis`` where the file has feature
+            distances, else ``entropy``.
+        source: how messages name the model (default: its path).
+
+    Returns:
+        softmax probabilities of the ``top`` most likely classes per image.
+    """
+    if top < 1:
+        raise PackToolError(f"top must be at least 1, got {top}")
+    if task_score is not None:
+        check_score(task_score)
+    if same_task and task != AUTO:
+        raise TaskError("same_task needs task 'auto'")
+    label = source or ("the model" if isinstance(model, bytes) else str(model))
+    if not isinstance(model, bytes) and not os.path.isfile(model):
+        raise PackToolError(f"{label} does not exist")
+    runners, task_score = _runners(session(model), task, task_score, label)
+    logits, distances = _outputs(runners, images, label)
+    if task != AUTO:
+        return PredictResult(runners[0].meta.task, provider_of(runners[0].session),
+                             _predictions(images, runners, logits, [0] * len(images), top))
+    temperatures = [1.0 if r.meta.temperature is None else r.meta.temperature for r in runners]
+    assert task_score is not None
+    scores = task_scores(logits, temperatures, task_score, distances)
+    chosen = identify(scores, np.zeros(len(images), dtype=np.int64) if same_task else None)
+    choice = chosen.task.tolist()
+    predictions = _predictions(images, runners, logits, choice, top, named=True)
+    for p, margin in zip(predictions, chosen.margin.tolist()):
+        p["task_margin"] = None if math.isnan(margin) else margin
+    return PredictResult(runners[choice[0]].meta.task if same_task else None,
+                         provider_of(runners[0].session), predictions, task_score)
+
+
+def _runners(sess: ort.InferenceSession, task: str | None, score: str | None, source: str
+             ) -> tuple[list[_Runner], str | None]:
+    """The tasks to run (a per-task file's one; a multi-task file's named one, all for auto)
+    and the task score (``score``, or the file's default)."""
+    props = sess.get_modelmeta().custom_metadata_map
+    if not is_multi_task(props):
+        meta = TaskMetadata.from_props(props, source)
+        if task == AUTO:
+            raise TaskError(f"{source} holds the single task {meta.task!r}; `--task auto` needs "
+                            "a multi-task ONNX or a pack file (an archive or a model.pt) with "
+                            "the tasks to choose from")
+        if task is not None and task != meta.task:
+            raise TaskError(f"{source} holds task {meta.task!r}, not {task!r}")
+        return [_Runner(meta, sess)], score
+    runners = [_Runner(meta, sess, index)
+               for index, meta in enumerate(tasks_metadata(props, source), start=1)]
+    names = [r.meta.task for r in runners]
+    if task == AUTO:
+        has_distance = DISTANCE_NAME in [o.name for o in sess.get_outputs()]
+        return runners, score or default_score_for(has_distance)
+    if task is None:
+        raise TaskError(f"{source} holds tasks {', '.join(names)}: choose one with `task` "
+                        "(or `auto`)")
+    if task not in names:
+        raise TaskError(f"{source} has no task {task!r}; it holds {', '.join(names)}")
+    return [runners[names.index(task)]], score
+
+
+def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike],
+             source: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (NaN from a graph
+    without them) on every image; each image is read once per distinct preprocessing."""
+    logits: list[list[np.ndarray]] = [[] for _ in runners]
+    distances: list[list[np.ndarray]] = [[] for _ in runners]
+    for start in range(0, len(images), BATCH_SIZE):
+        paths = images[start:start + BATCH_SIZE]
+        inputs: dict[Preprocess, np.ndarray] = {}
+        for k, runner in enumerate(runners):
+            prep = runner.meta.preprocess
+            if prep not in inputs:
+                inputs[prep] = np.stack([prep.load_image(p) for p in paths])
+            first, *rest = infer_all(runner.session, inputs[prep], runner.index)
+            classes = len(runner.meta.classes)
+            # A multi-task graph pads every task's logits to the largest class count.
+            width = first.shape[1] if first.ndim == 2 else -1
+            if not (width == classes or (runner.index is not None and width > classes)):
+                raise PackFormatError(
+                    f"{source} outputs shape {list(first.shape)} for task "
+                    f"{runner.meta.task!r}, expected [batch, {classes}]")
+            logits[k].append(first[:, :classes])
+            # No distance output: NaN, which the mahalanobis score refuses by name.
+            distances[k].append(rest[0] if rest else
+                                np.full(len(paths), np.nan, np.float32))
+    return [np.concatenate(z) for z in logits], [np.concatenate(d) for d in distances]
+
+
+def _predictions(images: Sequence[str | os.PathLike], runners: list[_Runner],
+                 logits: list[np.ndarray], choice: list[int], top: int, *,
+                 named: bool = False) -> list[dict[str, Any]]:
+    """Per image, the top classes of the task at ``runners[choice[i]]`` (and, ``named``, the
+    task's name)."""
+    predictions = []
+    for i, (path, k) in enumerate(zip(images, choice)):
+        classes = runners[k].meta.classes
+        probs = softmax(logits[k][i:i + 1])[0]
+        order = np.argsort(-probs, kind="stable")[:min(top, len(classes))]  # ties: lower first
+        entry: dict[str, Any] = {
+            "image": str(path),
+            "top": [{"class": classes[j], "probability": float(probs[j])} for j in order],
+        }
+        if named:
+            entry["task"] = runners[k].meta.task
+        predictions.append(entry)
+    return predictions

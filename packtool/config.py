@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
+from .choices import OPTIMIZERS, PRUNE_SCOPES
 from .errors import PackToolError, TaskError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-PRUNE_SCOPES = ("layer", "global")
 #: The schedule for a network without pretrained weights. TrainConfig's defaults are the paper's
 #: (fine-tuning a pretrained VGG-16: lr 1e-3, then 1e-4), which leave a network trained from
 #: scratch near chance after a few epochs; these rates are the benchmarks' (digits from scratch).

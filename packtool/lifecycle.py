@@ -35,7 +35,7 @@ from . import distributed
 from .config import TrainConfig, resolve_device, schedule
 from .data import TaskData
 from .errors import CapacityError, DataError, TaskError
-from .evaluate import Score, evaluate
+from .evaluation import Score, evaluate
 from .formats.checkpoint import Checkpoint
 from .loop import (
     BestEpoch,

@@ -3,7 +3,7 @@
 :func:`train_epoch` is the one epoch loop of packtool: the add-task lifecycle runs it with the
 frozen-weight guard after every step, and the benchmarks' baselines run it on plain networks, so
 every method is trained the same way. :class:`BestEpoch` is the model-selection rule
-(:meth:`~packtool.evaluate.Score.better_than`) with the state it keeps.
+(:meth:`~packtool.evaluation.Score.better_than`) with the state it keeps.
 
 Frozen weights are guarded by restoring them after every optimizer step
 (:class:`FrozenWeightGuard`): zeroing their gradients is not enough, because weight decay and
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .distributed import World, all_ok, batches
 from .errors import TaskError
-from .evaluate import Score
+from .evaluation import Score
 from .method import Phase, trainable_mask
 from .progress import Progress
 

@@ -135,18 +135,6 @@ def _torchvision_crop_size(name: str) -> int | None:
     return crop if isinstance(crop, int) else None
 
 
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """Parse ``"3x224x224"`` into ``(3, 224, 224)``."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        size = ()
-    if len(size) != 3 or min(size) < 1:
-        raise ArchitectureError(f"input size must look like 3x224x224, got {text!r}")
-    return size  # type: ignore[return-value]
-
-
 # --------------------------------------------------------------------------------------------
 # Built-in small networks
 # --------------------------------------------------------------------------------------------

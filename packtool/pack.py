@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ._version import __version__
+from .choices import FREE_INITS, POLICIES
 from .data import Preprocess, TaskData, load_task_data
 from .errors import ArchitectureError, PackFormatError, TaskError
 from .formats import model_file
@@ -46,12 +47,6 @@ from .models import (
     recorded_anatomy,
 )
 from .records import LayerCapacity, TaskRecord, format_version
-
-POLICIES = ("per_task", "frozen")
-#: How a new task's free weights start (they were released, and zeroed, by earlier tasks):
-#: ``zero``; ``reinit``, fresh values of the network's own initialization; ``kept``, the values
-#: the task that released them had trained (kept aside, see :attr:`Pack.released`).
-FREE_INITS = ("reinit", "kept", "zero")
 
 
 class Pack:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .choices import AUTO
 from .errors import TaskError
 from .records import LayerCapacity
 
@@ -46,7 +47,6 @@ FIXED, RESERVE, TOLERANCE = "fixed", "reserve", "tolerance"
 _EPS = 1e-12  # accuracies are ratios of counts; this only absorbs float rounding of the target
 
 
-AUTO = "auto"
 
 
 @dataclass(frozen=True)

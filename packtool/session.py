@@ -19,7 +19,7 @@ from . import distributed
 from .config import TrainConfig, cache_budget, loader_settings
 from .data import EpochSampler, SeededSamples, TaskData, TaskSplit, cache_splits, in_memory
 from .distributed import World
-from .evaluate import Score, eval_loader, evaluate
+from .evaluation import Score, eval_loader, evaluate
 from .formats.checkpoint import Checkpoint
 from .loop import BestEpoch, Precision, RngState, snapshot
 from .method import Phase, select_all, tensor_at

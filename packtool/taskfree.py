@@ -28,16 +28,16 @@ A group of images known to come from one task (a camera, a folder: ``same_task``
 ``eval --task-free --group N``) is scored by summing its images' scores per task.
 
 Lifecycle: :func:`calibrate` when a task is added (its record keeps the temperature and the
-feature statistics); :class:`TaskFreeNet` -> :func:`task_scores` -> :func:`identify` to serve
-(:func:`packtool.exporters.predict` with ``task="auto"``);
-:func:`packtool.evaluate.evaluate_task_free` to measure.
+feature statistics); :class:`TaskFreeNet` -> :func:`packtool.task_id.task_scores` ->
+:func:`packtool.task_id.identify` to serve (:func:`packtool.exporters.prediction` with
+``task="auto"``);
+:func:`packtool.evaluation.evaluate_task_free` to measure.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,10 +45,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import TaskData
-from .errors import DataError, TaskError
+from .errors import DataError
 from .pack import Pack
+from .task_id import default_score_for
 
-SCORES = ("entropy", "max-prob", "energy", "mahalanobis")
 # Largest rank of the stored precision's low-rank part (see fit_feature_stats).
 PRECISION_RANK = 256
 # Temperatures searched by calibrate(): 481 points evenly spaced in log T (steps of 1.25%).
@@ -63,18 +63,6 @@ def default_score(pack: Pack) -> str:
     feature statistics (it identifies tasks far better, see the README's measurements), else
     ``entropy`` (files written before packtool fitted them)."""
     return default_score_for(all(t.feature_stats for t in pack.tasks))
-
-
-def default_score_for(feature_stats: bool) -> str:
-    """:func:`default_score` of a source that has feature statistics for every task, or not."""
-    return "mahalanobis" if feature_stats else "entropy"
-
-
-def check_score(score: str) -> str:
-    """``score`` if it is one of :data:`SCORES`; TaskError naming them otherwise."""
-    if score not in SCORES:
-        raise TaskError(f"unknown task score {score!r}; choose one of {', '.join(SCORES)}")
-    return score
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,79 +240,6 @@ def feature_distance(f: Tensor, center: Tensor, basis: Tensor, scale: Tensor, me
 # ------------------------------------------------------------------------------------------------
 # Scores and the choice of task
 # ------------------------------------------------------------------------------------------------
-
-
-def task_scores(logits: Sequence[Tensor], temperatures: Sequence[float],
-                score: str = "entropy", distances: Sequence[Tensor] | None = None) -> Tensor:
-    """How likely each image comes from each task: ``[N, T]`` from ``T`` tensors ``[N, C_t]``.
-
-    ``temperatures[t]`` divides task ``t``'s logits first (1 for an uncalibrated task).
-    ``mahalanobis`` reads ``distances`` instead, ``T`` tensors ``[N]`` (:class:`TaskFreeNet`'s
-    second output).
-
-    Raises:
-        TaskError: an unknown score, or ``mahalanobis`` for a task without feature statistics.
-    """
-    check_score(score)
-    if len(logits) != len(temperatures) or not logits:
-        raise TaskError(f"{len(logits)} tasks' logits for {len(temperatures)} temperatures")
-    if score == "mahalanobis":
-        if distances is None or len(distances) != len(logits):
-            raise TaskError("the mahalanobis score needs every task's feature distances")
-        missing = [k for k, d in enumerate(distances, start=1) if bool(d.isnan().any())]
-        if missing:
-            raise TaskError(f"task #{missing[0]} has no feature statistics (added before "
-                            "packtool fitted them): use another task score")
-        return -torch.stack([d.double() for d in distances], 1)
-    columns = []
-    for z, t in zip(logits, temperatures):
-        z = z.double() / t
-        if score == "energy":
-            columns.append(t * torch.logsumexp(z, 1))
-            continue
-        log_p = torch.log_softmax(z, 1)
-        if score == "max-prob":
-            columns.append(log_p.max(1).values.exp())
-        else:  # entropy: -H / log C (a one-class head is always sure: 0)
-            entropy = -(log_p.exp() * log_p).sum(1)
-            columns.append(-entropy / max(math.log(z.shape[1]), 1e-12))
-    return torch.stack(columns, 1)
-
-
-@dataclass(frozen=True)
-class Identification:
-    """The task chosen for each image.
-
-    Attributes:
-        task: ``[N]`` int64, position (0-based) of the chosen task in the scores' columns.
-        margin: ``[N]`` float64, the chosen task's score minus the runner-up's (NaN with one
-            task); an image of a group gets its group's.
-        scores: ``[N, T]`` the scores the choice was made on (a group's summed scores on each
-            of its images).
-    """
-
-    task: Tensor
-    margin: Tensor
-    scores: Tensor
-
-
-def identify(scores: Tensor, groups: Tensor | None = None) -> Identification:
-    """Pick each image's task: the highest score, summed over its group if ``groups`` is given.
-
-    ``scores`` ``[N, T]`` (:func:`task_scores`); ``groups`` ``[N]`` int64 group ids ``0..G-1``
-    (images known to come from one task). Ties go to the earlier task.
-    """
-    if groups is not None:
-        if groups.shape != scores.shape[:1]:
-            raise ValueError(f"{len(groups)} group ids for {len(scores)} images")
-        summed = scores.new_zeros(int(groups.max()) + 1, scores.shape[1])
-        scores = summed.index_add_(0, groups, scores)[groups]
-    best = scores.max(1)
-    if scores.shape[1] == 1:
-        margin = torch.full_like(best.values, math.nan)
-    else:
-        margin = best.values - scores.topk(2, dim=1).values[:, 1]
-    return Identification(best.indices, margin, scores)
 
 
 def temperatures_of(pack: Pack) -> list[float]:

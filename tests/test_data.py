@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from packtool.data import (
     DATASETS,
     IMAGE_EXTENSIONS,
+    ImageTransform,
     Preprocess,
     TaskData,
     dataset_root,
@@ -146,15 +147,15 @@ def test_parse_classes_round_trips_lists(indices):
 
 def test_transform_normalizes_resizes_and_returns_float32():
     pre = Preprocess((3, 16, 12), (0.5, 0.25, 0.0), (0.5, 0.25, 2.0))
-    x = pre.transform()(Image.new("RGB", (40, 30), (255, 0, 102)))
+    x = ImageTransform(pre)(Image.new("RGB", (40, 30), (255, 0, 102)))
     assert x.shape == (3, 16, 12) and x.dtype == torch.float32
     expected = torch.tensor([(1 - 0.5) / 0.5, (0 - 0.25) / 0.25, 0.4 / 2.0])
     torch.testing.assert_close(x.mean(dim=(1, 2)), expected, atol=1e-5, rtol=0)
 
 
 def test_gray_to_rgb_and_rgb_to_gray():
-    rgb = Preprocess((3, 8, 8), (0, 0, 0), (1, 1, 1)).transform()
-    gray = Preprocess((1, 8, 8), (0,), (1,)).transform()
+    rgb = ImageTransform(Preprocess((3, 8, 8), (0, 0, 0), (1, 1, 1)))
+    gray = ImageTransform(Preprocess((1, 8, 8), (0,), (1,)))
     x = rgb(Image.new("L", (8, 8), 51))
     assert x.shape == (3, 8, 8)
     torch.testing.assert_close(x, torch.full((3, 8, 8), 0.2))
@@ -171,17 +172,17 @@ def test_other_pil_modes_are_converted(mode):
     image = Image.new(mode, (10, 10))
     for channels in (1, 3):
         pre = Preprocess((channels, 6, 6), (0.0,) * channels, (1.0,) * channels)
-        x = pre.transform()(image)
+        x = ImageTransform(pre)(image)
         assert x.shape == (channels, 6, 6) and torch.isfinite(x).all()
 
 
 def test_alpha_is_dropped_and_16_bit_scaled():
     pre = Preprocess((3, 4, 4), (0, 0, 0), (1, 1, 1))
-    x = pre.transform()(Image.new("RGBA", (4, 4), (0, 255, 0, 0)))
+    x = ImageTransform(pre)(Image.new("RGBA", (4, 4), (0, 255, 0, 0)))
     torch.testing.assert_close(x, torch.stack([torch.zeros(4, 4), torch.ones(4, 4),
                                                torch.zeros(4, 4)]))
     sixteen = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
-    torch.testing.assert_close(pre.transform()(sixteen), torch.ones(3, 4, 4))
+    torch.testing.assert_close(ImageTransform(pre)(sixteen), torch.ones(3, 4, 4))
 
 
 def test_pil_and_tensor_inputs_agree():
@@ -189,7 +190,7 @@ def test_pil_and_tensor_inputs_agree():
     its uint8 tensor agree exactly, its 0..1 float tensor within the uint8 rounding."""
     rng = np.random.default_rng(0)
     array = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
-    t = Preprocess((3, 11, 13), (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)).transform()
+    t = ImageTransform(Preprocess((3, 11, 13), (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)))
     from_pil = t(Image.fromarray(array))
     uint8 = torch.from_numpy(array).permute(2, 0, 1)
     assert torch.equal(from_pil, t(uint8))
@@ -200,16 +201,16 @@ def test_pil_and_tensor_inputs_agree():
 def test_flip_only_when_training_with_augment():
     pre = Preprocess((1, 4, 4), (0.0,), (1.0,))
     ramp = torch.linspace(0, 1, 4).expand(1, 4, 4)
-    assert all(torch.equal(pre.transform()(ramp), ramp) for _ in range(20))
-    assert all(torch.equal(pre.transform(train=True)(ramp), ramp) for _ in range(20))
+    assert all(torch.equal(ImageTransform(pre)(ramp), ramp) for _ in range(20))
+    assert all(torch.equal(ImageTransform(pre, train=True)(ramp), ramp) for _ in range(20))
     torch.manual_seed(0)
-    outs = [pre.transform(train=True, augment=True)(ramp) for _ in range(40)]
+    outs = [ImageTransform(pre, train=True, flip=True)(ramp) for _ in range(40)]
     assert any(torch.equal(o, ramp) for o in outs)
     assert any(torch.equal(o, ramp.flip(-1)) for o in outs)
 
 
 def test_transform_is_picklable():
-    t = RGB32.transform(train=True, augment=True)
+    t = ImageTransform(RGB32, train=True, flip=True)
     torch.testing.assert_close(pickle.loads(pickle.dumps(t))(torch.zeros(3, 5, 5)),
                                torch.zeros(3, 32, 32))
 
@@ -229,19 +230,20 @@ def test_bad_preprocess(args):
 
 
 def test_bad_inputs_to_transform():
-    t = RGB32.transform()
+    t = ImageTransform(RGB32)
     with pytest.raises(DataError, match="channels"):
-        Preprocess((2, 4, 4), (0, 0), (1, 1)).transform()(torch.zeros(3, 4, 4))
+        ImageTransform(Preprocess((2, 4, 4), (0, 0), (1, 1)))(torch.zeros(3, 4, 4))
     with pytest.raises(DataError, match="int64"):
         t(torch.zeros(3, 4, 4, dtype=torch.int64))
-    with pytest.raises(DataError, match="PIL image or a tensor"):
-        t(np.zeros((4, 4)))
+    with pytest.raises(DataError, match="PIL image or an array"):
+        t([[0.0]])
 
 
 def test_load_image_reads_file(tmp_path):
     path = write_image(tmp_path / "red.png", (255, 0, 0))
     x = RGB32.load_image(path)
-    assert x.shape == (3, 32, 32) and dominant(x) == 0
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    assert dominant(torch.from_numpy(x)) == 0
 
 
 def test_load_image_names_corrupt_and_missing_files(tmp_path):

@@ -238,12 +238,18 @@ def test_cpu_provider_without_cuda_and_no_error_logged(exported, capfd):
     assert "error" not in err.lower() and "[E:" not in err, err
 
 
+def test_this_machine_has_no_gpu_for_the_runtime():
+    """The driver query behind providers(): no GPU here (CI has none either), so no CUDA."""
+    assert runtime.cuda_devices() == 0
+    assert runtime.providers() == ["CPUExecutionProvider"]
+
+
 def test_cuda_requested_only_when_usable(monkeypatch):
     listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: listed)
-    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cuda_devices", lambda: 0)
     assert providers() == ["CPUExecutionProvider"]  # onnxruntime-gpu on a machine without GPU
-    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_devices", lambda: 1)
     assert providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: listed[2:])
     assert providers() == ["CPUExecutionProvider"]  # plain onnxruntime on a GPU machine
@@ -297,7 +303,7 @@ def test_predict_from_onnx_and_from_archive(mlp_pack, exported, images):
                            [t["probability"] for t in b["top"]], atol=1e-6)
 
     # The same numbers as PyTorch on the preprocessed images.
-    x = torch.stack([mlp_pack.preprocess.load_image(p) for p in images])
+    x = torch.stack([torch.from_numpy(mlp_pack.preprocess.load_image(p)) for p in images])
     with torch.no_grad():
         probs = torch.softmax(mlp_pack.model_for(record.name)(x).double(), dim=1)
     for row, prediction in zip(probs, everything.predictions):

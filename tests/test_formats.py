@@ -106,7 +106,7 @@ def test_v1_archive_predicts_with_the_whole_image_resized(tmp_path):
     result = predict(FORMATS / "lenet-2tasks.safetensors", [image], task="second", top=1)
     with torch.no_grad():
         probs = torch.softmax(archive.model_for("second")(
-            archive.preprocess.load_image(image)[None]), 1)[0]
+            torch.from_numpy(archive.preprocess.load_image(image))[None]), 1)[0]
     best = result.predictions[0]["top"][0]
     assert abs(best["probability"] - float(probs.max())) < 1e-4
 

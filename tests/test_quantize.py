@@ -10,8 +10,7 @@ from cli_helpers import FAST, assert_error, invoke, ok, ok_json, sha256
 from packtool import Pack, evaluate
 from packtool.errors import PackToolError
 from packtool.exporters import export_reduced, session
-from packtool.exporters.quantize import calibration_batches, half_weights
-from packtool.exporters.runtime import OrtModule
+from packtool.exporters.quantize import OrtModule, calibration_batches, half_weights
 
 
 @pytest.fixture(scope="module", params=["mlp", "lenet"])

@@ -1,10 +1,12 @@
 """Datasets for packtool: a registry of named datasets, image folders, transforms, class subsets.
 
 Modules: :mod:`.registry` (:data:`DATASETS`, :func:`load_task_data`), :mod:`.preprocess` (image ->
-network input), :mod:`.sources` (samples read by position, one task's split), :mod:`.sampling`
-(a training epoch's order and randomness), :mod:`.folders` (image folders), and one module per
-published layout (:mod:`.cubs`, :mod:`.cars`, :mod:`.flowers`, :mod:`.cifar100`,
-:mod:`.digits`) on the helpers of :mod:`.layout`.
+network input, numpy and Pillow only), :mod:`.transforms` (the same as a torch transform, with
+training's random crop and flip), :mod:`.sampling` (a training epoch's order and randomness),
+:mod:`.classes` (``--classes``), :mod:`.sources` (samples read by position, one task's split),
+:mod:`.folders` (image folders), and one module per published layout (:mod:`.cubs`,
+:mod:`.cars`, :mod:`.flowers`, :mod:`.cifar100`, :mod:`.digits`) on the helpers of
+:mod:`.layout`. Names are loaded on first use (:mod:`packtool._lazy`).
 
 Every task's data is a :class:`TaskData`: three map-style datasets (train, val, test) whose items
 are ``(x, y)`` with ``x`` a float32 tensor ``[C, H, W]`` (resized to the network's input size,
@@ -26,28 +28,14 @@ Nothing is downloaded: ``digits`` ships with scikit-learn, everything else is re
 ``--data-root`` / ``$PACKTOOL_DATA`` in the layouts their publishers ship.
 """
 
-from .layout import ENV_ROOT, IMAGE_EXTENSIONS, DatasetInfo, dataset_root
-from .preprocess import Preprocess, read_image
-from .registry import DATASETS, TaskData, load_task_data, parse_classes
-from .sampling import EpochSampler, SeededSamples
-from .sources import ImageArray, ImageFiles, TaskSplit, cache_splits, in_memory
+from .._lazy import exports
 
-__all__ = [
-    "DATASETS",
-    "ENV_ROOT",
-    "IMAGE_EXTENSIONS",
-    "DatasetInfo",
-    "EpochSampler",
-    "ImageArray",
-    "ImageFiles",
-    "Preprocess",
-    "SeededSamples",
-    "TaskData",
-    "TaskSplit",
-    "cache_splits",
-    "dataset_root",
-    "in_memory",
-    "load_task_data",
-    "parse_classes",
-    "read_image",
-]
+__getattr__, __dir__, __all__ = exports(__name__, {
+    ".classes": ("parse_classes",),
+    ".layout": ("ENV_ROOT", "IMAGE_EXTENSIONS", "DatasetInfo", "dataset_root"),
+    ".preprocess": ("Preprocess", "parse_input_size", "read_image"),
+    ".registry": ("DATASETS", "TaskData", "load_task_data"),
+    ".sampling": ("EpochSampler", "SeededSamples"),
+    ".sources": ("ImageArray", "ImageFiles", "TaskSplit", "cache_splits", "in_memory"),
+    ".transforms": ("ImageTransform",),
+})

@@ -1,22 +1,43 @@
-"""How an image becomes a network input: :class:`Preprocess` and :func:`read_image`."""
+"""How an image becomes a network input, with numpy and Pillow only: :class:`Preprocess`.
+
+One routine serves every reader: training and evaluation (through :mod:`.transforms`, which adds
+the random crop and flip on torch tensors), :meth:`Preprocess.load_image`, and the ONNX runtime
+(:mod:`packtool.exporters.runtime`), which runs without torch. An image served from an exported
+file is therefore the very array ``packtool eval`` measured.
+
+The steps, :meth:`Preprocess.prepare` (deterministic: what a cache may keep) then
+:meth:`Preprocess.finish`:
+
+1. decode (:func:`read_image`: Pillow, EXIF orientation applied);
+2. channels: alpha dropped, palettes and CMYK expanded, gray <-> RGB (RGB -> gray is the
+   ITU-R 601-2 luma in float, not Pillow's rounded ``convert("L")``);
+3. resize with Pillow's antialiased bilinear filter: the whole image to ``H x W``, or with
+   ``resize`` its shorter side to that many pixels; 8-bit images stay uint8, others are float32
+   in 0..1;
+4. crop ``H x W`` (with ``resize``): from the center, or at given offsets in training;
+5. flip horizontally (training, on request);
+6. scale uint8 to 0..1, then ``(x - mean) / std`` per channel, in float32.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torchvision.transforms.v2 import functional as F
 
-from ..errors import DataError
+from ..errors import ArchitectureError, DataError
 
 # Luma weights of ITU-R 601-2, the ones PIL's convert("L") uses.
-_LUMA = (0.299, 0.587, 0.114)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+#: ``resize`` for natural images at input size ``S``: the shorter side to ``S * 8 / 7`` (256 for
+#: 224, the paper's and torchvision's ImageNet recipe), then a crop of ``S``.
+CROP_MARGIN = 8 / 7
 
 
 def check_input(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]
@@ -37,14 +58,21 @@ def check_input(input_size: Sequence[int], mean: Sequence[float], std: Sequence[
     return size, mean, std  # type: ignore[return-value]
 
 
-#: ``resize`` for natural images at input size ``S``: the shorter side to ``S * 8 / 7`` (256 for
-#: 224, the paper's and torchvision's ImageNet recipe), then a crop of ``S``.
-CROP_MARGIN = 8 / 7
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """Parse ``"3x224x224"`` into ``(3, 224, 224)``; ArchitectureError otherwise."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ArchitectureError(f"input size must look like 3x224x224, got {text!r}")
+    return size  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes a network input.
+    """How an image becomes a network input (see the module docstring for the steps).
 
     Attributes:
         input_size: ``(C, H, W)`` the network expects. Images are converted between grayscale
@@ -75,109 +103,82 @@ class Preprocess:
         input size, then crop."""
         return replace(self, resize=round(max(self.input_size[1:]) * CROP_MARGIN))
 
-    def transform(
-        self, train: bool = False, augment: bool = False
-    ) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
-        """The transform ``image -> float32 [C, H, W]``: a random crop (with ``resize``) when
-        ``train``, a random horizontal flip when ``train`` and ``augment``.
+    def prepare(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """Steps 2-3: channels and resizing, ``[C, h, w]`` uint8 (8-bit images) or float32.
 
-        The image is a PIL image, a uint8 tensor or a float tensor in 0..1, ``[c, h, w]`` (or
-        ``[h, w]``); uint8 stays uint8 until the last step. The result is picklable (DataLoader
-        workers).
+        ``image`` is a PIL image or an array ``[c, h, w]`` (or ``[h, w]``), uint8 or float in
+        0..1. Without ``resize`` the result is ``H x W``; with it, the shorter side is
+        ``resize`` and :meth:`finish` crops.
         """
-        return _Transform(self, train=train, flip=train and augment)
+        x = _to_channels(_as_array(image), self.input_size[0])
+        h, w = x.shape[-2:]
+        if self.resize is None:
+            size = self.input_size[1:]
+        elif h <= w:  # the shorter side to `resize`, the other in proportion (rounded down)
+            size = (self.resize, int(self.resize * w / h))
+        else:
+            size = (int(self.resize * h / w), self.resize)
+        return x if (h, w) == tuple(size) else _resize(x, size)
 
-    def load_image(self, path: str | os.PathLike) -> torch.Tensor:
-        """Read an image file and apply the evaluation transform: float32 ``[C, H, W]``.
+    def finish(self, x: np.ndarray, crop_at: tuple[int, int] | None = None,
+               flip: bool = False) -> np.ndarray:
+        """Steps 4-6 on a :meth:`prepare`\\ d image: float32 ``[C, H, W]``.
+
+        With ``resize``, the crop is taken at ``crop_at`` (top, left), or from the center;
+        :meth:`crop_offsets` gives the range a random crop draws from.
+        """
+        height, width = self.input_size[1:]
+        if self.resize is not None:
+            top, left = crop_at if crop_at is not None else (
+                round((x.shape[-2] - height) / 2.0), round((x.shape[-1] - width) / 2.0))
+            x = x[:, top:top + height, left:left + width]
+        if flip:
+            x = x[:, :, ::-1]
+        x = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else \
+            x.astype(np.float32, copy=False)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return np.ascontiguousarray((x - mean) / std)
+
+    def crop_offsets(self, x: np.ndarray) -> tuple[int, int]:
+        """How many positions a crop of a :meth:`prepare`\\ d image may start at, down and
+        across (a random crop draws ``top < first`` and ``left < second``)."""
+        return x.shape[-2] - self.input_size[1] + 1, x.shape[-1] - self.input_size[2] + 1
+
+    def load_image(self, path: str | os.PathLike) -> np.ndarray:
+        """Read an image file and apply the evaluation steps: float32 ``[C, H, W]``.
 
         Raises DataError naming the file if it is missing or cannot be decoded.
         """
-        return _Transform(self, train=False, flip=False)(read_image(path))
+        return self.finish(self.prepare(read_image(path)))
 
 
-class _Transform:
-    """Channel conversion -> resize (-> crop) (-> random flip) -> /255 -> normalize.
-
-    On ``torchvision.transforms.v2``'s functional ops. A uint8 image is resized (bilinear,
-    antialiased) and cropped as uint8 and scaled to 0..1 last, as the exported ONNX contract
-    says; a float image is resized in float (and clamped to 0..1, which antialiasing can
-    overshoot).
-    """
-
-    def __init__(self, preprocess: Preprocess, train: bool, flip: bool) -> None:
-        self.channels, self.height, self.width = preprocess.input_size
-        self.resize, self.train = preprocess.resize, train
-        self.mean, self.std = list(preprocess.mean), list(preprocess.std)
-        self.flip = flip
-
-    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        return self.finish(self.prepare(image))
-
-    @property
-    def random(self) -> bool:
-        """Whether :meth:`finish` draws random numbers (a training crop or a flip); if not, a
-        cache may keep finished images."""
-        return self.flip or (self.train and self.resize is not None)
-
-    def prepare(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        """The deterministic part: channels and resizing (what a cache may keep)."""
-        x = _to_channels(_as_tensor(image), self.channels)
-        size = [self.height, self.width]
-        if self.resize is None and list(x.shape[-2:]) == size:
-            return x
-        x = F.resize(x, [self.resize] if self.resize else size, antialias=True)  # or the shorter
-        return x if x.dtype == torch.uint8 else x.clamp(0.0, 1.0)  # antialias overshoots
-
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """The rest: the crop, the random flip, scaling to 0..1 and normalizing."""
-        if self.resize is not None:
-            x = self._crop(x, [self.height, self.width])
-        if self.flip and bool(torch.rand(()) < 0.5):
-            x = F.horizontal_flip(x)
-        if x.dtype == torch.uint8:
-            x = F.to_dtype(x, torch.float32, scale=True)
-        return F.normalize(x.contiguous(), self.mean, self.std)
-
-    def _crop(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
-        if not self.train:
-            return F.center_crop(x, size)
-        top = int(torch.randint(0, x.shape[-2] - size[0] + 1, ()))
-        left = int(torch.randint(0, x.shape[-1] - size[1] + 1, ()))
-        return F.crop(x, top, left, size[0], size[1])
-
-    def __repr__(self) -> str:
-        return (f"Transform(size={(self.channels, self.height, self.width)}, "
-                f"resize={self.resize}, train={self.train}, flip={self.flip})")
-
-
-def _as_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
-    """A PIL image or tensor as ``[c, h, w]``: uint8 where it is 8-bit, else float32 in 0..1
+def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A PIL image or array as ``[c, h, w]``: uint8 where it is 8-bit, else float32 in 0..1
     (alpha still present)."""
-    if isinstance(image, torch.Tensor):
-        x = image if image.dim() == 3 else image[None] if image.dim() == 2 else None
+    if isinstance(image, np.ndarray):
+        x = image if image.ndim == 3 else image[None] if image.ndim == 2 else None
         if x is None:
-            raise DataError(f"an image tensor must be [c, h, w] or [h, w], got {list(image.shape)}")
-        if x.dtype == torch.uint8:
+            raise DataError(f"an image array must be [c, h, w] or [h, w], got {list(image.shape)}")
+        if x.dtype == np.uint8:
             return x
-        if not x.is_floating_point():
-            raise DataError(f"an image tensor must be float in 0..1 or uint8, got {x.dtype}")
-        return x.float()
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(f"an image array must be float in 0..1 or uint8, got {x.dtype}")
+        return x.astype(np.float32, copy=False)
     if not isinstance(image, Image.Image):
-        raise DataError(f"expected a PIL image or a tensor, got {type(image).__name__}")
+        raise DataError(f"expected a PIL image or an array, got {type(image).__name__}")
     if image.mode in _SIXTEEN_BIT_MODES:
         # 16-bit grayscale (PNG/TIFF): convert("L") would clip instead of scaling.
         array = np.asarray(image, dtype=np.float32) / 65535.0
-        return torch.from_numpy(np.clip(array, 0.0, 1.0))[None]
+        return np.clip(array, 0.0, 1.0)[None]
     if image.mode not in ("L", "RGB"):
         # Alpha is dropped, palettes and CMYK are expanded; gray modes stay gray.
         image = image.convert("L" if image.mode in ("1", "LA", "La", "F") else "RGB")
     array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
     """Convert ``[c, h, w]`` to ``channels`` channels: drop alpha, gray <-> RGB."""
     c = x.shape[0]
     if c == channels:
@@ -187,23 +188,35 @@ def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         if c == channels:
             return x
     if channels == 3 and c == 1:
-        return x.expand(3, -1, -1)
+        return np.repeat(x, 3, axis=0)
     if channels == 1 and c == 3:
-        if x.dtype == torch.uint8:  # the weighted sum is not 8-bit: go on in float
-            x = x.float() / 255.0
-        luma = torch.tensor(_LUMA, dtype=x.dtype).view(3, 1, 1)
-        return (x * luma).sum(0, keepdim=True)
+        if x.dtype == np.uint8:  # the weighted sum is not 8-bit: go on in float
+            x = x.astype(np.float32) / np.float32(255)
+        return (x * _LUMA[:, None, None]).sum(0, keepdims=True, dtype=np.float32)
     raise DataError(f"cannot convert a {c}-channel image to the {channels} channels of the model")
+
+
+def _resize(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``[c, h, w]`` to ``[c, *size]`` with Pillow's antialiased bilinear filter: uint8 as 8-bit
+    images (RGB in one pass), float32 channel by channel (mode ``F``), clamped to 0..1."""
+    target = (int(size[1]), int(size[0]))  # PIL speaks (width, height)
+    if x.dtype == np.uint8:
+        if x.shape[0] == 3:
+            image = Image.fromarray(np.ascontiguousarray(x.transpose(1, 2, 0)), "RGB")
+            return np.asarray(image.resize(target, Image.BILINEAR)).transpose(2, 0, 1)
+        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c), "L")
+                                    .resize(target, Image.BILINEAR)) for c in x])
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), "F")
+                         .resize(target, Image.BILINEAR)) for c in x]
+    return np.clip(np.stack(planes), 0.0, 1.0)
 
 
 def read_image(path: str | os.PathLike, box: Sequence[float] | None = None) -> Image.Image:
     """Decode an image file fully (EXIF orientation applied), optionally cropped to ``box``.
 
-    PIL decodes (``torchvision.io.decode_image`` would, but torchvision 0.29 deprecated its
-    image decoders, pointing to TorchCodec). ``box`` is ``(left, top, right, bottom)`` in
-    pixels; it is clipped to the image. Any failure becomes a DataError naming the file: PIL
-    raises many exception types on malformed files, and a user's bad file must not surface as
-    a traceback.
+    ``box`` is ``(left, top, right, bottom)`` in pixels; it is clipped to the image. Any failure
+    becomes a DataError naming the file: PIL raises many exception types on malformed files, and
+    a user's bad file must not surface as a traceback.
     """
     try:
         with Image.open(path) as opened:

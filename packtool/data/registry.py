@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,12 +12,12 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from . import cars, cifar100, cubs, digits, flowers
+from .classes import parse_classes
 from .folders import IMAGENET, SKETCH, WIKIART, read_folder
 from .layout import DatasetInfo, Splits, dataset_root, stratified_split
 from .preprocess import Preprocess
 from .sources import ImageFiles, TaskSplit
-
-_MAX_CLASSES = 1_000_000  # bounds the size of a --classes range such as "0-999999999999"
+from .transforms import ImageTransform
 
 #: The registered datasets by name (``DATA`` on the command line).
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
@@ -51,34 +50,6 @@ class TaskData:
     spec: dict
     augment: bool
     skipped: list[str] = field(default_factory=list)
-
-
-def parse_classes(text: str) -> list[int]:
-    """Parse ``--classes``: ``"0,1"``, ``"0-4"``, ``"0-2,7"`` -> class indices in the given order.
-
-    Ranges are inclusive and ascending. Duplicates, negative numbers and anything else that is
-    not a comma-separated list of indices or ranges raise DataError.
-    """
-    result: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part, re.ASCII)
-        if match is None:
-            what = "negative class index" if re.fullmatch(r"-\s*\d+.*", part) else "bad class item"
-            raise DataError(f"{what} {part!r} in {text!r} (use e.g. 0,1 or 0-4 or 0-2,7)")
-        low = int(match[1])
-        high = low if match[2] is None else int(match[2])
-        if high < low:
-            raise DataError(f"class range {part!r} in {text!r} runs backwards")
-        if len(result) + high - low + 1 > _MAX_CLASSES:
-            raise DataError(f"{text!r} selects more than {_MAX_CLASSES} classes")
-        result.extend(range(low, high + 1))
-    seen: set[int] = set()
-    for k in result:
-        if k in seen:
-            raise DataError(f"class {k} is listed twice in {text!r}")
-        seen.add(k)
-    return result
 
 
 def _check_classes(classes: Sequence[int] | str | None, count: int, data: str) -> list[int]:
@@ -155,10 +126,10 @@ def load_task_data(
     train, val, test = _task_positions(splits, chosen, label_map, val_fraction, seed, spec_data,
                                        set(skipped))
     augment = natural and large
-    evaluate = preprocess.transform()
+    evaluate = ImageTransform(preprocess)
     return TaskData(
         train=TaskSplit(splits.source, train, label_map,
-                        preprocess.transform(train=True, augment=augment)),
+                        ImageTransform(preprocess, train=True, flip=augment)),
         val=TaskSplit(splits.source, val, label_map, evaluate),
         test=TaskSplit(splits.source, test, label_map, evaluate),
         classes=[splits.classes[k] for k in chosen],

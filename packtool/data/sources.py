@@ -107,8 +107,8 @@ class ImageArray:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.images[i], dtype=np.float32) / self.scale)
+    def load(self, i: int) -> np.ndarray:
+        return np.asarray(self.images[i], dtype=np.float32) / np.float32(self.scale)
 
 
 Source = ImageFiles | ImageArray

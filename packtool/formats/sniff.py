@@ -1,20 +1,16 @@
-"""One ``load(path)`` for every file that holds a pack: a model file or an archive.
+"""What a file is, told from its first bytes (no torch: the command line and the ONNX runtime
+ask before loading anything).
 
-The format is told once, from the first bytes: safetensors (an archive) starts with an 8-byte
-header length and then ``{``, which neither a ``torch.save`` zip nor ONNX (protobuf) can; a
-model file is a ``torch.save`` zip, starting ``PK\x03\x04``, where an ONNX file starts with a
-``ModelProto`` field tag (``P`` would be field 10, which ``ModelProto`` does not have).
+The first bytes tell: safetensors (an archive) starts with an 8-byte header length and then
+``{``, which neither a ``torch.save`` zip nor ONNX (protobuf) can; a model file is a
+``torch.save`` zip, starting ``PK\x03\x04``, where an ONNX file starts with a ``ModelProto``
+field tag (``P`` would be field 10, which ``ModelProto`` does not have).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
-
-from ..pack import Pack
-from .archive import read_archive
 
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -38,11 +34,3 @@ def is_pack_file(path: str | os.PathLike) -> bool:
     with open(path, "rb") as f:
         head = f.read(4)
     return head == ZIP_MAGIC or is_safetensors(path)
-
-
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Pack:
-    """The pack in ``path``: a ``model.pt`` (:meth:`Pack.load`) or an archive
-    (:func:`~.archive.read_archive`, which serves every archived task but cannot train)."""
-    if is_safetensors(path):
-        return read_archive(path).to(device)
-    return Pack.load(path, device)

@@ -25,16 +25,8 @@ from .data import TaskData, load_task_data
 from .distributed import World, batches, sum_counts, sum_floats
 from .errors import DataError, TaskError
 from .pack import Pack
-from .taskfree import (
-    TaskFreeNet,
-    check_score,
-    collect_logits,
-    default_score,
-    identify,
-    task_free_net,
-    task_scores,
-    temperatures_of,
-)
+from .task_id import check_score, identify, task_scores
+from .taskfree import TaskFreeNet, collect_logits, default_score, task_free_net, temperatures_of
 
 
 @dataclass(frozen=True)
@@ -325,8 +317,9 @@ def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float],
         groups = torch.empty(n, dtype=torch.long)
         groups[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = (
             torch.arange(n) // group)
-        chosen = identify(task_scores(split.logits, temperatures, score, split.distances),
-                          groups).task
+        scores = task_scores([z.numpy() for z in split.logits], temperatures, score,
+                             [d.numpy() for d in split.distances])
+        chosen = torch.from_numpy(identify(scores, groups.numpy()).task)
         # Each task's own prediction, then the chosen task's: heads may differ in width.
         predicted = torch.stack([z.argmax(1) for z in split.logits], 1)
         predicted = predicted.gather(1, chosen[:, None])[:, 0]

@@ -1,0 +1,38 @@
+"""``--classes``: a subset of a dataset's classes, as text (pure Python: the command line parses
+it before loading anything)."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import DataError
+
+_MAX_CLASSES = 1_000_000  # bounds the size of a --classes range such as "0-999999999999"
+
+
+def parse_classes(text: str) -> list[int]:
+    """Parse ``--classes``: ``"0,1"``, ``"0-4"``, ``"0-2,7"`` -> class indices in the given order.
+
+    Ranges are inclusive and ascending. Duplicates, negative numbers and anything else that is
+    not a comma-separated list of indices or ranges raise DataError.
+    """
+    result: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part, re.ASCII)
+        if match is None:
+            what = "negative class index" if re.fullmatch(r"-\s*\d+.*", part) else "bad class item"
+            raise DataError(f"{what} {part!r} in {text!r} (use e.g. 0,1 or 0-4 or 0-2,7)")
+        low = int(match[1])
+        high = low if match[2] is None else int(match[2])
+        if high < low:
+            raise DataError(f"class range {part!r} in {text!r} runs backwards")
+        if len(result) + high - low + 1 > _MAX_CLASSES:
+            raise DataError(f"{text!r} selects more than {_MAX_CLASSES} classes")
+        result.extend(range(low, high + 1))
+    seen: set[int] = set()
+    for k in result:
+        if k in seen:
+            raise DataError(f"class {k} is listed twice in {text!r}")
+        seen.add(k)
+    return result
