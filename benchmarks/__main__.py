@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import architectures, cost, deploy, planner, quality, taskfree, throughput
+from . import architectures, cost, deploy, planner, quality, startup, taskfree, throughput
 from .common import machine
 
 PARTS = {"quality": quality, "planner": planner, "taskfree": taskfree, "cost": cost,
-         "deploy": deploy, "architectures": architectures, "throughput": throughput}
+         "deploy": deploy, "architectures": architectures, "throughput": throughput,
+         "startup": startup}
 
 
 def main(argv: list[str] | None = None) -> int:

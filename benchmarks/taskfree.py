@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from packtool.choices import SCORES
 from packtool.evaluation import score_task_free, split_logits
-from packtool.taskfree import SCORES, task_free_net, temperatures_of
+from packtool.taskfree import task_free_net, temperatures_of
 
 from .common import fmt, markdown_table, median
 from .quality import SEQUENCES, SETTINGS, build_pack, load_sequence

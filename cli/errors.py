@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
-from packtool import PackToolError, one_line
+from packtool.errors import PackToolError, one_line
 
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130

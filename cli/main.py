@@ -1,43 +1,50 @@
 """``packtool``: the command line (commands, options and ``--json`` shapes of the contract v1).
 
-Commands parse their options, call the public API of :mod:`packtool` and
-:mod:`packtool.exporters`, and render the result (tables, or one JSON document with ``--json``).
-Every error is one ``Error: ...`` line on stderr with exit status 1 (2 for usage errors), and no
-command writes MODEL unless it succeeds.
+This module declares every command and its options with click alone and checks the usage, so
+``--help``, ``--version`` and a usage error start in a fraction of a second. Each command's body
+runs the public API of :mod:`packtool` and :mod:`packtool.exporters` from its own module,
+``cli/commands/<command>.py``, imported when the command runs (:func:`run`): a command loads only
+what it uses (``predict`` on an ONNX file: onnxruntime, numpy and Pillow, no torch). Every error
+is one ``Error: ...`` line on stderr with exit status 1 (2 for usage errors), and no command
+writes MODEL unless it succeeds.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from packtool import (
-    AUTO,
-    DATASETS,
-    FREE_INITS,
-    OPTIMIZERS,
-    POLICIES,
-    SCORES,
-    Pack,
-    PackToolError,
-    __version__,
-    add_task_to_file,
-    create_file,
-    default_score,
-    evaluate_task_free,
-    evaluate_tasks,
-    exporters,
-    load,
-    plot_accuracy,
-    plot_capacity,
-    sha256_file,
-)
+from packtool import __version__
+from packtool.choices import AUTO, DATASET_NAMES, FREE_INITS, OPTIMIZERS, POLICIES, SCORES
+from packtool.errors import PackToolError
+from packtool.formats.sniff import is_pack_file
 
-from . import params, render
+from . import params
 from .errors import ErrorHandlingGroup
-from .progress import training_progress
+
+#: Packages a command's module may need that a serving install (onnxruntime, numpy, Pillow)
+#: does not have.
+TRAINING_STACK = ("torch", "torchvision", "onnx", "onnxscript", "sklearn", "scipy",
+                  "safetensors", "constriction")
+
+
+def run(command: str, **arguments: Any) -> None:
+    """Run ``command``'s body: ``cli/commands/<command>.py``, imported now. This is the one
+    import the command line defers, so that each command loads only what it uses."""
+    try:
+        module = importlib.import_module(f"packtool.cli.commands.{command}")
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in TRAINING_STACK:
+            raise
+        raise PackToolError(
+            f"this command needs {missing}, which is not installed here (an install for serving "
+            "has onnxruntime, numpy and Pillow only); `pip install packtool` brings everything"
+        ) from None
+    module.run(**arguments)
 
 
 @click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,10 +91,8 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
          policy: str, free_init: str, kwargs: dict[str, Any], planned_tasks: int | None,
          force: bool) -> None:
     """Create MODEL: a network with every weight free and no tasks."""
-    pack = create_file(model, arch, input_size=input_size, kwargs=kwargs, weights=weights,
-                       policy=policy, free_init=free_init, planned_tasks=planned_tasks,
-                       force=force)
-    render.show_created(render.console_for(), pack, str(model))
+    run("init", model=model, arch=arch, weights=weights, input_size=input_size, policy=policy,
+        free_init=free_init, kwargs=kwargs, planned_tasks=planned_tasks, force=force)
 
 
 # -- add-task ---------------------------------------------------------------------------------
@@ -96,8 +101,8 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @main.command("add-task")
 @params.model_argument
 @click.option("--data", required=True, metavar="DATA",
-              help=f"Registered dataset ({', '.join(DATASETS)}) or an image folder with train/ "
-                   "and val/ or test/.")
+              help=f"Registered dataset ({', '.join(DATASET_NAMES)}) or an image folder with "
+                   "train/ and val/ or test/.")
 @click.option("--prune", type=params.PruneRatio(), required=True, metavar="RATIO|auto",
               help="Fraction of the task's trained weights to release, [0, 1), or auto: the "
                    "largest that keeps validation accuracy within --tolerance.")
@@ -184,23 +189,10 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
     click.get_current_context().meta["interrupted"] = (
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )
-    with training_progress(as_json) as progress:
-        done = add_task_to_file(model, data, prune, settings=settings, reserve=reserve, **planner,
-                                name=name, classes=classes, data_root=data_root,
-                                val_fraction=val_fraction, skip_bad_images=skip_bad_images,
-                                checkpoint_every=60 * checkpoint_every, resume=resume,
-                                restart=restart, progress=progress)
-    if done is None:  # a torchrun rank other than 0: rank 0 reports
-        return
-    pack, result = done
-    doc = render.add_task_doc(result)
-    if as_json:
-        render.print_json(doc)
-    else:
-        console = render.console_for()
-        render.show_task_summary(console, doc, pack, str(model))
-        if prune == AUTO and reserve is None and pack.planned_tasks is None:
-            render.show_reserve_tip(console)
+    run("add_task", model=model, data=data, prune=prune, settings=settings, planner=planner,
+        as_json=as_json, reserve=reserve, name=name, classes=classes, data_root=data_root,
+        val_fraction=val_fraction, skip_bad_images=skip_bad_images,
+        checkpoint_every=60 * checkpoint_every, resume=resume, restart=restart)
 
 
 # -- eval -------------------------------------------------------------------------------------
@@ -245,33 +237,13 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
     if classes is not None and data is None:
         raise click.UsageError("--classes needs --data")
     if task_free:
-        return _eval_task_free(load(model), tasks, all_tasks, data, plot, group=group,
-                               score=task_score, root=data_root, batch_size=batch_size,
-                               device=device, as_json=as_json)
-    rows = [row.to_dict() for row in evaluate_tasks(
-        load(model), tasks, data=data, classes=classes, root=data_root, batch_size=batch_size,
-        device=device)]
-    doc = {"tasks": rows}
-    if plot:
-        plot_accuracy(rows, plot)
-    if as_json:
-        render.print_json(doc)
-    else:
-        render.show_eval(render.console_for(), doc)
-
-
-def _eval_task_free(pack: Pack, tasks: tuple[str, ...], all_tasks: bool, data: str | None,
-                    plot: str | None, *, as_json: bool, **settings: Any) -> None:
-    if tasks or all_tasks or data or plot:
-        raise click.UsageError("--task-free serves every task on its own test split: it takes "
-                               "no --task, --all, --data or --plot")
-    settings["score"] = settings["score"] or default_score(pack)
-    rows = evaluate_task_free(pack, **settings)
-    doc = render.task_free_doc(rows, pack, group=settings["group"], score=settings["score"])
-    if as_json:
-        render.print_json(doc)
-    else:
-        render.show_task_free(render.console_for(), doc)
+        if tasks or all_tasks or data or plot:
+            raise click.UsageError("--task-free serves every task on its own test split: it "
+                                   "takes no --task, --all, --data or --plot")
+        return run("eval", model=model, as_json=as_json, task_free=True, group=group,
+                   score=task_score, root=data_root, batch_size=batch_size, device=device)
+    run("eval", model=model, tasks=tasks, data=data, classes=classes, data_root=data_root,
+        device=device, batch_size=batch_size, plot=plot, as_json=as_json)
 
 
 # -- info -------------------------------------------------------------------------------------
@@ -289,14 +261,7 @@ def info(model: Path, plot: str | None, share: float | None, as_json: bool) -> N
 
     MODEL may be a model.pt or an archive.
     """
-    pack = load(model)
-    doc = render.info_doc(pack, share)
-    if plot:
-        plot_capacity(pack, plot)
-    if as_json:
-        render.print_json(doc)
-    else:
-        render.show_info(render.console_for(), doc, pack, str(model))
+    run("info", model=model, plot=plot, share=share, as_json=as_json)
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -348,54 +313,9 @@ def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
     params.check_export_mode(name, all_tasks, multi_task, archive, out)
     params.check_export_options(name, multi_task, archive, dense, half, int8, max_drop, force,
                           data_root)
-    pack, sha = load(model), sha256_file(model)
-    onnx = {"opset": opset, "verify": not no_verify, "source_sha256": sha}
-    files: list[Any] = []
-    written = None
-    if archive is not None:
-        _refuse_overwriting(model, [Path(archive)])
-        written = exporters.write_archive(pack, archive, half=half, source_sha256=sha)
-    elif all_tasks:
-        assert out is not None
-        stems = exporters.task_filenames(pack.task_names)
-        _refuse_overwriting(model, [Path(out) / f"{s}.onnx" for s in stems]
-                            + [Path(out) / exporters.ARCHIVE_NAME])
-        files, written = exporters.export_all(pack, out, archive=True, dense=dense, **onnx)
-    elif multi_task:
-        assert out is not None
-        _refuse_overwriting(model, [Path(out)])
-        files = [exporters.export_multi_task(pack, out, **onnx)]
-    else:
-        assert name is not None
-        record = pack.task(name)
-        path = Path(out or f"{exporters.task_filenames([record.name])[0]}.onnx")
-        _refuse_overwriting(model, [path])
-        if half or int8:
-            files = [exporters.export_reduced(
-                pack, record.name, path, "int8" if int8 else "float16", force=force,
-                max_drop=1.0 if max_drop is None else max_drop, data_root=data_root,
-                opset=opset, source_sha256=sha)]
-        else:
-            files = [exporters.export_onnx(pack, record.name, path, dense=dense, **onnx)]
-    doc = {"files": [f.to_dict() for f in files],
-           "archive": None if written is None else written.to_dict()}
-    if archive is not None and half:
-        changes = exporters.half_precision_change(pack, exporters.read_archive(archive),
-                                                  data_root=data_root)
-        doc["archive"]["half_precision"] = [c.to_dict() for c in changes]
-    if as_json:
-        render.print_json(doc)
-    else:
-        render.show_export(render.console_for(), doc)
-
-
-def _refuse_overwriting(model: Path, targets: list[Path]) -> None:
-    """An export must never replace the file it reads."""
-    source = model.resolve()
-    for target in targets:
-        if target.resolve() == source:
-            raise PackToolError(f"refusing to overwrite {model} (the export's source) with "
-                                f"{target}; choose another output path")
+    run("export", model=model, name=name, all_tasks=all_tasks, multi_task=multi_task,
+        archive=archive, out=out, dense=dense, opset=opset, no_verify=no_verify, half=half,
+        int8=int8, max_drop=max_drop, force=force, data_root=data_root, as_json=as_json)
 
 
 # -- predict ----------------------------------------------------------------------------------
@@ -422,10 +342,6 @@ def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task:
     """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt)."""
     if same_task and name != AUTO:
         raise click.UsageError("--same-task needs --task auto")
-    result = exporters.predict(source, list(images), task=name, top=top, same_task=same_task,
-                               task_score=task_score)
-    doc = result.to_dict()
-    if as_json:
-        render.print_json(doc)
-    else:
-        render.show_predict(render.console_for(), doc)
+    # A pack file is exported to ONNX in memory first, which needs the training stack.
+    run("predict_pack" if is_pack_file(source) else "predict", source=source, images=images,
+        name=name, same_task=same_task, task_score=task_score, top=top, as_json=as_json)

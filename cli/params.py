@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 
 import click
 
-from packtool import AUTO, PackToolError, parse_classes, parse_input_size
+from packtool.choices import AUTO
+from packtool.errors import PackToolError
+from packtool.parse import parse_classes, parse_input_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

@@ -17,9 +17,9 @@ from rich.progress import (
 )
 from rich.progress import Progress as Bars
 
-from packtool import Progress
+from packtool.progress import Progress
 
-from .render import console_for
+from .console import console_for
 
 LABELS = {"train": "Training", "finetune": "Fine-tuning"}
 

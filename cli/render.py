@@ -3,22 +3,19 @@
 Each command builds one document (``*_doc`` here, or the library's ``to_dict()``) and either
 prints it as JSON or renders it as tables, so the two outputs always carry the same numbers.
 Tables use colors and box lines on a terminal, and plain ASCII without escape codes when the
-output is piped.
+output is piped (:mod:`.console`).
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import click
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from packtool import forecast, tasks_to_come
+from packtool.planner import forecast, tasks_to_come
+
+from .console import count, pct, show_table
 
 if TYPE_CHECKING:
     from packtool import Pack, TaskFreeEvaluation, TaskResult
@@ -26,48 +23,6 @@ if TYPE_CHECKING:
 ADD_TASK_KEYS = ("task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
                  "weights_owned", "free_fraction", "seconds", "prune", "prune_reason",
                  "skipped_images", "temperature")
-PIPE_WIDTH = 200  # piped output is not wrapped at 80 columns; tables take what they need
-
-
-def console_for(stderr: bool = False) -> Console:
-    """A console on the current stdout (or stderr); no escape codes unless it is a terminal."""
-    console = Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=True)
-    if not console.is_terminal:
-        console.width = PIPE_WIDTH
-    return console
-
-
-def print_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2))
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2%}"
-
-
-def count(n: int) -> str:
-    return f"{n:,}"
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, left: int = 1,
-          terminal: bool = True, header: bool = True) -> Table:
-    """A table whose first ``left`` columns are left-aligned and the rest right-aligned."""
-    tbl = Table(box=box.SIMPLE_HEAD if terminal else box.ASCII2, show_header=header,
-                header_style="bold" if terminal else "")
-    for i, name in enumerate(headers):
-        tbl.add_column(name, justify="left" if i < left else "right")
-    for row in rows:
-        tbl.add_row(*row)
-    return tbl
-
-
-def show_table(console: Console, title: str | None, headers: Sequence[str],
-               rows: Iterable[Sequence[str]], *, left: int = 1, header: bool = True) -> None:
-    """Print ``title`` on its own line (never wrapped), then the table."""
-    if title:
-        console.print(title, style="bold" if console.is_terminal else None, markup=False)
-    console.print(table(headers, rows, left=left, terminal=console.is_terminal, header=header))
-
 
 # -- init -------------------------------------------------------------------------------------
 
@@ -319,24 +274,3 @@ def show_half_precision(console: Console, changes: list[dict[str, Any]]) -> None
     show_table(console, "float16 archive against float32",
                ("task", "float32", "float16", "change", "samples", "max |logit diff|"), rows,
                left=1)
-
-
-# -- predict ----------------------------------------------------------------------------------
-
-
-def show_predict(console: Console, doc: dict[str, Any]) -> None:
-    if doc.get("task_score") is None:
-        console.print(f"Task {doc['task']!r} (provider {doc['provider']})", markup=False)
-    else:
-        chosen = f"one task for all images: {doc['task']!r}" if doc["task"] else "task per image"
-        console.print(f"Task chosen by {doc['task_score']} score, {chosen} "
-                      f"(provider {doc['provider']})", markup=False)
-    for item in doc["predictions"]:
-        rows = [(str(rank), str(p["class"]), pct(p["probability"]))
-                for rank, p in enumerate(item["top"], start=1)]
-        title = str(item["image"])
-        if "task" in item:
-            margin = item["task_margin"]
-            title += f"  task {item['task']!r}" + (
-                "" if margin is None else f" (margin {margin:.3g} over the runner-up)")
-        show_table(console, title, ("rank", "class", "probability"), rows, left=2)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from packtool.choices import PRECISIONS
+from packtool.data import task_data
 from packtool.errors import DataError, PackToolError, one_line
 from packtool.evaluation import PrecisionChange, precision_change
 from packtool.fileio import atomic_write_bytes
@@ -164,7 +165,7 @@ def export_reduced(pack: Pack, task: str | int, path: str | os.PathLike, precisi
         raise PackToolError(f"max_drop must be a number of points >= 0, got {max_drop}")
     record = pack.task(task)
     try:
-        data = pack.task_data(record.name, root=data_root)
+        data = task_data(pack, record.name, root=data_root)
     except DataError as exc:
         if not force:
             raise PackToolError(f"cannot measure the {precision} export of task {record.name!r}"

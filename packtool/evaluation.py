@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import resolve_device
-from .data import TaskData, load_task_data
+from .data import TaskData, load_task_data, task_data
 from .distributed import World, batches, sum_counts, sum_floats
 from .errors import DataError, TaskError
 from .pack import Pack
@@ -134,26 +134,24 @@ def evaluate_tasks(pack: Pack, tasks: Sequence[str] = (), *, data: str | None = 
     dev = resolve_device(device)
     rows = []
     for record in records:
-        if data is None:
-            task_data = pack.task_data(record.name, root=root)
-        else:
-            task_data = _other_data(pack, record.name, data, classes, root)
-        accuracy = evaluate(pack.model_for(record.name, dev), task_data.test,
-                            batch_size=batch_size, device=dev).accuracy
-        rows.append(TaskEvaluation(record.name, record.index, accuracy, len(task_data.test)))
+        test = (task_data(pack, record.name, root=root) if data is None
+                else _other_data(pack, record.name, data, classes, root)).test
+        accuracy = evaluate(pack.model_for(record.name, dev), test, batch_size=batch_size,
+                            device=dev).accuracy
+        rows.append(TaskEvaluation(record.name, record.index, accuracy, len(test)))
     return rows
 
 
 def _other_data(pack: Pack, task: str, data: str, classes: Sequence[int] | None,
                 root: str | os.PathLike | None) -> TaskData:
-    task_data = load_task_data(data, pack.preprocess, root=root, classes=classes)
+    other = load_task_data(data, pack.preprocess, root=root, classes=classes)
     expected = len(pack.task(task).classes)
-    if len(task_data.classes) != expected:
+    if len(other.classes) != expected:
         raise DataError(
-            f"`data` {data} has {len(task_data.classes)} classes but task {task!r} has "
+            f"`data` {data} has {len(other.classes)} classes but task {task!r} has "
             f"{expected}; pick matching `classes`"
         )
-    return task_data
+    return other
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,7 +207,7 @@ def half_precision_change(pack: Pack, half: Pack, *, data_root: str | os.PathLik
         full = pack.model_for(record.name, device="cpu")
         reduced = half.model_for(record.name, device="cpu")
         try:
-            test = pack.task_data(record.name, root=data_root).test
+            test = task_data(pack, record.name, root=data_root).test
             changes.append(precision_change(record.name, full, reduced, test, batch_size))
         except DataError:
             noise = torch.randn(8, *pack.spec.input_size,
@@ -264,7 +262,7 @@ def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_siz
     nets = [task_free_net(pack, t.name, dev) for t in pack.tasks]
     table = []
     for record in pack.tasks:
-        test = pack.task_data(record.name, root=root).test
+        test = task_data(pack, record.name, root=root).test
         table.append(split_logits(nets, test, record.name, record.index,
                                   batch_size=batch_size, device=dev))
     return table

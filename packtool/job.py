@@ -31,8 +31,8 @@ from .distributed import World
 from .errors import PackToolError, TaskError
 from .fileio import file_lock
 from .formats.checkpoint import Checkpoint, checkpoint_path
-from .formats.weights import PRETRAINED, pretrained_weights_file
 from .lifecycle import add_task
+from .models import PRETRAINED, pretrained_weights_file
 from .pack import FREE_INITS, Pack
 from .planner import Pruning
 from .progress import Progress

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch._dynamo
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -28,6 +29,10 @@ from .errors import TaskError
 from .evaluation import Score
 from .method import Phase, trainable_mask
 from .progress import Progress
+
+# torch.optim imports torch._dynamo when the first optimizer is made (its methods are wrapped to
+# stay out of compiled graphs): seconds on a small machine. Imported with this module, it is a
+# start-up cost of training, not a cost the first task's measured time would carry.
 
 #: ``loss_fn(model, batch) -> (loss, logits or None)``; a batch is ``(inputs, labels, *rest)``.
 LossFn = Callable[[nn.Module, Sequence[Tensor]], tuple[Tensor, Tensor | None]]

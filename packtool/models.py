@@ -34,13 +34,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .data.preprocess import check_input
-from .errors import ArchitectureError, one_line
+from .errors import ArchitectureError, PackToolError, one_line
 
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -48,6 +49,10 @@ ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj
 MIN_BARE_WEIGHTS = 16_384
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+#: ``weights`` that asks for torchvision's pretrained weights (from the local hub cache).
+PRETRAINED = "DEFAULT"
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,32 @@ def _torchvision_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
         )
     # weights=None: nothing is downloaded; pretrained weights come from a local file.
     return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def pretrained_weights_file(arch: str) -> Path:
+    """torchvision's DEFAULT weights for ``arch`` if they are already in the local torch hub cache.
+
+    Nothing is downloaded: without a cached copy this raises a PackToolError that says where to
+    put the file (or to give it as ``weights``).
+    """
+    import torchvision  # only for a torchvision name (see _torchvision_model)
+
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        raise PackToolError(
+            f"`weights={PRETRAINED}`: {arch!r} has no pretrained torchvision weights; "
+            "pass `weights=FILE` (a local state_dict) or none"
+        ) from None
+    url = weights.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not cached.is_file():
+        raise PackToolError(
+            f"`weights={PRETRAINED}`: torchvision's {arch} weights are not cached at {cached} "
+            f"and packtool downloads nothing; fetch {url} on a machine with network access and "
+            "pass `weights=FILE` (or copy it to that path)"
+        )
+    return cached
 
 
 def _import_builder(target: str) -> Callable[..., nn.Module]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .choices import FREE_INITS, POLICIES
-from .data import Preprocess, TaskData, load_task_data
+from .data.preprocess import Preprocess
 from .errors import ArchitectureError, PackFormatError, TaskError
 from .formats import model_file
 from .formats.weights import is_tensor_dict, load_state_dict_file
@@ -300,22 +300,6 @@ class Pack:
         net = self.network(record.index, Phase.EVAL, head=record.head,
                            private=self.private_state(record), device=device)
         return bake(net, inplace=True).eval()
-
-    def task_data(self, task: str | int, *, root: str | os.PathLike | None = None) -> TaskData:
-        """Task ``task``'s dataset, rebuilt from the spec recorded when it was added.
-
-        Args:
-            root: where the registered datasets live now, if not where they were (the recorded
-                root, else ``$PACKTOOL_DATA``).
-
-        Raises:
-            DataError: the data is not there (or cannot be read) any more.
-        """
-        spec = dict(self.task(task).data)
-        spec.setdefault("resize", None)  # tasks added before the recipes: resized whole
-        if root is not None:
-            spec["root"] = str(root)
-        return load_task_data(**spec, preprocess=self.preprocess)
 
     def with_task(self, record: TaskRecord, shared: dict[str, Tensor],
                   owners: dict[str, Tensor], released: dict[str, Tensor] | None = None) -> Pack:

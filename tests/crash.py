@@ -199,7 +199,8 @@ def _child(args: list[str], kill: str | None, trace: Path | None, out: Path,
 #: Children fork from a server process that imported packtool but never ran a torch operation:
 #: forking the test process itself, once it has used OpenMP threads, can deadlock the child.
 _SERVER = multiprocessing.get_context("forkserver")
-_SERVER.set_forkserver_preload(["packtool.cli.main"])  # (3.11 ignores sys.path there)
+# (Python 3.11 ignores sys.path there: only installed modules can be preloaded.)
+_SERVER.set_forkserver_preload(["packtool.cli.commands.init", "packtool.cli.commands.add_task"])
 
 
 def forked(args: list[str], *, kill: str | None = None, trace: Path | None = None,

@@ -28,9 +28,9 @@ from packtool.data import (
     TaskData,
     dataset_root,
     load_task_data,
-    parse_classes,
 )
 from packtool.errors import DataError, PackToolError
+from packtool.parse import parse_classes
 
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # class k is painted COLORS[k]
 GRAY = (128, 128, 128)

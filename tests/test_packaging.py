@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from cli_helpers import ARCH, FAST, ok
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +64,48 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
     assert helped.returncode == 0, helped.stderr
     for command in ("init", "add-task", "eval", "info", "export", "predict"):
         assert command in helped.stdout
+
+
+#: What a serving machine installs beside ``pip install --no-deps packtool`` (README,
+#: "Deploying"): onnxruntime (and what it imports), numpy, Pillow, click and rich.
+SERVING = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs", "flatbuffers", "google",
+           "packaging", "click", "rich", "markdown_it", "mdurl", "pygments")
+
+
+def test_a_serving_install_without_torch_predicts(wheel, tmp_path):
+    """The wheel with only the serving packages (no torch, torchvision or onnx on the path at
+    all): predict on an ONNX file works, and a training command says what it needs."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    here = Path(sysconfig.get_paths()["purelib"])
+    for name in SERVING:
+        (deps / name).symlink_to(here / name)
+    site = Path(subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip())
+    (site / "deps.pth").write_text(f"{deps}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert subprocess.run([python, "-c", "import torch"], **run).returncode != 0
+
+    # An exported task and an image, made here with the full install.
+    model, onnx = tmp_path / "model.pt", tmp_path / "task.onnx"
+    ok("init", model, *ARCH)
+    ok("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.5", *FAST)
+    ok("export", model, "--task", "digits-0-1", "--out", onnx)
+    Image.new("L", (8, 8), 200).save(tmp_path / "x.png")
+
+    packtool = env_dir / "bin" / "packtool"
+    served = subprocess.run([packtool, "predict", onnx, "x.png", "--json"], **run)
+    assert served.returncode == 0, served.stderr
+    assert '"task": "digits-0-1"' in served.stdout
+    refused = subprocess.run([packtool, "info", model], **run)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("Error: this command needs torch, which is not installed")

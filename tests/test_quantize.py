@@ -8,6 +8,7 @@ import pytest
 from cli_helpers import FAST, assert_error, invoke, ok, ok_json, sha256
 
 from packtool import Pack, evaluate
+from packtool.data import task_data
 from packtool.errors import PackToolError
 from packtool.exporters import export_reduced, session
 from packtool.exporters.quantize import OrtModule, calibration_batches, half_weights
@@ -24,7 +25,7 @@ def digits_model(request, tmp_path_factory):
 
 def _file_accuracy(pack, path):
     """The written file evaluated on its own, as a user would."""
-    test = pack.task_data("digits-0to4").test
+    test = task_data(pack, "digits-0to4").test
     return evaluate(OrtModule(session(path)), test).accuracy
 
 
@@ -37,7 +38,7 @@ def test_reported_change_is_the_written_files(digits_model, tmp_path, flag, prec
     [item] = doc["files"]
     assert item["precision"] == precision and item["bytes"] == out.stat().st_size
     pack = Pack.load(digits_model)
-    float32 = evaluate(pack.model_for("digits-0to4"), pack.task_data("digits-0to4").test)
+    float32 = evaluate(pack.model_for("digits-0to4"), task_data(pack, "digits-0to4").test)
     assert item["accuracy_float32"] == float32.accuracy
     assert item["accuracy"] == _file_accuracy(pack, out)
     assert item["accuracy_change"] == pytest.approx((item["accuracy"] - float32.accuracy) * 100)

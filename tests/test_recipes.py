@@ -13,6 +13,7 @@ from PIL import Image
 from test_data import write_cars, write_cifar100, write_cubs, write_flowers, write_folder
 
 from packtool import Pack, Preprocess, TrainConfig, add_task, load_task_data
+from packtool.data import ImageTransform
 from packtool.exporters import TaskMetadata, export_onnx, predict, task_onnx
 
 RGB32 = Preprocess((3, 32, 32), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -49,7 +50,7 @@ def test_training_crops_at_random_and_evaluation_at_the_center(tmp_path):
     image = Image.open(_stripes(tmp_path / "s.png"))
     pre = RGB32.cropping()
     assert pre.resize == 37
-    evaluated = pre.transform()(image)
+    evaluated = ImageTransform(pre)(image)
     # The center crop of the image resized to a shorter side of 37 (55x37), taken by hand.
     resized = torch.nn.functional.interpolate(
         torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float(), size=(37, 55),
@@ -57,9 +58,9 @@ def test_training_crops_at_random_and_evaluation_at_the_center(tmp_path):
     top, left = round((37 - 32) / 2), round((55 - 32) / 2)  # torchvision's center
     expected = resized[:, top:top + 32, left:left + 32] / 255
     torch.testing.assert_close(evaluated, expected, atol=1.01 / 255, rtol=0)
-    assert all(torch.equal(pre.transform()(image), evaluated) for _ in range(3))
+    assert all(torch.equal(ImageTransform(pre)(image), evaluated) for _ in range(3))
     torch.manual_seed(0)
-    crops = {pre.transform(train=True)(image)[0, 0].sum().item() for _ in range(20)}
+    crops = {ImageTransform(pre, train=True)(image)[0, 0].sum().item() for _ in range(20)}
     assert len(crops) > 3  # random positions
 
 
@@ -78,7 +79,8 @@ def test_onnx_carries_the_recipe_and_predict_reproduces_pytorch(tmp_path):
     model = pack.model_for("t")
     for image, item in zip(images, result.predictions):
         with torch.no_grad():
-            probs = torch.softmax(model(meta.preprocess.load_image(image)[None]), 1)[0]
+            x = torch.from_numpy(meta.preprocess.load_image(image))[None]
+            probs = torch.softmax(model(x), 1)[0]
         for top in item["top"]:
             k = data.classes.index(top["class"])
             assert abs(top["probability"] - float(probs[k])) < 1e-4

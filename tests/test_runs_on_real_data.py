@@ -20,6 +20,7 @@ from packtool import (
     load_task_data,
 )
 from packtool.config import FROM_SCRATCH, schedule
+from packtool.data import task_data
 from packtool.formats.checkpoint import Checkpoint
 
 RGB16 = Preprocess((3, 16, 16), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -105,7 +106,7 @@ def test_skipping_bad_files_leaves_them_out_and_says_how_many(tmp_path):
     pack, result = add_task(pack, "t", data, 0.5, TrainConfig(epochs=1, finetune_epochs=0,
                                                                device="cpu"))
     assert result.skipped_images == 2 and pack.tasks[0].metrics["skipped_images"] == 2
-    assert len(pack.task_data("t").test) == len(data.test)  # rebuilt with the same skip
+    assert len(task_data(pack, "t").test) == len(data.test)  # rebuilt with the same skip
 
 
 def test_the_cli_checks_files_first_and_skips_on_request(tmp_path):

@@ -3,7 +3,7 @@
 Modules: :mod:`.registry` (:data:`DATASETS`, :func:`load_task_data`), :mod:`.preprocess` (image ->
 network input, numpy and Pillow only), :mod:`.transforms` (the same as a torch transform, with
 training's random crop and flip), :mod:`.sampling` (a training epoch's order and randomness),
-:mod:`.classes` (``--classes``), :mod:`.sources` (samples read by position, one task's split),
+:mod:`.sources` (samples read by position, one task's split),
 :mod:`.folders` (image folders), and one module per published layout (:mod:`.cubs`,
 :mod:`.cars`, :mod:`.flowers`, :mod:`.cifar100`, :mod:`.digits`) on the helpers of
 :mod:`.layout`. Names are loaded on first use (:mod:`packtool._lazy`).
@@ -31,10 +31,9 @@ Nothing is downloaded: ``digits`` ships with scikit-learn, everything else is re
 from .._lazy import exports
 
 __getattr__, __dir__, __all__ = exports(__name__, {
-    ".classes": ("parse_classes",),
     ".layout": ("ENV_ROOT", "IMAGE_EXTENSIONS", "DatasetInfo", "dataset_root"),
-    ".preprocess": ("Preprocess", "parse_input_size", "read_image"),
-    ".registry": ("DATASETS", "TaskData", "load_task_data"),
+    ".preprocess": ("Preprocess", "read_image"),
+    ".registry": ("DATASETS", "TaskData", "load_task_data", "task_data"),
     ".sampling": ("EpochSampler", "SeededSamples"),
     ".sources": ("ImageArray", "ImageFiles", "TaskSplit", "cache_splits", "in_memory"),
     ".transforms": ("ImageTransform",),

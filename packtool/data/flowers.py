@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import Flowers102
 
 from ..errors import DataError
 from .layout import DatasetInfo, Splits, loadmat, require
@@ -25,6 +24,8 @@ def load(root: Path | None) -> Splits:
     (labels,) = loadmat(base / "imagelabels.mat", "labels")
     labels = np.atleast_1d(labels).astype(np.int64)
     # The dataset ships no names; torchvision lists them (older releases don't: use "1".."102").
+    from torchvision.datasets import Flowers102  # a reader: imported when it reads
+
     classes = list(getattr(Flowers102, "classes", None) or (str(k) for k in range(1, 103)))
     if labels.size == 0 or labels.min() < 1 or labels.max() > len(classes):
         raise DataError(f"{base / 'imagelabels.mat'}: labels must be 1..{len(classes)}")

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.folder import make_dataset
 
 from ..errors import DataError
 from .layout import IMAGE_EXTENSIONS, DatasetInfo, Splits, require
@@ -64,6 +63,8 @@ def _list_split(base: Path, split: str, index: dict[str, int]) -> list[tuple[str
     if unknown:
         raise DataError(f"class folder {folder / unknown[0]} has no counterpart in "
                         f"{base / 'train'}")
+    from torchvision.datasets.folder import make_dataset  # a reader: imported when it reads
+
     found = make_dataset(str(folder), {name: index[name] for name in names},
                          is_valid_file=_is_image(str(folder)), allow_empty=True)
     counts = np.bincount([label for _, label in found], minlength=len(index))

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 
 from ..errors import DataError
 from .sources import Source
@@ -121,6 +120,8 @@ def by_id(path: Path, rows: list[list[str]], ids: Sequence[str]) -> list[list[st
 
 def loadmat(path: Path, *keys: str) -> list[Any]:
     """Variables ``keys`` of a MATLAB file (squeezed); DataError naming the file if bad."""
+    import scipy.io  # a reader: imported when it reads
+
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True)
     except Exception as exc:  # scipy raises many types on malformed files

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import ArchitectureError, DataError
+from ..errors import DataError
 
 # Luma weights of ITU-R 601-2, the ones PIL's convert("L") uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -56,18 +56,6 @@ def check_input(input_size: Sequence[int], mean: Sequence[float], std: Sequence[
             f"mean and std need {size[0]} values each with std > 0, got {mean} and {std}"
         )
     return size, mean, std  # type: ignore[return-value]
-
-
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """Parse ``"3x224x224"`` into ``(3, 224, 224)``; ArchitectureError otherwise."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        size = ()
-    if len(size) != 3 or min(size) < 1:
-        raise ArchitectureError(f"input size must look like 3x224x224, got {text!r}")
-    return size  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

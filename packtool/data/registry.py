@@ -6,18 +6,22 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..parse import parse_classes
 from . import cars, cifar100, cubs, digits, flowers
-from .classes import parse_classes
 from .folders import IMAGENET, SKETCH, WIKIART, read_folder
 from .layout import DatasetInfo, Splits, dataset_root, stratified_split
 from .preprocess import Preprocess
 from .sources import ImageFiles, TaskSplit
 from .transforms import ImageTransform
+
+if TYPE_CHECKING:
+    from ..pack import Pack
 
 #: The registered datasets by name (``DATA`` on the command line).
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
@@ -50,6 +54,24 @@ class TaskData:
     spec: dict
     augment: bool
     skipped: list[str] = field(default_factory=list)
+
+
+def task_data(pack: Pack, task: str | int, *, root: str | os.PathLike | None = None
+              ) -> TaskData:
+    """Task ``task`` of ``pack``: its dataset, rebuilt from the spec recorded when it was added.
+
+    Args:
+        root: where the registered datasets live now, if not where they were (the recorded
+            root, else ``$PACKTOOL_DATA``).
+
+    Raises:
+        DataError: the data is not there (or cannot be read) any more.
+    """
+    spec = dict(pack.task(task).data)
+    spec.setdefault("resize", None)  # tasks added before the recipes: resized whole
+    if root is not None:
+        spec["root"] = str(root)
+    return load_task_data(**spec, preprocess=pack.preprocess)
 
 
 def _check_classes(classes: Sequence[int] | str | None, count: int, data: str) -> list[int]:

@@ -1,11 +1,11 @@
-"""``--classes``: a subset of a dataset's classes, as text (pure Python: the command line parses
-it before loading anything)."""
+"""Settings given as text (the command line, plan files): a subset of a dataset's classes and
+an input size, parsed with plain Python, so a usage error is told before anything is loaded."""
 
 from __future__ import annotations
 
 import re
 
-from ..errors import DataError
+from .errors import ArchitectureError, DataError
 
 _MAX_CLASSES = 1_000_000  # bounds the size of a --classes range such as "0-999999999999"
 
@@ -36,3 +36,15 @@ def parse_classes(text: str) -> list[int]:
             raise DataError(f"class {k} is listed twice in {text!r}")
         seen.add(k)
     return result
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """Parse ``"3x224x224"`` into ``(3, 224, 224)``; ArchitectureError otherwise."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ArchitectureError(f"input size must look like 3x224x224, got {text!r}")
+    return size  # type: ignore[return-value]

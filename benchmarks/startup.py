@@ -1,0 +1,204 @@
+"""Start-up: what a command costs from process start, imports included (issue 25).
+
+Every figure is a whole process, started as a user starts it (the ``packtool`` console script,
+or ``python``), timed from before it starts to after it exits, with its peak resident memory
+(``ru_maxrss`` of the child); the median of several processes.
+
+* ``packtool --help`` and ``--version``: targets at most 0.3 s and 80 MB;
+* ``packtool predict FILE.onnx`` on 8 JPEGs (a ResNet-18 task at 112 px): at most 1.0 s and
+  300 MB;
+* ``packtool info MODEL`` against ``python -c "import torch"``: at most 1.3x;
+* ``packtool add-task``'s fixed cost on a digits task (its wall time minus the ``seconds`` it
+  reports) against ``python -c "import torch, torchvision"``: at most 1.3x;
+* a one-epoch task on 144 JPEGs of about 500x375 at 112 px (``add-task --epochs 1
+  --finetune-epochs 0 --prune 0`` with the default settings), against a plain torchvision
+  script doing the same epoch and a test pass (:mod:`benchmarks.plain_loop`), both from process
+  start: at least 0.8x the plain script's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .common import fmt, markdown_table
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class StartupSettings:
+    repeats: int  # processes per figure (the median is reported)
+    arch: str  # the network of the predict and one-epoch figures
+    size: int  # its input side
+    images: int  # training JPEGs of the one-epoch figure (a third as many test images)
+    note: str = ""
+
+
+SETTINGS = {
+    "smoke": StartupSettings(1, "lenet", 32, 16, note="smoke: not a measurement"),
+    "quick": StartupSettings(3, "resnet18", 112, 144),
+    "full": StartupSettings(5, "resnet18", 112, 144),
+}
+
+#: Targets: seconds and MB for the commands that must start at once, ratios for the others.
+TARGETS = {"help_s": 0.3, "help_mb": 80.0, "predict_s": 1.0, "predict_mb": 300.0,
+           "info_ratio": 1.3, "fixed_ratio": 1.3, "epoch_speed": 0.8}
+
+
+def timed(args: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Run ``args``; its wall time (s), peak resident memory (MB) and stdout. Fails loudly."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        child = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed: {err.read().decode()[-2000:]}")
+        return seconds, usage.ru_maxrss / 1024, out.read().decode()
+
+
+def median_of(repeats: int, args: list[str], cwd: Path,
+              before: Any = None) -> dict[str, float]:
+    """Median wall time and peak memory of ``repeats`` processes (``before()`` runs first
+    each time, untimed)."""
+    runs = []
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        runs.append(timed(args, cwd)[:2])
+    return {"seconds": statistics.median(r[0] for r in runs),
+            "mb": statistics.median(r[1] for r in runs)}
+
+
+def _jpegs(root: Path, train: int, classes: int = 4) -> list[Path]:
+    """Smooth random photographs of about 500x375 in ``root/{train,test}/<class>/``."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for split, count in (("train", train), ("test", max(train // 3, classes))):
+        for i in range(count):
+            label = i % classes
+            folder = root / split / f"c{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            low = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            low[..., label % 3] = 255
+            width, height = 500 + int(rng.integers(-20, 21)), 375
+            path = folder / f"{i}.jpg"
+            Image.fromarray(low).resize((width, height), Image.BILINEAR).save(path, quality=90)
+            paths.append(path)
+    return paths
+
+
+def run(mode: str, log: Any = None) -> dict[str, Any]:
+    settings = SETTINGS[mode]
+    n = settings.repeats
+    packtool = str(Path(sys.executable).parent / "packtool")
+    python = sys.executable
+    result: dict[str, Any] = {"settings": asdict(settings)}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        result["help"] = median_of(n, [packtool, "--help"], tmp)
+        result["version"] = median_of(n, [packtool, "--version"], tmp)
+        result["import_torch"] = median_of(n, [python, "-c", "import torch"], tmp)
+        result["import_torch_torchvision"] = median_of(
+            n, [python, "-c", "import torch, torchvision"], tmp)
+        if log:
+            log("startup: --help, --version and the imports done")
+
+        # One task on a JPEG folder, as a user would run it: its epoch, then serving it.
+        images = _jpegs(tmp / "jpegs", settings.images)
+        model = tmp / "model.pt"
+        side = settings.size
+        timed([packtool, "init", str(model), "--arch", settings.arch, "--input-size",
+               f"3x{side}x{side}"], tmp)
+        fresh = tmp / "fresh.pt"
+        shutil.copy(model, fresh)
+        add = [packtool, "add-task", str(model), "--data", str(tmp / "jpegs"), "--task", "photos",
+               "--prune", "0", "--epochs", "1", "--finetune-epochs", "0", "--lr", "0.01"]
+        result["one_epoch"] = median_of(n, add, tmp, before=lambda: shutil.copy(fresh, model))
+        result["plain_epoch"] = median_of(
+            n, [python, str(HERE / "plain_loop.py"), str(tmp / "jpegs"), str(side), "2"], tmp)
+        if log:
+            log("startup: one-epoch task and the plain script done")
+        result["info"] = median_of(n, [packtool, "info", str(model)], tmp)
+        onnx = tmp / "photos.onnx"
+        timed([packtool, "export", str(model), "--task", "photos", "--out", str(onnx)], tmp)
+        result["predict"] = median_of(
+            n, [packtool, "predict", str(onnx), *map(str, images[:8])], tmp)
+
+        # add-task's fixed cost on a small digits task: wall time minus its own `seconds`.
+        digits = tmp / "digits.pt"
+        timed([packtool, "init", str(digits), "--arch", "lenet", "--input-size", "1x8x8"], tmp)
+        blank = tmp / "digits-blank.pt"
+        shutil.copy(digits, blank)
+        fixed = []
+        for _ in range(n):
+            shutil.copy(blank, digits)
+            wall, mb, out = timed([packtool, "add-task", str(digits), "--data", "digits",
+                                   "--classes", "0,1", "--prune", "0.5", "--epochs", "1",
+                                   "--finetune-epochs", "0", "--json"], tmp)
+            fixed.append((wall - json.loads(out)["seconds"], wall, mb))
+        result["add_task_fixed"] = {"seconds": statistics.median(f[0] for f in fixed),
+                                    "wall": statistics.median(f[1] for f in fixed),
+                                    "mb": statistics.median(f[2] for f in fixed)}
+        if log:
+            log("startup: info, predict and add-task's fixed cost done")
+    return result
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    """The figures the targets speak of."""
+    return {
+        "info_ratio": r["info"]["seconds"] / r["import_torch"]["seconds"],
+        "fixed_ratio": r["add_task_fixed"]["seconds"] / r["import_torch_torchvision"]["seconds"],
+        "epoch_speed": r["plain_epoch"]["seconds"] / r["one_epoch"]["seconds"],
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    s, q = r["settings"], ratios(r)
+    note = f"_{s['note']}_\n\n" if s.get("note") else ""
+    rows = [
+        ["`packtool --help`", fmt(r["help"]["seconds"], 2), fmt(r["help"]["mb"]),
+         f"<= {TARGETS['help_s']} s, <= {TARGETS['help_mb']:.0f} MB"],
+        ["`packtool --version`", fmt(r["version"]["seconds"], 2), fmt(r["version"]["mb"]),
+         f"<= {TARGETS['help_s']} s, <= {TARGETS['help_mb']:.0f} MB"],
+        [f"`packtool predict FILE.onnx` on 8 JPEGs ({s['arch']}, {s['size']} px)",
+         fmt(r["predict"]["seconds"], 2), fmt(r["predict"]["mb"]),
+         f"<= {TARGETS['predict_s']} s, <= {TARGETS['predict_mb']:.0f} MB"],
+        ['`python -c "import torch"`', fmt(r["import_torch"]["seconds"], 2),
+         fmt(r["import_torch"]["mb"]), ""],
+        ['`python -c "import torch, torchvision"`',
+         fmt(r["import_torch_torchvision"]["seconds"], 2),
+         fmt(r["import_torch_torchvision"]["mb"]), ""],
+        ["`packtool info MODEL`", fmt(r["info"]["seconds"], 2), fmt(r["info"]["mb"]),
+         f"{q['info_ratio']:.2f}x import torch (<= {TARGETS['info_ratio']}x)"],
+        ["`packtool add-task` on digits {0,1}, 1 epoch: wall time",
+         fmt(r["add_task_fixed"]["wall"], 2), fmt(r["add_task_fixed"]["mb"]), ""],
+        ["... of which fixed cost (wall minus its `seconds`)",
+         fmt(r["add_task_fixed"]["seconds"], 2), "",
+         f"{q['fixed_ratio']:.2f}x import torch, torchvision (<= {TARGETS['fixed_ratio']}x)"],
+        [f"one-epoch task on {s['images']} JPEGs, `packtool add-task`",
+         fmt(r["one_epoch"]["seconds"], 2), fmt(r["one_epoch"]["mb"]),
+         f"{q['epoch_speed']:.2f}x the plain script's speed (>= {TARGETS['epoch_speed']}x)"],
+        ["... the plain torchvision script (2 loader workers)",
+         fmt(r["plain_epoch"]["seconds"], 2), fmt(r["plain_epoch"]["mb"]), ""],
+    ]
+    return (f"{note}### Whole processes, from start to exit (median of {s['repeats']})\n\n"
+            + markdown_table(["command", "seconds", "peak MB", "against the target"], rows,
+                             ["l", "r", "r", "l"]))

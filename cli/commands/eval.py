@@ -1,0 +1,45 @@
+"""``packtool eval``: tasks on their held-out splits, or served without their task id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from packtool.evaluation import evaluate_task_free, evaluate_tasks
+from packtool.formats.files import load
+from packtool.pack import Pack
+from packtool.report import plot_accuracy
+from packtool.taskfree import default_score
+
+from .. import render
+from ..console import console_for, print_json
+
+
+def run(model: Path, as_json: bool, task_free: bool = False, **options: Any) -> None:
+    pack = load(model)
+    (_task_free if task_free else _accuracy)(pack, as_json, **options)
+
+
+def _accuracy(pack: Pack, as_json: bool, tasks: tuple[str, ...], data: str | None,
+              classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
+              plot: str | None) -> None:
+    rows = [row.to_dict() for row in evaluate_tasks(
+        pack, tasks, data=data, classes=classes, root=data_root, batch_size=batch_size,
+        device=device)]
+    doc = {"tasks": rows}
+    if plot:
+        plot_accuracy(rows, plot)
+    if as_json:
+        print_json(doc)
+    else:
+        render.show_eval(console_for(), doc)
+
+
+def _task_free(pack: Pack, as_json: bool, **settings: Any) -> None:
+    settings["score"] = settings["score"] or default_score(pack)
+    rows = evaluate_task_free(pack, **settings)
+    doc = render.task_free_doc(rows, pack, group=settings["group"], score=settings["score"])
+    if as_json:
+        print_json(doc)
+    else:
+        render.show_task_free(console_for(), doc)

@@ -1,0 +1,72 @@
+"""``packtool export``: per-task ONNX files, one multi-task ONNX file, or the archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from packtool.errors import PackToolError
+from packtool.evaluation import half_precision_change
+from packtool.exporters.archive import write_archive
+from packtool.exporters.multitask import export_multi_task
+from packtool.exporters.onnx import ARCHIVE_NAME, export_all, export_onnx, task_filenames
+from packtool.exporters.quantize import export_reduced
+from packtool.fileio import sha256_file
+from packtool.formats.archive import read_archive
+from packtool.formats.files import load
+
+from .. import render
+from ..console import console_for, print_json
+
+
+def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
+        archive: str | None, out: str | None, dense: bool, opset: int, no_verify: bool,
+        half: bool, int8: bool, max_drop: float | None, force: bool, data_root: str | None,
+        as_json: bool) -> None:
+    pack, sha = load(model), sha256_file(model)
+    onnx = {"opset": opset, "verify": not no_verify, "source_sha256": sha}
+    files: list[Any] = []
+    written = None
+    if archive is not None:
+        _refuse_overwriting(model, [Path(archive)])
+        written = write_archive(pack, archive, half=half, source_sha256=sha)
+    elif all_tasks:
+        assert out is not None
+        stems = task_filenames(pack.task_names)
+        _refuse_overwriting(model, [Path(out) / f"{s}.onnx" for s in stems]
+                            + [Path(out) / ARCHIVE_NAME])
+        files, written = export_all(pack, out, archive=True, dense=dense, **onnx)
+    elif multi_task:
+        assert out is not None
+        _refuse_overwriting(model, [Path(out)])
+        files = [export_multi_task(pack, out, **onnx)]
+    else:
+        assert name is not None
+        record = pack.task(name)
+        path = Path(out or f"{task_filenames([record.name])[0]}.onnx")
+        _refuse_overwriting(model, [path])
+        if half or int8:
+            files = [export_reduced(
+                pack, record.name, path, "int8" if int8 else "float16", force=force,
+                max_drop=1.0 if max_drop is None else max_drop, data_root=data_root,
+                opset=opset, source_sha256=sha)]
+        else:
+            files = [export_onnx(pack, record.name, path, dense=dense, **onnx)]
+    doc = {"files": [f.to_dict() for f in files],
+           "archive": None if written is None else written.to_dict()}
+    if archive is not None and half:
+        changes = half_precision_change(pack, read_archive(archive), data_root=data_root)
+        doc["archive"]["half_precision"] = [c.to_dict() for c in changes]
+    if as_json:
+        print_json(doc)
+    else:
+        render.show_export(console_for(), doc)
+
+
+def _refuse_overwriting(model: Path, targets: list[Path]) -> None:
+    """An export must never replace the file it reads."""
+    source = model.resolve()
+    for target in targets:
+        if target.resolve() == source:
+            raise PackToolError(f"refusing to overwrite {model} (the export's source) with "
+                                f"{target}; choose another output path")
