@@ -2,7 +2,7 @@
 
 Every figure is a whole process, started as a user starts it (the ``packtool`` console script,
 or ``python``), timed from before it starts to after it exits, with its peak resident memory
-(``ru_maxrss`` of the child); the median of several processes.
+(its ``ru_maxrss``, see :data:`LAUNCHER`); the median of several processes.
 
 * ``packtool --help`` and ``--version``: targets at most 0.3 s and 80 MB;
 * ``packtool predict FILE.onnx`` on 8 JPEGs (a ResNet-18 task at 112 px): at most 1.0 s and
@@ -19,13 +19,11 @@ or ``python``), timed from before it starts to after it exits, with its peak res
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,19 +56,31 @@ TARGETS = {"help_s": 0.3, "help_mb": 80.0, "predict_s": 1.0, "predict_mb": 300.0
            "info_ratio": 1.3, "fixed_ratio": 1.3, "epoch_speed": 0.8}
 
 
+#: Starts the measured command and reports its wall time, peak memory and exit status. A child's
+#: ``ru_maxrss`` counts the memory of the process it was forked from, so the command is forked
+#: from this small interpreter (``python -S``, about 10 MB), not from the benchmark's.
+LAUNCHER = """import json, os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump([time.perf_counter() - start, usage.ru_maxrss / 1024,
+               os.waitstatus_to_exitcode(status)], f)
+"""
+
+
 def timed(args: list[str], cwd: Path) -> tuple[float, float, str]:
     """Run ``args``; its wall time (s), peak resident memory (MB) and stdout. Fails loudly."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        child = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if child.returncode != 0:
-            raise RuntimeError(f"{' '.join(args)} failed: {err.read().decode()[-2000:]}")
-        return seconds, usage.ru_maxrss / 1024, out.read().decode()
+    with tempfile.TemporaryDirectory() as name:
+        report = Path(name) / "report.json"
+        done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(report), *args],
+                              cwd=cwd, capture_output=True, text=True)
+        seconds, mb, code = json.loads(report.read_text())
+    if code != 0 or done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {done.stderr[-2000:]}")
+    return seconds, mb, done.stdout
 
 
 def median_of(repeats: int, args: list[str], cwd: Path,

@@ -121,8 +121,10 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     record = new.tasks[-1]
     record.temperature, record.feature_stats = calibrate(new, task, data, device=device)
     record.check()
-    final = evaluate(new.model_for(task, device), data.test, device=device, world=world)
-    new.tasks[-1].metrics["accuracy"] = final.accuracy
+    # Without fine-tuning, the frozen network is the pruned one, measured already.
+    new.tasks[-1].metrics["accuracy"] = metrics["accuracy_after_prune"] if not (
+        config.finetune_epochs) else evaluate(new.model_for(task, device), data.test,
+                                               device=device, world=world).accuracy
     return new, _result(new, decision, metrics, time.perf_counter() - started)
 
 
@@ -205,9 +207,7 @@ def _train_prune_finetune(t: Session, pruning: Pruning, start: Checkpoint | None
     ratio = float(pruning.ratio)
     if start is None:
         assert after is not None
-        t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
-        _prune(t, ratio, pruning.reserve)
-        t.metrics["accuracy_after_prune"] = t.evaluate(t.data.test).accuracy
+        _prune_measured(t, ratio, pruning.reserve)
         after.rng.restore(t.generator, t.device)  # fine-tuning starts as an auto trial does
     else:
         t.metrics.update(start.metrics)
@@ -279,9 +279,7 @@ def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint
                     pruning.trials, scan, finetune)
     decision.warning = warning
     t.load(after.state, Phase.TRAIN)
-    t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
-    _prune(t, decision.ratio, pruning.reserve)
-    t.metrics["accuracy_after_prune"] = t.evaluate(t.data.test).accuracy
+    _prune_measured(t, decision.ratio, pruning.reserve)
     winner = next(c for c in decision.search if c.ratio == decision.ratio)
     finished = _finish_trial(t, decision.state, start if resumed.get("continuing") else None)
     winner.val_finetuned = winner.val_finetuned if finished is None else finished
@@ -360,10 +358,20 @@ def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
     return best.score.accuracy, end
 
 
+def _prune_measured(t: Session, ratio: float, reserve: int) -> None:
+    """:func:`_prune`, with the test accuracy before and after it in ``t.metrics`` (measured
+    once when pruning changed no weight: the network is the same)."""
+    t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
+    changed = _prune(t, ratio, reserve)
+    t.metrics["accuracy_after_prune"] = (t.evaluate(t.data.test).accuracy if changed
+                                         else t.metrics["accuracy_before_prune"])
+
+
 @torch.no_grad()
-def _prune(t: Session, ratio: float, reserve: int = 0) -> None:
+def _prune(t: Session, ratio: float, reserve: int = 0) -> int:
     """Release ``ratio`` of the trained weights (more where ``reserve`` needs room) and zero
-    them; with a reserve, ``t.metrics`` counts the layers it raised."""
+    them; with a reserve, ``t.metrics`` counts the layers it raised. Returns how many weights
+    this changed (released ones that were not zero already)."""
     weights = {k: m.get_parameter(n + "_orig") for k, (m, n) in t.packed.items()}
     owners = {k: m.get_buffer(n + "_owners") for k, (m, n) in t.packed.items()}
     scope = t.config.prune_scope
@@ -378,10 +386,12 @@ def _prune(t: Session, ratio: float, reserve: int = 0) -> None:
                                f"{raised} of {len(t.packed)} layers to leave room")
     if t.pack.free_init == "kept":  # kept aside for the next task: the weights stay zero
         t.released = {k: weights[k][new_owners[k] == 0].detach().clone() for k in t.packed}
+    zeroed = sum(int(((new_owners[k] == 0) & (weights[k] != 0)).sum()) for k in t.packed)
     for key in t.packed:
         owners[key].copy_(new_owners[key])
         weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
     t.sync()  # deterministic already; broadcasting makes it so by construction
+    return zeroed
 
 
 # ------------------------------------------------------------------------------------------------
