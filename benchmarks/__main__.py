@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick | --smoke] [--only PART] [--json-out PATH]``."""
+"""``python -m benchmarks [--quick | --smoke] [--only PART] [--json-out PATH] [--record]``, or
+``python -m benchmarks --render``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import architectures, cost, deploy, planner, quality, startup, taskfree, throughput
+from . import architectures, cost, deploy, planner, quality, report, startup, taskfree, throughput
 from .common import machine
 
 PARTS = {"quality": quality, "planner": planner, "taskfree": taskfree, "cost": cost,
          "deploy": deploy, "architectures": architectures, "throughput": throughput,
          "startup": startup}
+RENDERERS = {name: part.markdown for name, part in PARTS.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,29 +29,45 @@ def main(argv: list[str] | None = None) -> int:
                        help="fewer epochs, smaller cost cases: a few minutes on 2 cores")
     speed.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
                        help="the tiniest settings, only to check that everything runs")
-    parser.add_argument("--only", choices=sorted(PARTS), help="run only this part")
+    parser.add_argument("--only", choices=sorted(PARTS), action="append",
+                        help="run only this part (repeatable)")
     parser.add_argument("--json-out", type=Path, metavar="PATH",
                         help="also write every measured value as JSON to PATH")
+    parser.add_argument("--record", action="store_true",
+                        help="store each part's result in benchmarks/results/<part>.json (full "
+                             "mode only) and re-render docs/benchmarks.md and the README table")
+    parser.add_argument("--render", action="store_true",
+                        help="only re-render docs/benchmarks.md and the README table from the "
+                             "stored results")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     mode = args.mode or "full"
+    if args.render:
+        report.render(RENDERERS)
+        return 0
+    if args.record and mode != "full":
+        parser.error("--record stores full-mode results only")
 
     def log(text: str) -> None:
         if not args.quiet:
             print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    doc: dict[str, Any] = {"mode": mode, "command": " ".join(["python -m benchmarks",
-                                                               *sys.argv[1:]]),
-                           "machine": machine()}
-    names = [args.only] if args.only else list(PARTS)
+    command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    doc: dict[str, Any] = {"mode": mode, "command": command, "machine": machine()}
     sections = []
-    for name in names:
+    for name in args.only or list(PARTS):
         part_start = time.perf_counter()
         doc[name] = PARTS[name].run(mode, log=log)
-        doc[name]["seconds"] = time.perf_counter() - part_start
-        sections.append(f"## {name.capitalize()} ({mode} mode, "
-                        f"{doc[name]['seconds']:.0f} s)\n\n{PARTS[name].markdown(doc[name])}")
+        seconds = time.perf_counter() - part_start
+        doc[name]["seconds"] = seconds
+        sections.append(f"## {name.capitalize()} ({mode} mode, {seconds:.0f} s)\n\n"
+                        f"{PARTS[name].markdown(doc[name])}")
+        if args.record:
+            result = {k: v for k, v in doc[name].items() if k != "seconds"}
+            path = report.store(name, result, mode=mode, command=command,
+                                machine=doc["machine"], seconds=seconds)
+            log(f"stored {path}")
     doc["seconds"] = time.perf_counter() - started
     m = doc["machine"]
     print(f"# packtool benchmarks ({mode})\n\nMachine: {m['cpu']}, {m['cpu_count']} CPUs, "
@@ -60,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
         log(f"wrote {args.json_out}")
+    if args.record:
+        report.render(RENDERERS)
+        log(f"rendered {report.PAGE} and the README's headline table")
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
-from packtool import Score, TrainConfig, evaluate
+from packtool import Measurement, TrainConfig, evaluate
 from packtool.loop import BestEpoch, make_optimizer, make_scheduler, train_epoch
 from packtool.models import ArchSpec, anatomy, build_network
 
@@ -94,12 +94,12 @@ def accuracy(model: MultiHead, task: int, dataset: Dataset) -> float:
     return validate(model, task, dataset).accuracy
 
 
-def validate(model: MultiHead, task: int, dataset: Dataset) -> Score:
+def validate(model: MultiHead, task: int, dataset: Dataset) -> Measurement:
     return evaluate(model.view(task), dataset, batch_size=256)
 
 
 def fit(model: MultiHead, params: Sequence[nn.Parameter], train: Dataset,
-        val_score: Callable[[], Score], config: TrainConfig) -> None:
+        val_score: Callable[[], Measurement], config: TrainConfig) -> None:
     """Train ``params`` on ``train`` (items ``(x, y, task)``) with packtool's schedule."""
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
@@ -110,7 +110,7 @@ def fit(model: MultiHead, params: Sequence[nn.Parameter], train: Dataset,
 
 
 def _phase(model: MultiHead, params: Sequence[nn.Parameter], loader: DataLoader,
-           val_score: Callable[[], Score], config: TrainConfig, epochs: int, lr: float,
+           val_score: Callable[[], Measurement], config: TrainConfig, epochs: int, lr: float,
            decay_every: int, include_start: bool) -> None:
     if epochs == 0:
         return
@@ -192,9 +192,9 @@ def run_joint(spec: ArchSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
         model.add_head(len(data.classes))
     train = ConcatDataset([with_task(d.train, k) for k, d in enumerate(tasks)])
 
-    def val_score() -> Score:  # model selection on the mean validation accuracy and loss
+    def val_score() -> Measurement:  # model selection on the mean validation accuracy and loss
         scores = [validate(model, k, d.val) for k, d in enumerate(tasks)]
-        return Score(sum(s.accuracy for s in scores) / len(scores),
+        return Measurement(sum(s.accuracy for s in scores) / len(scores),
                      sum(s.loss for s in scores) / len(scores))
 
     fit(model, list(model.parameters()), train, val_score, config)

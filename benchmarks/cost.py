@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from packtool import Pack, Preprocess, TaskData, TrainConfig, add_task, load_task_data
+from packtool.formats import model_file
 
 from . import masking_overhead
 from .common import fmt, fmt_int, interleaved_medians, markdown_table
@@ -194,7 +195,7 @@ def storage(pack: Pack, onnx_rows: list[dict[str, Any]]) -> dict[str, Any]:
     archive = floors["archive_bytes"]
     dense_onnx = sum(r["dense_bytes"] for r in onnx_rows)
     sparse_onnx = sum(r["sparse_bytes"] for r in onnx_rows)
-    model_pt = len(pack.to_bytes())
+    model_pt = len(model_file.to_bytes(pack))
     return {
         **floors,
         "separate_dense_onnx_bytes": dense_onnx,

@@ -3,6 +3,8 @@
 - :class:`~packtool.errors.PackToolError` (anything the user can cause): ``Error: <message>``,
   with the library's arguments named as this command line's flags (:func:`as_flags`).
 - ``OSError`` (permissions, a full disk, ...): ``Error: <reason>: <file>``.
+- :class:`~packtool.errors.PlanError` (a bad plan file): ``Error: <message>``, exit status 2, as
+  click's own usage errors.
 - Ctrl-C: ``Error: interrupted`` plus what was (not) changed, exit status 130.
 - Anything else is a bug: ``Error: internal error: <type>: <message> (run with --debug ...)``.
 
@@ -17,9 +19,10 @@ from typing import Any, NoReturn
 
 import click
 
-from packtool.errors import PackToolError, one_line
+from packtool.errors import PackToolError, PlanError, one_line
 
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 #: The library's arguments that its messages name (as `name` or `name=value`), by their flags.
@@ -67,6 +70,8 @@ def _report(ctx: click.Context, exc: BaseException) -> NoReturn:
     if isinstance(exc, KeyboardInterrupt):
         note = ctx.meta.get("interrupted")
         fail("interrupted" + (f"; {note}" if note else ""), EXIT_INTERRUPTED)
+    if isinstance(exc, PlanError):  # a bad plan is a bad argument
+        fail(one_line(exc), EXIT_USAGE)
     if isinstance(exc, PackToolError):
         fail(as_flags(one_line(exc)))
     if isinstance(exc, BrokenPipeError):  # e.g. `packtool info | head -1`

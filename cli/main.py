@@ -3,8 +3,9 @@
 This module declares every command and its options with click alone and checks the usage, so
 ``--help``, ``--version`` and a usage error start in a fraction of a second. Each command's body
 runs the public API of :mod:`packtool` and :mod:`packtool.exporters` from its own module,
-``cli/commands/<command>.py``, imported when the command runs (:func:`run`): a command loads only
-what it uses (``predict`` on an ONNX file: onnxruntime, numpy and Pillow, no torch). Every error
+``cli/commands/<command>.py``, imported when the command runs (:func:`dispatch`): a command
+loads only what it uses (``predict`` on an ONNX file: onnxruntime, numpy and Pillow, no
+torch). Every error
 is one ``Error: ...`` line on stderr with exit status 1 (2 for usage errors), and no command
 writes MODEL unless it succeeds.
 """
@@ -31,7 +32,7 @@ TRAINING_STACK = ("torch", "torchvision", "onnx", "onnxscript", "sklearn", "scip
                   "safetensors", "constriction")
 
 
-def run(command: str, **arguments: Any) -> None:
+def dispatch(command: str, **arguments: Any) -> None:
     """Run ``command``'s body: ``cli/commands/<command>.py``, imported now. This is the one
     import the command line defers, so that each command loads only what it uses."""
     try:
@@ -91,7 +92,7 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
          policy: str, free_init: str, kwargs: dict[str, Any], planned_tasks: int | None,
          force: bool) -> None:
     """Create MODEL: a network with every weight free and no tasks."""
-    run("init", model=model, arch=arch, weights=weights, input_size=input_size, policy=policy,
+    dispatch("init", model=model, arch=arch, weights=weights, input_size=input_size, policy=policy,
         free_init=free_init, kwargs=kwargs, planned_tasks=planned_tasks, force=force)
 
 
@@ -189,7 +190,7 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
     click.get_current_context().meta["interrupted"] = (
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )
-    run("add_task", model=model, data=data, prune=prune, settings=settings, planner=planner,
+    dispatch("add_task", model=model, data=data, prune=prune, settings=settings, planner=planner,
         as_json=as_json, reserve=reserve, name=name, classes=classes, data_root=data_root,
         val_fraction=val_fraction, skip_bad_images=skip_bad_images,
         checkpoint_every=60 * checkpoint_every, resume=resume, restart=restart)
@@ -240,9 +241,9 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
         if tasks or all_tasks or data or plot:
             raise click.UsageError("--task-free serves every task on its own test split: it "
                                    "takes no --task, --all, --data or --plot")
-        return run("eval", model=model, as_json=as_json, task_free=True, group=group,
+        return dispatch("eval", model=model, as_json=as_json, task_free=True, group=group,
                    score=task_score, root=data_root, batch_size=batch_size, device=device)
-    run("eval", model=model, tasks=tasks, data=data, classes=classes, data_root=data_root,
+    dispatch("eval", model=model, tasks=tasks, data=data, classes=classes, data_root=data_root,
         device=device, batch_size=batch_size, plot=plot, as_json=as_json)
 
 
@@ -261,7 +262,7 @@ def info(model: Path, plot: str | None, share: float | None, as_json: bool) -> N
 
     MODEL may be a model.pt or an archive.
     """
-    run("info", model=model, plot=plot, share=share, as_json=as_json)
+    dispatch("info", model=model, plot=plot, share=share, as_json=as_json)
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
     params.check_export_mode(name, all_tasks, multi_task, archive, out)
     params.check_export_options(name, multi_task, archive, dense, half, int8, max_drop, force,
                           data_root)
-    run("export", model=model, name=name, all_tasks=all_tasks, multi_task=multi_task,
+    dispatch("export", model=model, name=name, all_tasks=all_tasks, multi_task=multi_task,
         archive=archive, out=out, dense=dense, opset=opset, no_verify=no_verify, half=half,
         int8=int8, max_drop=max_drop, force=force, data_root=data_root, as_json=as_json)
 
@@ -343,5 +344,35 @@ def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task:
     if same_task and name != AUTO:
         raise click.UsageError("--same-task needs --task auto")
     # A pack file is exported to ONNX in memory first, which needs the training stack.
-    run("predict_pack" if is_pack_file(source) else "predict", source=source, images=images,
+    dispatch("predict_pack" if is_pack_file(source) else "predict", source=source, images=images,
         name=name, same_task=same_task, task_score=task_score, top=top, as_json=as_json)
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+@main.command("run")
+@click.argument("plan", metavar="PLAN.toml", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path), default=params.DEFAULT_MODEL,
+              show_default=True, metavar="MODEL",
+              help="The model file: created from the plan's [network] if it does not exist, "
+                   "else continued.")
+@click.option("--reference", is_flag=True,
+              help="Also train each task alone on a fresh copy of the starting network with "
+                   "the same budget, and report the cost of packing per task.")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write per-epoch scalars: DIR/scalars.csv, and TensorBoard events when the "
+                   "tensorboard package is installed.")
+@params.json_option
+def run_plan(plan: Path, model: Path, reference: bool, log_dir: Path | None,
+             as_json: bool) -> None:
+    """Run a whole task sequence from a plan file: every task MODEL does not hold yet, in
+    order, each as add-task would; then the accuracy matrix, written beside MODEL.
+
+    Run it again after a crash or Ctrl-C: it continues where it stopped.
+    """
+    click.get_current_context().meta["interrupted"] = (
+        f"rerun `packtool run {plan}` to continue where it stopped"
+    )
+    dispatch("run", plan=plan, model=model, reference=reference, log_dir=log_dir,
+             as_json=as_json)

@@ -18,11 +18,8 @@ from packtool.planner import forecast, tasks_to_come
 from .console import count, pct, show_table
 
 if TYPE_CHECKING:
-    from packtool import Pack, TaskFreeEvaluation, TaskResult
+    from packtool import Pack, TaskFreeEvaluation
 
-ADD_TASK_KEYS = ("task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
-                 "weights_owned", "free_fraction", "seconds", "prune", "prune_reason",
-                 "skipped_images", "temperature")
 
 # -- init -------------------------------------------------------------------------------------
 
@@ -38,16 +35,6 @@ def show_created(console: Console, pack: Pack, path: str) -> None:
 
 
 # -- add-task ---------------------------------------------------------------------------------
-
-
-def add_task_doc(result: TaskResult) -> dict[str, Any]:
-    values = result.to_dict()
-    doc = {key: values[key] for key in ADD_TASK_KEYS}
-    if result.prune_search is not None:
-        doc["prune_search"] = result.prune_search
-    if result.prune_warning is not None:
-        doc["prune_warning"] = result.prune_warning
-    return doc
 
 
 #: Why a task's prune ratio is what it is, for tables.
@@ -274,3 +261,25 @@ def show_half_precision(console: Console, changes: list[dict[str, Any]]) -> None
     show_table(console, "float16 archive against float32",
                ("task", "float32", "float16", "change", "samples", "max |logit diff|"), rows,
                left=1)
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+def show_sequence(console: Console, doc: dict[str, Any]) -> None:
+    """The accuracy matrix (a row per task added, a column per task), then the summary."""
+    names = [t["task"] for t in doc["tasks"]]
+    rows = [[name, *("-" if v is None else pct(v) for v in row),
+             *[""] * (len(names) - len(row))] for name, row in zip(names, doc["matrix"])]
+    show_table(console, "Test accuracy of each task (columns) after each task was added (rows)",
+               ("after", *names), rows)
+    summary = [("average accuracy", pct(doc["avg_accuracy"])),
+               ("backward transfer", f"{100 * doc['backward_transfer']:+.2f} points"),
+               ("time", f"{doc['seconds']:.1f} s")]
+    references = [t for t in doc["tasks"] if "reference_accuracy" in t]
+    show_table(console, None, ("", ""), summary, header=False)
+    if references:
+        show_table(console, "Each task alone on a fresh network, against packed",
+                   ("task", "alone", "packed", "cost of packing"),
+                   [(t["task"], pct(t["reference_accuracy"]), pct(t["accuracy"]),
+                     f"{100 * t['packing_cost']:+.2f} points") for t in references])

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from packtool import Pack, PackToolError, TrainConfig, add_task, evaluate, load_task_data
+import packtool
+from packtool import PackToolError, TrainConfig, add_task, evaluate, load_task_data
 from packtool.exporters import export_all, export_multi_task, export_reduced
 
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
@@ -23,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
-    pack = Pack.create("lenet", (1, 8, 8))
+    pack = packtool.create("lenet", (1, 8, 8))
     config = TrainConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=0.05,
                          finetune_lr=0.005, lr_decay_epochs=0, device="cpu")
     data = {}
@@ -36,8 +37,8 @@ def main() -> None:
               f"{result.weights_owned} weights owned, {result.free_fraction:.1%} still free")
 
     model = args.work_dir / "model.pt"
-    pack.save(model)
-    pack = Pack.load(model)  # what a later session sees: every task, bit-identical
+    packtool.save(pack, model)
+    pack = packtool.load(model)  # what a later session sees: every task, bit-identical
     print(f"\n{'task':<12} {'before prune':>12} {'after prune':>12} {'when added':>11} "
           f"{'now':>7}")
     for record in pack.tasks:

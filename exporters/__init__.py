@@ -23,9 +23,9 @@ from packtool._lazy import exports
 __getattr__, __dir__, __all__ = exports(__name__, {
     "": ("metadata", "runtime"),
     "packtool.evaluation": ("PrecisionChange", "half_precision_change"),
-    "packtool.formats.archive": ("archive_from_bytes", "owner_bits", "pack_bits", "read_archive",
-                                 "unpack_bits"),
-    ".archive": ("ArchiveInfo", "archive_bytes", "write_archive"),
+    "packtool.formats.archive": ("ArchiveInfo", "archive_bytes", "archive_from_bytes",
+                                 "read_archive", "write_archive"),
+    "packtool.formats.owner_code": ("owner_bits", "pack_bits", "unpack_bits"),
     ".metadata": ("TaskMetadata", "tasks_metadata"),
     ".multitask": ("MultiTaskExport", "export_multi_task", "export_multi_task_bytes",
                    "multi_task_onnx", "verify_multi_task"),

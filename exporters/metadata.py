@@ -1,32 +1,10 @@
 """What an exported ONNX file says about itself: its inputs, outputs and ``packtool.*``
-metadata, written by :mod:`.onnx` and :mod:`.multitask`, read by :mod:`.runtime`.
+metadata (spec: ``docs/formats.md``, "Per-task ONNX" and "Multi-task ONNX"), written by
+:mod:`.onnx` and :mod:`.multitask`, read by :mod:`.runtime`.
 
 Torch-free (json and :class:`~packtool.data.preprocess.Preprocess`), so a serving machine reads
-it with onnxruntime alone.
-
-**A per-task file** has one input ``input`` (float32 ``[batch, C, H, W]``, the image prepared
-as :class:`~packtool.data.preprocess.Preprocess` says), one output ``logits`` (float32
-``[batch, classes]``), and these ``metadata_props`` (every value a string):
-
-=========================  ===================================================================
-``packtool.task``          the task's name
-``packtool.classes``       JSON list of class names, in logit order
-``packtool.input_size``    ``CxHxW``
-``packtool.mean``          JSON list, one per channel
-``packtool.std``           JSON list, one per channel
-``packtool.version``       the packtool version that wrote it
-``packtool.source_sha256`` SHA-256 of the file it was exported from (empty if unknown)
-``packtool.resize``        optional: the shorter side is resized to this, then the center
-                           ``H x W`` is cropped (absent: the whole image resized to ``H x W``)
-``packtool.temperature``   optional: the task's softmax temperature for task-free scores
-                           (absent: 1)
-=========================  ===================================================================
-
-**A multi-task file** has a second input ``task`` (int64 ``[1]``, the 1-based task index), a
-second output ``distance`` where every task has feature statistics, and instead of the task's
-own keys ``packtool.tasks``: a JSON list of ``{"task", "classes", "resize", "temperature"}``,
-one per task in index order; the other keys are shared. Readers refuse files whose required
-keys are missing or inconsistent (:class:`~packtool.errors.PackFormatError`).
+it with onnxruntime alone. Readers refuse files whose required keys are missing or inconsistent
+(:class:`~packtool.errors.PackFormatError`).
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ from torch import nn
 from packtool.errors import PackToolError, one_line
 from packtool.evaluation import PrecisionChange
 from packtool.fileio import atomic_write_bytes
+from packtool.formats.archive import ArchiveInfo, write_archive
 from packtool.pack import Pack
 
-from .archive import ArchiveInfo, write_archive
 from .metadata import INPUT_NAME, OUTPUT_NAME, TaskMetadata
 from .runtime import infer, provider_of, session
 

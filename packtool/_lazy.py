@@ -14,13 +14,20 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+Names = dict[str, tuple[str, ...]]
 
-def exports(package: str, names: dict[str, tuple[str, ...]]
+
+def exports(package: str, public: Names, kept: Names | None = None
             ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
-    """``__getattr__``, ``__dir__`` and ``__all__`` for ``package``: ``names`` maps a module
-    (relative, ``".pack"``) to the public names it defines; a name listed under the module
-    ``""`` is a submodule of the package."""
-    where = {name: module for module, listed in names.items() for name in listed}
+    """``__getattr__``, ``__dir__`` and ``__all__`` for ``package``.
+
+    ``public`` maps a module (relative, ``".pack"``, or absolute) to the names it defines that
+    make the package's API (``__all__``); a name listed under the module ``""`` is a submodule.
+    ``kept`` are names that still resolve, for code written against earlier versions, but are
+    not part of ``__all__`` (import them from their modules).
+    """
+    where = {name: module for listed in (public, kept or {})
+             for module, names in listed.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         module = where.get(name)
@@ -34,4 +41,5 @@ def exports(package: str, names: dict[str, tuple[str, ...]]
     def __dir__() -> list[str]:
         return sorted(where)
 
-    return __getattr__, __dir__, sorted(n for n, m in where.items() if m != "")
+    return __getattr__, __dir__, sorted(n for m, names in public.items() if m != ""
+                                        for n in names)

@@ -33,6 +33,11 @@ class LockError(PackToolError):
     """Another process holds the lock on a model file."""
 
 
+class PlanError(PackToolError):
+    """A plan file that cannot run: unreadable, malformed, or contradicting the pack it
+    continues. The command line treats it as a usage error (exit status 2)."""
+
+
 def one_line(error: BaseException | str, *, first: bool = False) -> str:
     """An error's message on one line: the one routine behind every ``Error: ...`` line and
     every error that wraps another.

@@ -30,13 +30,13 @@ from .taskfree import TaskFreeNet, collect_logits, default_score, task_free_net,
 
 
 @dataclass(frozen=True)
-class Score:
+class Measurement:
     """A model on one split: top-1 accuracy (0..1) and mean cross-entropy loss."""
 
     accuracy: float
     loss: float
 
-    def better_than(self, other: Score | None) -> bool:
+    def better_than(self, other: Measurement | None) -> bool:
         """The model-selection rule: higher accuracy; on equal accuracy, lower loss.
 
         The loss settles ties, which are common: a small validation split saturates (100% after
@@ -48,7 +48,7 @@ class Score:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
              device: str | torch.device = "cpu", workers: int = 0,
-             world: World | None = None, loader: DataLoader | None = None) -> Score:
+             world: World | None = None, loader: DataLoader | None = None) -> Measurement:
     """Accuracy and mean loss of ``model`` in eval mode on ``dataset``; restores the mode.
 
     With ``world``, each rank evaluates its ``DistributedSampler`` shard and the sums are
@@ -82,7 +82,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
         model.train(was_training)
     (correct,) = sum_counts(world, [correct], device)
     (loss_sum,) = sum_floats(world, [loss_sum], device)
-    return Score(correct / n, loss_sum / n)
+    return Measurement(correct / n, loss_sum / n)
 
 
 def eval_loader(dataset: Dataset, *, batch_size: int, world: World | None = None,
@@ -218,22 +218,17 @@ def half_precision_change(pack: Pack, half: Pack, *, data_root: str | os.PathLik
     return changes
 
 
-@torch.no_grad()
 def precision_change(task: str, full: nn.Module, reduced: nn.Module, test: Dataset,
                      batch_size: int = 256) -> PrecisionChange:
     """Task ``task``'s float32 network ``full`` against its reduced-precision twin ``reduced``
-    (any module from images to logits, e.g. an onnxruntime session) on the test split."""
-    correct = correct_half = seen = 0
-    diff = 0.0
-    for inputs, labels in DataLoader(test, batch_size=batch_size):
-        expected, actual = full(inputs), reduced(inputs)
-        correct += int((expected.argmax(1) == labels).sum())
-        correct_half += int((actual.argmax(1) == labels).sum())
-        diff = max(diff, float((actual - expected).abs().max()))
-        seen += len(labels)
-    if seen == 0:
+    (any module from images to logits, e.g. an onnxruntime session) on the test split, both
+    read in one pass (:func:`~packtool.taskfree.collect_logits`)."""
+    if len(test) == 0:
         raise DataError(f"task {task!r} has an empty test split")
-    return PrecisionChange(task, correct / seen, correct_half / seen, seen, diff)
+    (expected, actual), labels = collect_logits([full, reduced], test, batch_size=batch_size)
+    return PrecisionChange(task, float((expected.argmax(1) == labels).double().mean()),
+                           float((actual.argmax(1) == labels).double().mean()), len(labels),
+                           float((actual - expected).abs().max()))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ from .data import load_task_data
 from .distributed import World
 from .errors import PackToolError, TaskError
 from .fileio import file_lock
+from .formats import model_file
 from .formats.checkpoint import Checkpoint, checkpoint_path
+from .formats.weights import read_weights
 from .lifecycle import add_task
 from .models import PRETRAINED, pretrained_weights_file
 from .pack import FREE_INITS, Pack
@@ -65,7 +67,7 @@ def add_task_to_file(
         raise TaskError("use either `resume=True` or `restart=True`, not both")
     model = Path(model)
     if not model.is_file():
-        Pack.load(model)  # the library's one-line error, before any lock file is created
+        model_file.load(model)  # the library's one-line error, before any lock file exists
     ckpt = checkpoint_path(model)
     with _process_group(config.device) as world, contextlib.ExitStack() as held:
         main = world is None or world.is_main
@@ -73,7 +75,7 @@ def add_task_to_file(
         with _agreed(world, device):
             if main:
                 held.enter_context(file_lock(model))
-            pack = Pack.load(model)
+            pack = model_file.load(model)
             on_progress = progress.files_checked if progress is not None and main else None
             task_data = load_task_data(data, pack.preprocess, root=data_root, classes=classes,
                                        val_fraction=val_fraction, seed=config.seed,
@@ -87,7 +89,7 @@ def add_task_to_file(
                                 checkpoint_every=checkpoint_every, resume=resume)
         with _agreed(world, device):
             if main:
-                pack.save(model)
+                model_file.save(pack, model)
                 ckpt.unlink(missing_ok=True)
     return (pack, result) if main else None
 
@@ -108,10 +110,11 @@ def create_file(model: str | os.PathLike, arch: str, *,
         raise PackToolError(f"{model} already exists; pass `force=True` to overwrite it")
     if weights == PRETRAINED:
         weights = pretrained_weights_file(arch)
-    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=weights, policy=policy,
+    state = None if weights is None else read_weights(weights)
+    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=state, policy=policy,
                        free_init=free_init, planned_tasks=planned_tasks)
     with file_lock(model) if model.exists() else contextlib.nullcontext():
-        pack.save(model)
+        model_file.save(pack, model)
     return pack
 
 

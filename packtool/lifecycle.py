@@ -35,7 +35,8 @@ from . import distributed
 from .config import TrainConfig, resolve_device, schedule
 from .data import TaskData
 from .errors import CapacityError, DataError, TaskError
-from .evaluation import Score, evaluate
+from .evaluation import Measurement, evaluate
+from .formats import model_file
 from .formats.checkpoint import Checkpoint
 from .loop import (
     BestEpoch,
@@ -61,8 +62,8 @@ from .planner import (
 )
 from .progress import Progress
 from .records import TaskRecord, TaskResult
-from .session import Session, prepare
 from .taskfree import calibrate
+from .training import Training, prepare
 
 
 def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
@@ -104,7 +105,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     started = time.perf_counter()
     task = len(pack.tasks) + 1
     identity = {"task": name, "index": task, **pruning.identity(), "data": data.spec,
-                "config": asdict(config), "pack": pack.digest() if checkpoint else None}
+                "config": asdict(config),
+                "pack": model_file.pack_digest(pack) if checkpoint else None}
     start = _resume_point(checkpoint, resume, identity, progress)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
@@ -117,15 +119,21 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         new = _freeze(t, name, decision, metrics)
     distributed.check_same_everywhere(
         world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
+    _measure_frozen(new, data, metrics, bool(config.finetune_epochs), device, world)
+    return new, _result(new, decision, metrics, time.perf_counter() - started)
+
+
+def _measure_frozen(new: Pack, data: TaskData, metrics: dict[str, float], finetuned: bool,
+                    device: torch.device, world: Any) -> None:
+    """Calibrate the frozen task (the last of ``new``) and record its test accuracy."""
+    record, task = new.tasks[-1], len(new.tasks)
     # Every rank fits the same on the whole validation split (never on test).
-    record = new.tasks[-1]
     record.temperature, record.feature_stats = calibrate(new, task, data, device=device)
     record.check()
     # Without fine-tuning, the frozen network is the pruned one, measured already.
-    new.tasks[-1].metrics["accuracy"] = metrics["accuracy_after_prune"] if not (
-        config.finetune_epochs) else evaluate(new.model_for(task, device), data.test,
-                                               device=device, world=world).accuracy
-    return new, _result(new, decision, metrics, time.perf_counter() - started)
+    record.metrics["accuracy"] = evaluate(
+        new.model_for(task, device), data.test, device=device, world=world
+    ).accuracy if finetuned else metrics["accuracy_after_prune"]
 
 
 def _result(new: Pack, decision: Decision, metrics: dict[str, float],
@@ -187,7 +195,7 @@ def _resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[s
 # ------------------------------------------------------------------------------------------------
 
 
-def _train_prune_finetune(t: Session, pruning: Pruning, start: Checkpoint | None
+def _train_prune_finetune(t: Training, pruning: Pruning, start: Checkpoint | None
                           ) -> tuple[Decision, dict[str, float]]:
     """Train, then prune at the given ratio or the planner's, and fine-tune."""
     config, search = t.config, start.search if start is not None else None
@@ -228,7 +236,7 @@ class _AfterTraining:
     reference: float
 
 
-def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint | None
+def _auto(t: Training, pruning: Pruning, after: _AfterTraining, start: Checkpoint | None
           ) -> tuple[Decision, dict[str, float]]:
     """The planner's choice (:mod:`packtool.planner`), on the validation split only; the
     test split is read after it decided. Checkpoints carry the search, so it resumes.
@@ -287,13 +295,13 @@ def _auto(t: Session, pruning: Pruning, after: _AfterTraining, start: Checkpoint
     return decision, {**t.metrics, "val_accuracy": winner.val_finetuned}
 
 
-def _report_trial(t: Session, ratio: float, val: float, goal: float, epochs: int) -> None:
+def _report_trial(t: Training, ratio: float, val: float, goal: float, epochs: int) -> None:
     t.progress.message(f"prune {ratio:g}: validation accuracy {val:.2%} after {epochs} of "
                        f"{t.config.finetune_epochs} fine-tuning epochs "
                        f"(target {max(goal, 0.0):.2%})")
 
 
-def _finish_trial(t: Session, kept: dict[str, Any], start: Checkpoint | None) -> float | None:
+def _finish_trial(t: Training, kept: dict[str, Any], start: Checkpoint | None) -> float | None:
     """The chosen trial's fine-tuning, finished from where it paused (or from ``start``, a
     checkpoint written while it finished); returns its best validation accuracy (``None``: the
     trial had finished, its score stands)."""
@@ -307,7 +315,7 @@ def _finish_trial(t: Session, kept: dict[str, Any], start: Checkpoint | None) ->
     return val
 
 
-def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
+def _phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: int,
            start: Checkpoint | None = None, include_start: bool = False,
            stop_at: float | None = None) -> tuple[float, Checkpoint | None]:
     """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy and, with
@@ -326,7 +334,7 @@ def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
     scheduler = make_scheduler(optimizer, decay_every)
     best, epoch = BestEpoch(), 0
     if start is not None:
-        best = BestEpoch(Score(start.best_val, start.best_val_loss),
+        best = BestEpoch(Measurement(start.best_val, start.best_val_loss),
                          None if start.best_state is None else with_masks(start.best_state, t.net))
         epoch = start.epoch
         t.restore(start, optimizer, scheduler)
@@ -358,7 +366,7 @@ def _phase(t: Session, phase: Phase, epochs: int, lr: float, decay_every: int,
     return best.score.accuracy, end
 
 
-def _prune_measured(t: Session, ratio: float, reserve: int) -> None:
+def _prune_measured(t: Training, ratio: float, reserve: int) -> None:
     """:func:`_prune`, with the test accuracy before and after it in ``t.metrics`` (measured
     once when pruning changed no weight: the network is the same)."""
     t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
@@ -368,7 +376,7 @@ def _prune_measured(t: Session, ratio: float, reserve: int) -> None:
 
 
 @torch.no_grad()
-def _prune(t: Session, ratio: float, reserve: int = 0) -> int:
+def _prune(t: Training, ratio: float, reserve: int = 0) -> int:
     """Release ``ratio`` of the trained weights (more where ``reserve`` needs room) and zero
     them; with a reserve, ``t.metrics`` counts the layers it raised. Returns how many weights
     this changed (released ones that were not zero already)."""
@@ -399,7 +407,7 @@ def _prune(t: Session, ratio: float, reserve: int = 0) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _freeze(t: Session, name: str, decision: Decision, metrics: dict[str, float]) -> Pack:
+def _freeze(t: Training, name: str, decision: Decision, metrics: dict[str, float]) -> Pack:
     """A new pack holding the old tasks and this one; ``t.pack`` is not changed."""
     pack, anat, store = t.pack, t.anatomy, t.pack.device
     state = t.net.state_dict()

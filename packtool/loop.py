@@ -3,7 +3,7 @@
 :func:`train_epoch` is the one epoch loop of packtool: the add-task lifecycle runs it with the
 frozen-weight guard after every step, and the benchmarks' baselines run it on plain networks, so
 every method is trained the same way. :class:`BestEpoch` is the model-selection rule
-(:meth:`~packtool.evaluation.Score.better_than`) with the state it keeps.
+(:meth:`~packtool.evaluation.Measurement.better_than`) with the state it keeps.
 
 Frozen weights are guarded by restoring them after every optimizer step
 (:class:`FrozenWeightGuard`): zeroing their gradients is not enough, because weight decay and
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .distributed import World, all_ok, batches
 from .errors import TaskError
-from .evaluation import Score
+from .evaluation import Measurement
 from .method import Phase, trainable_mask
 from .progress import Progress
 
@@ -45,7 +45,7 @@ def cross_entropy(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Te
 
 
 @dataclass
-class Precision:
+class MixedPrecision:
     """How a step computes: autocast to ``dtype`` (None: full precision), with ``scaler`` for
     float16 gradients, and channels-last inputs for convolutions on CUDA."""
 
@@ -54,7 +54,7 @@ class Precision:
     channels_last: bool = False
 
     @classmethod
-    def choose(cls, device: torch.device, amp: bool, convolutional: bool) -> Precision:
+    def choose(cls, device: torch.device, amp: bool, convolutional: bool) -> MixedPrecision:
         """bfloat16 autocast on the CPU; on CUDA bfloat16 where the GPU has it, else float16
         with a gradient scaler; channels-last for convolutional networks on CUDA."""
         cuda = device.type == "cuda"
@@ -80,7 +80,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
                 device: torch.device | str = "cpu", loss_fn: LossFn = cross_entropy,
                 after_step: Callable[[], None] | None = None, world: World | None = None,
                 progress: Progress | None = None,
-                precision: Precision | None = None) -> tuple[float, float]:
+                precision: MixedPrecision | None = None) -> tuple[float, float]:
     """One pass over ``loader``: forward, loss, backward, step, then ``after_step()``.
 
     The model stays in the mode the caller set; ``precision`` sets autocast and the gradient
@@ -89,7 +89,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     every rank (a rank raising alone would leave the others in a collective).
     """
     progress, device = progress or Progress(), torch.device(device)
-    precision = precision or Precision()
+    precision = precision or MixedPrecision()
     total_loss, correct, seen, counted = 0.0, 0, 0, True
     for i, batch in enumerate(batches(loader, world, device), start=1):
         batch = [precision.inputs(t, device) for t in batch]
@@ -139,12 +139,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, decay_every: int) -> Any:
 class BestEpoch:
     """The best validation score seen so far and the model state that reached it."""
 
-    score: Score | None = None
+    score: Measurement | None = None
     state: dict[str, Tensor] | None = None
     current: bool = False  # the last offer was kept: ``state`` is the model as it is now
 
-    def offer(self, score: Score, model: nn.Module) -> bool:
-        """Keep ``model``'s state if ``score`` is better (:meth:`Score.better_than`)."""
+    def offer(self, score: Measurement, model: nn.Module) -> bool:
+        """Keep ``model``'s state if ``score`` is better (:meth:`Measurement.better_than`)."""
         self.current = score.better_than(self.score)
         if self.current:
             self.score, self.state = score, snapshot(model)

@@ -41,13 +41,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .formats.owner_code import PLANE_BITS, pack_planes
 from .method import tensor_at
 from .models import build_network
 from .pack import Pack
 from .taskfree import feature_distance
-
-#: Byte values of the bits of a packed byte, first weight first (the high bit).
-_BIT_VALUES = tuple(1 << (7 - i) for i in range(8))
 
 
 class _TaskContext:
@@ -63,17 +61,6 @@ class _TaskContext:
         self.index = index
         self.bits = [((task >> j) & 1).to(torch.uint8) * 255 for j in range(self.width)]
         self.table = table
-
-
-def pack_planes(owners: Tensor, bits: int) -> Tensor:
-    """uint8 ``[bits, ceil(n / 8)]``: bit ``j`` of each owner (flat, row-major), eight a byte,
-    the first value in the high bit."""
-    flat = owners.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    flat = torch.cat([flat, flat.new_zeros(pad)]).reshape(-1, 8)
-    weights = torch.tensor(_BIT_VALUES, dtype=torch.int32)
-    planes = [(((flat.int() >> j) & 1) * weights).sum(1).to(torch.uint8) for j in range(bits)]
-    return torch.stack(planes)
 
 
 class MultiTaskNet(nn.Module):
@@ -92,7 +79,7 @@ class MultiTaskNet(nn.Module):
         # Row b: the bits of byte b, first weight (the high bit) first; stored as bytes (a
         # quarter of the file space), made float once per call (a runtime folds that at load).
         self.register_buffer("bit_table", ((torch.arange(256)[:, None] & torch.tensor(
-            _BIT_VALUES)) != 0).to(torch.uint8))
+            PLANE_BITS)) != 0).to(torch.uint8))
         self._context = _TaskContext(self.tasks, self.bit_table)
         getters: dict[nn.Module, dict[str, Callable[[nn.Module], Tensor]]] = {}
         bits = self.tasks.bit_length()

@@ -5,12 +5,12 @@ the task records (heads, private state, metrics), and what follows from them: an
 (:meth:`Pack.network`, :meth:`Pack.model_for`) and the ownership of every layer
 (:meth:`Pack.capacity`). Its invariants are checked in one place, its constructor, so every
 reader (model file, archive, a task being added) gets the same checks. Adding a task makes a new
-pack (:func:`packtool.lifecycle.add_task`); the file format is :mod:`packtool.formats.model_file`.
+pack (:func:`packtool.lifecycle.add_task`). Files are :mod:`packtool.formats`' business: this
+module imports none of them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -19,12 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._version import __version__
+import packtool
+
 from .choices import FREE_INITS, POLICIES
 from .data.preprocess import Preprocess
 from .errors import ArchitectureError, PackFormatError, TaskError
-from .formats import model_file
-from .formats.weights import is_tensor_dict, load_state_dict_file
 from .method import (
     FREE,
     MAX_TASKS,
@@ -46,7 +45,7 @@ from .models import (
     new_head,
     recorded_anatomy,
 )
-from .records import LayerCapacity, TaskRecord, format_version
+from .records import LayerCapacity, TaskRecord
 
 
 class Pack:
@@ -173,7 +172,7 @@ class Pack:
             torch.manual_seed(seed)
             net = build_network(spec)
         if weights is not None:
-            state = load_state_dict_file(weights) if not isinstance(weights, Mapping) else weights
+            state = weights if isinstance(weights, Mapping) else packtool.read_weights(weights)
             load_weights(net, state)
         check_runs(net, spec)
         anat = anatomy(net)
@@ -336,94 +335,23 @@ class Pack:
                                   f"{exc}") from exc
 
     # ---------------------------------------------------------------------------------------
-    # Files
+    # Files: packtool.save and packtool.load (packtool.formats) read and write packs. These two
+    # spellings, from before them, call them through the package, whose names load on first
+    # use: this module imports no file format.
     # ---------------------------------------------------------------------------------------
 
-    def meta(self) -> dict[str, Any]:
-        """Everything but tensors, as plain values (stored as JSON in the file)."""
-        return {
-            "packtool_version": __version__,
-            "spec": self.spec.to_dict(),
-            "policy": self.policy,
-            # Absent means "zero", as packtool 0.1.0 wrote (its files keep their digest).
-            **({"free_init": self.free_init} if self.free_init != "zero" else {}),
-            # Stored only where the pretrained classifier, kept in the file, does not say it.
-            **({"pretrained": True} if self.pretrained and not self.pretrained_head else {}),
-            **({"planned_tasks": self.planned_tasks} if self.planned_tasks else {}),
-            "tasks": [t.meta() for t in self.tasks],
-        }
-
-    def state(self) -> dict[str, Any]:
-        """The model file's content: plain values and CPU tensors, digest included, in the
-        oldest format version that holds the tasks' records (:func:`format_version`)."""
-        version = format_version(self.tasks)
-        return model_file.encode({
-            "meta": json.dumps(self.meta(), sort_keys=True),
-            "shared": _to_cpu(self.shared),
-            "owners": _to_cpu(self.owners),
-            "initial_private": _to_cpu(self.initial_private),
-            "pretrained_head": _to_cpu(self.pretrained_head),
-            "heads": [_to_cpu(t.head) for t in self.tasks],
-            "private": [_to_cpu(t.private) for t in self.tasks],
-            **({"released": _to_cpu(self.released)} if self.released else {}),
-            **({"feature_stats": [_to_cpu(t.feature_stats) for t in self.tasks]}
-               if any(t.feature_stats for t in self.tasks) else {}),
-        }, version)
-
-    def digest(self) -> str:
-        """SHA-256 (hex) of the model file's content: identifies this exact pack."""
-        return self.state()["digest"]
-
     def save(self, path: str | os.PathLike) -> None:
-        """Write the pack to ``path`` atomically (temp file, fsync, rename)."""
-        model_file.write(path, self.state())
-
-    def to_bytes(self) -> bytes:
-        return model_file.to_bytes(self.state())
+        """:func:`packtool.save` ``(self, path)``."""
+        packtool.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Pack:
-        """Read and validate a pack written by :meth:`save`.
-
-        Raises:
-            PackFormatError: the file is foreign, truncated, tampered with, holds anything but
-                tensors and plain values, or comes from a newer packtool.
-        """
-        return cls.from_state(model_file.read(path), source=str(path)).to(device)
-
-    @classmethod
-    def from_state(cls, state: Any, source: str = "pack") -> Pack:
-        """Validate a loaded model file's content (:mod:`~packtool.formats.model_file`) and
-        build the pack."""
-        state = model_file.check(state, source)
-        try:
-            meta = json.loads(state["meta"])
-            metas, heads, private = meta["tasks"], state["heads"], state["private"]
-            if not len(metas) == len(heads) == len(private):
-                raise ValueError("task tables have different lengths")
-            stats = state.get("feature_stats", [{}] * len(metas))
-            if len(stats) != len(metas):
-                raise ValueError("task tables have different lengths")
-            tasks = [TaskRecord(head=_tensor_dict(h), private=_tensor_dict(p),
-                                feature_stats=_tensor_dict(f), **m)
-                     for m, h, p, f in zip(metas, heads, private, stats)]
-            return cls(ArchSpec.from_dict(meta["spec"]), _tensor_dict(state["shared"]),
-                       _tensor_dict(state["owners"]), _tensor_dict(state["initial_private"]),
-                       tasks, policy=meta["policy"],
-                       pretrained_head=_tensor_dict(state["pretrained_head"]),
-                       free_init=meta.get("free_init", "zero"),  # 0.1.0: released at zero
-                       released=_tensor_dict(state.get("released", {})),
-                       pretrained=meta.get("pretrained"),
-                       planned_tasks=meta.get("planned_tasks"))
-        except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
-            raise PackFormatError(f"{source} is damaged: {type(exc).__name__}: {exc}") from exc
+        """:func:`packtool.load` ``(path, device)``: a model file or an archive."""
+        return packtool.load(path, device)
 
 
-def _tensor_dict(obj: Any) -> dict[str, Tensor]:
-    if is_tensor_dict(obj):
-        return obj
-    raise TypeError("expected a mapping of names to tensors")
-
-
-def _to_cpu(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in d.items()}
+def create(arch: str, input_size: tuple[int, int, int] | None = None, **options: Any) -> Pack:
+    """A pack with no tasks and every weight free: :meth:`Pack.create`, whose arguments these
+    are (``kwargs``, ``weights``, ``mean``, ``std``, ``policy``, ``free_init``,
+    ``planned_tasks``, ``seed``)."""
+    return Pack.create(arch, input_size, **options)

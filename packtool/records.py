@@ -151,5 +151,17 @@ class TaskResult:
     skipped_images: int = 0
     temperature: float | None = None
 
+    #: The keys of ``add-task --json`` (``val_accuracy`` is in the task record only).
+    DOCUMENT_KEYS = ("task", "index", "accuracy", "accuracy_before_prune",
+                     "accuracy_after_prune", "weights_owned", "free_fraction", "seconds",
+                     "prune", "prune_reason", "skipped_images", "temperature")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``packtool add-task --json``: :data:`DOCUMENT_KEYS`, and ``prune_search`` and
+        ``prune_warning`` where the planner gave them."""
+        values = asdict(self)
+        doc = {key: values[key] for key in self.DOCUMENT_KEYS}
+        for key in ("prune_search", "prune_warning"):
+            if values[key] is not None:
+                doc[key] = values[key]
+        return doc

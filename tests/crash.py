@@ -200,7 +200,8 @@ def _child(args: list[str], kill: str | None, trace: Path | None, out: Path,
 #: forking the test process itself, once it has used OpenMP threads, can deadlock the child.
 _SERVER = multiprocessing.get_context("forkserver")
 # (Python 3.11 ignores sys.path there: only installed modules can be preloaded.)
-_SERVER.set_forkserver_preload(["packtool.cli.commands.init", "packtool.cli.commands.add_task"])
+_SERVER.set_forkserver_preload(["packtool.cli.commands.init", "packtool.cli.commands.add_task",
+                                "packtool.cli.commands.run"])
 
 
 def forked(args: list[str], *, kill: str | None = None, trace: Path | None = None,

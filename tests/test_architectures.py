@@ -21,6 +21,7 @@ FAST = TrainConfig(epochs=2, finetune_epochs=1, lr=0.01, batch_size=16, device="
 # -- a module that reads a pruned child's weight without calling it ------------------------------
 
 
+@pytest.mark.slow
 def test_a_weight_read_without_calling_its_module_is_masked_and_trained():
     pack = Pack.create("nets:reads_child_weight", (1, 8, 8))
     before = pack.shared["proj.weight"].clone()
@@ -93,6 +94,7 @@ def test_transformer_second_task_leaves_the_first_bit_identical(transformer_pack
         assert private < 0.02 * total
 
 
+@pytest.mark.slow
 def test_transformer_exports_to_onnx_and_the_archive_stores_attention_once(transformer_packs):
     pack, x, *_ = transformer_packs
     for name in pack.task_names:
@@ -168,6 +170,7 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.slow
 def test_torchvision_families_take_tasks_and_export(family):
     arch, kwargs = FAMILIES[family]
     pack = Pack.create(arch, kwargs=kwargs) if "image_size" in kwargs else \

@@ -13,7 +13,6 @@ from conftest import PACK_CONFIG, build_pack, synthetic_task
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import packtool.formats.archive as archive_mod
 from packtool import Pack, TrainConfig, add_task, evaluate
 from packtool.errors import PackFormatError, PackToolError
 from packtool.exporters import (
@@ -25,6 +24,7 @@ from packtool.exporters import (
     unpack_bits,
     write_archive,
 )
+from packtool.formats import owner_code
 
 PACKS = {  # name: (arch, input size, kwargs, [(classes, prune), ...], policy)
     "mlp": ("mlp", (1, 8, 8), {"hidden": 64}, [(3, 0.75), (4, 0.5), (2, 0.0)], "per_task"),
@@ -83,7 +83,7 @@ def test_pack_unpack_round_trip(bits, count):
 
 
 def test_pack_bits_across_chunks(monkeypatch):
-    monkeypatch.setattr(archive_mod, "_CHUNK", 16)
+    monkeypatch.setattr(owner_code, "_CHUNK", 16)
     values = torch.randint(0, 8, (1000,), dtype=torch.uint8)
     assert torch.equal(unpack_bits(pack_bits(values, 3), 3, 1000), values)
 

@@ -13,6 +13,9 @@ import pytest
 
 from benchmarks import planner
 
+#: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["packnet-0.5", "packnet-0.75", "packnet-auto", "separate", "finetune", "joint"]
 FREE_INIT = ["packnet-0.75@zero", "packnet-0.75@kept", "packnet-0.75@reinit"]
@@ -226,6 +229,16 @@ def test_throughput_tables(smoke):
     assert "ResNet-18 on" in markdown and "Split-Digits from PNG folders" in markdown
 
 
+def test_startup_tables(smoke):
+    doc, markdown = smoke
+    result = doc["startup"]
+    for figure in ("help", "version", "import_torch", "import_torch_torchvision", "info",
+                   "predict", "one_epoch", "plain_epoch", "add_task_fixed"):
+        assert result[figure]["seconds"] > 0, figure
+    assert 0 < result["help"]["mb"] < result["import_torch"]["mb"]  # the launcher's floor only
+    assert "`packtool --help`" in markdown and "against the target" in markdown
+
+
 def test_only_one_part_and_bad_arguments(tmp_path):
     done = _run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "nothing"], cwd=ROOT)
     assert done.returncode == 2 and "invalid choice" in done.stderr
@@ -276,3 +289,14 @@ def test_split_digits_quick_start(tmp_path):
     exported = sorted(p.name for p in (tmp_path / "work" / "export").iterdir())
     assert exported == ["digits-0-1.onnx", "digits-2-3.onnx", "digits-4-5.onnx",
                         "digits-6-7.onnx", "digits-8-9.onnx", "pack.safetensors"]
+    # The README shows this run's real output: each line it shows (`...` elides), as printed
+    # here, in the same order; paths with the README's work folder.
+    readme = (ROOT / "README.md").read_text()
+    shown = readme[readme.index("Test accuracy of each task (columns)"):]
+    shown = shown[:shown.index("```")].replace("split-digits/", "work/")
+    printed = done.stdout.splitlines()
+    position = 0
+    for line in shown.splitlines():
+        if line != "...":
+            assert line in printed[position:], line
+            position = printed.index(line, position) + 1

@@ -110,6 +110,7 @@ def _png(path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels.astype(np.uint8)).resize((32, 32)).save(path)
 
 
+@pytest.mark.slow
 def test_export_every_task_and_predict(packed, tmp_path):
     model, reports = packed
     before = model.read_bytes()
@@ -145,6 +146,7 @@ def test_export_every_task_and_predict(packed, tmp_path):
     assert [row["accuracy"] for row in from_archive] == [r["accuracy"] for r in reports]
 
 
+@pytest.mark.slow
 def test_export_archive_then_from_archive(packed, tmp_path):
     model, _ = packed
     archive = tmp_path / "pack.archive"
@@ -155,6 +157,7 @@ def test_export_archive_then_from_archive(packed, tmp_path):
     assert again["files"][0]["task"] == "digits-2-3"
 
 
+@pytest.mark.slow
 def test_default_onnx_name_is_the_task(packed, tmp_path, monkeypatch):
     model, _ = packed
     monkeypatch.chdir(tmp_path)
@@ -162,6 +165,7 @@ def test_default_onnx_name_is_the_task(packed, tmp_path, monkeypatch):
     assert (tmp_path / "digits-0-1.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_plots(packed, tmp_path):
     pytest.importorskip("matplotlib")
     model, reports = packed
@@ -218,6 +222,7 @@ def test_data_root_needs_half(packed, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
     model = tmp_path / "model.pt"
     ok("init", model, *ARCH)
@@ -258,6 +263,7 @@ def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
     assert "Planned: 2 tasks (init --tasks), 1 still to come." in ok("info", planned).stdout
 
 
+@pytest.mark.slow
 def test_eval_task_free_and_predict_auto(packed, tmp_path):
     """Issue 15 through the command line: eval --task-free (per image and per group) and
     predict --task auto from model.pt and its archive."""

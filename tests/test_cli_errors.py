@@ -10,6 +10,7 @@ from cli_helpers import ARCH, FAST, assert_error, init_model, invoke, ok, sha256
 
 from packtool import Pack
 from packtool.fileio import file_lock
+from packtool.formats import model_file
 
 ADD = ("--data", "digits", "--prune", "0.5", *FAST)
 
@@ -339,7 +340,7 @@ def test_internal_error_is_one_line_and_debug_shows_it(model, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(Pack, "load", broken)
+    monkeypatch.setattr(model_file, "load", broken)  # what every command reads a model with
     line = fails_unchanged(model, "info", model)
     assert line == ("Error: internal error: RuntimeError: boom second line "
                     "(run with --debug for the traceback)")
@@ -371,6 +372,7 @@ def test_task_free_usage_errors(model, tmp_path):
     fails_unchanged(model, "predict", model, "--same-task", image, code=2, match="--same-task")
 
 
+@pytest.mark.slow
 def test_task_auto_on_a_single_task_onnx(model, tmp_path):
     from PIL import Image
 

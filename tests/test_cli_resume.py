@@ -14,6 +14,9 @@ from crash import assert_same_pack, forked
 from packtool import Pack
 from packtool.formats.checkpoint import Checkpoint, checkpoint_path
 
+#: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
+pytestmark = pytest.mark.slow
+
 # digits {0,1}: 9 batches of 32 per epoch. Adam with weight decay exercises the optimizer state
 # a resumed run must restore.
 ADD = ("add-task", "model.pt", "--data", "digits", "--classes", "0,1", "--prune", "0.5",

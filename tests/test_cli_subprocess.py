@@ -14,6 +14,9 @@ from cli_helpers import ARCH, init_model, sha256
 
 from packtool.fileio import file_lock
 
+#: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
+pytestmark = pytest.mark.slow
+
 
 def run(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "packtool", *map(str, args)], cwd=cwd,

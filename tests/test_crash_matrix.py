@@ -143,6 +143,7 @@ def test_the_default_settings_start_loader_workers_here():
     assert TRAIN_IMAGES > SMALL_DATASET
 
 
+@pytest.mark.slow
 def test_neither_workers_nor_the_cache_change_the_result(reference):
     """Same seed, same result, however the data is read (packtool.data.sampling)."""
     alone, workers = reference("workers-0", "0.5"), reference("workers-2-no-cache", "0.5")
@@ -167,6 +168,7 @@ FIXED_POINTS = {  # kill point -> how to count it
 
 
 @pytest.mark.parametrize(("setting", "point"), _cells(FIXED_POINTS, fast={"checkpoint-write"}))
+@pytest.mark.slow
 def test_fixed_ratio_resumes_bit_identical(tmp_path, folders, reference, setting, point):
     ref = reference(setting, "0.5")
     _kill_and_resume(tmp_path, folders[SETTINGS[setting][1]], setting, "0.5",
@@ -182,6 +184,7 @@ AUTO_POINTS = {
 
 
 @pytest.mark.parametrize(("setting", "point"), _cells(AUTO_POINTS, fast={"finishing"}))
+@pytest.mark.slow
 def test_auto_search_resumes_bit_identical(tmp_path, folders, reference, setting, point):
     ref = reference(setting, "auto")
     # Every point named must be a real one: steps are taken after it in the reference run.

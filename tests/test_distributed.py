@@ -18,6 +18,9 @@ from packtool import Pack, TrainConfig, add_task, load_task_data
 from packtool.fileio import file_lock
 from packtool.formats.checkpoint import Checkpoint, checkpoint_path
 
+#: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).parent
 CONFIG = TrainConfig(epochs=3, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
 

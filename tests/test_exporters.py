@@ -28,6 +28,7 @@ from packtool.exporters import (
     verify_onnx,
     write_archive,
 )
+from packtool.formats import model_file
 
 PACKS = {  # name: (arch, input size, kwargs, [(classes, prune), ...])
     "mlp": ("mlp", (1, 8, 8), {}, [(3, 0.75), (4, 0.5), (2, 0.0)]),
@@ -64,6 +65,7 @@ def ort_logits(path_or_bytes, x: torch.Tensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_task_matches_pytorch(pack, tmp_path):
     size = pack.spec.input_size
     files, archive = export_all(pack, tmp_path / "out", source_sha256="ab" * 32)
@@ -99,7 +101,7 @@ def test_every_task_matches_pytorch(pack, tmp_path):
             "packtool.input_size": "x".join(map(str, size)),
             "packtool.mean": json.dumps(list(pack.spec.mean)),
             "packtool.std": json.dumps(list(pack.spec.std)),
-            "packtool.version": pack.meta()["packtool_version"],
+            "packtool.version": model_file.meta(pack)["packtool_version"],
             "packtool.source_sha256": "ab" * 32,
             "packtool.temperature": repr(record.temperature),
         }
@@ -132,6 +134,7 @@ def _assert_initializers_hold_the_task(model, pack, record, state) -> None:
         assert torch.equal(floats[f"{classifier}.{name}"], value)
 
 
+@pytest.mark.slow
 def test_sparse_initializers_shrink_a_mostly_zero_task(tmp_path):
     pack = build_pack("mlp", (1, 16, 16), {}, [(3, 0.9)])  # task 1 keeps 10% of the weights
     (dense,), archive = export_all(pack, tmp_path / "dense", dense=True, archive=False,
@@ -176,6 +179,7 @@ def test_bad_opset_and_unknown_task_refused(mlp_pack, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_failed_verification_writes_nothing(mlp_pack, tmp_path, monkeypatch):
     real_run = runtime.infer
     monkeypatch.setattr(onnx_export, "infer", lambda sess, x: real_run(sess, x) + 1e-3)
@@ -201,6 +205,7 @@ def test_nan_is_never_within_tolerance(mlp_pack, exported, monkeypatch):
         verify_onnx(onnx_path.read_bytes(), net, (1, 8, 8), tolerance=np.inf)
 
 
+@pytest.mark.slow
 def test_zero_tolerance_with_perturbed_session_fails(mlp_pack, tmp_path, monkeypatch):
     real_session = runtime.session
 
@@ -287,6 +292,7 @@ def _check_result(result, record, images, top):
     json.dumps(result.to_dict())
 
 
+@pytest.mark.slow
 def test_predict_from_onnx_and_from_archive(mlp_pack, exported, images):
     record = mlp_pack.task("task 1")  # 3 classes
     onnx_path, archive = exported

@@ -90,6 +90,7 @@ def test_v1_model_files_save_again_unchanged(name, tmp_path):
     assert new["digest"] == old["digest"] and new["meta"] == old["meta"]
 
 
+@pytest.mark.slow
 def test_v1_archive_predicts_with_the_whole_image_resized(tmp_path):
     """Files written before the resize-and-crop recipe carry none: images are resized whole."""
     import numpy as np
@@ -121,6 +122,7 @@ def test_v2_model_file_and_archive_keep_the_planner_record_and_save_unchanged(tm
     _assert_saves_unchanged("lenet-auto-v2.pt", 2, tmp_path)
 
 
+@pytest.mark.slow
 def test_files_without_temperatures_serve_task_free_at_temperature_1(tmp_path):
     """Formats 1 and 2 have no temperatures: every task counts as 1, and info says so."""
     import numpy as np

@@ -9,7 +9,7 @@ from conftest import StopAfter, synthetic_task
 from packtool import FREE_INITS, Pack, Progress, TrainConfig, add_task, load
 from packtool.exporters import archive_bytes, archive_from_bytes
 from packtool.models import build_network
-from packtool.session import prepare
+from packtool.training import prepare
 
 CONFIG = TrainConfig(epochs=2, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
 

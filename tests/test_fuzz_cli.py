@@ -87,6 +87,7 @@ def workdir(tmp_path_factory) -> Path:
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command_lines())
+@pytest.mark.slow
 def test_random_command_lines(workdir, monkeypatch, args):
     # A fresh copy per example: what one command wrote must not change the next one's outcome.
     with tempfile.TemporaryDirectory() as scratch:

@@ -48,6 +48,7 @@ def _inputs(pack, batch, seed=1):
     return torch.randn(batch, *pack.spec.input_size, generator=g)
 
 
+@pytest.mark.slow
 def test_every_task_matches_its_per_task_onnx_and_pytorch(lenet_pack, multi_file, tmp_path):
     path, result = multi_file
     assert result.tasks == tuple(lenet_pack.task_names) and result.bytes == path.stat().st_size
@@ -139,6 +140,7 @@ def test_owner_planes_round_trip():
     ("nets:tiny_transformer", (1, 8, 8), "per_task"),  # attention reads out_proj.weight
     ("nets:tiny_resnet", (3, 8, 8), "frozen"),  # norm state shared, stored once
 ])
+@pytest.mark.slow
 def test_other_networks_in_pytorch_and_onnx(arch, size, policy):
     pack = build_pack(arch, size, {}, [(2, 0.5), (3, 0.5)], policy=policy)
     net = multi_task_net(pack)
@@ -174,6 +176,7 @@ def images(tmp_path):
     return paths
 
 
+@pytest.mark.slow
 def test_predict_serves_named_tasks_and_auto(lenet_pack, multi_file, tmp_path, images):
     path, _ = multi_file
     single = tmp_path / "task2.onnx"
@@ -206,6 +209,7 @@ def test_predict_errors_name_the_tasks(multi_file, images):
         predict(path, images, task="cars")
 
 
+@pytest.mark.slow
 def test_cli_export_multi_task(lenet_pack, tmp_path):
     model = _saved(lenet_pack, tmp_path)
     out = tmp_path / "pack.onnx"

@@ -18,17 +18,18 @@ from safetensors.torch import save_file
 from packtool import (
     ArchitectureError,
     CapacityError,
+    Measurement,
     Pack,
     PackFormatError,
     PackToolError,
     Progress,
-    Score,
     TaskError,
     TrainConfig,
     add_task,
     evaluate,
 )
 from packtool.fileio import atomic_write
+from packtool.formats import model_file
 from packtool.formats.model_file import FORMAT_VERSION
 
 FAST = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, batch_size=16, device="cpu")
@@ -53,7 +54,7 @@ def test_save_load_round_trip_is_bitwise(pack3, tmp_path):
     path = tmp_path / "model.pt"
     pack3.save(path)
     loaded = Pack.load(path)
-    assert loaded.meta() == pack3.meta()
+    assert model_file.meta(loaded) == model_file.meta(pack3)
     for part in ("shared", "owners", "initial_private"):
         a, b = getattr(pack3, part), getattr(loaded, part)
         assert a.keys() == b.keys()
@@ -151,11 +152,11 @@ def _bad_files(pack: Pack, tmp_path: Path) -> dict[str, Path]:
         paths[name].write_bytes(content)
     torch.save({"weight": torch.zeros(2)}, tmp_path / "state_dict.pt")
     paths["state_dict"] = tmp_path / "state_dict.pt"
-    state = pack.state()
+    state = model_file.content(pack)
     state["version"] = FORMAT_VERSION + 1
     torch.save(state, tmp_path / "future.pt")
     paths["future"] = tmp_path / "future.pt"
-    state = pack.state()
+    state = model_file.content(pack)
     state["shared"][next(iter(state["shared"]))][0] += 1.0  # tampered value
     torch.save(state, tmp_path / "tampered.pt")
     paths["tampered"] = tmp_path / "tampered.pt"
@@ -226,10 +227,10 @@ def test_capacity_counts_are_exact(pack3):
 
 
 def test_full_pack_refuses_another_task(pack3, make_task):
-    before = pack3.to_bytes()
+    before = model_file.to_bytes(pack3)
     with pytest.raises(CapacityError, match="no free weights"):
         add_task(pack3, "t4", make_task(2, seed=9), 0.5, FAST)
-    assert pack3.to_bytes() == before
+    assert model_file.to_bytes(pack3) == before
 
 
 @pytest.mark.parametrize(("name", "ratio", "error"), [
@@ -249,10 +250,10 @@ def test_bad_task_settings(make_task, name, ratio, error):
 def test_diverging_training_is_a_clear_error(make_task):
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     pack, _ = add_task(pack, "t1", make_task(2, seed=0), 0.5, FAST)
-    before = pack.to_bytes()
+    before = model_file.to_bytes(pack)
     with pytest.raises(TaskError, match="training diverged: the loss became NaN or infinite"):
         add_task(pack, "boom", make_task(2, seed=5), 0.5, replace(FAST, lr=1e30))
-    assert pack.to_bytes() == before
+    assert model_file.to_bytes(pack) == before
 
 
 def test_unknown_task_lists_known(pack3):
@@ -283,7 +284,7 @@ def test_selecting_an_old_task_while_training_changes_nothing(make_task):
 def test_interrupted_add_task_leaves_pack_unchanged(pack3, make_task):
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     pack, _ = add_task(pack, "t1", make_task(2, seed=0), 0.5, FAST)
-    before = pack.to_bytes()
+    before = model_file.to_bytes(pack)
 
     class Interrupt(Progress):
         def epoch_end(self, *args):
@@ -291,7 +292,7 @@ def test_interrupted_add_task_leaves_pack_unchanged(pack3, make_task):
 
     with pytest.raises(KeyboardInterrupt):
         add_task(pack, "t2", make_task(2, seed=1), 0.5, FAST, progress=Interrupt())
-    assert pack.to_bytes() == before
+    assert model_file.to_bytes(pack) == before
 
 
 class _Counting(torch.utils.data.Dataset):
@@ -320,20 +321,20 @@ def test_model_selection_reads_validation_not_test(make_task):
 
 
 def test_score_ranks_accuracy_then_loss():
-    assert Score(0.9, 0.5).better_than(None)
-    assert Score(0.9, 0.5).better_than(Score(0.8, 0.1))  # accuracy first
-    assert Score(0.9, 0.2).better_than(Score(0.9, 0.3))  # ties: lower loss
-    assert not Score(0.9, 0.3).better_than(Score(0.9, 0.3))  # equal: keep the earlier
-    assert not Score(0.9, float("nan")).better_than(Score(0.9, 0.3))
+    assert Measurement(0.9, 0.5).better_than(None)
+    assert Measurement(0.9, 0.5).better_than(Measurement(0.8, 0.1))  # accuracy first
+    assert Measurement(0.9, 0.2).better_than(Measurement(0.9, 0.3))  # ties: lower loss
+    assert not Measurement(0.9, 0.3).better_than(Measurement(0.9, 0.3))  # equal: keep the earlier
+    assert not Measurement(0.9, float("nan")).better_than(Measurement(0.9, 0.3))
 
 
 def test_saturated_validation_keeps_the_lowest_loss_epoch(make_task, monkeypatch):
     """Validation accuracy saturates at 100% after an epoch or two: the kept model is the tied
     epoch with the lowest validation loss, not the first one that reached 100%."""
-    from packtool import session
+    from packtool import training
 
-    seen: list[Score] = []
-    original = session.Session.evaluate
+    seen: list[Measurement] = []
+    original = training.Training.evaluate
 
     def recording(self, dataset):
         score = original(self, dataset)
@@ -341,7 +342,7 @@ def test_saturated_validation_keeps_the_lowest_loss_epoch(make_task, monkeypatch
             seen.append(score)
         return score
 
-    monkeypatch.setattr(session.Session, "evaluate", recording)
+    monkeypatch.setattr(training.Training, "evaluate", recording)
     data = make_task(2, seed=0)
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     # prune 0 and no fine-tuning: the final model is the training epoch that was kept
@@ -391,6 +392,7 @@ def test_bad_architectures(arch, error):
         Pack.create(arch, (1, 8, 8))
 
 
+@pytest.mark.slow
 def test_network_that_cannot_run_on_the_input_size():
     with pytest.raises(ArchitectureError, match="cannot run on inputs of size 1x8x8"):
         Pack.create("vgg11", (1, 8, 8))

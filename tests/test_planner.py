@@ -23,6 +23,7 @@ from packtool import (
 )
 from packtool import lifecycle as lifecycle_module
 from packtool.exporters import archive_bytes, archive_from_bytes
+from packtool.formats import model_file
 from packtool.formats.checkpoint import Checkpoint
 from packtool.formats.digest import digest
 from packtool.formats.model_file import FORMAT_VERSION, encode
@@ -139,6 +140,7 @@ def digits():
     return load_task_data("digits", _base().preprocess)
 
 
+@pytest.mark.slow
 def test_auto_is_the_largest_fixed_ratio_within_the_tolerance(digits):
     """Brute force: a fixed-ratio add-task at every grid ratio (each fine-tunes from the same
     trained state as the planner's trials); the planner, allowed every trial, agrees."""
@@ -180,6 +182,7 @@ class _Epochs(Progress):
         self.epochs.append(self.phase)
 
 
+@pytest.mark.slow
 def test_the_chosen_trial_finishes_as_the_fixed_ratio_fine_tuning(digits):
     """Trials stop once they meet the target; the chosen one then finishes its fine-tuning
     from where it stopped, bit for bit the fixed-ratio add-task at that ratio."""
@@ -247,12 +250,14 @@ def test_auto_keeps_zero_forgetting_and_the_record():
     assert record.prune == second.prune and record.prune_reason == second.prune_reason
     assert record.prune_search == second.prune_search and len(record.prune_search) == len(GRID)
     assert record.versioned_meta().keys() >= {"prune_reason", "prune_search"}
-    assert pack.state()["version"] == FORMAT_VERSION == 3  # with the temperature: version 3
+    # with the temperature: version 3
+    assert model_file.content(pack)["version"] == FORMAT_VERSION == 3
     restored = archive_from_bytes(archive_bytes(pack))
     assert restored.tasks[1].prune_search == record.prune_search
 
 
 @pytest.mark.parametrize("stop_after", [5, 7, 9])  # 4 training epochs, then three trials of 2
+@pytest.mark.slow
 def test_resume_mid_search_ends_bit_identical(tmp_path, stop_after, digits):
     data = digits
     settings = {"tolerance": 3.0, "auto_trials": 3}
@@ -272,6 +277,7 @@ def test_resume_mid_search_ends_bit_identical(tmp_path, stop_after, digits):
     assert saved.exists()
 
 
+@pytest.mark.slow
 def test_resume_while_the_chosen_trial_finishes_ends_bit_identical(tmp_path, digits):
     config = replace(CONFIG, finetune_epochs=5)  # the chosen trial stops at 3 (this data)
     settings = {"tolerance": 3.0, "auto_trials": 3}
@@ -351,15 +357,16 @@ def test_the_plan_survives_the_model_file_and_the_archive(tmp_path):
     assert Pack.load(tmp_path / "m.pt").planned_tasks == 4
     assert archive_from_bytes(archive_bytes(pack)).planned_tasks == 4
     unplanned = _base()
-    assert "planned_tasks" not in unplanned.meta()  # files without a plan are written as before
+    # files without a plan are written as before
+    assert "planned_tasks" not in model_file.meta(unplanned)
     for bad in (0, 256, 2.0, "3", True):
         with pytest.raises(ValueError, match="planned tasks"):
             Pack.create("mlp", (1, 8, 8), planned_tasks=bad)
-    state = pack.state()
+    state = model_file.content(pack)
     content = {k: v for k, v in state.items() if k not in ("format", "version", "digest")}
     content["meta"] = content["meta"].replace('"planned_tasks": 4', '"planned_tasks": -1')
     with pytest.raises(PackFormatError, match="damaged: ValueError: planned tasks"):
-        Pack.from_state(encode(content, state["version"]))
+        model_file.from_state(encode(content, state["version"]))
 
 
 # -- forecast -----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ def _file_accuracy(pack, path):
 
 
 @pytest.mark.parametrize("flag, precision", [("--int8", "int8"), ("--half", "float16")])
+@pytest.mark.slow
 def test_reported_change_is_the_written_files(digits_model, tmp_path, flag, precision):
     out = tmp_path / f"{precision}.onnx"
     before = sha256(digits_model)
@@ -66,6 +67,7 @@ def _image(folder):
     return path
 
 
+@pytest.mark.slow
 def test_refusal_writes_nothing(digits_model, tmp_path, monkeypatch):
     """Calibrating on images a thousand times too dark clips every activation: a real loss,
     refused, and nothing written; --force writes it."""
@@ -85,6 +87,7 @@ def test_refusal_writes_nothing(digits_model, tmp_path, monkeypatch):
     assert out.exists() and forced.change.accuracy_change < -1
 
 
+@pytest.mark.slow
 def test_missing_data_needs_force(digits_model, tmp_path, monkeypatch):
     monkeypatch.setenv("PACKTOOL_DATA", str(tmp_path / "nowhere"))
     pack = Pack.load(digits_model)

@@ -64,6 +64,7 @@ def test_training_crops_at_random_and_evaluation_at_the_center(tmp_path):
     assert len(crops) > 3  # random positions
 
 
+@pytest.mark.slow
 def test_onnx_carries_the_recipe_and_predict_reproduces_pytorch(tmp_path):
     write_folder(tmp_path / "data", splits=("train", "val"), per_class=4)
     pack = Pack.create("lenet", (3, 32, 32), kwargs={"width": 4})

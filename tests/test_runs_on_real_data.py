@@ -167,6 +167,7 @@ def test_workers_auto_fit_the_data():
     assert loader_settings(0, range(10), cpu) == {"num_workers": 0, "pin_memory": False}
 
 
+@pytest.mark.slow
 def test_worker_processes_and_bfloat16_end_to_end(tmp_path):
     """--workers 2 --amp on the CPU: two tasks from image files, the first bit-exact after."""
     folder = _folder(tmp_path / "data")
@@ -188,9 +189,9 @@ def test_worker_processes_and_bfloat16_end_to_end(tmp_path):
 
 
 def test_bfloat16_on_the_cpu_keeps_weights_float32(make_task):
-    from packtool.loop import Precision
+    from packtool.loop import MixedPrecision
 
-    precision = Precision.choose(torch.device("cpu"), amp=True, convolutional=True)
+    precision = MixedPrecision.choose(torch.device("cpu"), amp=True, convolutional=True)
     assert precision.dtype == torch.bfloat16 and precision.scaler is None
     assert not precision.channels_last  # channels-last is for CUDA
     config = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, device="cpu", amp=True)

@@ -141,6 +141,7 @@ def test_predict_auto_on_a_multi_task_file_needs_no_torch(served):
     assert [p["task"] for p in doc["predictions"]] == ["t0"] * 4 + ["t1"] * 4
 
 
+@pytest.mark.slow
 def test_training_and_inspection_never_load_onnx(served, tmp_path):
     _, _, folders = served
     model = tmp_path / "model.pt"
@@ -152,6 +153,7 @@ def test_training_and_inspection_never_load_onnx(served, tmp_path):
         assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_a_torchvision_free_task_stays_torchvision_free(tmp_path):
     """A built-in network on digits: no torchvision, scikit-learn or SciPy is imported (the
     digits file is read from scikit-learn's folder, so that one is looked for, not blocked)."""

@@ -21,7 +21,7 @@ def run(model: Path, data: str, prune: float | str, settings: dict[str, Any],
     if done is None:  # a torchrun rank other than 0: rank 0 reports
         return
     pack, result = done
-    doc = render.add_task_doc(result)
+    doc = result.to_dict()
     if as_json:
         print_json(doc)
         return

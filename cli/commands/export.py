@@ -7,12 +7,11 @@ from typing import Any
 
 from packtool.errors import PackToolError
 from packtool.evaluation import half_precision_change
-from packtool.exporters.archive import write_archive
 from packtool.exporters.multitask import export_multi_task
 from packtool.exporters.onnx import ARCHIVE_NAME, export_all, export_onnx, task_filenames
 from packtool.exporters.quantize import export_reduced
 from packtool.fileio import sha256_file
-from packtool.formats.archive import read_archive
+from packtool.formats.archive import read_archive, write_archive
 from packtool.formats.files import load
 
 from .. import render

@@ -7,6 +7,7 @@ importing scikit-learn itself: its import costs more than a small digits task tr
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 from pathlib import Path
@@ -31,10 +32,19 @@ def digits_file() -> Path:
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 1,797 images, float64 ``[N, 8, 8]`` with values 0..16, and their labels ``[N]``."""
-    with gzip.open(digits_file(), mode="rt", encoding="utf-8") as f:
+    """The 1,797 images, float64 ``[N, 8, 8]`` with values 0..16, and their labels ``[N]``
+    (read-only arrays: read once per process, shared by every caller)."""
+    return _read(digits_file())
+
+
+@functools.lru_cache(maxsize=1)
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    # `packtool run` reads the file for every task it trains and every task it re-measures.
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
         data = np.loadtxt(f, delimiter=",")
-    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    images, labels = data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
 def load(root: Path | None) -> Splits:

@@ -1,118 +1,11 @@
-"""The shared-weight archive: every task of a pack in one compact safetensors file.
+"""The shared-weight archive, ``pack.safetensors``: every task of a pack in one compact file.
 
-This module is the format's spec, its checksum and its one validating reader
-(:func:`read_archive`); :mod:`packtool.exporters.archive` writes it.
-
-A pack's ``model.pt`` keeps the whole network, free weights and initial state included, for
-training. The archive keeps only what serving the existing tasks needs: each owned weight once,
-the owner index entropy-coded (bit-packed before format 4), every task's head and private
-state. For ``T`` tasks its size is close to the entropy floor ``owned weights x 4 bytes + all
-prunable weights x H bits + heads + private state (+ feature statistics)``, ``H`` the owner
-index's empirical entropy per weight (at most ``b = ceil(log2(T + 1))``, the bit-packed cost).
-
-Archive format (``pack.safetensors``, format version 4)
--------------------------------------------------------
-One `safetensors <https://github.com/huggingface/safetensors>`_ file: an 8-byte little-endian
-header length, a JSON header, then the raw little-endian bytes of every tensor. No pickle, no
-code. ``T`` is the number of tasks, ``k`` a task index ``1..T``, ``L`` the ``state_dict`` name
-of a prunable weight, as the pack recorded it (every weight matrix but the classifier's, see
-:mod:`packtool.models`; e.g. ``features.0.weight``,
-``encoder.layers.0.self_attention.in_proj_weight``).
-
-Metadata (the header's ``__metadata__``; every value is a string):
-
-======================  ============================================================================
-key                     value
-======================  ============================================================================
-``format``              ``packtool.archive``; any other value (or none): not an archive
-``format_version``      ``1``, ``2`` or ``3``; readers refuse a larger number. ``2`` when a task
-                        carries ``prune_reason``/``prune_search`` (how its ratio was chosen),
-                        ``3`` when one carries ``temperature``
-``packtool_version``    the packtool that wrote the file
-``spec``                JSON ``{"arch", "input_size": [C, H, W], "kwargs", "mean", "std"}``: how
-                        to build the network (a torchvision model name with ``weights=None`` and
-                        ``kwargs``, packtool's ``mlp``/``lenet``, or ``package.module:function``)
-``policy``              ``per_task`` (task ``k`` uses ``private/k/*``) or ``frozen`` (every
-                        task uses ``private/1/*``, the only private tensors stored)
-``free_init``           optional: ``reinit`` or ``kept``, how a task added to the pack read back
-                        starts its free weights (absent: ``zero``); an archive keeps no free
-                        values, so ``kept`` starts from zero after it
-``pretrained``          optional: ``true`` if the network started from pretrained weights
-``planned_tasks``       optional: how many tasks the pack is meant to hold (``init --tasks``),
-                        a decimal number 1..255; a task added to the pack read back reserves
-                        room for the rest of the plan
-``tasks``               JSON list in index order; item ``k-1`` is task ``k``: ``{"name",
-                        "index", "classes" (names in logit order), "data", "prune", "hparams",
-                        "metrics", "created"}`` and, in version 2, ``"prune_reason"`` and
-                        ``"prune_search"`` where a task has them; in version 3,
-                        ``"temperature"`` (a number: divide the task's logits by it before the
-                        softmax for task-free scores; absent means 1)
-``layers``              JSON list ``[[L, shape], ...]`` of the prunable weights, in network order
-``bits``                ``b``, owner-index bits per weight: ``ceil(log2(T + 1))``, 1..8 (the
-                        packed width in formats 1-3; recorded, and checked, in format 4)
-``owner_coding``        format 4: ``ans``, the owner index entropy-coded (below); absent in
-                        formats 1-3, whose owner index is bit-packed
-``float_dtype``         ``float32`` or ``float16``: how floating tensors are stored (``--half``);
-                        readers convert them to float32
-``preprocessing``       JSON ``{"input_size": [C, H, W], "mean": [...], "std": [...]}``: a
-                        network input is the image resized to ``H x W``, ``/ 255``, then
-                        ``(x - mean) / std``
-``source_sha256``       SHA-256 (hex) of the model file the archive was made from, or empty
-``checksum``            SHA-256 (hex) of the payload, see below
-======================  ============================================================================
-
-Tensors:
-
-===================  ================================  ========================================
-name                 dtype, shape                      content
-===================  ================================  ========================================
-``shared/L``         float ``[n_owned]``               the weights of ``L`` owned by some task
-                                                       (owner != 0), in row-major flat order
-``owners/L``         int32 ``[words]``                 owner of every weight of ``L``, ANS-coded
-                                                       (formats 1-3: uint8, packed, see below)
-``owner_counts/L``   int64 ``[T + 1]``                 format 4: how many weights each owner
-                                                       value has (the ANS model)
-``head/k/weight``    float ``[classes_k, in]``         task ``k``'s classifier weight
-``head/k/bias``      float ``[classes_k]``             its bias (if the classifier has one)
-``private/k/KEY``    any, as in ``state_dict``         task ``k``'s private backbone state under
-                                                       its ``state_dict`` key ``KEY`` (biases,
-                                                       norm weights and running statistics)
-===================  ================================  ========================================
-
-Version 3 may add, per task, what the ``mahalanobis`` task score needs, fitted on task ``k``'s
-validation split: ``features/k/means`` ``[classes seen, in]`` (float), the class means of the
-classifier's input, and ``features/k/basis`` ``[r, in]`` (float) and ``features/k/scale``
-``[1]`` (float32 even in a float16 archive: it may exceed float16's range), the inverse of
-their shrunk within-class covariance as ``scale * I - basis.T @ basis``.
-
-Format 4 stores each layer's owner index entropy-coded instead of packed: ``owners/L`` is an
-int32 ``[words]`` ANS stream and ``owner_counts/L`` an int64 ``[T + 1]`` table of its owner
-counts; :mod:`packtool.formats.owner_code` specifies both (decoding needs the ``constriction``
-library, version 0.5). Formats 1-3 (no ``owner_coding``) store ``owners/L`` bit-packed:
-
-Owner packing (formats 1-3): the owner of flat weight ``i`` (``0`` free, ``k`` task ``k``) is
-stored in bits ``i*b .. i*b+b-1`` of a bit stream, least significant bit first; stream bit
-``j`` is bit ``j mod 8`` of byte ``j div 8`` (least significant first, NumPy's
-``bitorder="little"``).
-Unused bits of the last byte are zero. Equivalently::
-
-    owner(i) = (int.from_bytes(packed, "little") >> (i * b)) & (2**b - 1)
-    owners = np.unpackbits(packed, bitorder="little")[: n * b].reshape(n, b) @ (1 << np.arange(b))
-
-Rebuilding task ``k`` with plain ``safetensors`` (and ``constriction`` for format 4's owners):
-for every ``L``, ``w = zeros(numel)``,
-``w[owners != 0] = shared/L``, then ``w[owners > k] = 0`` (later tasks' weights are not part
-of task ``k``), reshape to ``shape``. Build the network from ``spec``, replace its classifier
-(the last ``nn.Linear`` in module order) by ``Linear(in, classes_k)``, and load the weights,
-``head/k/*`` under the classifier's name and ``private/j/*`` (``j = k``, or ``1`` under policy
-``frozen``). Run it in eval mode.
-
-Checksum (safetensors has none): SHA-256 over, in this order, for every tensor in sorted name
-order: its name, its safetensors dtype code (``F32``, ``F16``, ``U8``, ``I64``, ...), its shape
-as decimal numbers joined by ``,`` (empty for a scalar) and its raw bytes; then for every
-metadata key but ``checksum`` in sorted order: the key and the value. Each of these fields is
-fed as its length in bytes (8-byte little-endian unsigned) followed by its bytes (strings as
-UTF-8). Sorting is by Unicode code point.
+Its spec is ``docs/formats.md`` ("The archive"): one safetensors file, no pickle, each owned
+weight once, the owner index entropy-coded (:mod:`.owner_code`), every task's head, private state
+and feature statistics, and a checksum of it all (safetensors has none). A pack's ``model.pt``
+keeps the whole network for training; the archive keeps only what serving the existing tasks
+needs. This module is the format's one writer (:func:`write_archive`) and one validating reader
+(:func:`read_archive`); a reader refuses a foreign, damaged, tampered or newer file.
 """
 
 from __future__ import annotations
@@ -122,21 +15,26 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor
 
 from .._version import __version__
 from ..errors import PackFormatError, PackToolError, TaskError, one_line
-from ..method import FREE, MAX_TASKS, OWNER_DTYPE
+from ..fileio import atomic_write_bytes
+from ..method import FREE, MAX_TASKS
 from ..models import ArchSpec, build_network
 from ..pack import Pack
 from ..records import TaskRecord
 from .digest import tensor_bytes
-from .owner_code import decode_owners
+from .model_file import pack_fields, pack_options
+from .owner_code import decode_owners, encode_owners, owner_bits, unpack_bits
 
 FORMAT = "packtool.archive"
 FORMAT_VERSION = 4  # the newest version this packtool reads and writes
@@ -148,78 +46,122 @@ DTYPE_CODES: dict[torch.dtype, str] = {
     torch.uint8: "U8", torch.bool: "BOOL",
 }
 _HEADER_LIMIT = 100 * 2**20  # safetensors' own limit on the JSON header
-_CHUNK = 2**23  # weights per packing step (a multiple of 8): bounds temporary memory
 
 
 # ------------------------------------------------------------------------------------------------
-# Owner-index bit packing
+# Writing
 # ------------------------------------------------------------------------------------------------
 
 
-def owner_bits(tasks: int) -> int:
-    """Bits per owner index for ``tasks`` tasks: ``ceil(log2(tasks + 1))`` (values 0..tasks)."""
-    if not 1 <= tasks <= MAX_TASKS:
-        raise ValueError(f"tasks must be in 1..{MAX_TASKS}, got {tasks}")
-    return tasks.bit_length()
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """A written archive: its path and size in bytes."""
+
+    path: Path
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``archive`` object of ``packtool export --json``."""
+        return {"path": str(self.path), "bytes": self.bytes}
 
 
-def pack_bits(values: Tensor, bits: int) -> Tensor:
-    """Pack ``values`` (uint8, any shape, each ``< 2**bits``) LSB-first into ``bits`` per value.
+def archive_bytes(pack: Pack, *, half: bool = False, source_sha256: str | None = None) -> bytes:
+    """The archive of ``pack`` as bytes (see ``docs/formats.md``).
 
-    Returns:
-        uint8 ``[ceil(values.numel() * bits / 8)]``: value ``i`` in stream bits
-        ``i*bits .. i*bits+bits-1``; stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``.
+    Args:
+        half: store floating tensors as float16 (about half the size; not bit-exact).
+        source_sha256: SHA-256 of the model file ``pack`` was read from, recorded as is.
+
+    Raises:
+        PackToolError: the pack has no task, or ``half`` and a value overflows float16.
     """
-    flat = values.detach().reshape(-1).to("cpu", OWNER_DTYPE)
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
-    if bits == 8:
-        return flat.clone()
-    if flat.numel() and int(flat.max()) >= 1 << bits:
-        raise ValueError(f"a value does not fit in {bits} bits")
-    # 8 values fill exactly `bits` bytes: pack groups of 8 into one int64 word (<= 56 bits used).
-    shifts = torch.arange(8, dtype=torch.int64) * bits
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
-    out = []
-    for start in range(0, flat.numel(), _CHUNK):
-        chunk = flat[start:start + _CHUNK].to(torch.int64)
-        pad = -chunk.numel() % 8
-        if pad:
-            chunk = torch.cat([chunk, chunk.new_zeros(pad)])
-        words = (chunk.view(-1, 8) << shifts).sum(dim=1)
-        out.append(((words[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1))
-    packed = torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
-    return packed[:math.ceil(flat.numel() * bits / 8)].clone()
+    tensors, metadata = archive_payload(pack, half=half, source_sha256=source_sha256)
+    return st_save(tensors, metadata=metadata)
 
 
-def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: uint8 ``[count]`` from ``ceil(count * bits / 8)`` bytes."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
-    if packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise ValueError("packed owners must be a 1-D uint8 tensor")
-    if packed.numel() != math.ceil(count * bits / 8):
-        raise ValueError(f"{packed.numel()} packed bytes cannot hold {count} x {bits} bits")
-    if bits == 8:
-        return packed.clone()
-    shifts = torch.arange(8, dtype=torch.int64) * bits
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
-    mask = (1 << bits) - 1
-    step = _CHUNK // 8 * bits  # bytes holding _CHUNK values
-    out = []
-    for start in range(0, packed.numel(), step):
-        chunk = packed[start:start + step].to(torch.int64)
-        pad = -chunk.numel() % bits
-        if pad:
-            chunk = torch.cat([chunk, chunk.new_zeros(pad)])
-        words = (chunk.view(-1, bits) << byte_shifts).sum(dim=1)
-        out.append(((words[:, None] >> shifts) & mask).to(torch.uint8).reshape(-1))
-    values = torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
-    return values[:count].clone()
+def write_archive(pack: Pack, path: str | os.PathLike, *, half: bool = False,
+                  source_sha256: str | None = None) -> ArchiveInfo:
+    """Write the archive of ``pack`` to ``path`` atomically; see :func:`archive_bytes`."""
+    data = archive_bytes(pack, half=half, source_sha256=source_sha256)
+    atomic_write_bytes(path, data)
+    return ArchiveInfo(Path(path), len(data))
+
+
+def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None = None
+                    ) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The archive's tensors (CPU, contiguous) and metadata, checksum included."""
+    if not pack.tasks:
+        raise PackToolError("the pack has no tasks yet: there is nothing to archive")
+    bits = owner_bits(len(pack.tasks))
+    store = _Storage(half)
+    tensors: dict[str, Tensor] = {}
+    layers = []
+    for key, weight in pack.shared.items():
+        owners = pack.owners[key].detach().to("cpu")
+        owned = owners.reshape(-1) != FREE
+        tensors[f"shared/{key}"] = store(key, weight.detach().to("cpu").reshape(-1)[owned])
+        tensors[f"owners/{key}"], tensors[f"owner_counts/{key}"] = encode_owners(
+            owners, len(pack.tasks) + 1)
+        layers.append([key, list(weight.shape)])
+    for record in pack.tasks:
+        for name, value in record.head.items():
+            tensors[f"head/{record.index}/{name}"] = store(f"head of {record.name}", value)
+        for name, value in record.private.items():
+            tensors[f"private/{record.index}/{name}"] = store(f"private {name}", value)
+        for name, value in record.feature_stats.items():
+            tensors[f"features/{record.index}/{name}"] = (
+                value.detach().cpu().float().contiguous() if name == "scale"  # may pass 65504
+                else store(f"feature statistics of {record.name}", value))
+    spec = pack.spec
+    shared_fields = {k: v if isinstance(v, str) else _json(v) for k, v in pack_fields(pack).items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),  # the owner coding needs format 4
+        "owner_coding": "ans",
+        **shared_fields,
+        **({"pretrained": "true"} if pack.pretrained else {}),
+        "layers": _json(layers),
+        "bits": str(bits),
+        "float_dtype": "float16" if half else "float32",
+        "preprocessing": _json({"input_size": list(spec.input_size), "mean": list(spec.mean),
+                                "std": list(spec.std)}),
+        "source_sha256": source_sha256 or "",
+    }
+    metadata["checksum"] = checksum(tensors, metadata)
+    return tensors, metadata
+
+
+class _Storage:
+    """Converts tensors to their stored form: CPU, contiguous, floats as float16 if ``half``."""
+
+    def __init__(self, half: bool) -> None:
+        self.half = half
+
+    def __call__(self, what: str, value: Tensor) -> Tensor:
+        t = value.detach().to("cpu")
+        if t.dtype not in DTYPE_CODES:
+            raise PackToolError(f"cannot archive {what}: unsupported dtype {t.dtype}")
+        if self.half and t.is_floating_point():
+            converted = t.to(torch.float16)
+            # float16 tops out at 65504; refuse to turn a finite value into inf.
+            if bool((torch.isinf(converted) & torch.isfinite(t)).any()):
+                raise PackToolError(f"cannot archive {what} in half precision: values exceed "
+                                    "the float16 range; write the archive without `half=True`")
+            t = converted
+        return t.contiguous().clone()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Checksum and reading
+# ------------------------------------------------------------------------------------------------
 
 
 def checksum(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
-    """SHA-256 hex of the payload, as the module docstring defines it."""
+    """SHA-256 hex of the payload, as ``docs/formats.md`` defines it."""
     h = hashlib.sha256()
 
     def field(data: bytes | memoryview) -> None:
@@ -354,10 +296,9 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
              for i, m in enumerate(metas, start=1)]
     # initial_private only seeds a pack's first task; an archive always has one, so it is empty.
     return Pack(ArchSpec.from_dict(json.loads(metadata["spec"])), shared, owners, {}, tasks,
-                policy=metadata["policy"], free_init=metadata.get("free_init", "zero"),
-                pretrained=metadata.get("pretrained") == "true",
-                planned_tasks=int(metadata["planned_tasks"]) if "planned_tasks" in metadata
-                else None)
+                pretrained=metadata.get("pretrained") == "true", **pack_options(
+                    {**metadata, **({"planned_tasks": int(metadata["planned_tasks"])}
+                                    if "planned_tasks" in metadata else {})}))
 
 
 def _check_layer_shapes(spec: ArchSpec, layers: list) -> None:

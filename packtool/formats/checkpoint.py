@@ -1,45 +1,10 @@
-"""Per-epoch checkpoints of an add-task, so an interrupted add-task can resume exactly.
+"""Per-epoch checkpoints of an add-task, so an interrupted add-task resumes exactly (spec:
+``docs/formats.md``, "Checkpoint").
 
-Format (format version 2): a ``torch.save`` file of tensors and plain values, read back with
-``weights_only=True`` and written atomically::
-
-    {
-      "format": "packtool.checkpoint", "version": 2,
-      "run": "<JSON>",        # identity: task, index, prune, data spec, settings, base pack digest
-      "phase": "train" | "finetune", "epoch": int,    # last completed epoch of that phase
-      "net": {state_dict of the live network},        # <key>_orig, _owners, private, head
-      "optimizer": {...} | None, "scheduler": {...} | None,
-      "best_val": float, "best_val_loss": float,     # the best epoch's validation score
-      "best_is_net": bool,    # the best epoch is the last one: best_state is None, use net
-      "best_state": {state_dict, as net} | None,
-      "metrics": {"accuracy_before_prune": float, ...},
-      "rng": uint8 tensor, "loader_rng": uint8 tensor, "cuda_rng": uint8 tensor | None,
-      "search": None | {                 # an auto prune search under way (packtool.planner)
-          "reference": float, "start": {state_dict after training}, "rng": {...},
-          "done": [[ratio, val_accuracy], ...], "current": ratio | None,
-          "best": {checkpoint state} | None, "best_ratio": ratio | None,
-          "continuing": bool},         # the chosen trial finishing its fine-tuning
-      "released": None | {key: float tensor},   # free_init "kept": what the prune released
-      "scaler": None | {...},                    # --amp float16 on CUDA: the gradient scaler
-      "digest": "<sha256 hex>",  # :func:`~.digest.digest` of every other entry
-    }
-
-``search["best"]`` is the largest passing trial, paused where it met the target: a checkpoint
-state of its own (:meth:`Checkpoint.state`, without ``search``). Before trials stopped at the
-target it was the finished trial's state_dict, and ``continuing`` was absent; such checkpoints
-still resume.
-
-Version 2 stores no ``<key>_mask`` buffers (the owners and the phase determine them; see
-:func:`packtool.method.with_masks`) and stores the best epoch's state once when it is the last
-epoch's: a ResNet-18 checkpoint is 2.4x smaller. Version 1 files (masks stored, ``best_state``
-always) still resume; a newer version is refused as written by a newer packtool.
-
-``digest``, ``search``, ``released`` and ``scaler`` were added after the first release: a checkpoint
-without a digest (packtool 0.1.0) is read unchecked; one with a digest that does not match is
-refused. The owner index in ``net`` must hold for the task being added
-(:func:`packtool.method.check_owners`). A checkpoint is only used for the add-task it belongs
-to: :meth:`Checkpoint.check_identity` refuses one whose identity differs (another task, ratio,
-dataset, setting or base pack).
+A ``torch.save`` file (format version 2; version 1 still resumes, a newer one is refused) of the
+live network without its masks, the optimizer, schedule and random state, the best epoch so far,
+an auto search under way, and a digest. :meth:`Checkpoint.check_identity` refuses a checkpoint of
+another add-task (another task, ratio, dataset, setting or base pack).
 """
 
 from __future__ import annotations

@@ -1,33 +1,128 @@
-"""The owner index, entropy-coded: how archive format 4 stores ``owners/L``.
+"""The owner index's encodings, side by side: how each file stores ``owners[L]``.
 
-The owner index takes ``ceil(log2(T + 1))`` bits per weight when bit-packed (formats 1 to 3),
-but its entropy is lower: with the usual schedules about 1.7 bits at 3 tasks, 2.1 at 5, 2.6 at
-16. Format 4 codes each layer's owners with asymmetric numeral systems (ANS), using the
-`constriction <https://bamler-lab.github.io/constriction/>`_ library's stack coder, under a
-categorical model made of the layer's own owner counts (stored beside the stream), so each
-layer costs within a fraction of a percent of its empirical entropy.
+Owners are uint8, ``0`` free and ``k`` task ``k`` (``1..T``), flat in row-major order. Three
+encodings, one per format that needs one (specified in ``docs/formats.md``):
 
-Layer ``L`` with ``n`` weights and owners ``o_0 .. o_{n-1}`` (flat, row-major, values ``0..T``):
+* **bit-packed, least significant bit first** (:func:`pack_bits`, :func:`unpack_bits`): archive
+  formats 1-3, read for the files they wrote; ``b = ceil(log2(T + 1))`` bits per weight
+  (:func:`owner_bits`), value ``i`` in stream bits ``i*b .. i*b+b-1``, stream bit ``j`` bit
+  ``j mod 8`` of byte ``j div 8``;
+* **bit planes, most significant bit first** (:func:`pack_planes`): the multi-task ONNX file,
+  where a graph compares the task with every owner bit by bit: plane ``j`` holds bit ``j`` of
+  every owner, eight weights a byte, the first weight in the byte's high bit;
+* **entropy-coded** (:func:`encode_owners`, :func:`decode_owners`): archive format 4, an ANS
+  stream (`constriction <https://bamler-lab.github.io/constriction/>`_ 0.5's stack coder) under
+  the layer's own owner counts: within a fraction of a percent of the index's empirical entropy
+  (about 1.7 bits at 3 tasks, 2.1 at 5, 2.6 at 16, where packing takes 2, 3 and 5).
 
-* ``owner_counts/L``, int64 ``[T + 1]``: ``counts[v]`` = number of weights with owner ``v``
-  (``sum(counts) == n``);
-* ``owners/L``, int32 ``[words]``: the compressed words of
-  ``AnsCoder().encode_reverse(o, Categorical(counts / n, perfect=False))``
-  (``constriction.stream.stack.AnsCoder``, ``constriction.stream.model.Categorical``), each
-  word's 32 bits stored as an int32. Decode with
-  ``AnsCoder(words.view(uint32)).decode(Categorical(counts / n, perfect=False), n)``.
-
-The model's probabilities must be quantized exactly as the writer quantized them, so readers use
-constriction 0.5 (``perfect=False``: its "leaky" quantization, which gives every owner value a
-nonzero probability).
+The two bit orders are the formats' own: LSB-first packing is NumPy's
+``packbits(bitorder="little")`` of a value's bits; MSB-first planes keep the first weight in the
+bit a byte comparison reads first.
 """
 
 from __future__ import annotations
+
+import math
 
 import constriction
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..method import MAX_TASKS
+
+_CHUNK = 2**23  # weights per packing step (a multiple of 8): bounds temporary memory
+#: Byte values of the bits of a plane's byte, first weight first (the high bit).
+PLANE_BITS = tuple(1 << (7 - i) for i in range(8))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bit-packed, LSB first (archive formats 1-3)
+# ------------------------------------------------------------------------------------------------
+
+
+def owner_bits(tasks: int) -> int:
+    """Bits per owner index for ``tasks`` tasks: ``ceil(log2(tasks + 1))`` (values 0..tasks)."""
+    if not 1 <= tasks <= MAX_TASKS:
+        raise ValueError(f"tasks must be in 1..{MAX_TASKS}, got {tasks}")
+    return tasks.bit_length()
+
+
+def pack_bits(values: Tensor, bits: int) -> Tensor:
+    """Pack ``values`` (uint8, any shape, each ``< 2**bits``) LSB-first into ``bits`` per value.
+
+    Returns:
+        uint8 ``[ceil(values.numel() * bits / 8)]``: value ``i`` in stream bits
+        ``i*bits .. i*bits+bits-1``; stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``.
+    """
+    flat = values.detach().reshape(-1).to("cpu", torch.uint8)
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if bits == 8:
+        return flat.clone()
+    if flat.numel() and int(flat.max()) >= 1 << bits:
+        raise ValueError(f"a value does not fit in {bits} bits")
+    # 8 values fill exactly `bits` bytes: pack groups of 8 into one int64 word (<= 56 bits used).
+    shifts = torch.arange(8, dtype=torch.int64) * bits
+    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    out = []
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start:start + _CHUNK].to(torch.int64)
+        pad = -chunk.numel() % 8
+        if pad:
+            chunk = torch.cat([chunk, chunk.new_zeros(pad)])
+        words = (chunk.view(-1, 8) << shifts).sum(dim=1)
+        out.append(((words[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1))
+    packed = torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
+    return packed[:math.ceil(flat.numel() * bits / 8)].clone()
+
+
+def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
+    """Inverse of :func:`pack_bits`: uint8 ``[count]`` from ``ceil(count * bits / 8)`` bytes."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise ValueError("packed owners must be a 1-D uint8 tensor")
+    if packed.numel() != math.ceil(count * bits / 8):
+        raise ValueError(f"{packed.numel()} packed bytes cannot hold {count} x {bits} bits")
+    if bits == 8:
+        return packed.clone()
+    shifts = torch.arange(8, dtype=torch.int64) * bits
+    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    mask = (1 << bits) - 1
+    step = _CHUNK // 8 * bits  # bytes holding _CHUNK values
+    out = []
+    for start in range(0, packed.numel(), step):
+        chunk = packed[start:start + step].to(torch.int64)
+        pad = -chunk.numel() % bits
+        if pad:
+            chunk = torch.cat([chunk, chunk.new_zeros(pad)])
+        words = (chunk.view(-1, bits) << byte_shifts).sum(dim=1)
+        out.append(((words[:, None] >> shifts) & mask).to(torch.uint8).reshape(-1))
+    values = torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
+    return values[:count].clone()
+
+
+# ------------------------------------------------------------------------------------------------
+# Bit planes, MSB first (the multi-task ONNX file)
+# ------------------------------------------------------------------------------------------------
+
+
+def pack_planes(owners: Tensor, bits: int) -> Tensor:
+    """uint8 ``[bits, ceil(n / 8)]``: bit ``j`` of each owner (flat, row-major), eight a byte,
+    the first value in the high bit."""
+    flat = owners.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    flat = torch.cat([flat, flat.new_zeros(pad)]).reshape(-1, 8)
+    weights = torch.tensor(PLANE_BITS, dtype=torch.int32)
+    planes = [(((flat.int() >> j) & 1) * weights).sum(1).to(torch.uint8) for j in range(bits)]
+    return torch.stack(planes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Entropy-coded (archive format 4)
+# ------------------------------------------------------------------------------------------------
+
 
 # constriction is a compiled extension: its submodules are attributes, not importable modules.
 AnsCoder = constriction.stream.stack.AnsCoder

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import PackFormatError, PackToolError
-from .model_file import load_torch
+from .model_file import is_tensor_dict, load_torch
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state_dict from a local ``.pt``/``.pth`` (weights_only) or ``.safetensors`` file.
 
     A checkpoint that nests the state_dict under ``state_dict`` or ``model`` is unwrapped.
@@ -37,9 +36,3 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if not is_tensor_dict(obj):
         raise PackFormatError(f"{path} does not hold a state_dict of tensors")
     return obj
-
-
-def is_tensor_dict(obj: Any) -> bool:
-    """Whether ``obj`` is a dict of ``str`` names to tensors."""
-    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor)
-                                         for k, v in obj.items())

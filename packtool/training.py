@@ -1,4 +1,4 @@
-"""The state one add-task works on (:class:`Session`): the live PackNet-masked network, its
+"""The state one add-task works on (:class:`Training`): the live PackNet-masked network, its
 data, settings and checkpoints. :mod:`packtool.lifecycle` runs the steps on it."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from . import distributed
 from .config import TrainConfig, cache_budget, loader_settings
 from .data import EpochSampler, SeededSamples, TaskData, TaskSplit, cache_splits, in_memory
 from .distributed import World
-from .evaluation import Score, eval_loader, evaluate
+from .evaluation import Measurement, eval_loader, evaluate
 from .formats.checkpoint import Checkpoint
-from .loop import BestEpoch, Precision, RngState, snapshot
+from .loop import BestEpoch, MixedPrecision, RngState, snapshot
 from .method import Phase, select_all, tensor_at
 from .models import Anatomy, build_network, new_head
 from .pack import Pack
@@ -31,7 +31,7 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 @dataclass
-class Session:
+class Training:
     """What every step of one add-task works on: the live network, its data and settings."""
 
     pack: Pack
@@ -56,10 +56,10 @@ class Session:
     released: dict[str, Tensor] | None = None  # trained values of what the prune released
     checkpoint_every: float = 0.0  # seconds between checkpoints (0: after every epoch)
     last_saved: float = field(default_factory=time.monotonic)
-    precision: Precision = field(default_factory=Precision)
+    precision: MixedPrecision = field(default_factory=MixedPrecision)
     loaders: dict[int, DataLoader] = field(default_factory=dict)  # evaluation, by dataset
 
-    def evaluate(self, dataset: Dataset) -> Score:
+    def evaluate(self, dataset: Dataset) -> Measurement:
         """``dataset`` scored by the live network in eval mode (every rank agrees), read by a
         loader kept for the whole add-task (its workers persist)."""
         loader = self.loaders.get(id(dataset))
@@ -140,7 +140,7 @@ class Session:
 
 
 def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: torch.device,
-            world: World | None, progress: Progress) -> Session:
+            world: World | None, progress: Progress) -> Training:
     """The live network of task ``task`` (PackNet-masked for training), its loader and, under
     torchrun, its DDP wrapper and sampler."""
     anat = pack.anatomy()
@@ -163,7 +163,7 @@ def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: 
                         **loader_settings(config.workers, data.train, device,
                                           in_memory(data.train)))
     convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
-    precision = Precision.choose(device, config.amp, convolutional)
+    precision = MixedPrecision.choose(device, config.amp, convolutional)
     if precision.channels_last:
         net.to(memory_format=torch.channels_last)
     if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
@@ -174,7 +174,7 @@ def prepare(pack: Pack, task: int, data: TaskData, config: TrainConfig, device: 
     if world is not None:  # after the reparametrization: masks and owners are buffers it syncs
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                         else None)
-    return Session(pack, task, data, config, device, world, progress, anat, net, model,
+    return Training(pack, task, data, config, device, world, progress, anat, net, model,
                    packed, pack.policy == "frozen" and task > 1, loader, sampler, generator,
                    precision=precision)
 

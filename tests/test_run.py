@@ -1,0 +1,202 @@
+"""``packtool run PLAN.toml`` (issue 27): a whole sequence from one plan file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import assert_error, invoke, ok, sha256
+from crash import forked
+
+from packtool.formats import model_file
+from packtool.plan import read_plan
+
+#: Three digit tasks, one epoch of each phase (digits {0,1} and {2,3}: 9 batches an epoch).
+PLAN = """
+[network]
+arch = "lenet"
+input_size = "1x8x8"
+
+[defaults]
+prune = 0.5
+epochs = 1
+finetune_epochs = 1
+lr = 0.05
+finetune_lr = 0.01
+device = "cpu"
+
+[[tasks]]
+name = "a"
+data = "digits"
+classes = "0,1"
+
+[[tasks]]
+name = "b"
+data = "digits"
+classes = [2, 3]
+epochs = 2
+
+[[tasks]]
+name = "c"
+data = "digits"
+classes = "4-5"
+prune = 0
+"""
+STEPS = 9
+
+
+def _plan(folder: Path, text: str = PLAN) -> Path:
+    path = folder / "plan.toml"
+    path.write_text(text)
+    return path
+
+
+def _same_model(a: Path, b: Path) -> None:
+    """Bit for bit but the tasks' creation times."""
+    left, right = model_file.content(model_file.load(a)), model_file.content(model_file.load(b))
+    for content in (left, right):
+        meta = json.loads(content.pop("meta"))
+        for task in meta["tasks"]:
+            task.pop("created")
+        content["meta"] = meta
+        content.pop("digest")
+    assert left["meta"] == right["meta"]
+    for key in left:
+        if key != "meta":
+            assert repr(left[key]) == repr(right[key]), key
+    for key, value in left["shared"].items():
+        assert torch.equal(value, right["shared"][key])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    ok("run", _plan(folder), "--model", folder / "model.pt")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_plan_is_init_tasks_and_add_task_calls(uninterrupted, tmp_path):
+    by_hand = tmp_path / "model.pt"
+    ok("init", by_hand, "--arch", "lenet", "--input-size", "1x8x8", "--tasks", "3")
+    common = ("--epochs", "1", "--finetune-epochs", "1", "--lr", "0.05", "--finetune-lr", "0.01",
+              "--device", "cpu")
+    for name, classes, prune, extra in (("a", "0,1", "0.5", ()), ("b", "2,3", "0.5",
+                                        ("--epochs", "2")), ("c", "4,5", "0", ())):
+        ok("add-task", by_hand, "--data", "digits", "--classes", classes, "--task", name,
+           "--prune", prune, *common, *extra)
+    _same_model(uninterrupted / "model.pt", by_hand)
+
+
+def test_results_are_the_accuracy_matrix(uninterrupted):
+    doc = json.loads((uninterrupted / "results.json").read_text())
+    assert [t["task"] for t in doc["tasks"]] == ["a", "b", "c"]
+    assert [len(row) for row in doc["matrix"]] == [1, 2, 3]
+    diagonal = [doc["matrix"][i][i] for i in range(3)]
+    assert diagonal == [t["accuracy"] for t in doc["tasks"]]
+    for j in range(3):  # measured after every later task: PackNet forgets nothing
+        assert all(row[j] == doc["matrix"][j][j] for row in doc["matrix"][j:])
+    assert doc["backward_transfer"] == 0.0
+    assert doc["avg_accuracy"] == pytest.approx(sum(doc["matrix"][-1]) / 3)
+    lines = (uninterrupted / "results.csv").read_text().splitlines()
+    assert lines[0] == "after,a,b,c" and len(lines) == 4
+
+
+def test_run_again_adds_nothing_and_reports_the_same(uninterrupted, tmp_path):
+    before = sha256(uninterrupted / "model.pt")
+    again = json.loads(ok("run", uninterrupted / "plan.toml", "--model",
+                          uninterrupted / "model.pt", "--json").stdout)
+    assert sha256(uninterrupted / "model.pt") == before
+    recorded = json.loads((uninterrupted / "results.json").read_text())
+    assert again["matrix"] == recorded["matrix"] and again["tasks"] == recorded["tasks"]
+
+
+@pytest.mark.slow
+def test_killed_during_the_second_task_then_run_again(uninterrupted, tmp_path):
+    model = tmp_path / "model.pt"
+    plan = _plan(tmp_path)
+    args = ["run", str(plan), "--model", str(model)]
+    assert forked(args, kill=f"step:{2 * STEPS + STEPS + 4}", cwd=tmp_path) == -9  # in b
+    assert model_file.load(model).task_names == ["a"]  # b not saved, its checkpoint beside
+    assert forked(args, cwd=tmp_path, out=tmp_path / "out") == 0
+    _same_model(model, uninterrupted / "model.pt")
+    done, reference = (json.loads((folder / "results.json").read_text())
+                       for folder in (tmp_path, uninterrupted))
+    for doc in (done, reference):
+        doc.pop("seconds")
+        for task in doc["tasks"]:
+            task.pop("seconds")
+    assert done == reference
+
+
+BAD_PLANS = {
+    "unknown key": (PLAN.replace("epochs = 1\n", "epochs = 1\nepochz = 2\n", 1), "epochz"),
+    "wrong type": (PLAN.replace("epochs = 1\n", 'epochs = "one"\n', 1), "epochs"),
+    "missing data": (PLAN.replace('data = "digits"\nclasses = "0,1"', 'classes = "0,1"'),
+                     "`data` is required"),
+    "duplicate names": (PLAN.replace('name = "b"', 'name = "a"'), "given twice"),
+    "bad prune": (PLAN.replace("prune = 0.5", "prune = 1.5"), "prune"),
+    "not TOML": ("[network\narch = ", "not a readable TOML plan"),
+    "no tasks": (PLAN[:PLAN.index("[[tasks]]")], "at least one task"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PLANS))
+def test_bad_plans_are_usage_errors(tmp_path, case):
+    text, words = BAD_PLANS[case]
+    model = tmp_path / "model.pt"
+    ok("init", model, "--arch", "lenet", "--input-size", "1x8x8")
+    before = sha256(model)
+    result = invoke("run", _plan(tmp_path, text), "--model", model)
+    assert_error(result, code=2, match=words)
+    assert result.stderr.count("\n") == 1 and "Usage:" not in result.stderr
+    assert sha256(model) == before
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (('input_size = "1x8x8"', 'input_size = "1x16x16"'), "input_size"),
+    (('name = "a"', 'name = "z"'), "task 1 is 'z'"),
+    (('classes = "0,1"', 'classes = "0,2"'), "classes"),
+])
+def test_a_plan_that_contradicts_the_pack_is_refused(uninterrupted, tmp_path, change, words):
+    model = tmp_path / "model.pt"
+    model.write_bytes((uninterrupted / "model.pt").read_bytes())
+    before = sha256(model)
+    result = invoke("run", _plan(tmp_path, PLAN.replace(*change)), "--model", model)
+    assert_error(result, code=2, match=words)
+    assert sha256(model) == before
+
+
+def test_a_missing_plan_file(tmp_path):
+    assert_error(invoke("run", tmp_path / "nope.toml"), code=2, match="does not exist")
+
+
+def test_the_examples_are_valid_plans():
+    root = Path(__file__).resolve().parents[1] / "examples"
+    assert [t.name for t in read_plan(root / "split_digits.toml").tasks] == [
+        "digits-0-1", "digits-2-3", "digits-4-5", "digits-6-7", "digits-8-9"]
+    paper = read_plan(root / "paper_vgg16.toml")
+    assert [t.name for t in paper.tasks] == ["imagenet", "cubs", "cars", "flowers"]
+    assert paper.network["policy"] == "frozen"
+
+
+@pytest.mark.slow
+def test_logs_are_tensorboard_events_and_csv(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    plan = _plan(tmp_path, PLAN[:PLAN.index('[[tasks]]\nname = "c"')])  # tasks a and b
+    ok("run", plan, "--model", tmp_path / "model.pt", "--log-dir", tmp_path / "logs")
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert tags == {"a/train/loss", "a/train/val_accuracy", "a/finetune/loss",
+                    "a/finetune/val_accuracy", "b/train/loss", "b/train/val_accuracy",
+                    "b/finetune/loss", "b/finetune/val_accuracy", "sequence/prune",
+                    "sequence/free_fraction"}
+    assert [e.step for e in events.Scalars("b/train/loss")] == [1, 2]  # b trains 2 epochs
+    assert [e.step for e in events.Scalars("sequence/prune")] == [1, 2]
+    rows = (tmp_path / "logs" / "scalars.csv").read_text().splitlines()
+    assert rows[0] == "tag,step,value" and len(rows) == 1 + 2 + 2 + 4 + 2 + 2 * 2
