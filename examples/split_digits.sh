@@ -2,7 +2,7 @@
 # Quick start: five two-class tasks of scikit-learn's handwritten digits ({0,1}, {2,3}, ...,
 # {8,9}) packed into one LeNet with PackNet from the plan examples/split_digits.toml, evaluated
 # and exported, with the packtool CLI only.
-# Runs on a 2-core CPU in about a minute and a half; nothing is downloaded (the digits ship with
+# Runs on a 2-core CPU in under a minute; nothing is downloaded (the digits ship with
 # scikit-learn).
 #
 #   bash examples/split_digits.sh [WORK_DIR]      # default ./split-digits
