@@ -116,6 +116,12 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="Keep room for N more tasks of this size in every layer (raises the ratio "
                    "where needed). With --prune auto, give the number of tasks still to come "
                    "if you know it [default: the rest of init --tasks, else 0].")
+@click.option("--grow", type=params.FiniteRange(0, 1, min_open=True), metavar="FRACTION",
+              help="Widen every growable width of the network (`info` lists them) by this "
+                   "fraction of its original size for this task; earlier tasks run as before.")
+@click.option("--max-size", type=params.FiniteRange(min=1), metavar="X",
+              help="With --grow: the network's prunable weights at most X times their original "
+                   "number [default: 2].")
 @click.option("--task", "name", metavar="NAME",
               help="Task name [default: DATA plus the classes, e.g. digits-0-1].")
 @click.option("--classes", callback=params.classes, metavar="LIST",
@@ -171,7 +177,8 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="Discard the checkpoint of an interrupted add-task and start over.")
 @params.json_option
 def add_task(model: Path, data: str, prune: float | str, tolerance: float | None,
-             auto_trials: int | None, reserve: int | None, name: str | None,
+             auto_trials: int | None, reserve: int | None, grow: float | None,
+             max_size: float | None, name: str | None,
              classes: list[int] | None, data_root: str | None, val_fraction: float,
              skip_bad_images: bool, checkpoint_every: float, resume: bool, restart: bool,
              as_json: bool, **options: Any) -> None:
@@ -184,9 +191,12 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
         raise click.UsageError("use either --resume or --restart, not both")
     if prune != AUTO and (tolerance is not None or auto_trials is not None):
         raise click.UsageError("--tolerance and --auto-trials apply to --prune auto only")
+    if max_size is not None and grow is None:
+        raise click.UsageError("--max-size needs --grow")
     settings = {k: v for k, v in options.items() if v is not None}  # unset: the pack decides
     planner = {"tolerance": 1.0 if tolerance is None else tolerance,
-               "auto_trials": 3 if auto_trials is None else auto_trials}
+               "auto_trials": 3 if auto_trials is None else auto_trials,
+               "grow": grow, **({"max_size": max_size} if max_size is not None else {})}
     click.get_current_context().meta["interrupted"] = (
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )
@@ -256,13 +266,16 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
               help="Also write a per-layer capacity chart (needs matplotlib).")
 @click.option("--share", type=params.FiniteRange(0, 1, min_open=True), metavar="S",
               help="Also forecast how many tasks fit that each own this share of every layer.")
+@click.option("--growable", is_flag=True,
+              help="Also list the widths add-task --grow can widen (traces the network).")
 @params.json_option
-def info(model: Path, plot: str | None, share: float | None, as_json: bool) -> None:
+def info(model: Path, plot: str | None, share: float | None, growable: bool,
+         as_json: bool) -> None:
     """Show MODEL's tasks and how much of each layer each task owns.
 
     MODEL may be a model.pt or an archive.
     """
-    dispatch("info", model=model, plot=plot, share=share, as_json=as_json)
+    dispatch("info", model=model, plot=plot, share=share, growable=growable, as_json=as_json)
 
 
 # -- export -----------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def show_task_free(console: Console, doc: dict[str, Any]) -> None:
 # -- info -------------------------------------------------------------------------------------
 
 
-def info_doc(pack: Pack, share: float | None = None) -> dict[str, Any]:
+def info_doc(pack: Pack, share: float | None = None, growable: bool = False
+             ) -> dict[str, Any]:
     capacity = pack.capacity()
     private = pack.private_values
     return {
@@ -144,10 +145,12 @@ def info_doc(pack: Pack, share: float | None = None) -> dict[str, Any]:
              "weights_owned": sum(layer.owned[t.index - 1] for layer in capacity),
              "private_values": t.stored_values, "data": t.data, "prune": t.prune,
              "prune_reason": t.prune_reason, "prune_search": t.prune_search,
-             "temperature": t.temperature}
+             "temperature": t.temperature, **({"widths": t.widths} if t.widths else {})}
             for t in pack.tasks
         ],
         "forecast": forecast(capacity, share).to_dict(),
+        **({"widths": pack.widths} if pack.widths else {}),
+        **({"growable": [w.to_dict() for w in pack.growth()]} if growable else {}),
     }
 
 
@@ -189,11 +192,30 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
     else:
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
     show_capacity(console, pack)
+    show_widths(console, doc, pack)
     if doc["planned_tasks"] is not None:
         ahead = tasks_to_come(doc["planned_tasks"], len(doc["tasks"]))
         console.print(f"Planned: {doc['planned_tasks']} tasks (init --tasks), {ahead} still to "
                       "come.", markup=False)
     show_forecast(console, doc["forecast"])
+
+
+def show_widths(console: Console, doc: dict[str, Any], pack: Pack) -> None:
+    """The growable widths (with --growable) and the ones that grew, with their units."""
+    grown = doc.get("widths", {})
+    if "growable" in doc:
+        rows = [(f"{w['producer']} -> {w['consumer']}", count(w["units"]),
+                 count(grown.get(w["producer"], w["units"])), ", ".join(w["norms"]) or "-")
+                for w in doc["growable"]]
+        if rows:
+            show_table(console, "Growable widths (add-task --grow)",
+                       ("layer -> reads it", "units", "now", "norms widened"), rows, left=1)
+        else:
+            console.print(f"No growable width in {pack.spec.arch} (see docs/growth.md).",
+                          markup=False)
+    elif grown:
+        console.print("Grown widths (units now): " + ", ".join(
+            f"{name} {count(units)}" for name, units in grown.items()), markup=False)
 
 
 def show_forecast(console: Console, doc: dict[str, Any]) -> None:

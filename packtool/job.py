@@ -33,6 +33,7 @@ from .fileio import file_lock
 from .formats import model_file
 from .formats.checkpoint import Checkpoint, checkpoint_path
 from .formats.weights import read_weights
+from .growth import DEFAULT_MAX_SIZE
 from .lifecycle import add_task
 from .models import PRETRAINED, pretrained_weights_file
 from .pack import FREE_INITS, Pack
@@ -49,11 +50,12 @@ def add_task_to_file(
     classes: Sequence[int] | None = None, data_root: str | os.PathLike | None = None,
     val_fraction: float = 0.1, skip_bad_images: bool = False, checkpoint_every: float = 0.0,
     resume: bool = False, restart: bool = False, progress: Progress | None = None,
+    grow: float | None = None, max_size: float = DEFAULT_MAX_SIZE,
 ) -> tuple[Pack, TaskResult] | None:
     """Add a task to the pack in ``model`` and save it; see the module docstring.
 
     Without ``config``, the schedule follows the pack (:func:`packtool.config.schedule`) with
-    ``settings`` on top. The pruning arguments are :func:`packtool.lifecycle.add_task`'s, the
+    ``settings`` on top. The pruning and growth arguments are :func:`~.lifecycle.add_task`'s, the
     data ones :func:`packtool.data.load_task_data`'s (split seeded with ``config.seed``; every
     file's header is checked first, and ``skip_bad_images`` leaves unreadable ones out).
     ``resume`` continues the add-task interrupted in this file's checkpoint, ``restart``
@@ -86,7 +88,8 @@ def add_task_to_file(
         pack, result = add_task(pack, name, task_data, prune, given, settings=settings,
                                 reserve=reserve, tolerance=tolerance, auto_trials=auto_trials,
                                 progress=progress, checkpoint=ckpt,
-                                checkpoint_every=checkpoint_every, resume=resume)
+                                checkpoint_every=checkpoint_every, resume=resume,
+                                grow=grow, max_size=max_size)
         with _agreed(world, device):
             if main:
                 model_file.save(pack, model)

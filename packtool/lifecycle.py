@@ -25,7 +25,6 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +36,8 @@ from .data import TaskData
 from .errors import CapacityError, DataError, TaskError
 from .evaluation import Measurement, evaluate
 from .formats import model_file
-from .formats.checkpoint import Checkpoint
+from .formats.checkpoint import Checkpoint, resume_point
+from .growth import DEFAULT_MAX_SIZE, plan_growth
 from .loop import (
     BestEpoch,
     FrozenWeightGuard,
@@ -71,7 +71,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
              reserve: int | None = None, tolerance: float = 1.0,
              auto_trials: int = 3, progress: Progress | None = None,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
-             resume: bool = False) -> tuple[Pack, TaskResult]:
+             resume: bool = False, grow: float | None = None,
+             max_size: float = DEFAULT_MAX_SIZE) -> tuple[Pack, TaskResult]:
     """Add task ``name`` to ``pack``: the PackNet lifecycle (see the module docstring).
 
     ``config`` defaults to the paper's schedule for a pretrained network, else to learning
@@ -89,10 +90,12 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     an add-task interrupted at any point continues from its last completed epoch and ends as an
     uninterrupted one would (bit-identical on CPU). A checkpoint found without ``resume`` is an
     error, never silently used or overwritten; it is left in place on success.
+
+    ``grow`` widens every growable width (:mod:`packtool.growth`) by that fraction of its
+    original units before the task trains; earlier tasks run exactly as before. The prunable
+    weights may not exceed ``max_size`` times their original number.
     """
-    note = None
-    if config is None:
-        config, note = schedule(pack.pretrained, settings)
+    config, note = (config, None) if config is not None else schedule(pack.pretrained, settings)
     pruning = Pruning(prune, planned_reserve(pack.planned_tasks, len(pack.tasks))
                       if reserve is None else reserve, tolerance, auto_trials)
     _check_new_task(pack, name, data)
@@ -106,8 +109,11 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     task = len(pack.tasks) + 1
     identity = {"task": name, "index": task, **pruning.identity(), "data": data.spec,
                 "config": asdict(config),
-                "pack": model_file.pack_digest(pack) if checkpoint else None}
-    start = _resume_point(checkpoint, resume, identity, progress)
+                "pack": model_file.pack_digest(pack) if checkpoint else None,
+                **({"grow": grow, "max_size": max_size} if grow else {})}
+    if grow:  # before the task's network is made: it trains at the new widths
+        pack = _grow(pack, grow, max_size, config.seed + task, progress)
+    start = resume_point(checkpoint, resume, identity, progress.message)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         t = prepare(pack, task, data, config, device, world, progress)
@@ -117,15 +123,23 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         if getattr(data, "skipped", None):
             metrics["skipped_images"] = len(data.skipped)
         new = _freeze(t, name, decision, metrics)
-    distributed.check_same_everywhere(
-        world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
     _measure_frozen(new, data, metrics, bool(config.finetune_epochs), device, world)
     return new, _result(new, decision, metrics, time.perf_counter() - started)
 
 
+def _grow(pack: Pack, fraction: float, max_size: float, seed: int, progress: Progress) -> Pack:
+    units, size = plan_growth(pack.growth(), pack.widths, pack.shapes, fraction, max_size)
+    progress.message(f"growing {len(units)} widths by {fraction:g} of their original units: "
+                     f"the network is now {size:.2f}x its original size")
+    return pack.grown(units, seed=seed)
+
+
 def _measure_frozen(new: Pack, data: TaskData, metrics: dict[str, float], finetuned: bool,
                     device: torch.device, world: Any) -> None:
-    """Calibrate the frozen task (the last of ``new``) and record its test accuracy."""
+    """Check every rank froze the same, calibrate the frozen task (the last of ``new``) and
+    record its test accuracy."""
+    distributed.check_same_everywhere(
+        world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
     record, task = new.tasks[-1], len(new.tasks)
     # Every rank fits the same on the whole validation split (never on test).
     record.temperature, record.feature_stats = calibrate(new, task, data, device=device)
@@ -151,6 +165,7 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float],
         prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
         prune_warning=decision.warning,
         skipped_images=int(metrics.get("skipped_images", 0)), temperature=record.temperature,
+        widths=dict(record.widths) or None,
     )
 
 
@@ -170,24 +185,6 @@ def _check_new_task(pack: Pack, name: str, data: TaskData) -> None:
         raise DataError("the dataset has no classes")
     if len(data.train) == 0 or len(data.test) == 0 or len(data.val) == 0:
         raise DataError("the dataset needs non-empty train, validation and test splits")
-
-
-def _resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[str, Any],
-                  progress: Progress) -> Checkpoint | None:
-    if path is None or not Path(path).exists():
-        if resume:
-            progress.message("no checkpoint to resume from; starting from the beginning")
-        return None
-    if not resume:
-        found = Checkpoint.load(path)
-        raise TaskError(
-            f"{path} holds an interrupted add-task ({found.describe()}); pass `resume=True` "
-            "to continue it or `restart=True` to discard it"
-        )
-    start = Checkpoint.load(path)
-    start.check_identity(identity, path)
-    progress.message(f"resuming {start.describe()}")
-    return start
 
 
 # ------------------------------------------------------------------------------------------------
@@ -426,7 +423,7 @@ def _freeze(t: Training, name: str, decision: Decision, metrics: dict[str, float
         prune_search=[c.to_dict() for c in decision.search or []],
         hparams=asdict(t.config), metrics=dict(metrics),
         created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(), head=head,
-        private=private,
+        private=private, widths=dict(pack.widths),
     )
     released = None if t.released is None else {
         k: v.to(store).clone() for k, v in t.released.items()}

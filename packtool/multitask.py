@@ -41,6 +41,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .errors import PackToolError
 from .formats.owner_code import PLANE_BITS, pack_planes
 from .method import tensor_at
 from .models import build_network
@@ -251,5 +252,12 @@ def planes_at_most(planes: Tensor, task_bits: list[Tensor]) -> Tensor:
 
 
 def multi_task_net(pack: Pack) -> MultiTaskNet:
-    """Every task of ``pack`` as one :class:`MultiTaskNet` on the CPU, in eval mode."""
+    """Every task of ``pack`` as one :class:`MultiTaskNet` on the CPU, in eval mode.
+
+    Raises:
+        PackToolError: a pack whose network grew (its tasks have different shapes).
+    """
+    if pack.widths:
+        raise PackToolError("the multi-task network has one shape per layer, and this network "
+                            "grew (add-task --grow): export its tasks to ONNX one by one instead")
     return MultiTaskNet(pack.to("cpu")).eval()

@@ -24,6 +24,7 @@ import packtool
 from .choices import FREE_INITS, POLICIES
 from .data.preprocess import Preprocess
 from .errors import ArchitectureError, PackFormatError, TaskError
+from .growth import Width, fit, growable_widths, narrow, widen
 from .method import (
     FREE,
     MAX_TASKS,
@@ -70,6 +71,10 @@ class Pack:
         released: with ``free_init="kept"``, the trained values of the free weights, flat in
             row-major order of the positions where ``owners == 0`` (kept aside, so released
             weights stay zero at rest); empty otherwise.
+        widths: the growable widths (:mod:`packtool.growth`) the network has now, producer ->
+            units, where it grew (empty: never); ``shared``, ``owners`` and
+            ``initial_private`` have these widths, and each task runs at its own
+            (``TaskRecord.widths``), a leading slice of them.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class Pack:
         released: dict[str, Tensor] | None = None,
         pretrained: bool | None = None,
         planned_tasks: int | None = None,
+        widths: Mapping[str, int] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise TaskError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
@@ -102,7 +108,10 @@ class Pack:
         self.pretrained_head = pretrained_head or {}
         self.pretrained = bool(self.pretrained_head) if pretrained is None else pretrained
         self.tasks: list[TaskRecord] = list(tasks or [])
+        self.widths = dict(widths if widths is not None else
+                           self.tasks[-1].widths if self.tasks else {})
         self._anatomy: Anatomy | None = None
+        self._growth: list[Width] | None = None
         self._check()
 
     def _check(self) -> None:
@@ -218,6 +227,11 @@ class Pack:
         return rows
 
     @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The prunable weights' shapes."""
+        return {k: tuple(v.shape) for k, v in self.shared.items()}
+
+    @property
     def prunable_weights(self) -> int:
         return sum(o.numel() for o in self.owners.values())
 
@@ -258,8 +272,57 @@ class Pack:
             # Apart from the global random stream: a seeded add-task must draw the same values
             # whether or not this pack had been asked for its anatomy before.
             with torch.random.fork_rng(devices=[]):
-                self._anatomy = self._checked_anatomy(build_network(self.spec))
+                self._anatomy = self._checked_anatomy(self.build(self.widths))
         return self._anatomy
+
+    def growth(self) -> list[Width]:
+        """The growable widths of the network as created (:func:`~.growth.growable_widths`)."""
+        if self._growth is None:
+            with torch.random.fork_rng(devices=[]):
+                self._growth = growable_widths(build_network(self.spec), self.spec.input_size)
+        return self._growth
+
+    def build(self, widths: Mapping[str, int]) -> nn.Module:
+        """The network of :attr:`spec` with the growable ``widths`` (producer -> units),
+        freshly initialized."""
+        net = build_network(self.spec)
+        if widths:
+            widen(net, self.growth(), widths)
+        return net
+
+    def widths_of(self, task: int) -> dict[str, int]:
+        """The widths task ``task`` runs at (a task not added yet: the pack's)."""
+        return dict(self.tasks[task - 1].widths) if task <= len(self.tasks) else self.widths
+
+    def grown(self, units: Mapping[str, int], seed: int = 0) -> Pack:
+        """This pack with the growable widths ``units`` (producer -> units, none narrower
+        than now): new weights free and zero, new private entries (biases, norms) as the
+        network initializes them (seeded with ``seed``). Every task runs as before.
+
+        Raises:
+            TaskError: a pack that cannot grow: policy ``frozen`` or ``free_init`` other than
+                ``reinit`` (new units start from the network's own initialization, with their
+                own norms), or no task yet (the first one has the whole network).
+        """
+        if self.policy == "frozen" or self.free_init != "reinit":
+            raise TaskError("growing needs policy per_task and free_init reinit (new units "
+                            "start from the network's own initialization, with their own norms)")
+        if not self.tasks:
+            raise TaskError("a first task has the whole network: grow for a later task")
+        widths = {**self.widths, **units}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = self.build(widths).state_dict()
+        pack = Pack(self.spec, {k: fit(v, fresh[k].new_zeros(fresh[k].shape))
+                                for k, v in self.shared.items()},
+                    {k: fit(v, v.new_zeros(fresh[k].shape)) for k, v in self.owners.items()},
+                    {k: fit(v, fresh[k]) for k, v in self.initial_private.items()},
+                    self.tasks, policy=self.policy, pretrained_head=self.pretrained_head,
+                    free_init=self.free_init, released=self.released,
+                    pretrained=self.pretrained, planned_tasks=self.planned_tasks,
+                    widths=widths)
+        pack._growth = self._growth
+        return pack
 
     def network(self, task: int, phase: Phase, *, head: Mapping[str, Tensor],
                 private: Mapping[str, Tensor], device: str | torch.device | None = None
@@ -270,12 +333,15 @@ class Pack:
         alone. ``head`` is a classifier state (``weight`` ``[classes, in]``, ``bias``).
         """
         device = torch.device(device) if device is not None else self.device
-        net = build_network(self.spec)
+        net = self.build(self.widths_of(task))
         anat = self._checked_anatomy(net)
         classes = head["weight"].shape[0]
         net.set_submodule(anat.classifier, new_head(anat, classes))
-        state = dict(self.shared)
-        state.update(private)
+        # A task runs at its own widths: a leading slice of the shared weights; private state
+        # from before a growth gets the new units' initial values.
+        fresh = net.state_dict()
+        state = {k: narrow(v, fresh[k].shape) for k, v in self.shared.items()}
+        state.update({k: fit(v, fresh[k]) if k in fresh else v for k, v in private.items()})
         state.update({f"{anat.classifier}.{k}": v for k, v in head.items()})
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or missing:
@@ -286,7 +352,7 @@ class Pack:
         net.to(device)
         for key, owners in self.owners.items():
             module, name = tensor_at(net, key)
-            packnet_prune(module, name, owners.clone(), task, phase)
+            packnet_prune(module, name, narrow(owners, fresh[key].shape).clone(), task, phase)
         return net
 
     def model_for(self, task: str | int, device: str | torch.device | None = None) -> nn.Module:
@@ -308,8 +374,8 @@ class Pack:
         pack = Pack(self.spec, shared, owners, self.initial_private, [*self.tasks, record],
                     policy=self.policy, pretrained_head=self.pretrained_head,
                     free_init=self.free_init, released=released, pretrained=self.pretrained,
-                    planned_tasks=self.planned_tasks)
-        pack._anatomy = self._anatomy
+                    planned_tasks=self.planned_tasks, widths=self.widths)
+        pack._anatomy, pack._growth = self._anatomy, self._growth
         return pack
 
     def to(self, device: str | torch.device) -> Pack:
@@ -328,8 +394,13 @@ class Pack:
 
     def _checked_anatomy(self, net: nn.Module) -> Anatomy:
         """The anatomy with the prunable weights this pack recorded (see :mod:`.models`)."""
+        params = dict(net.named_parameters())
+        # A task's network may be narrower than the pack's (grown after it): its leading slice.
+        shapes = {k: params[k].shape if k in params and all(
+            a <= b for a, b in zip(params[k].shape, v.shape)) else v.shape
+            for k, v in self.shared.items()}
         try:
-            return recorded_anatomy(net, {k: v.shape for k, v in self.shared.items()})
+            return recorded_anatomy(net, shapes)
         except ArchitectureError as exc:
             raise PackFormatError(f"pack weights do not match architecture {self.spec.arch}: "
                                   f"{exc}") from exc

@@ -34,7 +34,7 @@ else:  # pragma: no cover - Python 3.10
 #: ``[network]`` keys: ``packtool init``'s options.
 NETWORK_KEYS = ("arch", "input_size", "weights", "kwargs", "policy", "free_init")
 #: How a task's prune ratio is chosen (:func:`packtool.lifecycle.add_task`).
-PRUNING_KEYS = ("prune", "reserve", "tolerance", "auto_trials")
+PRUNING_KEYS = ("prune", "reserve", "tolerance", "auto_trials", "grow", "max_size")
 #: How a task's data is read (:func:`packtool.data.load_task_data`).
 DATA_KEYS = ("classes", "data_root", "val_fraction", "skip_bad_images")
 #: The training settings (:class:`packtool.config.TrainConfig`).
@@ -185,7 +185,8 @@ def _options(table: Mapping[str, Any], where: str, base: Path | None) -> dict[st
     if "data_root" in options and base is not None:
         options["data_root"] = str((base / str(options["data_root"])).expanduser())
     for key, kind in (*_TRAIN_KINDS, ("reserve", int), ("auto_trials", int),
-                      ("tolerance", float), ("val_fraction", float),
+                      ("tolerance", float), ("grow", float), ("max_size", float),
+                      ("val_fraction", float),
                       ("checkpoint_every", float), ("skip_bad_images", bool)):
         if key in options and not _is(options[key], kind):
             raise PlanError(f"{where}: `{key}` must be {kind.__name__}, got "
@@ -201,11 +202,16 @@ def _check_settings(options: Mapping[str, Any], where: str) -> None:
     except (PackToolError, TypeError) as exc:
         raise PlanError(f"{where}: {exc}") from None
     ranges = {"reserve": (0, None), "auto_trials": (1, None), "tolerance": (0, None),
-              "val_fraction": (0, 1), "checkpoint_every": (0, None)}
+              "val_fraction": (0, 1), "checkpoint_every": (0, None), "max_size": (1, None),
+              "grow": (0, 1.0000001)}
     for key, (low, high) in ranges.items():
         value = options.get(key)
         if value is not None and not (value >= low and (high is None or value < high)):
             raise PlanError(f"{where}: `{key}` {value!r} is out of range")
+    if options.get("grow") == 0:
+        raise PlanError(f"{where}: `grow` must be a fraction in (0, 1]")
+    if "max_size" in options and "grow" not in options:
+        raise PlanError(f"{where}: `max_size` needs `grow`")
 
 
 def _data(data: str, base: Path | None) -> str:

@@ -39,6 +39,8 @@ class TaskRecord:
             ``[classes seen, in_features]``, ``basis`` ``[r, in_features]`` and ``scale``
             ``[1]``; empty in files written before them.
         private: task-private backbone state (biases, norm layers' parameters and statistics).
+        widths: the growable widths the task runs at (producer -> units), where the network had
+            grown by the time it was added (:mod:`packtool.growth`); empty otherwise.
     """
 
     name: str
@@ -55,6 +57,7 @@ class TaskRecord:
     head: dict[str, Tensor] = field(default_factory=dict, repr=False)
     private: dict[str, Tensor] = field(default_factory=dict, repr=False)
     feature_stats: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    widths: dict[str, int] = field(default_factory=dict)
 
     def check(self) -> None:
         """ValueError unless the head has one row per class, the temperature (if any) is a
@@ -94,7 +97,8 @@ class TaskRecord:
 
     def versioned_meta(self) -> dict[str, Any]:
         """The metadata that older formats cannot hold, where it says more than their defaults:
-        ``prune_reason`` and ``prune_search`` (format 2), ``temperature`` (format 3)."""
+        ``prune_reason`` and ``prune_search`` (format 2), ``temperature`` (format 3),
+        ``widths`` (format 4)."""
         found: dict[str, Any] = {}
         if self.prune_reason != "fixed":
             found["prune_reason"] = self.prune_reason
@@ -102,16 +106,20 @@ class TaskRecord:
             found["prune_search"] = self.prune_search
         if self.temperature is not None:
             found["temperature"] = self.temperature
+        if self.widths:
+            found["widths"] = dict(self.widths)
         return found
 
     @property
     def format_version(self) -> int:
         """The oldest model file and archive format that holds this record: 1 without
         :meth:`versioned_meta`, 2 with a planner's record, 3 with a temperature or feature
-        statistics. Files are
+        statistics, 4 with widths (a grown network). Files are
         written in the oldest version that holds them, so older packtools keep reading what
         they can and refuse the rest as too new instead of misreading it."""
         found = self.versioned_meta()
+        if "widths" in found:
+            return 4
         return 3 if "temperature" in found or self.feature_stats else 2 if found else 1
 
 
@@ -150,6 +158,7 @@ class TaskResult:
     prune_warning: str | None = None
     skipped_images: int = 0
     temperature: float | None = None
+    widths: dict[str, int] | None = None
 
     #: The keys of ``add-task --json`` (``val_accuracy`` is in the task record only).
     DOCUMENT_KEYS = ("task", "index", "accuracy", "accuracy_before_prune",
@@ -157,11 +166,11 @@ class TaskResult:
                      "prune", "prune_reason", "skipped_images", "temperature")
 
     def to_dict(self) -> dict[str, Any]:
-        """``packtool add-task --json``: :data:`DOCUMENT_KEYS`, and ``prune_search`` and
-        ``prune_warning`` where the planner gave them."""
+        """``packtool add-task --json``: :data:`DOCUMENT_KEYS`, ``prune_search`` and
+        ``prune_warning`` where the planner gave them, and ``widths`` where the network grew."""
         values = asdict(self)
         doc = {key: values[key] for key in self.DOCUMENT_KEYS}
-        for key in ("prune_search", "prune_warning"):
+        for key in ("prune_search", "prune_warning", "widths"):
             if values[key] is not None:
                 doc[key] = values[key]
         return doc

@@ -27,6 +27,7 @@ from .evaluation import evaluate_tasks
 from .fileio import atomic_write_bytes
 from .formats import model_file
 from .formats.checkpoint import checkpoint_path
+from .growth import DEFAULT_MAX_SIZE
 from .job import add_task_to_file, create_file
 from .lifecycle import add_task
 from .pack import Pack
@@ -142,7 +143,8 @@ def _add(model: Path, task: PlanTask, progress: Progress | None) -> Any:
         val_fraction=options.get("val_fraction", 0.1),
         skip_bad_images=options.get("skip_bad_images", False),
         checkpoint_every=60 * options.get("checkpoint_every", 0),
-        resume=checkpoint_path(model).exists(), progress=progress)
+        resume=checkpoint_path(model).exists(), progress=progress,
+        grow=options.get("grow"), max_size=options.get("max_size", DEFAULT_MAX_SIZE))
 
 
 def _reference(plan: Plan, task: PlanTask) -> float:

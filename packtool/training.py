@@ -23,7 +23,7 @@ from .evaluation import Measurement, eval_loader, evaluate
 from .formats.checkpoint import Checkpoint
 from .loop import BestEpoch, MixedPrecision, RngState, snapshot
 from .method import Phase, select_all, tensor_at
-from .models import Anatomy, build_network, new_head
+from .models import Anatomy, new_head
 from .pack import Pack
 from .progress import Progress
 
@@ -192,7 +192,7 @@ def _start_free_weights(pack: Pack, packed: dict[str, tuple[nn.Module, str]], se
     if pack.free_init == "reinit":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            fresh = dict(build_network(pack.spec).named_parameters())
+            fresh = dict(pack.build(pack.widths).named_parameters())
     for key, (module, name) in packed.items():
         weight = module.get_parameter(name + "_orig")
         free = module.get_buffer(name + "_owners") == 0

@@ -91,3 +91,11 @@ def tiny_mobilenet_v3(num_classes: int = 10) -> nn.Module:
     settings = [InvertedResidualConfig(8, 3, 16, 8, True, "RE", 1, 1, 1.0),
                 InvertedResidualConfig(8, 3, 32, 16, True, "HS", 2, 1, 1.0)]
     return MobileNetV3(settings, last_channel=32, num_classes=num_classes)
+
+
+def tiny_vit(num_classes: int = 10, image_size: int = 8, patch: int = 4) -> nn.Module:
+    """torchvision's VisionTransformer, one encoder block of width 16 (MLP width 32)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=image_size, patch_size=patch, num_layers=1, num_heads=2,
+                             hidden_dim=16, mlp_dim=32, num_classes=num_classes)

@@ -1,8 +1,9 @@
 """Files written by earlier packtools keep loading: the fixtures in ``tests/formats/`` were
 written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make_v1.py) and at
 commit cb09c2d (model file and archive format 2; make_v2.py), and with formats 3 (make_v3.py) and
-4 (the archive, make_v4.py); a checkpoint inside a --prune auto search as written before trials
-stopped at the target (make_search_v1.py)."""
+4 (the archive, make_v4.py; the model file of a grown network, make_grown_v4.py); a checkpoint
+inside a --prune auto search as written before trials stopped at the target
+(make_search_v1.py)."""
 
 from __future__ import annotations
 
@@ -194,3 +195,13 @@ def test_a_search_checkpoint_resumes_to_the_recorded_result(tmp_path):
     for key in done.shared:
         assert torch.equal(pack.shared[key], done.shared[key])
         assert torch.equal(pack.owners[key], done.owners[key])
+
+
+def test_v4_grown_model_file_serves_each_task_at_its_widths(tmp_path):
+    pack = Pack.load(FORMATS / "lenet-grown-v4.pt")
+    assert pack.task("first").widths == {}
+    assert pack.task("second").widths == pack.widths == {"0.0": 6, "0.4": 15, "2": 750}
+    expected = torch.load(FORMATS / "lenet-grown-v4.outputs.pt", weights_only=True)
+    for name, out in _outputs(pack).items():
+        assert torch.equal(out, expected[name])
+    _assert_saves_unchanged("lenet-grown-v4.pt", 4, tmp_path)

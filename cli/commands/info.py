@@ -11,9 +11,10 @@ from .. import render
 from ..console import console_for, print_json
 
 
-def run(model: Path, plot: str | None, share: float | None, as_json: bool) -> None:
+def run(model: Path, plot: str | None, share: float | None, growable: bool,
+        as_json: bool) -> None:
     pack = load(model)
-    doc = render.info_doc(pack, share)
+    doc = render.info_doc(pack, share, growable)
     if plot:
         plot_capacity(pack, plot)
     if as_json:

@@ -92,6 +92,9 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
     """The archive's tensors (CPU, contiguous) and metadata, checksum included."""
     if not pack.tasks:
         raise PackToolError("the pack has no tasks yet: there is nothing to archive")
+    if pack.widths:
+        raise PackToolError("the archive holds one shape per layer, and this network grew "
+                            "(add-task --grow): export its tasks to ONNX one by one instead")
     bits = owner_bits(len(pack.tasks))
     store = _Storage(half)
     tensors: dict[str, Tensor] = {}

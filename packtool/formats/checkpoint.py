@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,30 @@ class Checkpoint:
                 f"checkpoint {path} belongs to another add-task ({', '.join(differ)} differ); "
                 "rerun with the same options, or pass `restart=True` to discard it"
             )
+
+
+def resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[str, Any],
+                 say: Callable[[str], None]) -> Checkpoint | None:
+    """The checkpoint an add-task of ``identity`` continues from (``None``: the beginning).
+
+    Raises:
+        TaskError: a checkpoint without ``resume`` (never silently used or overwritten), or a
+            checkpoint of another add-task.
+    """
+    if path is None or not Path(path).exists():
+        if resume:
+            say("no checkpoint to resume from; starting from the beginning")
+        return None
+    if not resume:
+        found = Checkpoint.load(path)
+        raise TaskError(
+            f"{path} holds an interrupted add-task ({found.describe()}); pass `resume=True` "
+            "to continue it or `restart=True` to discard it"
+        )
+    start = Checkpoint.load(path)
+    start.check_identity(identity, path)
+    say(f"resuming {start.describe()}")
+    return start
 
 
 def _check(state: dict[str, Any]) -> None:

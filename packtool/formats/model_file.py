@@ -3,7 +3,7 @@ file").
 
 A ``torch.save`` file of tensors and plain values only, read back with
 ``torch.load(weights_only=True)`` (no code can run on load), written atomically, with a marker,
-a format version (1-3: written in the oldest that holds the tasks' records, so older packtools
+a format version (1-4: written in the oldest that holds the tasks' records, so older packtools
 read it; a newer one is refused as too new) and a digest of its content. This module is its one
 writer (:func:`save`, :func:`content`) and its one validating reader (:func:`load`,
 :func:`from_state`); what the content must satisfy beyond the file layer (owners, task order,
@@ -32,7 +32,7 @@ from ..records import TaskRecord, format_version
 from .digest import digest
 
 FORMAT = "packtool.pack"
-FORMAT_VERSION = 3  # the newest version this packtool reads and writes
+FORMAT_VERSION = 4  # the newest version this packtool reads and writes
 
 
 # ------------------------------------------------------------------------------------------------

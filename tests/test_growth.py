@@ -1,0 +1,283 @@
+"""Growing the network for one task, every earlier task bit-exact (issue 28)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cli_helpers import invoke
+from conftest import synthetic_task
+from crash import assert_same_pack, forked
+
+from packtool import Pack, TrainConfig, add_task
+from packtool.errors import CapacityError, TaskError
+from packtool.exporters import export_onnx
+from packtool.formats import model_file
+from packtool.growth import Width, growable_widths, plan_growth
+from packtool.models import ArchSpec, build_network
+
+CONFIG = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, finetune_lr=0.01, device="cpu")
+
+
+def _widths(arch: str, size: tuple[int, int, int], kwargs: dict | None = None) -> list[Width]:
+    spec = ArchSpec(arch, size, kwargs or {})
+    return growable_widths(build_network(spec), size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Found by tracing
+# ------------------------------------------------------------------------------------------------
+
+
+def test_mlp_hidden_layers_are_growable():
+    assert _widths("mlp", (1, 8, 8), {"hidden": 32}) == [
+        Width("1", "3", (), 32), Width("3", "5", (), 32)]  # the last reaches the classifier
+
+
+def test_lenet_convolutions_and_the_flatten():
+    found = _widths("lenet", (1, 16, 16), {"width": 4})
+    assert found == [
+        Width("0.0", "0.4", ("0.1",), 4),
+        Width("0.4", "2", ("0.5",), 10, fan=16),  # 10 channels of 4x4 feed 160 inputs
+        Width("2", "4", (), 500),
+    ]
+
+
+def test_resnet_blocks_grow_inside_not_along_the_residual_stream():
+    found = _widths("resnet18", (3, 32, 32))
+    assert [w.producer for w in found] == [f"layer{i}.{j}.conv1" for i in (1, 2, 3, 4)
+                                           for j in (0, 1)]
+    assert all(w.consumer == w.producer.replace("conv1", "conv2") for w in found)
+    assert all(w.norms == (w.producer.replace("conv1", "bn1"),) for w in found)
+
+
+def test_a_vit_grows_its_mlp_width_only():
+    found = _widths("nets:tiny_vit", (3, 8, 8))
+    mlp = "encoder.layers.encoder_layer_0.mlp"
+    assert found == [Width(f"{mlp}.0", f"{mlp}.3", (), 32)]
+
+
+def test_vgg_grows_every_convolution_and_the_classifier_widths():
+    found = _widths("vgg11", (3, 32, 32))
+    convs = [w for w in found if w.producer.startswith("features.")]
+    assert len(convs) == 8  # every convolution; the last reaches classifier.0 through a flatten
+    assert convs[-1].consumer == "classifier.0" and convs[-1].fan == 49
+    assert [w.producer for w in found[8:]] == ["classifier.0", "classifier.3"]
+
+
+def test_layer_norms_residuals_and_untraceable_networks_are_not_grown():
+    class Normed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.b = (torch.nn.Linear(4, 8), torch.nn.LayerNorm(8),
+                                         torch.nn.Linear(8, 2))
+
+        def forward(self, x):
+            return self.b(self.norm(self.a(x.flatten(1))))
+
+    class Branchy(Normed):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent: torch.fx cannot trace it
+                return self.b(self.a(x.flatten(1)))
+            return self.b(self.a(x.flatten(1)))
+
+    assert growable_widths(Normed(), (1, 2, 2)) == []
+    assert growable_widths(Branchy(), (1, 2, 2)) == []
+
+
+def test_tracing_leaves_the_network_in_its_mode():
+    net = build_network(ArchSpec("lenet", (1, 8, 8), {"width": 4}))
+    net.train()
+    growable_widths(net, (1, 8, 8))
+    assert all(m.training for m in net.modules())
+
+
+# ------------------------------------------------------------------------------------------------
+# Earlier tasks bit-exact, the grown task using its new units
+# ------------------------------------------------------------------------------------------------
+
+NETS = {  # name: (arch, input size, kwargs)
+    "mlp": ("mlp", (1, 8, 8), {"hidden": 16}),
+    "lenet": ("lenet", (1, 8, 8), {"width": 4}),
+    "resnet18": ("resnet18", (3, 16, 16), {}),
+    "vit": ("nets:tiny_vit", (3, 8, 8), {}),
+}
+
+
+def _grown_pair(name: str, fraction: float = 0.5) -> tuple[Pack, Pack]:
+    arch, size, kwargs = NETS[name]
+    pack = Pack.create(arch, size, kwargs=kwargs)
+    pack, _ = add_task(pack, "t1", synthetic_task(3, seed=0, shape=size), 0.75, CONFIG)
+    grown, result = add_task(pack, "t2", synthetic_task(4, seed=1, shape=size), 0.5, CONFIG,
+                             grow=fraction, max_size=3.0)
+    assert result.widths == grown.widths and grown.widths
+    return pack, grown
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "mlp" else pytest.mark.slow)
+                                  for n in NETS])
+def test_earlier_tasks_are_bit_exact_after_a_growth(name, tmp_path):
+    before, grown = _grown_pair(name)
+    size = NETS[name][1]
+    x = torch.randn(6, *size)
+    with torch.no_grad():
+        assert torch.equal(grown.model_for("t1")(x), before.model_for("t1")(x))
+    # Its ONNX file: exported at its own, narrower shape, the same bytes.
+    export_onnx(before, "t1", tmp_path / "before.onnx")
+    export_onnx(grown, "t1", tmp_path / "after.onnx")
+    assert (tmp_path / "before.onnx").read_bytes() == (tmp_path / "after.onnx").read_bytes()
+    # The shared weights grew; task 1's are the leading slice, unchanged.
+    for key, old in before.shared.items():
+        new = grown.shared[key]
+        assert all(a <= b for a, b in zip(old.shape, new.shape))
+        owned = before.owners[key] == 1
+        sliced = new[tuple(slice(0, n) for n in old.shape)]
+        assert torch.equal(sliced[owned], old[owned])
+    assert any(grown.shared[k].shape != v.shape for k, v in before.shared.items())
+
+
+def test_the_grown_task_uses_its_new_units():
+    _, grown = _grown_pair("mlp")
+    net = grown.model_for("t2")
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        out = net(x)
+        first = net.get_submodule("1")  # the first hidden layer: 16 units grown by 8
+        assert first.out_features == 24
+        first.weight[16:] = 0
+        first.bias[16:] = 0
+        assert not torch.equal(net(x), out)
+
+
+def test_a_grown_pack_saves_and_loads_as_format_4(tmp_path):
+    _, grown = _grown_pair("mlp")
+    path = tmp_path / "m.pt"
+    grown.save(path)
+    state = torch.load(path, weights_only=True)
+    assert state["version"] == 4
+    assert json.loads(state["meta"])["tasks"][1]["widths"] == grown.widths
+    loaded = Pack.load(path)
+    assert loaded.widths == grown.widths and loaded.task("t1").widths == {}
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        for task in ("t1", "t2"):
+            assert torch.equal(loaded.model_for(task)(x), grown.model_for(task)(x))
+    assert model_file.to_bytes(loaded) == model_file.to_bytes(grown)
+
+
+def test_a_task_after_a_growth_runs_at_the_grown_widths():
+    _, grown = _grown_pair("mlp")
+    third, result = add_task(grown, "t3", synthetic_task(2, seed=2), 0.5, CONFIG)
+    assert third.task("t3").widths == grown.widths and result.widths == grown.widths
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        for task in ("t1", "t2"):
+            assert torch.equal(third.model_for(task)(x), grown.model_for(task)(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# How much, and when growing is refused
+# ------------------------------------------------------------------------------------------------
+
+
+def test_max_size_is_never_exceeded():
+    widths = _widths("mlp", (1, 8, 8), {"hidden": 16})
+    shapes = {"1.weight": (16, 64), "3.weight": (16, 16)}
+    units, size = plan_growth(widths, {}, shapes, 0.5, max_size=2.0)
+    assert units == {"1": 24, "3": 24} and size == pytest.approx((24 * 64 + 24 * 24) / 1280)
+    grown = {"1.weight": (24, 64), "3.weight": (24, 24)}
+    with pytest.raises(CapacityError, match=r"over the maximum of 1\.5x"):
+        plan_growth(widths, units, grown, 0.5, max_size=1.5)
+    with pytest.raises(TaskError, match="fraction"):
+        plan_growth(widths, {}, shapes, 0.0)
+
+
+def test_growing_is_refused_where_it_cannot_keep_its_promise():
+    data = synthetic_task(3, seed=0)
+    fresh = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    with pytest.raises(TaskError, match="first task"):
+        add_task(fresh, "t1", data, 0.5, CONFIG, grow=0.5)
+    for options in ({"policy": "frozen"}, {"free_init": "kept"}):
+        pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, **options)
+        pack, _ = add_task(pack, "t1", data, 0.5, CONFIG)
+        with pytest.raises(TaskError, match="per_task and free_init reinit"):
+            add_task(pack, "t2", synthetic_task(2, seed=1), 0.5, CONFIG, grow=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line; resuming a growth
+# ------------------------------------------------------------------------------------------------
+
+
+def _cli_pack(model) -> None:
+    assert invoke("init", model, "--arch", "mlp", "--input-size", "1x8x8",
+                  "--kwarg", "hidden=16").exit_code == 0
+    assert invoke("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.75",
+                  "--epochs", "1", "--finetune-epochs", "1", "--device", "cpu").exit_code == 0
+
+
+GROW_ARGS = ["--data", "digits", "--classes", "2,3", "--prune", "0.5", "--grow", "0.5",
+             "--max-size", "2", "--epochs", "3", "--finetune-epochs", "2", "--lr", "0.05",
+             "--device", "cpu", "--seed", "4", "--json"]
+
+
+def test_cli_grow_reports_the_widths_and_info_lists_them(tmp_path):
+    model = tmp_path / "m.pt"
+    _cli_pack(model)
+    info = json.loads(invoke("info", model, "--json").stdout)
+    assert "growable" not in info and "widths" not in info  # tracing only when asked
+    info = json.loads(invoke("info", model, "--growable", "--json").stdout)
+    assert [w["producer"] for w in info["growable"]] == ["1", "3"]
+    result = invoke("add-task", model, *GROW_ARGS)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["widths"] == {"1": 24, "3": 24}
+    info = json.loads(invoke("info", model, "--json").stdout)
+    assert [t.get("widths") for t in info["tasks"]] == [None, {"1": 24, "3": 24}]
+    assert info["widths"] == {"1": 24, "3": 24}
+    assert "Grown widths (units now): 1 24, 3 24" in invoke("info", model).stdout
+    text = invoke("info", model, "--growable").stdout
+    assert "Growable widths" in text and "1 -> 3" in text
+    # Its tasks export one by one; --all writes them and says why there is no archive.
+    result = invoke("export", model, "--all", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert "No archive: the network grew" in result.stdout
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".onnx", ".onnx"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--grow", "0"], "--grow"), (["--grow", "1.5"], "--grow"), (["--grow", "x"], "--grow"),
+    (["--max-size", "0.5"], "--max-size"), (["--max-size", "2"], "--max-size needs --grow"),
+])
+def test_cli_bad_growth_values_are_usage_errors(tmp_path, flags, message):
+    model = tmp_path / "m.pt"
+    _cli_pack(model)
+    before = model.read_bytes()
+    result = invoke("add-task", model, "--data", "digits", "--classes", "2,3", "--prune", "0.5",
+                    *flags)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert model.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_growth_killed_mid_training_resumes_bit_identical(tmp_path):
+    reference, killed = tmp_path / "ref.pt", tmp_path / "killed.pt"
+    _cli_pack(reference)
+    killed.write_bytes(reference.read_bytes())
+    assert forked(["add-task", str(reference), *GROW_ARGS], out=tmp_path / "ref.json") == 0
+    args = ["add-task", str(killed), *GROW_ARGS]
+    assert forked(args, kill="step:5", out=tmp_path / "killed.json") == -9
+    assert forked([*args, "--resume"], out=tmp_path / "resumed.json") == 0
+    assert_same_pack(Pack.load(killed), Pack.load(reference))
+
+
+def test_the_archive_and_the_multi_task_onnx_refuse_a_grown_pack(tmp_path):
+    from packtool.errors import PackToolError
+    from packtool.exporters import export_multi_task, write_archive
+
+    _, grown = _grown_pair("mlp")
+    with pytest.raises(PackToolError, match="grew"):
+        write_archive(grown, tmp_path / "pack.safetensors")
+    with pytest.raises(PackToolError, match="grew"):
+        export_multi_task(grown, tmp_path / "all.onnx")
+    assert not list(tmp_path.iterdir())
