@@ -116,9 +116,11 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="Keep room for N more tasks of this size in every layer (raises the ratio "
                    "where needed). With --prune auto, give the number of tasks still to come "
                    "if you know it [default: the rest of init --tasks, else 0].")
-@click.option("--grow", type=params.FiniteRange(0, 1, min_open=True), metavar="FRACTION",
-              help="Widen every growable width of the network (`info` lists them) by this "
-                   "fraction of its original size for this task; earlier tasks run as before.")
+@click.option("--grow", type=params.GrowFraction(), metavar="FRACTION|auto",
+              help="Widen every growable width of the network (info --growable lists them) by "
+                   "this fraction of its original size for this task, or auto: in steps of "
+                   "0.25 while each gains over --tolerance validation points [default "
+                   "tolerance: 1.0]. Earlier tasks run exactly as before.")
 @click.option("--max-size", type=params.FiniteRange(min=1), metavar="X",
               help="With --grow: the network's prunable weights at most X times their original "
                    "number [default: 2].")
@@ -177,7 +179,7 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="Discard the checkpoint of an interrupted add-task and start over.")
 @params.json_option
 def add_task(model: Path, data: str, prune: float | str, tolerance: float | None,
-             auto_trials: int | None, reserve: int | None, grow: float | None,
+             auto_trials: int | None, reserve: int | None, grow: float | str | None,
              max_size: float | None, name: str | None,
              classes: list[int] | None, data_root: str | None, val_fraction: float,
              skip_bad_images: bool, checkpoint_every: float, resume: bool, restart: bool,
@@ -189,8 +191,10 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
     """
     if resume and restart:
         raise click.UsageError("use either --resume or --restart, not both")
-    if prune != AUTO and (tolerance is not None or auto_trials is not None):
-        raise click.UsageError("--tolerance and --auto-trials apply to --prune auto only")
+    if prune != AUTO and auto_trials is not None:
+        raise click.UsageError("--auto-trials applies to --prune auto only")
+    if prune != AUTO and grow != AUTO and tolerance is not None:
+        raise click.UsageError("--tolerance applies to --prune auto and --grow auto only")
     if max_size is not None and grow is None:
         raise click.UsageError("--max-size needs --grow")
     settings = {k: v for k, v in options.items() if v is not None}  # unset: the pack decides

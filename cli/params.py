@@ -79,6 +79,24 @@ class PruneRatio(click.ParamType):
         return ratio
 
 
+class GrowFraction(click.ParamType):
+    """``--grow``: a fraction in (0, 1], or ``auto``."""
+
+    name = "fraction"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or value == AUTO:
+            return value
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 < fraction <= 1.0:
+            self.fail(f"{value!r} is neither a number in (0, 1] nor 'auto'", param, ctx)
+        return fraction
+
+
 class Workers(click.ParamType):
     """``--workers``: a number of loader processes, or ``auto``."""
 

@@ -25,7 +25,7 @@ new units always come after the old ones, so a narrower network is a leading sli
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +35,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import CapacityError, TaskError
 
-__all__ = ["DEFAULT_MAX_SIZE", "Width", "fit", "growable_widths", "narrow", "plan_growth",
-           "shapes_at", "widen"]
+__all__ = ["DEFAULT_MAX_SIZE", "GROW_STEP", "Width", "choose_growth", "fit", "growable_widths",
+           "narrow", "plan_growth", "shapes_at", "widen"]
 
 #: Modules that act on each unit (channel or feature) alone, with no state of their own.
 UNITWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
@@ -56,6 +56,8 @@ FLATTENS = {"flatten", "view", "reshape"}
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: ``max_size`` when not given: the prunable weights may at most double.
 DEFAULT_MAX_SIZE = 2.0
+#: ``grow="auto"`` tries growths in steps of this fraction of the original widths.
+GROW_STEP = 0.25
 
 
 @dataclass(frozen=True)
@@ -313,4 +315,45 @@ def plan_growth(widths: list[Width], current: Mapping[str, int],
 
 def _count(shapes: Mapping[str, tuple[int, ...]]) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
+
+
+def choose_growth(widths: list[Width], current: Mapping[str, int],
+                  shapes: Mapping[str, tuple[int, ...]],
+                  trial: Callable[[float], float | None],
+                  tolerance: float, max_size: float = DEFAULT_MAX_SIZE,
+                  say: Callable[[str], None] = print
+                  ) -> tuple[float, list[dict[str, float | None]]]:
+    """``grow="auto"``: how much to grow for the task ``trial`` trains, and the trials.
+
+    ``trial(fraction)`` trains the task with the network grown by ``fraction`` (0: as it is) and
+    returns its validation accuracy (``None``: it cannot train at all, no free weight). Growth
+    goes on in steps of :data:`GROW_STEP` while each step gains more than ``tolerance`` points
+    over the last one kept and the network stays within ``max_size`` (growing by at most the
+    original widths); the first step that does not pay ends the search. Returns the fraction
+    kept (0: no growth) and every trial, ``[{"grow", "val_accuracy"}]``, in order.
+    """
+    first = trial(0.0)
+    search: list[dict[str, float | None]] = [{"grow": 0.0, "val_accuracy": first}]
+    best = -math.inf if first is None else first
+    if not widths:
+        say("grow auto: the network has no growable width")
+        return 0.0, search
+    chosen = 0.0
+    while chosen + GROW_STEP <= 1.0:
+        fraction = chosen + GROW_STEP
+        try:
+            plan_growth(widths, current, shapes, fraction, max_size)
+        except CapacityError:
+            say(f"grow auto: growing by {fraction:g} would pass the maximum size {max_size:g}x")
+            break
+        val = trial(fraction)
+        assert val is not None  # a grown network has free weights
+        search.append({"grow": fraction, "val_accuracy": val})
+        gain = 100 * (val - best)
+        say(f"grow {fraction:g}: validation accuracy {val:.2%} ({gain:+.2f} points; kept if "
+            f"more than {tolerance:g})")
+        if gain <= tolerance:
+            break
+        chosen, best = fraction, val
+    return chosen, search
 

@@ -3,12 +3,14 @@
 :func:`add_task` is the only code that makes a pack with a new task. Read it top to bottom:
 
 1. **prepare** the live network of task ``k``: every weight PackNet-masked, earlier tasks'
-   weights active and frozen, a new head and the task's private state (:func:`_prepare`);
+   weights active and frozen, a new head and the task's private state
+   (:func:`~.training.prepare`); with ``grow``, the network is widened first (:func:`_grow`);
 2. **train** the free weights for ``config.epochs``, keeping the best epoch on validation
-   (:func:`_phase`, the epochs of :func:`packtool.loop.train_epoch`);
+   (:func:`~.phases.run_phase`, the epochs of :func:`packtool.loop.train_epoch`);
 3. **prune**: release ``prune`` of the trained weights per layer, smallest ``|w|`` first, and
-   zero them (:func:`_prune`);
-4. **fine-tune** the kept weights for ``config.finetune_epochs`` (:func:`_phase` again);
+   zero them (:func:`~.phases.prune`);
+4. **fine-tune** the kept weights for ``config.finetune_epochs`` (:func:`~.phases.run_phase`
+   again);
 5. **freeze**: a new pack holding the old tasks and this one (:func:`_freeze`), with its
    head's softmax temperature and feature statistics fitted on validation for task-free
    inference (:func:`packtool.taskfree.calibrate`).
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,24 +33,21 @@ import torch
 from torch import Tensor
 
 from . import distributed
+from .choices import AUTO
 from .config import TrainConfig, resolve_device, schedule
 from .data import TaskData
-from .errors import CapacityError, DataError, TaskError
-from .evaluation import Measurement, evaluate
+from .errors import DataError
+from .evaluation import evaluate
 from .formats import model_file
 from .formats.checkpoint import Checkpoint, resume_point
-from .growth import DEFAULT_MAX_SIZE, plan_growth
+from .growth import DEFAULT_MAX_SIZE, choose_growth, plan_growth
 from .loop import (
-    BestEpoch,
-    FrozenWeightGuard,
     RngState,
-    make_optimizer,
-    make_scheduler,
     snapshot,
-    train_epoch,
 )
-from .method import MAX_TASKS, Phase, assign_owners, select_all, with_masks
+from .method import Phase, select_all
 from .pack import Pack
+from .phases import prune, prune_measured, run_phase
 from .planner import (
     FIXED,
     RESERVE,
@@ -71,7 +70,7 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
              reserve: int | None = None, tolerance: float = 1.0,
              auto_trials: int = 3, progress: Progress | None = None,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
-             resume: bool = False, grow: float | None = None,
+             resume: bool = False, grow: float | str | None = None,
              max_size: float = DEFAULT_MAX_SIZE) -> tuple[Pack, TaskResult]:
     """Add task ``name`` to ``pack``: the PackNet lifecycle (see the module docstring).
 
@@ -91,14 +90,15 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     uninterrupted one would (bit-identical on CPU). A checkpoint found without ``resume`` is an
     error, never silently used or overwritten; it is left in place on success.
 
-    ``grow`` widens every growable width (:mod:`packtool.growth`) by that fraction of its
-    original units before the task trains; earlier tasks run exactly as before. The prunable
-    weights may not exceed ``max_size`` times their original number.
+    ``grow`` first widens the network (:mod:`packtool.growth`) by that fraction, or ``"auto"``
+    as far as it gains over ``tolerance`` validation points, to at most ``max_size`` times its
+    original prunable weights; earlier tasks run exactly as before.
     """
     config, note = (config, None) if config is not None else schedule(pack.pretrained, settings)
     pruning = Pruning(prune, planned_reserve(pack.planned_tasks, len(pack.tasks))
                       if reserve is None else reserve, tolerance, auto_trials)
-    _check_new_task(pack, name, data)
+    pack.check_new_task(name, room=not grow)  # a full network has room once it grew
+    _check_data(data)
     world = distributed.current()
     device = distributed.rank_device(world, resolve_device(config.device))
     main = world is None or world.is_main
@@ -111,8 +111,9 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
                 "config": asdict(config),
                 "pack": model_file.pack_digest(pack) if checkpoint else None,
                 **({"grow": grow, "max_size": max_size} if grow else {})}
-    if grow:  # before the task's network is made: it trains at the new widths
-        pack = _grow(pack, grow, max_size, config.seed + task, progress)
+    # Before the task's network is made: it trains at the new widths.
+    pack, grow_search = (_grow(pack, name, data, config, grow, max_size, tolerance, progress)
+                         if grow else (pack, []))
     start = resume_point(checkpoint, resume, identity, progress.message)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
@@ -120,18 +121,40 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         t.checkpoint, t.identity = (checkpoint if main else None), identity  # one writer
         t.checkpoint_every = checkpoint_every
         decision, metrics = _train_prune_finetune(t, pruning, start)
-        if getattr(data, "skipped", None):
-            metrics["skipped_images"] = len(data.skipped)
         new = _freeze(t, name, decision, metrics)
+    new.tasks[-1].grow_search = grow_search
     _measure_frozen(new, data, metrics, bool(config.finetune_epochs), device, world)
     return new, _result(new, decision, metrics, time.perf_counter() - started)
 
 
-def _grow(pack: Pack, fraction: float, max_size: float, seed: int, progress: Progress) -> Pack:
-    units, size = plan_growth(pack.growth(), pack.widths, pack.shapes, fraction, max_size)
-    progress.message(f"growing {len(units)} widths by {fraction:g} of their original units: "
+def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: float | str,
+          max_size: float, tolerance: float, progress: Progress
+          ) -> tuple[Pack, list[dict[str, float]]]:
+    """``pack`` grown by ``grow``, or as ``"auto"`` chooses (:func:`~.growth.choose_growth`:
+    trials that train the task without pruning or fine-tuning, and repeat on a resume: they
+    are deterministic), and the auto trials."""
+    search: list[dict[str, float]] = []
+    if grow == AUTO:
+        def trial(fraction: float) -> float | None:
+            if not fraction and pack.free_weights == 0:
+                return None  # no room at all without growing
+            progress.message(f"grow auto: training the task on the network "
+                             f"{f'grown by {fraction:g}' if fraction else 'as it is'}")
+            _, tried = add_task(pack, name, data, 0.0, replace(config, finetune_epochs=0),
+                                reserve=0, progress=progress, grow=fraction or None,
+                                max_size=max_size)
+            return tried.val_accuracy
+
+        grow, search = choose_growth(pack.growth(), pack.widths, pack.shapes, trial, tolerance,
+                                     max_size, progress.message)
+        if not grow:
+            pack.check_new_task(name)  # no growth: the network must have room as it is
+            return pack, search
+    assert isinstance(grow, float)
+    units, size = plan_growth(pack.growth(), pack.widths, pack.shapes, grow, max_size)
+    progress.message(f"growing {len(units)} widths by {grow:g} of their original units: "
                      f"the network is now {size:.2f}x its original size")
-    return pack.grown(units, seed=seed)
+    return pack.grown(units, seed=config.seed + len(pack.tasks) + 1), search
 
 
 def _measure_frozen(new: Pack, data: TaskData, metrics: dict[str, float], finetuned: bool,
@@ -165,22 +188,11 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float],
         prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
         prune_warning=decision.warning,
         skipped_images=int(metrics.get("skipped_images", 0)), temperature=record.temperature,
-        widths=dict(record.widths) or None,
+        widths=dict(record.widths) or None, grow_search=list(record.grow_search) or None,
     )
 
 
-def _check_new_task(pack: Pack, name: str, data: TaskData) -> None:
-    if not name or not name.strip():
-        raise TaskError("task name must not be empty")
-    if name in pack.task_names:
-        raise TaskError(f"task {name!r} already exists; pick another `name`")
-    if len(pack.tasks) >= MAX_TASKS:
-        raise CapacityError(f"a pack holds at most {MAX_TASKS} tasks")
-    if pack.free_weights == 0:
-        raise CapacityError(
-            "no free weights are left for another task: every weight is owned "
-            f"by one of {len(pack.tasks)} tasks (prune earlier tasks harder next time)"
-        )
+def _check_data(data: TaskData) -> None:
     if not data.classes:
         raise DataError("the dataset has no classes")
     if len(data.train) == 0 or len(data.test) == 0 or len(data.val) == 0:
@@ -194,12 +206,15 @@ def _check_new_task(pack: Pack, name: str, data: TaskData) -> None:
 
 def _train_prune_finetune(t: Training, pruning: Pruning, start: Checkpoint | None
                           ) -> tuple[Decision, dict[str, float]]:
-    """Train, then prune at the given ratio or the planner's, and fine-tune."""
+    """Train, then prune at the given ratio or the planner's, and fine-tune; the metrics
+    include the image files the data left out (``skipped_images``)."""
+    if getattr(t.data, "skipped", None):
+        t.metrics["skipped_images"] = len(t.data.skipped)
     config, search = t.config, start.search if start is not None else None
     after = None  # resuming a fixed ratio's fine-tuning: its checkpoint holds all it needs
     if start is None or start.phase == Phase.TRAIN.value:
-        reference, _ = _phase(t, Phase.TRAIN, config.epochs, config.lr,
-                              config.lr_decay_epochs, start)
+        reference, _ = run_phase(t, Phase.TRAIN, config.epochs, config.lr,
+                                 config.lr_decay_epochs, start)
         start = None
         after = _AfterTraining(snapshot(t.net), RngState.capture(t.generator, t.device),
                                reference)
@@ -212,13 +227,13 @@ def _train_prune_finetune(t: Training, pruning: Pruning, start: Checkpoint | Non
     ratio = float(pruning.ratio)
     if start is None:
         assert after is not None
-        _prune_measured(t, ratio, pruning.reserve)
+        prune_measured(t, ratio, pruning.reserve)
         after.rng.restore(t.generator, t.device)  # fine-tuning starts as an auto trial does
     else:
         t.metrics.update(start.metrics)
         t.released = start.released
-    best_val, _ = _phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0, start,
-                      include_start=True)
+    best_val, _ = run_phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0,
+                            start, include_start=True)
     reason = RESERVE if t.metrics.get("reserve_raised_layers") else FIXED
     return Decision(ratio, reason, None, None), {**t.metrics, "val_accuracy": best_val}
 
@@ -252,7 +267,7 @@ def _auto(t: Training, pruning: Pruning, after: _AfterTraining, start: Checkpoin
 
     def scan(ratio: float) -> float:
         t.load(after.state, Phase.TRAIN)
-        _prune(t, ratio, pruning.reserve)
+        prune(t, ratio, pruning.reserve)
         select_all(t.net, t.task, Phase.FINETUNE)
         return t.evaluate(t.data.val).accuracy
 
@@ -262,11 +277,11 @@ def _auto(t: Training, pruning: Pruning, after: _AfterTraining, start: Checkpoin
         here = start if start is not None and resumed.get("current") == ratio else None
         if here is None:
             t.load(after.state, Phase.TRAIN)
-            _prune(t, ratio, pruning.reserve)
+            prune(t, ratio, pruning.reserve)
             after.rng.restore(t.generator, t.device)
         t.search["current"] = ratio
-        val, end = _phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0,
-                          here, include_start=True, stop_at=goal)
+        val, end = run_phase(t, Phase.FINETUNE, t.config.finetune_epochs,
+                             t.config.finetune_lr, 0, here, include_start=True, stop_at=goal)
         # Plain values: it may travel inside a checkpoint file (no fine-tuning: a state_dict).
         state = snapshot(t.net) if end is None else end.state()
         passed_before = any(v >= goal for _, v in t.search["done"])
@@ -284,7 +299,7 @@ def _auto(t: Training, pruning: Pruning, after: _AfterTraining, start: Checkpoin
                     pruning.trials, scan, finetune)
     decision.warning = warning
     t.load(after.state, Phase.TRAIN)
-    _prune_measured(t, decision.ratio, pruning.reserve)
+    prune_measured(t, decision.ratio, pruning.reserve)
     winner = next(c for c in decision.search if c.ratio == decision.ratio)
     finished = _finish_trial(t, decision.state, start if resumed.get("continuing") else None)
     winner.val_finetuned = winner.val_finetuned if finished is None else finished
@@ -307,96 +322,9 @@ def _finish_trial(t: Training, kept: dict[str, Any], start: Checkpoint | None) -
         return None
     paused = Checkpoint.from_state(kept)
     t.search["continuing"] = True  # checkpoints from here on resume the finishing
-    val, _ = _phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0,
-                    start or paused)
+    val, _ = run_phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0,
+                       start or paused)
     return val
-
-
-def _phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: int,
-           start: Checkpoint | None = None, include_start: bool = False,
-           stop_at: float | None = None) -> tuple[float, Checkpoint | None]:
-    """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy and, with
-    ``stop_at``, where the phase ended, as a checkpoint held in memory.
-
-    With ``stop_at`` the phase stops early, paused, once its best validation accuracy reaches
-    ``stop_at``; ``_phase`` from that checkpoint finishes it exactly as if it had not stopped.
-    """
-    if start is not None:  # a checkpoint stores no masks: select_all derives them
-        t.net.load_state_dict(with_masks(start.net, t.net))
-    select_all(t.net, t.task, phase)  # (see _load)
-    if epochs == 0:
-        return t.evaluate(t.data.val).accuracy, None
-    guard = FrozenWeightGuard(list(t.packed.values()), t.task, phase)
-    optimizer = make_optimizer(guard.trainable_weights() + t.head_and_private(), t.config, lr)
-    scheduler = make_scheduler(optimizer, decay_every)
-    best, epoch = BestEpoch(), 0
-    if start is not None:
-        best = BestEpoch(Measurement(start.best_val, start.best_val_loss),
-                         None if start.best_state is None else with_masks(start.best_state, t.net))
-        epoch = start.epoch
-        t.restore(start, optimizer, scheduler)
-    elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate
-        best.offer(t.evaluate(t.data.val), t.net)
-        t.save(phase, 0, optimizer, scheduler, best)
-    t.progress.phase_start(phase.value, epochs, len(t.loader))
-    while epoch < epochs and not (stop_at is not None and best.score is not None
-                                  and best.score.accuracy >= stop_at):
-        epoch += 1
-        if t.sampler is not None:  # a different shuffle for every epoch of both phases
-            t.sampler.set_epoch(epoch if phase is Phase.TRAIN else 10_000 + epoch)
-        t.train_mode()
-        loss, acc = train_epoch(t.model, t.loader, optimizer, device=t.device,
-                                after_step=guard.restore, world=t.world, progress=t.progress,
-                                precision=t.precision)
-        t.sync()
-        if scheduler is not None:
-            scheduler.step()
-        val = t.evaluate(t.data.val)
-        t.progress.epoch_end(epoch, loss, acc, val.accuracy)
-        best.offer(val, t.net)
-        t.save(phase, epoch, optimizer, scheduler, best)
-    end = None if stop_at is None else t.checkpoint_of(phase, epoch, optimizer, scheduler, best,
-                                                       keep=True)
-    t.progress.phase_end(phase.value)
-    best.restore(t.net)
-    assert best.score is not None  # epochs >= 1 ran, or a checkpoint had one
-    return best.score.accuracy, end
-
-
-def _prune_measured(t: Training, ratio: float, reserve: int) -> None:
-    """:func:`_prune`, with the test accuracy before and after it in ``t.metrics`` (measured
-    once when pruning changed no weight: the network is the same)."""
-    t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
-    changed = _prune(t, ratio, reserve)
-    t.metrics["accuracy_after_prune"] = (t.evaluate(t.data.test).accuracy if changed
-                                         else t.metrics["accuracy_before_prune"])
-
-
-@torch.no_grad()
-def _prune(t: Training, ratio: float, reserve: int = 0) -> int:
-    """Release ``ratio`` of the trained weights (more where ``reserve`` needs room) and zero
-    them; with a reserve, ``t.metrics`` counts the layers it raised. Returns how many weights
-    this changed (released ones that were not zero already)."""
-    weights = {k: m.get_parameter(n + "_orig") for k, (m, n) in t.packed.items()}
-    owners = {k: m.get_buffer(n + "_owners") for k, (m, n) in t.packed.items()}
-    scope = t.config.prune_scope
-    new_owners = assign_owners(weights, owners, t.task, ratio, scope, reserve)
-    if reserve:
-        plain = assign_owners(weights, owners, t.task, ratio, scope)
-        raised = sum(int((new_owners[k] == 0).sum()) > int((plain[k] == 0).sum())
-                     for k in t.packed)
-        t.metrics["reserve_raised_layers"] = raised
-        if raised:
-            t.progress.message(f"reserve {reserve}: released more than ratio {ratio:g} in "
-                               f"{raised} of {len(t.packed)} layers to leave room")
-    if t.pack.free_init == "kept":  # kept aside for the next task: the weights stay zero
-        t.released = {k: weights[k][new_owners[k] == 0].detach().clone() for k in t.packed}
-    zeroed = sum(int(((new_owners[k] == 0) & (weights[k] != 0)).sum()) for k in t.packed)
-    for key in t.packed:
-        owners[key].copy_(new_owners[key])
-        weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
-    t.sync()  # deterministic already; broadcasting makes it so by construction
-    return zeroed
 
 
 # ------------------------------------------------------------------------------------------------

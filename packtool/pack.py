@@ -23,7 +23,7 @@ import packtool
 
 from .choices import FREE_INITS, POLICIES
 from .data.preprocess import Preprocess
-from .errors import ArchitectureError, PackFormatError, TaskError
+from .errors import ArchitectureError, CapacityError, PackFormatError, TaskError
 from .growth import Width, fit, growable_widths, narrow, widen
 from .method import (
     FREE,
@@ -225,6 +225,22 @@ class Pack:
             rows.append(LayerCapacity(name, own.numel(), int(counts[FREE]),
                                       tuple(int(c) for c in counts[1:len(self.tasks) + 1])))
         return rows
+
+    def check_new_task(self, name: str, room: bool = True) -> None:
+        """Refuse a task ``name`` this pack cannot take: an empty or known name, a pack of
+        :data:`MAX_TASKS` tasks (TaskError, CapacityError), or, with ``room``, no free weight
+        left (CapacityError)."""
+        if not name or not name.strip():
+            raise TaskError("task name must not be empty")
+        if name in self.task_names:
+            raise TaskError(f"task {name!r} already exists; pick another `name`")
+        if len(self.tasks) >= MAX_TASKS:
+            raise CapacityError(f"a pack holds at most {MAX_TASKS} tasks")
+        if room and self.free_weights == 0:
+            raise CapacityError(
+                "no free weights are left for another task: every weight is owned by one of "
+                f"{len(self.tasks)} tasks (prune earlier tasks harder, or grow the network: "
+                "`grow`)")
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:

@@ -185,7 +185,7 @@ def _options(table: Mapping[str, Any], where: str, base: Path | None) -> dict[st
     if "data_root" in options and base is not None:
         options["data_root"] = str((base / str(options["data_root"])).expanduser())
     for key, kind in (*_TRAIN_KINDS, ("reserve", int), ("auto_trials", int),
-                      ("tolerance", float), ("grow", float), ("max_size", float),
+                      ("tolerance", float), ("max_size", float),
                       ("val_fraction", float),
                       ("checkpoint_every", float), ("skip_bad_images", bool)):
         if key in options and not _is(options[key], kind):
@@ -202,14 +202,14 @@ def _check_settings(options: Mapping[str, Any], where: str) -> None:
     except (PackToolError, TypeError) as exc:
         raise PlanError(f"{where}: {exc}") from None
     ranges = {"reserve": (0, None), "auto_trials": (1, None), "tolerance": (0, None),
-              "val_fraction": (0, 1), "checkpoint_every": (0, None), "max_size": (1, None),
-              "grow": (0, 1.0000001)}
+              "val_fraction": (0, 1), "checkpoint_every": (0, None), "max_size": (1, None)}
     for key, (low, high) in ranges.items():
         value = options.get(key)
         if value is not None and not (value >= low and (high is None or value < high)):
             raise PlanError(f"{where}: `{key}` {value!r} is out of range")
-    if options.get("grow") == 0:
-        raise PlanError(f"{where}: `grow` must be a fraction in (0, 1]")
+    grow = options.get("grow")
+    if grow is not None and grow != AUTO and not (_is(grow, float) and 0 < grow <= 1):
+        raise PlanError(f"{where}: `grow` must be a number in (0, 1] or \"auto\"")
     if "max_size" in options and "grow" not in options:
         raise PlanError(f"{where}: `max_size` needs `grow`")
 

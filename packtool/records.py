@@ -41,6 +41,8 @@ class TaskRecord:
         private: task-private backbone state (biases, norm layers' parameters and statistics).
         widths: the growable widths the task runs at (producer -> units), where the network had
             grown by the time it was added (:mod:`packtool.growth`); empty otherwise.
+        grow_search: with ``grow="auto"``, its trials ``[{"grow", "val_accuracy"}]`` (the first
+            without growth); empty otherwise.
     """
 
     name: str
@@ -58,6 +60,7 @@ class TaskRecord:
     private: dict[str, Tensor] = field(default_factory=dict, repr=False)
     feature_stats: dict[str, Tensor] = field(default_factory=dict, repr=False)
     widths: dict[str, int] = field(default_factory=dict)
+    grow_search: list[dict[str, float]] = field(default_factory=list)
 
     def check(self) -> None:
         """ValueError unless the head has one row per class, the temperature (if any) is a
@@ -98,7 +101,7 @@ class TaskRecord:
     def versioned_meta(self) -> dict[str, Any]:
         """The metadata that older formats cannot hold, where it says more than their defaults:
         ``prune_reason`` and ``prune_search`` (format 2), ``temperature`` (format 3),
-        ``widths`` (format 4)."""
+        ``widths`` and ``grow_search`` (format 4)."""
         found: dict[str, Any] = {}
         if self.prune_reason != "fixed":
             found["prune_reason"] = self.prune_reason
@@ -108,6 +111,8 @@ class TaskRecord:
             found["temperature"] = self.temperature
         if self.widths:
             found["widths"] = dict(self.widths)
+        if self.grow_search:
+            found["grow_search"] = list(self.grow_search)
         return found
 
     @property
@@ -118,7 +123,7 @@ class TaskRecord:
         written in the oldest version that holds them, so older packtools keep reading what
         they can and refuse the rest as too new instead of misreading it."""
         found = self.versioned_meta()
-        if "widths" in found:
+        if "widths" in found or "grow_search" in found:
             return 4
         return 3 if "temperature" in found or self.feature_stats else 2 if found else 1
 
@@ -159,6 +164,7 @@ class TaskResult:
     skipped_images: int = 0
     temperature: float | None = None
     widths: dict[str, int] | None = None
+    grow_search: list[dict[str, float]] | None = None
 
     #: The keys of ``add-task --json`` (``val_accuracy`` is in the task record only).
     DOCUMENT_KEYS = ("task", "index", "accuracy", "accuracy_before_prune",
@@ -167,10 +173,11 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         """``packtool add-task --json``: :data:`DOCUMENT_KEYS`, ``prune_search`` and
-        ``prune_warning`` where the planner gave them, and ``widths`` where the network grew."""
+        ``prune_warning`` where the planner gave them, ``widths`` where the network grew and
+        ``grow_search`` with ``grow="auto"``."""
         values = asdict(self)
         doc = {key: values[key] for key in self.DOCUMENT_KEYS}
-        for key in ("prune_search", "prune_warning", "widths"):
+        for key in ("prune_search", "prune_warning", "widths", "grow_search"):
             if values[key] is not None:
                 doc[key] = values[key]
         return doc

@@ -137,7 +137,7 @@ def _add(model: Path, task: PlanTask, progress: Progress | None) -> Any:
     return add_task_to_file(
         model, task.data, options["prune"], settings=task.settings,
         reserve=options.get("reserve"),
-        tolerance=options.get("tolerance", 1.0) if auto else 1.0,
+        tolerance=options.get("tolerance", 1.0) if auto or options.get("grow") == AUTO else 1.0,
         auto_trials=options.get("auto_trials", 3) if auto else 3, name=task.name,
         classes=task.classes, data_root=options.get("data_root"),
         val_fraction=options.get("val_fraction", 0.1),

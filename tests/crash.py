@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from packtool import Pack, lifecycle, loop
+from packtool import Pack, lifecycle, loop, phases
 from packtool.cli.main import main
 from packtool.formats import checkpoint, model_file
 
@@ -94,7 +94,7 @@ def install(kill: str | None = None, trace: Path | None = None) -> None:
 
     loop.FrozenWeightGuard.restore = restore_or_die
 
-    assign = lifecycle.assign_owners
+    assign = phases.assign_owners
 
     def assign_or_die(*args, **kwargs):
         owners = assign(*args, **kwargs)
@@ -103,7 +103,7 @@ def install(kill: str | None = None, trace: Path | None = None) -> None:
         event("prune")
         return owners
 
-    lifecycle.assign_owners = assign_or_die
+    phases.assign_owners = assign_or_die
     _wrap(lifecycle, "_report_trial", lambda: event("trial"))
     _wrap(lifecycle, "_finish_trial", lambda: event("finish"))
 

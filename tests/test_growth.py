@@ -281,3 +281,75 @@ def test_the_archive_and_the_multi_task_onnx_refuse_a_grown_pack(tmp_path):
     with pytest.raises(PackToolError, match="grew"):
         export_multi_task(grown, tmp_path / "all.onnx")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# --grow auto
+# ------------------------------------------------------------------------------------------------
+
+
+def test_auto_does_not_grow_a_network_the_task_fits():
+    """Two easy classes on a roomy MLP: growing gains nothing over the tolerance."""
+    config = TrainConfig(epochs=6, finetune_epochs=1, lr=0.05, finetune_lr=0.01, device="cpu")
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 64})
+    pack, _ = add_task(pack, "t1", synthetic_task(2, seed=0), 0.5, config)
+    new, result = add_task(pack, "t2", synthetic_task(2, seed=1, n=240), 0.5, config,
+                           grow="auto", tolerance=1.0)
+    assert result.grow_search[0]["val_accuracy"] == 1.0
+    assert result.widths is None and new.widths == {}
+    assert [s["grow"] for s in result.grow_search] == [0.0, 0.25]
+    assert new.task("t2").grow_search == result.grow_search
+
+
+def test_auto_grows_a_network_too_small_for_the_task():
+    """Task 1 kept every weight: the network is full, and only growing gives task 2 room."""
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 4})
+    pack, _ = add_task(pack, "t1", synthetic_task(2, seed=0), 0.0, CONFIG)
+    assert pack.free_weights == 0
+    with pytest.raises(CapacityError, match="grow"):
+        add_task(pack, "t2", synthetic_task(6, seed=1), 0.5, CONFIG)
+    config = TrainConfig(epochs=4, finetune_epochs=1, lr=0.05, finetune_lr=0.01, device="cpu")
+    new, result = add_task(pack, "t2", synthetic_task(6, seed=1, n=240), 0.5, config,
+                           grow="auto", max_size=3.0)
+    assert result.grow_search[0] == {"grow": 0.0, "val_accuracy": None}  # no room as it is
+    assert new.widths and new.widths == result.widths
+    assert len(new.shared) == len(pack.shared)
+    weights = [sum(v.numel() for v in p.shared.values()) for p in (new, pack)]
+    assert weights[0] <= 3.0 * weights[1]
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(new.model_for("t1")(x), pack.model_for("t1")(x))
+
+
+def test_auto_never_passes_max_size():
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 4})
+    pack, _ = add_task(pack, "t1", synthetic_task(2, seed=0), 0.0, CONFIG)
+    new, result = add_task(pack, "t2", synthetic_task(6, seed=1), 0.5, CONFIG, grow="auto",
+                           tolerance=0.0, max_size=1.3)
+    original = sum(v.numel() for v in pack.shared.values())
+    assert sum(v.numel() for v in new.shared.values()) <= 1.3 * original
+    assert all(s["grow"] <= 0.25 for s in result.grow_search)
+
+
+@pytest.mark.slow
+def test_an_auto_growth_killed_after_its_trials_resumes_bit_identical(tmp_path):
+    args = [a if a != "0.5" or i != GROW_ARGS.index("--grow") + 1 else "auto"
+            for i, a in enumerate(GROW_ARGS)]
+    reference, killed = tmp_path / "ref.pt", tmp_path / "killed.pt"
+    _cli_pack(reference)
+    killed.write_bytes(reference.read_bytes())
+    trace = tmp_path / "trace"
+    assert forked(["add-task", str(reference), *args], out=tmp_path / "ref.json",
+                  trace=trace) == 0
+    ref = json.loads((tmp_path / "ref.json").read_text())
+    assert len(ref["grow_search"]) >= 2
+    # The last event is the last checkpoint write, after every optimizer step: ten steps
+    # before it, the run is fine-tuning, after its trials.
+    steps = int(trace.read_text().splitlines()[-1].split()[1])
+    assert forked(["add-task", str(killed), *args], kill=f"step:{steps - 10}",
+                  out=tmp_path / "killed.json") == -9
+    assert forked(["add-task", str(killed), *args, "--resume"],
+                  out=tmp_path / "resumed.json") == 0
+    assert_same_pack(Pack.load(killed), Pack.load(reference))
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed["grow_search"] == ref["grow_search"]

@@ -1,0 +1,100 @@
+"""The steps of an add-task on its :class:`~packtool.training.Training`: a phase of epochs
+(training or fine-tuning) that keeps the best epoch on validation, and pruning.
+:mod:`packtool.lifecycle` puts them in order."""
+
+from __future__ import annotations
+
+import torch
+
+from .evaluation import Measurement
+from .formats.checkpoint import Checkpoint
+from .loop import BestEpoch, FrozenWeightGuard, make_optimizer, make_scheduler, train_epoch
+from .method import Phase, assign_owners, select_all, with_masks
+from .training import Training
+
+
+def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: int,
+           start: Checkpoint | None = None, include_start: bool = False,
+           stop_at: float | None = None) -> tuple[float, Checkpoint | None]:
+    """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy and, with
+    ``stop_at``, where the phase ended, as a checkpoint held in memory.
+
+    With ``stop_at`` the phase stops early, paused, once its best validation accuracy reaches
+    ``stop_at``; ``run_phase`` from that checkpoint finishes it exactly as if it had not stopped.
+    """
+    if start is not None:  # a checkpoint stores no masks: select_all derives them
+        t.net.load_state_dict(with_masks(start.net, t.net))
+    select_all(t.net, t.task, phase)
+    if epochs == 0:
+        return t.evaluate(t.data.val).accuracy, None
+    guard = FrozenWeightGuard(list(t.packed.values()), t.task, phase)
+    optimizer = make_optimizer(guard.trainable_weights() + t.head_and_private(), t.config, lr)
+    scheduler = make_scheduler(optimizer, decay_every)
+    best, epoch = BestEpoch(), 0
+    if start is not None:
+        best = BestEpoch(Measurement(start.best_val, start.best_val_loss),
+                         None if start.best_state is None else with_masks(start.best_state, t.net))
+        epoch = start.epoch
+        t.restore(start, optimizer, scheduler)
+    elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate
+        best.offer(t.evaluate(t.data.val), t.net)
+        t.save(phase, 0, optimizer, scheduler, best)
+    t.progress.phase_start(phase.value, epochs, len(t.loader))
+    while epoch < epochs and not (stop_at is not None and best.score is not None
+                                  and best.score.accuracy >= stop_at):
+        epoch += 1
+        if t.sampler is not None:  # a different shuffle for every epoch of both phases
+            t.sampler.set_epoch(epoch if phase is Phase.TRAIN else 10_000 + epoch)
+        t.train_mode()
+        loss, acc = train_epoch(t.model, t.loader, optimizer, device=t.device,
+                                after_step=guard.restore, world=t.world, progress=t.progress,
+                                precision=t.precision)
+        t.sync()
+        if scheduler is not None:
+            scheduler.step()
+        val = t.evaluate(t.data.val)
+        t.progress.epoch_end(epoch, loss, acc, val.accuracy)
+        best.offer(val, t.net)
+        t.save(phase, epoch, optimizer, scheduler, best)
+    end = None if stop_at is None else t.checkpoint_of(phase, epoch, optimizer, scheduler, best,
+                                                       keep=True)
+    t.progress.phase_end(phase.value)
+    best.restore(t.net)
+    assert best.score is not None  # epochs >= 1 ran, or a checkpoint had one
+    return best.score.accuracy, end
+
+
+def prune_measured(t: Training, ratio: float, reserve: int) -> None:
+    """:func:`prune`, with the test accuracy before and after it in ``t.metrics`` (measured
+    once when pruning changed no weight: the network is the same)."""
+    t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
+    changed = prune(t, ratio, reserve)
+    t.metrics["accuracy_after_prune"] = (t.evaluate(t.data.test).accuracy if changed
+                                         else t.metrics["accuracy_before_prune"])
+
+
+@torch.no_grad()
+def prune(t: Training, ratio: float, reserve: int = 0) -> int:
+    """Release ``ratio`` of the trained weights (more where ``reserve`` needs room) and zero
+    them; with a reserve, ``t.metrics`` counts the layers it raised. Returns how many weights
+    this changed (released ones that were not zero already)."""
+    weights = {k: m.get_parameter(n + "_orig") for k, (m, n) in t.packed.items()}
+    owners = {k: m.get_buffer(n + "_owners") for k, (m, n) in t.packed.items()}
+    scope = t.config.prune_scope
+    new_owners = assign_owners(weights, owners, t.task, ratio, scope, reserve)
+    if reserve:
+        plain = assign_owners(weights, owners, t.task, ratio, scope)
+        raised = sum(int((new_owners[k] == 0).sum()) > int((plain[k] == 0).sum())
+                     for k in t.packed)
+        t.metrics["reserve_raised_layers"] = raised
+        if raised:
+            t.progress.message(f"reserve {reserve}: released more than ratio {ratio:g} in "
+                               f"{raised} of {len(t.packed)} layers to leave room")
+    if t.pack.free_init == "kept":  # kept aside for the next task: the weights stay zero
+        t.released = {k: weights[k][new_owners[k] == 0].detach().clone() for k in t.packed}
+    zeroed = sum(int(((new_owners[k] == 0) & (weights[k] != 0)).sum()) for k in t.packed)
+    for key in t.packed:
+        owners[key].copy_(new_owners[key])
+        weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
+    t.sync()  # deterministic already; broadcasting makes it so by construction
+    return zeroed
