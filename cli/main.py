@@ -124,6 +124,10 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--max-size", type=params.FiniteRange(min=1), metavar="X",
               help="With --grow: the network's prunable weights at most X times their original "
                    "number [default: 2].")
+@click.option("--refit", is_flag=True,
+              help="Then train the task again from the start on training + validation images, "
+                   "with the ratio and epoch counts chosen on validation (about twice the "
+                   "time; for small datasets).")
 @click.option("--task", "name", metavar="NAME",
               help="Task name [default: DATA plus the classes, e.g. digits-0-1].")
 @click.option("--classes", callback=params.classes, metavar="LIST",
@@ -180,7 +184,7 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @params.json_option
 def add_task(model: Path, data: str, prune: float | str, tolerance: float | None,
              auto_trials: int | None, reserve: int | None, grow: float | str | None,
-             max_size: float | None, name: str | None,
+             max_size: float | None, refit: bool, name: str | None,
              classes: list[int] | None, data_root: str | None, val_fraction: float,
              skip_bad_images: bool, checkpoint_every: float, resume: bool, restart: bool,
              as_json: bool, **options: Any) -> None:
@@ -200,7 +204,8 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
     settings = {k: v for k, v in options.items() if v is not None}  # unset: the pack decides
     planner = {"tolerance": 1.0 if tolerance is None else tolerance,
                "auto_trials": 3 if auto_trials is None else auto_trials,
-               "grow": grow, **({"max_size": max_size} if max_size is not None else {})}
+               "grow": grow, **({"max_size": max_size} if max_size is not None else {}),
+               "refit": refit}
     click.get_current_context().meta["interrupted"] = (
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )

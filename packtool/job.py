@@ -31,7 +31,7 @@ from .distributed import World
 from .errors import PackToolError, TaskError
 from .fileio import file_lock
 from .formats import model_file
-from .formats.checkpoint import Checkpoint, checkpoint_path
+from .formats.checkpoint import Checkpoint, checkpoint_path, refit_checkpoint
 from .formats.weights import read_weights
 from .growth import DEFAULT_MAX_SIZE
 from .lifecycle import add_task
@@ -50,12 +50,13 @@ def add_task_to_file(
     classes: Sequence[int] | None = None, data_root: str | os.PathLike | None = None,
     val_fraction: float = 0.1, skip_bad_images: bool = False, checkpoint_every: float = 0.0,
     resume: bool = False, restart: bool = False, progress: Progress | None = None,
-    grow: float | None = None, max_size: float = DEFAULT_MAX_SIZE,
+    grow: float | str | None = None, max_size: float = DEFAULT_MAX_SIZE, refit: bool = False,
 ) -> tuple[Pack, TaskResult] | None:
     """Add a task to the pack in ``model`` and save it; see the module docstring.
 
     Without ``config``, the schedule follows the pack (:func:`packtool.config.schedule`) with
-    ``settings`` on top. The pruning and growth arguments are :func:`~.lifecycle.add_task`'s, the
+    ``settings`` on top. The pruning, growth and refit arguments are
+    :func:`~.lifecycle.add_task`'s, the
     data ones :func:`packtool.data.load_task_data`'s (split seeded with ``config.seed``; every
     file's header is checked first, and ``skip_bad_images`` leaves unreadable ones out).
     ``resume`` continues the add-task interrupted in this file's checkpoint, ``restart``
@@ -89,11 +90,12 @@ def add_task_to_file(
                                 reserve=reserve, tolerance=tolerance, auto_trials=auto_trials,
                                 progress=progress, checkpoint=ckpt,
                                 checkpoint_every=checkpoint_every, resume=resume,
-                                grow=grow, max_size=max_size)
+                                grow=grow, max_size=max_size, refit=refit)
         with _agreed(world, device):
             if main:
                 model_file.save(pack, model)
                 ckpt.unlink(missing_ok=True)
+                refit_checkpoint(ckpt).unlink(missing_ok=True)
     return (pack, result) if main else None
 
 
@@ -142,6 +144,8 @@ def _clear_checkpoint(ckpt: Path, pack: Pack, restart: bool) -> None:
     A run that saved MODEL but died before deleting its checkpoint leaves one behind; its task
     is already in the pack, so nothing can be resumed from it.
     """
+    if restart:  # a refit's checkpoint goes with its first pass's
+        refit_checkpoint(ckpt).unlink(missing_ok=True)
     if not ckpt.exists():
         return
     if restart:
@@ -153,6 +157,7 @@ def _clear_checkpoint(ckpt: Path, pack: Pack, restart: bool) -> None:
         if isinstance(index, int) and index <= len(pack.tasks) \
                 and pack.tasks[index - 1].name == task:
             ckpt.unlink()
+            refit_checkpoint(ckpt).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

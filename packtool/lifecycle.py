@@ -35,11 +35,11 @@ from torch import Tensor
 from . import distributed
 from .choices import AUTO
 from .config import TrainConfig, resolve_device, schedule
-from .data import TaskData
+from .data import TaskData, with_validation_in_training
 from .errors import DataError
 from .evaluation import evaluate
 from .formats import model_file
-from .formats.checkpoint import Checkpoint, resume_point
+from .formats.checkpoint import Checkpoint, refit_checkpoint, resume_point
 from .growth import DEFAULT_MAX_SIZE, choose_growth, plan_growth
 from .loop import (
     RngState,
@@ -71,7 +71,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
              auto_trials: int = 3, progress: Progress | None = None,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 0.0,
              resume: bool = False, grow: float | str | None = None,
-             max_size: float = DEFAULT_MAX_SIZE) -> tuple[Pack, TaskResult]:
+             max_size: float = DEFAULT_MAX_SIZE, refit: bool = False
+             ) -> tuple[Pack, TaskResult]:
     """Add task ``name`` to ``pack``: the PackNet lifecycle (see the module docstring).
 
     ``config`` defaults to the paper's schedule for a pretrained network, else to learning
@@ -92,7 +93,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
 
     ``grow`` first widens the network (:mod:`packtool.growth`) by that fraction, or ``"auto"``
     as far as it gains over ``tolerance`` validation points, to at most ``max_size`` times its
-    original prunable weights; earlier tasks run exactly as before.
+    original prunable weights; earlier tasks run exactly as before. ``refit`` then trains the
+    task again on training and validation images with the choices made on validation.
     """
     config, note = (config, None) if config is not None else schedule(pack.pretrained, settings)
     pruning = Pruning(prune, planned_reserve(pack.planned_tasks, len(pack.tasks))
@@ -114,17 +116,70 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     # Before the task's network is made: it trains at the new widths.
     pack, grow_search = (_grow(pack, name, data, config, grow, max_size, tolerance, progress)
                          if grow else (pack, []))
+    run = _Run(task, name, data, config, device, world, progress,
+               checkpoint if main else None, checkpoint_every)  # one writer
     start = resume_point(checkpoint, resume, identity, progress.message)
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        t = prepare(pack, task, data, config, device, world, progress)
-        t.checkpoint, t.identity = (checkpoint if main else None), identity  # one writer
-        t.checkpoint_every = checkpoint_every
-        decision, metrics = _train_prune_finetune(t, pruning, start)
-        new = _freeze(t, name, decision, metrics)
+    new, decision, metrics = _train_and_freeze(run, pack, pruning, identity, start)
+    if refit:  # the choices made on validation, then trained on training + validation
+        new, metrics = _refit(run, pack, decision, metrics, pruning.reserve, identity, resume)
     new.tasks[-1].grow_search = grow_search
-    _measure_frozen(new, data, metrics, bool(config.finetune_epochs), device, world)
+    _measure_frozen(new, run.data, metrics, bool(run.config.finetune_epochs), device, world)
     return new, _result(new, decision, metrics, time.perf_counter() - started)
+
+
+@dataclass
+class _Run:
+    """What one add-task's passes share (its refit trains on other data and epochs)."""
+
+    task: int
+    name: str
+    data: TaskData
+    config: TrainConfig
+    device: torch.device
+    world: Any
+    progress: Progress
+    checkpoint: str | os.PathLike | None
+    checkpoint_every: float
+
+
+def _train_and_freeze(run: _Run, pack: Pack, pruning: Pruning, identity: dict[str, Any],
+                      start: Checkpoint | None, keep_last: bool = False
+                      ) -> tuple[Pack, Decision, dict[str, float]]:
+    """Steps 1-5 on ``pack`` (see the module docstring); ``keep_last``: every phase keeps its
+    last epoch, not its best on validation."""
+    with torch.random.fork_rng(devices=[run.device.index or 0]
+                               if run.device.type == "cuda" else []):
+        torch.manual_seed(run.config.seed)
+        t = prepare(pack, run.task, run.data, run.config, run.device, run.world, run.progress)
+        t.checkpoint, t.identity = run.checkpoint, identity
+        t.checkpoint_every, t.keep_last = run.checkpoint_every, keep_last
+        decision, metrics = _train_prune_finetune(t, pruning, start)
+        return _freeze(t, run.name, decision, metrics), decision, metrics
+
+
+def _refit(run: _Run, pack: Pack, decision: Decision, metrics: dict[str, float], reserve: int,
+           identity: dict[str, Any], resume: bool) -> tuple[Pack, dict[str, float]]:
+    """The task trained again from the start on training + validation images, with the ratio
+    and the epoch counts (the epochs kept) the first pass chose on validation; each phase
+    keeps its last epoch. Checkpointed beside the first pass's checkpoint."""
+    epochs = (int(metrics.get("best_epoch_train", run.config.epochs)),
+              int(metrics.get("best_epoch_finetune", run.config.finetune_epochs)))
+    config = replace(run.config, epochs=epochs[0], finetune_epochs=epochs[1])
+    run.progress.message(f"refit: training again on training + validation images, prune "
+                         f"{decision.ratio:g}, {epochs[0]} + {epochs[1]} epochs")
+    again = replace(run, data=with_validation_in_training(run.data), config=config,
+                    checkpoint=refit_checkpoint(run.checkpoint) if run.checkpoint else None)
+    identity = {**identity, "refit": {"prune": decision.ratio, "epochs": list(epochs)}}
+    found = again.checkpoint is not None and os.path.exists(again.checkpoint)
+    start = resume_point(again.checkpoint, resume and found, identity, run.progress.message)
+    fixed = Pruning(decision.ratio, reserve)
+    new, _, refitted = _train_and_freeze(again, pack, fixed, identity, start, keep_last=True)
+    record = new.tasks[-1]  # the first pass's choice, and how it was made
+    record.prune_reason = decision.reason
+    record.prune_search = [c.to_dict() for c in decision.search or []]
+    record.hparams = {**record.hparams, "refit": True}
+    return new, {**refitted, "val_accuracy": metrics["val_accuracy"],
+                 "refit_val_accuracy": refitted["val_accuracy"]}
 
 
 def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: float | str,

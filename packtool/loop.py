@@ -150,6 +150,11 @@ class BestEpoch:
             self.score, self.state = score, snapshot(model)
         return self.current
 
+    def take(self, score: Measurement, model: nn.Module) -> bool:
+        """Keep ``model``'s state whatever ``score`` is."""
+        self.current, self.score, self.state = True, score, snapshot(model)
+        return True
+
     def restore(self, model: nn.Module) -> None:
         if self.state is not None:
             model.load_state_dict(self.state)

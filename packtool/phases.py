@@ -22,10 +22,14 @@ def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: in
     With ``stop_at`` the phase stops early, paused, once its best validation accuracy reaches
     ``stop_at``; ``run_phase`` from that checkpoint finishes it exactly as if it had not stopped.
     """
+    kept_at = f"best_epoch_{phase.value}"  # the epoch kept, for a refit (t.metrics)
     if start is not None:  # a checkpoint stores no masks: select_all derives them
         t.net.load_state_dict(with_masks(start.net, t.net))
+        if kept_at in start.metrics:
+            t.metrics[kept_at] = start.metrics[kept_at]
     select_all(t.net, t.task, phase)
     if epochs == 0:
+        t.metrics[kept_at] = 0
         return t.evaluate(t.data.val).accuracy, None
     guard = FrozenWeightGuard(list(t.packed.values()), t.task, phase)
     optimizer = make_optimizer(guard.trainable_weights() + t.head_and_private(), t.config, lr)
@@ -37,7 +41,8 @@ def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: in
         epoch = start.epoch
         t.restore(start, optimizer, scheduler)
     elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate
-        best.offer(t.evaluate(t.data.val), t.net)
+        if best.offer(t.evaluate(t.data.val), t.net):
+            t.metrics[kept_at] = 0
         t.save(phase, 0, optimizer, scheduler, best)
     t.progress.phase_start(phase.value, epochs, len(t.loader))
     while epoch < epochs and not (stop_at is not None and best.score is not None
@@ -54,7 +59,9 @@ def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: in
             scheduler.step()
         val = t.evaluate(t.data.val)
         t.progress.epoch_end(epoch, loss, acc, val.accuracy)
-        best.offer(val, t.net)
+        # A refit has no validation split of its own: it keeps its last epoch.
+        if best.offer(val, t.net) or (t.keep_last and best.take(val, t.net)):
+            t.metrics[kept_at] = epoch
         t.save(phase, epoch, optimizer, scheduler, best)
     end = None if stop_at is None else t.checkpoint_of(phase, epoch, optimizer, scheduler, best,
                                                        keep=True)

@@ -34,7 +34,7 @@ else:  # pragma: no cover - Python 3.10
 #: ``[network]`` keys: ``packtool init``'s options.
 NETWORK_KEYS = ("arch", "input_size", "weights", "kwargs", "policy", "free_init")
 #: How a task's prune ratio is chosen (:func:`packtool.lifecycle.add_task`).
-PRUNING_KEYS = ("prune", "reserve", "tolerance", "auto_trials", "grow", "max_size")
+PRUNING_KEYS = ("prune", "reserve", "tolerance", "auto_trials", "grow", "max_size", "refit")
 #: How a task's data is read (:func:`packtool.data.load_task_data`).
 DATA_KEYS = ("classes", "data_root", "val_fraction", "skip_bad_images")
 #: The training settings (:class:`packtool.config.TrainConfig`).
@@ -187,7 +187,8 @@ def _options(table: Mapping[str, Any], where: str, base: Path | None) -> dict[st
     for key, kind in (*_TRAIN_KINDS, ("reserve", int), ("auto_trials", int),
                       ("tolerance", float), ("max_size", float),
                       ("val_fraction", float),
-                      ("checkpoint_every", float), ("skip_bad_images", bool)):
+                      ("checkpoint_every", float), ("skip_bad_images", bool),
+                      ("refit", bool)):
         if key in options and not _is(options[key], kind):
             raise PlanError(f"{where}: `{key}` must be {kind.__name__}, got "
                             f"{options[key]!r}")

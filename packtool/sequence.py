@@ -144,7 +144,8 @@ def _add(model: Path, task: PlanTask, progress: Progress | None) -> Any:
         skip_bad_images=options.get("skip_bad_images", False),
         checkpoint_every=60 * options.get("checkpoint_every", 0),
         resume=checkpoint_path(model).exists(), progress=progress,
-        grow=options.get("grow"), max_size=options.get("max_size", DEFAULT_MAX_SIZE))
+        grow=options.get("grow"), max_size=options.get("max_size", DEFAULT_MAX_SIZE),
+        refit=options.get("refit", False))
 
 
 def _reference(plan: Plan, task: PlanTask) -> float:

@@ -55,6 +55,7 @@ class Training:
     search: dict[str, Any] | None = None  # an auto search under way (saved in checkpoints)
     released: dict[str, Tensor] | None = None  # trained values of what the prune released
     checkpoint_every: float = 0.0  # seconds between checkpoints (0: after every epoch)
+    keep_last: bool = False  # a refit: every phase keeps its last epoch, not its best
     last_saved: float = field(default_factory=time.monotonic)
     precision: MixedPrecision = field(default_factory=MixedPrecision)
     loaders: dict[int, DataLoader] = field(default_factory=dict)  # evaluation, by dataset

@@ -353,3 +353,59 @@ def test_an_auto_growth_killed_after_its_trials_resumes_bit_identical(tmp_path):
     assert_same_pack(Pack.load(killed), Pack.load(reference))
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["grow_search"] == ref["grow_search"]
+
+
+# ------------------------------------------------------------------------------------------------
+# --refit
+# ------------------------------------------------------------------------------------------------
+
+REFIT_CONFIG = TrainConfig(epochs=5, finetune_epochs=3, lr=0.05, finetune_lr=0.01, device="cpu")
+
+
+def test_refit_trains_on_validation_too_with_the_choices_made_on_it():
+    base = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    data = synthetic_task(3, seed=0, n=120)
+    chosen, first = add_task(base, "t", data, 0.5, REFIT_CONFIG)
+    refit, result = add_task(base, "t", data, 0.5, REFIT_CONFIG, refit=True)
+    record = refit.task("t")
+    epochs = (chosen.task("t").metrics["best_epoch_train"],
+              chosen.task("t").metrics["best_epoch_finetune"])
+    # The refit ran exactly the epochs the first pass kept, and kept its last ones.
+    assert (record.metrics["best_epoch_train"], record.metrics["best_epoch_finetune"]) == epochs
+    assert record.hparams["refit"] is True and result.prune == first.prune == 0.5
+    assert result.val_accuracy == first.val_accuracy  # the choice's validation accuracy
+    # Another network than the first pass's: trained on more images.
+    assert any(not torch.equal(refit.shared[k], chosen.shared[k]) for k in refit.shared)
+
+
+def test_refit_joins_validation_images_to_the_training_split():
+    from packtool.data import load_task_data, with_validation_in_training
+
+    pack = Pack.create("lenet", (1, 8, 8), kwargs={"width": 4})
+    data = load_task_data("digits", pack.preprocess, classes=[0, 1], seed=0)
+    joined = with_validation_in_training(data)
+    assert len(joined.train) == len(data.train) + len(data.val)
+    assert set(joined.train.indices) == set(data.train.indices) | set(data.val.indices)
+    assert joined.val is data.val and joined.test is data.test
+    _, label = joined.train[len(data.train)]  # a validation image, read as a training one
+    assert label == data.val[0][1]
+
+
+@pytest.mark.slow
+def test_a_refit_killed_mid_way_resumes_bit_identical(tmp_path):
+    args = [*GROW_ARGS[:GROW_ARGS.index("--grow")], *GROW_ARGS[GROW_ARGS.index("--epochs"):],
+            "--refit"]
+    reference, killed = tmp_path / "ref.pt", tmp_path / "killed.pt"
+    _cli_pack(reference)
+    killed.write_bytes(reference.read_bytes())
+    trace = tmp_path / "trace"
+    assert forked(["add-task", str(reference), *args], out=tmp_path / "ref.json",
+                  trace=trace) == 0
+    # Ten optimizer steps before the end: the refit's fine-tuning.
+    steps = int(trace.read_text().splitlines()[-1].split()[1])
+    assert forked(["add-task", str(killed), *args], kill=f"step:{steps - 10}",
+                  out=tmp_path / "killed.json") == -9
+    assert forked(["add-task", str(killed), *args, "--resume"],
+                  out=tmp_path / "resumed.json") == 0
+    assert_same_pack(Pack.load(killed), Pack.load(reference))
+    assert not list(tmp_path.glob("*.ckpt*"))

@@ -33,7 +33,8 @@ from .._lazy import exports
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".layout": ("ENV_ROOT", "IMAGE_EXTENSIONS", "DatasetInfo", "dataset_root"),
     ".preprocess": ("Preprocess", "read_image"),
-    ".registry": ("DATASETS", "TaskData", "load_task_data", "task_data"),
+    ".registry": ("DATASETS", "TaskData", "load_task_data", "task_data",
+                  "with_validation_in_training"),
     ".sampling": ("EpochSampler", "SeededSamples"),
     ".sources": ("ImageArray", "ImageFiles", "TaskSplit", "cache_splits", "in_memory"),
     ".transforms": ("ImageTransform",),

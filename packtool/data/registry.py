@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import DataError
 from ..parse import parse_classes
@@ -54,6 +54,15 @@ class TaskData:
     spec: dict
     augment: bool
     skipped: list[str] = field(default_factory=list)
+
+
+def with_validation_in_training(data: TaskData) -> TaskData:
+    """``data`` whose training split also holds the validation images (read as training
+    images, augmented alike), for a refit; ``val`` and ``test`` unchanged."""
+    train, val = data.train, data.val
+    joined = (train.joined(val) if isinstance(train, TaskSplit) and isinstance(val, TaskSplit)
+              and train.source is val.source else ConcatDataset([train, val]))
+    return replace(data, train=joined)
 
 
 def task_data(pack: Pack, task: str | int, *, root: str | os.PathLike | None = None

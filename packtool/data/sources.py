@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -141,6 +142,17 @@ class TaskSplit(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def joined(self, other: TaskSplit) -> TaskSplit:
+        """This split's samples then ``other``'s (same source), read with this split's
+        transform (a refit trains on validation images as on training ones)."""
+        if other.source is not self.source:
+            raise ValueError("splits of different sources cannot be joined")
+        split = copy.copy(self)
+        split.indices = np.concatenate([self.indices, other.indices])
+        split.labels = np.concatenate([self.labels, other.labels])
+        split.cached = None
+        return split
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if self.cached is not None:  # decoded and resized once; the random part every time

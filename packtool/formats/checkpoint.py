@@ -42,6 +42,12 @@ def checkpoint_path(model: str | os.PathLike) -> Path:
     return model.with_name(model.name + ".add-task.ckpt")
 
 
+def refit_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """Where a refit (``add-task --refit``) keeps its checkpoint: beside the first pass's."""
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".refit")
+
+
 @dataclass
 class Checkpoint:
     """The state of an add-task at the end of an epoch (see the module docstring); ``identity``
