@@ -238,11 +238,12 @@ def test_cli_grow_reports_the_widths_and_info_lists_them(tmp_path):
     assert "Grown widths (units now): 1 24, 3 24" in invoke("info", model).stdout
     text = invoke("info", model, "--growable").stdout
     assert "Growable widths" in text and "1 -> 3" in text
-    # Its tasks export one by one; --all writes them and says why there is no archive.
     result = invoke("export", model, "--all", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.stderr
-    assert "No archive: the network grew" in result.stdout
-    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".onnx", ".onnx"]
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [
+        ".onnx", ".onnx", ".safetensors"]
+    assert json.loads(invoke("info", tmp_path / "out" / "pack.safetensors", "--json").stdout)[
+        "widths"] == {"1": 24, "3": 24}
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -271,13 +272,35 @@ def test_a_growth_killed_mid_training_resumes_bit_identical(tmp_path):
     assert_same_pack(Pack.load(killed), Pack.load(reference))
 
 
-def test_the_archive_and_the_multi_task_onnx_refuse_a_grown_pack(tmp_path):
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "mlp" else pytest.mark.slow)
+                                  for n in ("mlp", "lenet", "resnet18")])
+def test_the_archive_of_a_grown_pack_serves_every_task_as_before(name, tmp_path):
+    from safetensors import safe_open
+
+    from packtool.exporters import read_archive, write_archive
+
+    before, grown = _grown_pair(name)
+    path = tmp_path / "pack.safetensors"
+    write_archive(grown, path)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format_version"] == "5"
+    archive = read_archive(path)
+    assert archive.widths == grown.widths and archive.task("t1").widths == {}
+    x = torch.randn(4, *NETS[name][1])
+    with torch.no_grad():
+        for task in ("t1", "t2"):
+            assert torch.equal(archive.model_for(task)(x), grown.model_for(task)(x))
+        assert torch.equal(archive.model_for("t1")(x), before.model_for("t1")(x))
+    write_archive(before, tmp_path / "before.safetensors")  # never grown: format 4 as before
+    with safe_open(str(tmp_path / "before.safetensors"), "pt") as f:
+        assert f.metadata()["format_version"] == "4"
+
+
+def test_the_multi_task_onnx_refuses_a_grown_pack(tmp_path):
     from packtool.errors import PackToolError
-    from packtool.exporters import export_multi_task, write_archive
+    from packtool.exporters import export_multi_task
 
     _, grown = _grown_pair("mlp")
-    with pytest.raises(PackToolError, match="grew"):
-        write_archive(grown, tmp_path / "pack.safetensors")
     with pytest.raises(PackToolError, match="grew"):
         export_multi_task(grown, tmp_path / "all.onnx")
     assert not list(tmp_path.iterdir())

@@ -34,8 +34,7 @@ def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
         stems = task_filenames(pack.task_names)
         _refuse_overwriting(model, [Path(out) / f"{s}.onnx" for s in stems]
                             + [Path(out) / ARCHIVE_NAME])
-        # A grown network has no archive (one shape per layer): its tasks' ONNX files only.
-        files, written = export_all(pack, out, archive=not pack.widths, dense=dense, **onnx)
+        files, written = export_all(pack, out, archive=True, dense=dense, **onnx)
     elif multi_task:
         assert out is not None
         _refuse_overwriting(model, [Path(out)])
@@ -59,12 +58,8 @@ def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
         doc["archive"]["half_precision"] = [c.to_dict() for c in changes]
     if as_json:
         print_json(doc)
-        return
-    console = console_for()
-    render.show_export(console, doc)
-    if all_tasks and written is None:
-        console.print("No archive: the network grew (add-task --grow), and the archive holds "
-                      "one shape per layer.", markup=False)
+    else:
+        render.show_export(console_for(), doc)
 
 
 def _refuse_overwriting(model: Path, targets: list[Path]) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor
 from .._version import __version__
 from ..errors import PackFormatError, PackToolError, TaskError, one_line
 from ..fileio import atomic_write_bytes
+from ..growth import growable_widths, widen
 from ..method import FREE, MAX_TASKS
 from ..models import ArchSpec, build_network
 from ..pack import Pack
@@ -37,7 +38,7 @@ from .model_file import pack_fields, pack_options
 from .owner_code import decode_owners, encode_owners, owner_bits, unpack_bits
 
 FORMAT = "packtool.archive"
-FORMAT_VERSION = 4  # the newest version this packtool reads and writes
+FORMAT_VERSION = 5  # the newest version this packtool reads and writes
 
 # safetensors' dtype codes: part of the checksum, so the spec does not depend on torch's names.
 DTYPE_CODES: dict[torch.dtype, str] = {
@@ -92,9 +93,6 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
     """The archive's tensors (CPU, contiguous) and metadata, checksum included."""
     if not pack.tasks:
         raise PackToolError("the pack has no tasks yet: there is nothing to archive")
-    if pack.widths:
-        raise PackToolError("the archive holds one shape per layer, and this network grew "
-                            "(add-task --grow): export its tasks to ONNX one by one instead")
     bits = owner_bits(len(pack.tasks))
     store = _Storage(half)
     tensors: dict[str, Tensor] = {}
@@ -119,7 +117,8 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
     shared_fields = {k: v if isinstance(v, str) else _json(v) for k, v in pack_fields(pack).items()}
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),  # the owner coding needs format 4
+        # The owner coding needs format 4; a grown network's widths, format 5.
+        "format_version": str(FORMAT_VERSION if pack.widths else 4),
         "owner_coding": "ans",
         **shared_fields,
         **({"pretrained": "true"} if pack.pretrained else {}),
@@ -274,7 +273,8 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
     if coding not in ("bits", "ans"):
         raise ValueError(f"unknown owner coding {coding!r}")
     if coding == "ans":  # decoding allocates what the file says: check it against the network
-        _check_layer_shapes(ArchSpec.from_dict(json.loads(metadata["spec"])), layers)
+        _check_layer_shapes(ArchSpec.from_dict(json.loads(metadata["spec"])), layers,
+                            metas[-1].get("widths", {}))
     for key, shape in layers:
         numel = math.prod(shape)  # unpack_bits checks it against the stored bytes first
         own = (decode_owners(tensors[f"owners/{key}"], tensors[f"owner_counts/{key}"], numel)
@@ -304,11 +304,15 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
                                     if "planned_tasks" in metadata else {})}))
 
 
-def _check_layer_shapes(spec: ArchSpec, layers: list) -> None:
-    """Every recorded layer is a parameter of ``spec``'s network with the recorded shape
-    (built on the meta device: shapes only, no memory)."""
+def _check_layer_shapes(spec: ArchSpec, layers: list, widths: Mapping[str, int]) -> None:
+    """Every recorded layer is a parameter of ``spec``'s network, at the growable ``widths``
+    of its last task, with the recorded shape (built on the meta device: shapes only, no
+    memory; a grown network is traced first, on the CPU)."""
+    found = growable_widths(build_network(spec), spec.input_size) if widths else []
     with torch.device("meta"):
-        shapes = {k: list(p.shape) for k, p in build_network(spec).named_parameters()}
+        net = build_network(spec)
+        widen(net, found, widths)
+        shapes = {k: list(p.shape) for k, p in net.named_parameters()}
     for key, shape in layers:
         if shapes.get(key) != shape:
             raise ValueError(f"layer {key} {shape} is not in the network of {spec.arch}")
