@@ -41,10 +41,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .errors import PackToolError
 from .formats.owner_code import PLANE_BITS, pack_planes
+from .growth import fit
 from .method import tensor_at
-from .models import build_network
 from .pack import Pack
 from .taskfree import feature_distance
 
@@ -74,7 +73,9 @@ class MultiTaskNet(nn.Module):
         anat = pack.anatomy()
         self.tasks = len(pack.tasks)
         self.classes = [len(r.classes) for r in pack.tasks]
-        self.net = build_network(pack.spec).eval()
+        # A grown network at its widest; an earlier task's new units compute zeros (their
+        # weights are masked, their padded private values zero) and are read by masked weights.
+        self.net = pack.build(pack.widths).eval()
         self.net.set_submodule(anat.classifier,
                                nn.Linear(anat.in_features, max(self.classes)).eval())
         # Row b: the bits of byte b, first weight (the high bit) first; stored as bytes (a
@@ -131,8 +132,9 @@ class MultiTaskNet(nn.Module):
         """Key -> ``[T, ...]`` for per-task tensors; shared ones loaded into the network."""
         stacks, shared = {}, {}
         states = [pack.private_state(r) for r in pack.tasks]
+        widest = self.net.state_dict()
         for key in states[0]:
-            values = [s[key].detach().cpu() for s in states]
+            values = [_padded(s[key].detach().cpu(), widest[key].shape) for s in states]
             if not values[0].is_floating_point() or all(torch.equal(values[0], v)
                                                         for v in values[1:]):
                 shared[key] = values[0]
@@ -145,7 +147,9 @@ class MultiTaskNet(nn.Module):
         """Getters of the classifier's weight and bias: the task's rows of tables of every
         task's rows, padded (zero weights, ``-inf`` bias) to the largest class count."""
         heads = [r.head for r in pack.tasks]
-        weight, rows = row_table([h["weight"].detach().cpu().float() for h in heads], 0.0)
+        features = classifier.in_features  # a grown task's, the widest
+        weight, rows = row_table([_padded(h["weight"].detach().cpu().float(),
+                                          (len(h["weight"]), features)) for h in heads], 0.0)
         bias, _ = row_table([h["bias"].detach().cpu().float() if "bias" in h else
                              torch.zeros(h["weight"].shape[0]) for h in heads], -math.inf)
         for name, table in (("weight", weight), ("bias", bias)):
@@ -200,7 +204,9 @@ def _distance_tables(pack: Pack) -> nn.Module | None:
     class counts and scales; ``None`` unless every task has feature statistics."""
     if not all(r.feature_stats for r in pack.tasks):
         return None
-    stats = [{k: v.detach().cpu().float() for k, v in r.feature_stats.items()}
+    features = max(r.head["weight"].shape[1] for r in pack.tasks)  # zero past a task's own
+    stats = [{k: _padded(v.detach().cpu().float(), (len(v), features)) if k != "scale" else
+              v.detach().cpu().float() for k, v in r.feature_stats.items()}
              for r in pack.tasks]
     holder = nn.Module()
     means, class_rows = row_table([s["means"] for s in stats], 0.0)
@@ -212,6 +218,9 @@ def _distance_tables(pack: Pack) -> nn.Module | None:
                         ("classes", counts), ("basis", basis), ("basis_rows", basis_rows),
                         ("scale", torch.stack([s["scale"] for s in stats]))):
         holder.register_buffer(name, value)
+    own = [r.head["weight"].shape[1] for r in pack.tasks]
+    if len(set(own)) > 1:  # a grown network: a distance is per feature of the task's own
+        holder.register_buffer("rescale", torch.tensor([[features / n] for n in own]))
     return holder
 
 
@@ -228,7 +237,13 @@ def _task_distance(tables: nn.Module, f: Tensor, index: Tensor) -> Tensor:
     scale = pick("scale")
     projected = means @ basis.T
     offsets = scale * means.pow(2).sum(1) - projected.pow(2).sum(1) + pick("class_pad")
-    return feature_distance(f, center, basis, scale, means, projected, offsets)
+    distance = feature_distance(f, center, basis, scale, means, projected, offsets)
+    return distance * pick("rescale") if hasattr(tables, "rescale") else distance
+
+
+def _padded(value: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """``value`` in the leading slice of zeros of ``shape`` (a task narrower than the widest)."""
+    return fit(value, value.new_zeros(shape))
 
 
 def _detach(module: nn.Module, name: str) -> None:
@@ -252,12 +267,5 @@ def planes_at_most(planes: Tensor, task_bits: list[Tensor]) -> Tensor:
 
 
 def multi_task_net(pack: Pack) -> MultiTaskNet:
-    """Every task of ``pack`` as one :class:`MultiTaskNet` on the CPU, in eval mode.
-
-    Raises:
-        PackToolError: a pack whose network grew (its tasks have different shapes).
-    """
-    if pack.widths:
-        raise PackToolError("the multi-task network has one shape per layer, and this network "
-                            "grew (add-task --grow): export its tasks to ONNX one by one instead")
+    """Every task of ``pack`` as one :class:`MultiTaskNet` on the CPU, in eval mode."""
     return MultiTaskNet(pack.to("cpu")).eval()
