@@ -273,7 +273,9 @@ def _train_prune_finetune(t: Training, pruning: Pruning, start: Checkpoint | Non
         start = None
         after = _AfterTraining(snapshot(t.net), RngState.capture(t.generator, t.device),
                                reference)
-    elif search is not None:  # resuming inside a search
+    elif search is not None:  # resuming inside a search (trained already: its kept epoch)
+        if "best_epoch_train" in start.metrics:
+            t.metrics["best_epoch_train"] = start.metrics["best_epoch_train"]
         after = _AfterTraining(search["start"], RngState.from_dict(search["rng"]),
                                search["reference"])
     if pruning.auto:
@@ -356,6 +358,9 @@ def _auto(t: Training, pruning: Pruning, after: _AfterTraining, start: Checkpoin
     t.load(after.state, Phase.TRAIN)
     prune_measured(t, decision.ratio, pruning.reserve)
     winner = next(c for c in decision.search if c.ratio == decision.ratio)
+    # The epoch the winner keeps comes from its own paused state (another trial may have run
+    # last); a trial that had run all its epochs paused nowhere: unknown, a refit runs them all.
+    t.metrics.pop("best_epoch_finetune", None)
     finished = _finish_trial(t, decision.state, start if resumed.get("continuing") else None)
     winner.val_finetuned = winner.val_finetuned if finished is None else finished
     t.search = None
