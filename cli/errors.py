@@ -3,13 +3,13 @@
 - :class:`~packtool.errors.PackToolError` (anything the user can cause): ``Error: <message>``,
   with the library's arguments named as this command line's flags (:func:`as_flags`).
 - ``OSError`` (permissions, a full disk, ...): ``Error: <reason>: <file>``.
-- :class:`~packtool.errors.PlanError` (a bad plan file): ``Error: <message>``, exit status 2, as
-  click's own usage errors.
+- :class:`~packtool.errors.UsageError` (a bad plan file, a choice missing): ``Error: <message>``,
+  exit status 2, as click's own usage errors.
 - Ctrl-C: ``Error: interrupted`` plus what was (not) changed, exit status 130.
 - Anything else is a bug: ``Error: internal error: <type>: <message> (run with --debug ...)``.
 
-All go to stderr with exit status 1 and no traceback; ``--debug`` re-raises instead. Click's own
-usage errors keep click's handling (exit status 2).
+All go to stderr with exit status 1 (usage errors 2) and no traceback; ``--debug`` re-raises
+instead. Click's own usage errors keep click's handling (exit status 2).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from packtool.errors import PackToolError, PlanError, one_line
+from packtool.errors import PackToolError, PlanError, UsageError, one_line
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -70,8 +70,10 @@ def _report(ctx: click.Context, exc: BaseException) -> NoReturn:
     if isinstance(exc, KeyboardInterrupt):
         note = ctx.meta.get("interrupted")
         fail("interrupted" + (f"; {note}" if note else ""), EXIT_INTERRUPTED)
-    if isinstance(exc, PlanError):  # a bad plan is a bad argument
+    if isinstance(exc, PlanError):  # a bad plan is a bad argument (it names plan keys)
         fail(one_line(exc), EXIT_USAGE)
+    if isinstance(exc, UsageError):
+        fail(as_flags(one_line(exc)), EXIT_USAGE)
     if isinstance(exc, PackToolError):
         fail(as_flags(one_line(exc)))
     if isinstance(exc, BrokenPipeError):  # e.g. `packtool info | head -1`

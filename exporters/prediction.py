@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from packtool.choices import AUTO
-from packtool.errors import PackToolError, TaskError
+from packtool.errors import PackToolError, TaskChoiceError, TaskError
 from packtool.formats.files import load
 from packtool.formats.sniff import is_pack_file
 
@@ -42,7 +42,7 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
     if task == AUTO:
         model = multi_task_onnx(pack)
     elif task is None:
-        raise TaskError(f"{source} holds tasks {', '.join(pack.task_names)}: choose one with "
+        raise TaskChoiceError(f"{source} holds tasks {', '.join(pack.task_names)}: choose one with "
                         "`task` (or `auto`)")
     else:
         model = task_onnx(pack, pack.task(task).name)

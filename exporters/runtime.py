@@ -33,7 +33,7 @@ import onnxruntime as ort
 
 from packtool.choices import AUTO
 from packtool.data.preprocess import Preprocess
-from packtool.errors import PackFormatError, PackToolError, TaskError, one_line
+from packtool.errors import PackFormatError, PackToolError, TaskChoiceError, TaskError, one_line
 from packtool.task_id import check_score, default_score_for, identify, task_scores
 
 from .metadata import DISTANCE_NAME, TaskMetadata, is_multi_task, tasks_metadata
@@ -231,7 +231,7 @@ def _runners(sess: ort.InferenceSession, task: str | None, score: str | None, so
         has_distance = DISTANCE_NAME in [o.name for o in sess.get_outputs()]
         return runners, score or default_score_for(has_distance)
     if task is None:
-        raise TaskError(f"{source} holds tasks {', '.join(names)}: choose one with `task` "
+        raise TaskChoiceError(f"{source} holds tasks {', '.join(names)}: choose one with `task` "
                         "(or `auto`)")
     if task not in names:
         raise TaskError(f"{source} has no task {task!r}; it holds {', '.join(names)}")

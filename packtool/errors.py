@@ -33,7 +33,16 @@ class LockError(PackToolError):
     """Another process holds the lock on a model file."""
 
 
-class PlanError(PackToolError):
+class UsageError(PackToolError):
+    """Arguments that cannot work as given: a choice missing, or settings that contradict each
+    other. The command line treats it as a usage error (exit status 2)."""
+
+
+class TaskChoiceError(TaskError, UsageError):
+    """A file holds several tasks and the call chose none."""
+
+
+class PlanError(UsageError):
     """A plan file that cannot run: unreadable, malformed, or contradicting the pack it
     continues. The command line treats it as a usage error (exit status 2)."""
 

@@ -383,3 +383,18 @@ def test_task_auto_on_a_single_task_onnx(model, tmp_path):
     fails_unchanged(model, "predict", onnx, "--task", "auto", image,
                     match="single task 'digits-0-1'")
     assert "Error" not in ok("predict", model, "--task", "auto", image).stderr
+
+
+def test_predict_on_several_tasks_without_a_task_is_a_usage_error(model, tmp_path):
+    """A file of two tasks and no --task: exit 2 (the contract's usage error), naming the flag,
+    for the model file and for the multi-task ONNX (which needs no torch to say so)."""
+    ok("add-task", model, "--data", "digits", "--classes", "2,3", "--prune", "0",
+       "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu")
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.new("L", (8, 8)).save(image)
+    line = fails_unchanged(model, "predict", model, image, code=2, match="--task")
+    assert "digits-0-1, digits-2-3" in line
+    onnx = tmp_path / "all.onnx"
+    ok("export", model, "--multi-task", "--out", onnx)
+    fails_unchanged(model, "predict", onnx, image, code=2, match="--task")
