@@ -35,8 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise PackToolError(f"directory {directory} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    tmp = Path(tmp_name)
+    fd, tmp = _temporary(target, directory)
     try:
         with _ctrl_c_held():
             with os.fdopen(fd, "wb") as f:
@@ -50,6 +49,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             tmp.unlink()
         raise
     _fsync_dir(directory)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, naming ``path``, a file that cannot be written there: checked before long work,
+    so that a read-only target fails at once. A folder that does not exist yet is checked at
+    its nearest existing parent (it would be created)."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise PackToolError(f"cannot write {target}: {directory} is not a directory")
+    fd, probe = _temporary(target, directory)
+    os.close(fd)
+    probe.unlink()
+
+
+def _temporary(target: Path, directory: Path) -> tuple[int, Path]:
+    """A new temporary file beside ``target`` (an error names ``target``, not the file)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise PackToolError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    return fd, Path(name)
 
 
 @contextlib.contextmanager

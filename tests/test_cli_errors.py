@@ -357,7 +357,8 @@ def test_debug_reraises_user_errors(tmp_path):
 def test_os_errors_are_one_line(model, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     line = fails_unchanged(model, "export", model, "--all", "--out", tmp_path / "file" / "out")
-    assert line == f"Error: Not a directory: {tmp_path / 'file' / 'out'}"
+    assert line == (f"Error: cannot write {tmp_path / 'file' / 'out' / 'digits-0-1.onnx'}: "
+                    f"{tmp_path / 'file'} is not a directory")
 
 
 def test_task_free_usage_errors(model, tmp_path):
@@ -398,3 +399,27 @@ def test_predict_on_several_tasks_without_a_task_is_a_usage_error(model, tmp_pat
     onnx = tmp_path / "all.onnx"
     ok("export", model, "--multi-task", "--out", onnx)
     fails_unchanged(model, "predict", onnx, image, code=2, match="--task")
+
+
+def test_an_unwritable_out_fails_at_once_naming_the_target(model, tmp_path, monkeypatch):
+    """Before any export work (none is started), with the target's name, not a temporary
+    file's. (Tests run as root, which writes anywhere: the refusal is simulated.)"""
+    import tempfile
+
+    import packtool.cli.commands.export as export_command
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    monkeypatch.setattr(export_command, "export_onnx", no_work)
+    monkeypatch.setattr(export_command, "export_all", no_work)
+    target = tmp_path / "ro" / "t.onnx"
+    target.parent.mkdir()
+    line = fails_unchanged(model, "export", model, "--task", "digits-0-1", "--out", target)
+    assert line == f"Error: cannot write {target}: Permission denied"
+    line = fails_unchanged(model, "export", model, "--all", "--out", tmp_path / "ro" / "all")
+    assert "cannot write" in line and str(tmp_path / "ro" / "all") in line

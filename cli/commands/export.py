@@ -10,7 +10,7 @@ from packtool.evaluation import half_precision_change
 from packtool.exporters.multitask import export_multi_task
 from packtool.exporters.onnx import ARCHIVE_NAME, export_all, export_onnx, task_filenames
 from packtool.exporters.quantize import export_reduced
-from packtool.fileio import sha256_file
+from packtool.fileio import check_writable, sha256_file
 from packtool.formats.archive import read_archive, write_archive
 from packtool.formats.files import load
 
@@ -27,23 +27,23 @@ def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
     files: list[Any] = []
     written = None
     if archive is not None:
-        _refuse_overwriting(model, [Path(archive)])
+        _check_targets(model, [Path(archive)])
         written = write_archive(pack, archive, half=half, source_sha256=sha)
     elif all_tasks:
         assert out is not None
         stems = task_filenames(pack.task_names)
-        _refuse_overwriting(model, [Path(out) / f"{s}.onnx" for s in stems]
+        _check_targets(model, [Path(out) / f"{s}.onnx" for s in stems]
                             + [Path(out) / ARCHIVE_NAME])
         files, written = export_all(pack, out, archive=True, dense=dense, **onnx)
     elif multi_task:
         assert out is not None
-        _refuse_overwriting(model, [Path(out)])
+        _check_targets(model, [Path(out)])
         files = [export_multi_task(pack, out, **onnx)]
     else:
         assert name is not None
         record = pack.task(name)
         path = Path(out or f"{task_filenames([record.name])[0]}.onnx")
-        _refuse_overwriting(model, [path])
+        _check_targets(model, [path])
         if half or int8:
             files = [export_reduced(
                 pack, record.name, path, "int8" if int8 else "float16", force=force,
@@ -62,10 +62,12 @@ def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
         render.show_export(console_for(), doc)
 
 
-def _refuse_overwriting(model: Path, targets: list[Path]) -> None:
-    """An export must never replace the file it reads."""
+def _check_targets(model: Path, targets: list[Path]) -> None:
+    """An export must never replace the file it reads, and fails at once where it cannot
+    write (not after the work)."""
     source = model.resolve()
     for target in targets:
+        check_writable(target)
         if target.resolve() == source:
             raise PackToolError(f"refusing to overwrite {model} (the export's source) with "
                                 f"{target}; choose another output path")
