@@ -42,6 +42,14 @@ REASONS = {"fixed": "as given", "reserve": "raised to keep room for more tasks (
            "tolerance": "the largest within the tolerance (--prune auto)"}
 
 
+def _skipped(doc: dict[str, Any], shown: int = 3) -> str:
+    """The count of files left out, and the first few of them."""
+    files = doc.get("skipped_files", [])
+    more = f", and {len(files) - shown} more" if len(files) > shown else ""
+    return f"{count(doc['skipped_images'])}: {', '.join(files[:shown])}{more}" if files else (
+        count(doc["skipped_images"]))
+
+
 def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> None:
     share = doc["weights_owned"] / pack.prunable_weights
     rows = [
@@ -51,8 +59,7 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
         ("accuracy after fine-tuning", pct(doc["accuracy"])),
         ("weights owned", f"{count(doc['weights_owned'])} ({share:.1%})"),
         ("free capacity left", pct(doc["free_fraction"])),
-        *([("unreadable images left out", count(doc["skipped_images"]))]
-          if doc["skipped_images"] else []),
+        *([("unreadable images left out", _skipped(doc))] if doc["skipped_images"] else []),
         ("temperature (task-free inference)", temperature(doc["temperature"])),
         ("time", f"{doc['seconds']:.1f} s"),
     ]

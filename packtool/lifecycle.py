@@ -124,7 +124,7 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
         new, metrics = _refit(run, pack, decision, metrics, pruning.reserve, identity, resume)
     new.tasks[-1].grow_search = grow_search
     _measure_frozen(new, run.data, metrics, bool(run.config.finetune_epochs), device, world)
-    return new, _result(new, decision, metrics, time.perf_counter() - started)
+    return new, _result(new, decision, metrics, time.perf_counter() - started, data)
 
 
 @dataclass
@@ -228,8 +228,8 @@ def _measure_frozen(new: Pack, data: TaskData, metrics: dict[str, float], finetu
     ).accuracy if finetuned else metrics["accuracy_after_prune"]
 
 
-def _result(new: Pack, decision: Decision, metrics: dict[str, float],
-            seconds: float) -> TaskResult:
+def _result(new: Pack, decision: Decision, metrics: dict[str, float], seconds: float,
+            data: TaskData) -> TaskResult:
     """What :func:`add_task` reports about the task it froze, the last of ``new``."""
     record = new.tasks[-1]
     return TaskResult(
@@ -242,7 +242,9 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float],
         prune_reason=decision.reason,
         prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
         prune_warning=decision.warning,
-        skipped_images=int(metrics.get("skipped_images", 0)), temperature=record.temperature,
+        skipped_images=int(metrics.get("skipped_images", 0)),
+        skipped_files=list(getattr(data, "skipped", None) or []),
+        temperature=record.temperature,
         widths=dict(record.widths) or None, grow_search=list(record.grow_search) or None,
     )
 

@@ -164,12 +164,13 @@ class TaskResult:
     skipped_images: int = 0
     temperature: float | None = None
     widths: dict[str, int] | None = None
+    skipped_files: list[str] = field(default_factory=list)
     grow_search: list[dict[str, float]] | None = None
 
     #: The keys of ``add-task --json`` (``val_accuracy`` is in the task record only).
     DOCUMENT_KEYS = ("task", "index", "accuracy", "accuracy_before_prune",
                      "accuracy_after_prune", "weights_owned", "free_fraction", "seconds",
-                     "prune", "prune_reason", "skipped_images", "temperature")
+                     "prune", "prune_reason", "skipped_images", "skipped_files", "temperature")
 
     def to_dict(self) -> dict[str, Any]:
         """``packtool add-task --json``: :data:`DOCUMENT_KEYS`, ``prune_search`` and

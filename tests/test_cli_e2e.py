@@ -34,7 +34,7 @@ def test_add_task_reports_contract_keys_and_default_names(packed):
     _, reports = packed
     keys = {"task", "index", "accuracy", "accuracy_before_prune", "accuracy_after_prune",
             "weights_owned", "free_fraction", "seconds", "prune", "prune_reason",
-            "skipped_images", "temperature"}
+            "skipped_images", "skipped_files", "temperature"}
     for k, (report, (_, prune, name)) in enumerate(zip(reports, TASKS), start=1):
         assert set(report) == keys  # prune_search only with --prune auto
         assert report["task"] == name and report["index"] == k

@@ -106,6 +106,7 @@ def test_skipping_bad_files_leaves_them_out_and_says_how_many(tmp_path):
     pack, result = add_task(pack, "t", data, 0.5, TrainConfig(epochs=1, finetune_epochs=0,
                                                                device="cpu"))
     assert result.skipped_images == 2 and pack.tasks[0].metrics["skipped_images"] == 2
+    assert result.skipped_files == data.skipped
     assert len(task_data(pack, "t").test) == len(data.test)  # rebuilt with the same skip
 
 
@@ -122,6 +123,10 @@ def test_the_cli_checks_files_first_and_skips_on_request(tmp_path):
     assert model.read_bytes() == before
     doc = ok_json(*add, "--skip-bad-images")
     assert doc["skipped_images"] == 1
+    assert [p.replace("\\", "/").rsplit("/", 3)[-3:] for p in doc["skipped_files"]] == [
+        ["train", "a", "0.png"]]
+    text = ok(*add, "--skip-bad-images", "--task", "again").stdout
+    assert "unreadable images left out" in text and "0.png" in text
 
 
 # -- checkpoints --------------------------------------------------------------------------------
