@@ -131,7 +131,8 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--task", "name", metavar="NAME",
               help="Task name [default: DATA plus the classes, e.g. digits-0-1].")
 @click.option("--classes", callback=params.classes, metavar="LIST",
-              help="Subset of the dataset's classes, e.g. 0,1 or 0-4.")
+              help="Subset of the dataset's classes, by index or name: e.g. 0,1 or 0-4 or "
+                   "circle,hexagon.")
 @click.option("--epochs", type=click.IntRange(min=0), default=20, show_default=True,
               metavar="N", help="Training epochs on the free weights.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=10, show_default=True,

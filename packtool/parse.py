@@ -10,19 +10,25 @@ from .errors import ArchitectureError, DataError
 _MAX_CLASSES = 1_000_000  # bounds the size of a --classes range such as "0-999999999999"
 
 
-def parse_classes(text: str) -> list[int]:
-    """Parse ``--classes``: ``"0,1"``, ``"0-4"``, ``"0-2,7"`` -> class indices in the given order.
+def parse_classes(text: str) -> list[int | str]:
+    """Parse ``--classes``: ``"0,1"``, ``"0-4"``, ``"0-2,7"`` -> class indices in the given
+    order; an item that is not a number or a range is a class name (``"circle,hexagon"``), as
+    the dataset spells it, resolved when the dataset is read.
 
-    Ranges are inclusive and ascending. Duplicates, negative numbers and anything else that is
-    not a comma-separated list of indices or ranges raise DataError.
+    Ranges are inclusive and ascending. Duplicates, negative numbers and empty items raise
+    DataError.
     """
-    result: list[int] = []
+    result: list[int | str] = []
     for part in str(text).split(","):
         part = part.strip()
         match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part, re.ASCII)
         if match is None:
-            what = "negative class index" if re.fullmatch(r"-\s*\d+.*", part) else "bad class item"
-            raise DataError(f"{what} {part!r} in {text!r} (use e.g. 0,1 or 0-4 or 0-2,7)")
+            if not part or re.fullmatch(r"-\s*\d+.*", part):
+                what = "negative class index" if part else "empty class item"
+                raise DataError(f"{what} {part!r} in {text!r} (use e.g. 0,1 or 0-4 or 0-2,7, "
+                                "or class names)")
+            result.append(part)  # a class name
+            continue
         low = int(match[1])
         high = low if match[2] is None else int(match[2])
         if high < low:
@@ -30,7 +36,7 @@ def parse_classes(text: str) -> list[int]:
         if len(result) + high - low + 1 > _MAX_CLASSES:
             raise DataError(f"{text!r} selects more than {_MAX_CLASSES} classes")
         result.extend(range(low, high + 1))
-    seen: set[int] = set()
+    seen: set[int | str] = set()
     for k in result:
         if k in seen:
             raise DataError(f"class {k} is listed twice in {text!r}")

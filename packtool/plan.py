@@ -179,7 +179,7 @@ def _options(table: Mapping[str, Any], where: str, base: Path | None) -> dict[st
         classes = options["classes"]
         try:
             options["classes"] = (parse_classes(classes) if isinstance(classes, str) else
-                                  parse_classes(",".join(str(int(c)) for c in classes)))
+                                  parse_classes(",".join(_class_item(c) for c in classes)))
         except (PackToolError, TypeError, ValueError) as exc:
             raise PlanError(f"{where}: `classes` {classes!r}: {exc}") from None
     if "data_root" in options and base is not None:
@@ -240,6 +240,13 @@ def _only(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = [k for k in table if k not in allowed]
     if unknown:
         raise PlanError(f"{where}: unknown key `{unknown[0]}` (known: {', '.join(allowed)})")
+
+
+def _class_item(value: Any) -> str:
+    """A plan's class list item: an index or a name (TypeError otherwise)."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return str(value)
+    raise TypeError(f"not a class index or name: {value!r}")
 
 
 def _is(value: Any, kind: type) -> bool:

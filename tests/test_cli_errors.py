@@ -186,9 +186,14 @@ def test_bad_forecast_share(model):
     fails_unchanged(model, "info", model, "--share", "0", code=2)
 
 
-@pytest.mark.parametrize("classes", ["a,b", "3-1", "1,1"])
+@pytest.mark.parametrize("classes", ["3-1", "1,1", "0,,1", "-2"])
 def test_bad_classes_is_usage_error(model, classes):
     fails_unchanged(model, "add-task", model, *ADD, "--classes", classes, code=2)
+
+
+def test_a_class_name_the_dataset_lacks_lists_its_classes(model):
+    line = fails_unchanged(model, "add-task", model, *ADD, "--classes", "0,circle")
+    assert "digits has no class 'circle'; its classes: 0, 1, 2" in line
 
 
 def test_class_index_out_of_range(model):

@@ -250,3 +250,13 @@ def test_add_task_says_what_it_cached(tmp_path, make_task):
     assert any(text.startswith("cached 360 decoded images") for text in said), said
     for key in plain.shared:  # the same training, from cached images
         assert torch.equal(plain.shared[key], cached.shared[key])
+
+
+def test_classes_by_name_as_the_folder_spells_them(tmp_path):
+    folder = _folder(tmp_path / "data")
+    by_name = load_task_data(str(folder), RGB16, classes="b,a")
+    by_index = load_task_data(str(folder), RGB16, classes=[1, 0])
+    assert by_name.classes == by_index.classes == ["b", "a"]
+    assert by_name.spec == by_index.spec  # the record keeps indices
+    with pytest.raises(DataError, match="has no class 'c'; its classes: a, b"):
+        load_task_data(str(folder), RGB16, classes="a,c")

@@ -83,15 +83,23 @@ def task_data(pack: Pack, task: str | int, *, root: str | os.PathLike | None = N
     return load_task_data(**spec, preprocess=pack.preprocess)
 
 
-def _check_classes(classes: Sequence[int] | str | None, count: int, data: str) -> list[int]:
+def _check_classes(classes: Sequence[int | str] | str | None, names: Sequence[str],
+                   data: str) -> list[int]:
+    """The class indices ``classes`` selects (indices, or names as ``data`` spells them)."""
+    count = len(names)
     if classes is None:
         return list(range(count))
     if isinstance(classes, str):
         classes = parse_classes(classes)
     chosen = []
     for k in classes:
+        if isinstance(k, str) and k not in names:
+            shown = ", ".join(names[:12]) + (", ..." if count > 12 else "")
+            raise DataError(f"{data} has no class {k!r}; its classes: {shown}")
+        if isinstance(k, str):
+            k = list(names).index(k)
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
-            raise DataError(f"class indices must be integers, got {k!r}")
+            raise DataError(f"classes must be indices or names, got {k!r}")
         chosen.append(int(k))
     if not chosen:
         raise DataError("the class subset is empty")
@@ -117,7 +125,7 @@ def _resolve(data: str) -> tuple[DatasetInfo | None, Path | None]:
 
 def load_task_data(
     data: str, preprocess: Preprocess, *, root: str | os.PathLike | None = None,
-    classes: Sequence[int] | None = None, val_fraction: float = 0.1, seed: int = 0,
+    classes: Sequence[int | str] | str | None = None, val_fraction: float = 0.1, seed: int = 0,
     resize: int | str | None = "auto", skip_bad_images: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TaskData:
@@ -129,8 +137,9 @@ def load_task_data(
         preprocess: the network's input size and normalization.
         root: where registered datasets live; default ``$PACKTOOL_DATA``. Unused for
             ``digits`` and folder paths.
-        classes: dataset class indices to keep (a list, or ``--classes`` text); labels become
-            ``0..len(classes)-1`` in the given order and class names are kept.
+        classes: dataset classes to keep, by index or by name (a list, or ``--classes``
+            text); labels become ``0..len(classes)-1`` in the given order and class names are
+            kept. The record keeps their indices.
         val_fraction: fraction of each class's training data carved off as ``val``, in [0, 1);
             ignored where the dataset publishes a validation split.
         seed: seeds the val carve (the test split never depends on it).
@@ -150,7 +159,7 @@ def load_task_data(
     large = min(preprocess.input_size[1:]) >= 32
     auto = preprocess.cropping().resize if crop and large else None
     preprocess = replace(preprocess, resize=auto if resize == "auto" else resize)
-    chosen = _check_classes(classes, len(splits.classes), spec_data)
+    chosen = _check_classes(classes, splits.classes, spec_data)
     label_map = np.full(len(splits.classes), -1, dtype=np.int64)
     label_map[chosen] = np.arange(len(chosen))
     skipped = _unreadable(splits, label_map, skip_bad_images, on_progress, spec_data)
