@@ -363,27 +363,33 @@ def test_auto_never_passes_max_size():
     assert all(s["grow"] <= 0.25 for s in result.grow_search)
 
 
-@pytest.mark.slow
-def test_an_auto_growth_killed_after_its_trials_resumes_bit_identical(tmp_path):
-    args = [a if a != "0.5" or i != GROW_ARGS.index("--grow") + 1 else "auto"
-            for i, a in enumerate(GROW_ARGS)]
+def _killed_near_the_end_and_resumed(tmp_path, args: list[str]) -> tuple[dict, dict]:
+    """``add-task MODEL *args`` uninterrupted, and killed (SIGKILL) ten optimizer steps before
+    its end then resumed: the same pack. The last traced event is the last checkpoint write,
+    after every step, so ten steps before it the run's last phase is under way (after any
+    trials). Returns both ``--json`` documents."""
     reference, killed = tmp_path / "ref.pt", tmp_path / "killed.pt"
     _cli_pack(reference)
     killed.write_bytes(reference.read_bytes())
     trace = tmp_path / "trace"
     assert forked(["add-task", str(reference), *args], out=tmp_path / "ref.json",
                   trace=trace) == 0
-    ref = json.loads((tmp_path / "ref.json").read_text())
-    assert len(ref["grow_search"]) >= 2
-    # The last event is the last checkpoint write, after every optimizer step: ten steps
-    # before it, the run is fine-tuning, after its trials.
     steps = int(trace.read_text().splitlines()[-1].split()[1])
     assert forked(["add-task", str(killed), *args], kill=f"step:{steps - 10}",
                   out=tmp_path / "killed.json") == -9
     assert forked(["add-task", str(killed), *args, "--resume"],
                   out=tmp_path / "resumed.json") == 0
     assert_same_pack(Pack.load(killed), Pack.load(reference))
-    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    return (json.loads((tmp_path / "ref.json").read_text()),
+            json.loads((tmp_path / "resumed.json").read_text()))
+
+
+@pytest.mark.slow
+def test_an_auto_growth_killed_after_its_trials_resumes_bit_identical(tmp_path):
+    args = [a if a != "0.5" or i != GROW_ARGS.index("--grow") + 1 else "auto"
+            for i, a in enumerate(GROW_ARGS)]
+    ref, resumed = _killed_near_the_end_and_resumed(tmp_path, args)
+    assert len(ref["grow_search"]) >= 2
     assert resumed["grow_search"] == ref["grow_search"]
 
 
@@ -427,17 +433,5 @@ def test_refit_joins_validation_images_to_the_training_split():
 def test_a_refit_killed_mid_way_resumes_bit_identical(tmp_path):
     args = [*GROW_ARGS[:GROW_ARGS.index("--grow")], *GROW_ARGS[GROW_ARGS.index("--epochs"):],
             "--refit"]
-    reference, killed = tmp_path / "ref.pt", tmp_path / "killed.pt"
-    _cli_pack(reference)
-    killed.write_bytes(reference.read_bytes())
-    trace = tmp_path / "trace"
-    assert forked(["add-task", str(reference), *args], out=tmp_path / "ref.json",
-                  trace=trace) == 0
-    # Ten optimizer steps before the end: the refit's fine-tuning.
-    steps = int(trace.read_text().splitlines()[-1].split()[1])
-    assert forked(["add-task", str(killed), *args], kill=f"step:{steps - 10}",
-                  out=tmp_path / "killed.json") == -9
-    assert forked(["add-task", str(killed), *args, "--resume"],
-                  out=tmp_path / "resumed.json") == 0
-    assert_same_pack(Pack.load(killed), Pack.load(reference))
+    _killed_near_the_end_and_resumed(tmp_path, args)  # in the refit's fine-tuning
     assert not list(tmp_path.glob("*.ckpt*"))
