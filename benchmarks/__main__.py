@@ -10,10 +10,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import architectures, cost, deploy, planner, quality, report, startup, taskfree, throughput
+from . import (
+    architectures,
+    cost,
+    deploy,
+    growth,
+    planner,
+    quality,
+    report,
+    startup,
+    taskfree,
+    throughput,
+)
 from .common import machine
 
-PARTS = {"quality": quality, "planner": planner, "taskfree": taskfree, "cost": cost,
+PARTS = {"quality": quality, "planner": planner, "growth": growth,
+         "taskfree": taskfree, "cost": cost,
          "deploy": deploy, "architectures": architectures, "throughput": throughput,
          "startup": startup}
 RENDERERS = {name: part.markdown for name, part in PARTS.items()}

@@ -186,11 +186,13 @@ def _tensors(dataset: Any, perm: torch.Tensor | None) -> TensorDataset:
 
 def build_pack(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
                seed: int, ratio: float | str, free_init: str = FREE_INITS[0],
-               reserve_ahead: bool = False) -> tuple[Pack, list[float]]:
+               reserve_ahead: bool = False, options: dict[str, Any] | None = None
+               ) -> tuple[Pack, list[float]]:
     """packtool's PackNet on the sequence: ``ratio`` (a number, or ``auto``: the planner at its
     defaults) for every task but the last, which keeps the rest (0). With ``reserve_ahead``,
     each task is told how many tasks are still to come (``reserve``: it keeps at most an equal
-    share of the free weights with them). Returns the pack and each task's held-out accuracy
+    share of the free weights with them). ``options`` go to every :func:`packtool.add_task`
+    (``grow``, ``max_size``, ``refit``). Returns the pack and each task's held-out accuracy
     right after it was frozen."""
     pack = Pack.create(seq.arch, seq.input_size, kwargs=seq.kwargs, seed=seed,
                        free_init=free_init)
@@ -203,16 +205,17 @@ def build_pack(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainCon
         ahead = len(tasks) - 1 - k
         prune = ratio if ahead else 0.0
         pack, result = add_task(pack, task.name, task_data, prune, config,
-                                reserve=ahead if reserve_ahead else 0)
+                                reserve=ahead if reserve_ahead else 0, **(options or {}))
         just.append(result.accuracy)
     return pack, just
 
 
 def run_packnet(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
                 seed: int, ratio: float | str, free_init: str = FREE_INITS[0],
-                reserve_ahead: bool = False) -> SequenceRun:
+                reserve_ahead: bool = False, options: dict[str, Any] | None = None
+                ) -> SequenceRun:
     """:func:`build_pack`, measured: final accuracies, the values stored, the ratios used."""
-    pack, just = build_pack(seq, tasks, config, seed, ratio, free_init, reserve_ahead)
+    pack, just = build_pack(seq, tasks, config, seed, ratio, free_init, reserve_ahead, options)
     final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
     stored = sum(w.numel() for w in pack.shared.values()) + sum(
         v.numel()

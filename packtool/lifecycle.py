@@ -189,6 +189,9 @@ def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: floa
     trials that train the task without pruning or fine-tuning, and repeat on a resume: they
     are deterministic), and the auto trials."""
     search: list[dict[str, float]] = []
+    if grow == AUTO and not pack.tasks:  # a plan's defaults may say auto for every task
+        progress.message("grow auto: a first task has the whole network, nothing to grow")
+        return pack, search
     if grow == AUTO:
         def trial(fraction: float) -> float | None:
             if not fraction and pack.free_weights == 0:

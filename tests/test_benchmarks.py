@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import planner
+from benchmarks import growth, planner
 
 #: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
 pytestmark = pytest.mark.slow
@@ -146,6 +146,50 @@ def test_planner_targets_follow_the_measurements():
     wide = planner.reference(result["sequences"][0], rows[-1])
     assert wide["method"] == "packnet-0.75+val25"
     assert planner.reference(result["sequences"][0], rows[2])["method"] == "packnet-0.75"
+
+
+def test_growth_tables(smoke):
+    doc, markdown = smoke
+    result = doc["growth"]
+    study = result["growth"]
+    assert [r["method"] for r in study["rows"]] == list(growth.GROWTH_METHODS)
+    for row in study["rows"]:
+        assert [s["seed"] for s in row["seeds"]] == result["settings"]["seeds"]
+        if row["method"] == "separate":
+            continue
+        limit = row["options"].get("max_size", 1.0)
+        for run in row["seeds"]:
+            n = len(run["final"])
+            assert run["forgetting"] == [0.0] * (n - 1)
+            assert run["sizes"][0] == 1.0  # a first task has the network as created
+            assert all(1.0 <= s <= limit + 1e-9 for s in run["sizes"])
+            assert run["sizes"] == sorted(run["sizes"])  # a network only grows
+    assert [r["sequence"] for r in result["refit"]] == list(growth.REFIT_SEQUENCES)
+    for study in result["refit"]:
+        assert [r["method"] for r in study["rows"]] == list(growth.REFIT_METHODS)
+    assert "## Growth" in markdown and "--refit on split-digits" in markdown
+    assert "auto+plan+grow3 within 1 point of separate networks" in markdown
+
+
+def test_growth_targets_follow_the_measurements():
+    def row(method: str, accuracies: list[float], sizes: list[float], **options) -> dict:
+        return {"method": method, "options": options, "seeds": [
+            {"avg_accuracy": a, "forgetting": [0.0], "sizes": sizes} for a in accuracies]}
+
+    rows = [row("auto+plan", [0.90, 0.91], [1.0, 1.0]),
+            row("auto+plan+grow2", [0.93, 0.92], [1.0, 2.1], max_size=2.0),
+            row("auto+plan+grow3", [0.95, 0.95], [1.0, 2.5], max_size=3.0),
+            row("separate", [0.955, 0.96], [])]
+    met = {c["target"]: c["ok"] for c in growth.checks({"growth": {"rows": rows}})}
+    assert met == {"every growth row forgets exactly 0.0 (every seed)": True,
+                   "auto+plan+grow2: never past --max-size 2": False,
+                   "auto+plan+grow3: never past --max-size 3": True,
+                   "auto+plan+grow3 within 1 point of separate networks": True}
+    rows[2]["seeds"][0]["avg_accuracy"] = 0.93
+    rows[0]["seeds"][1]["forgetting"] = [1e-9]
+    met = {c["target"]: c["ok"] for c in growth.checks({"growth": {"rows": rows}})}
+    assert not met["auto+plan+grow3 within 1 point of separate networks"]
+    assert not met["every growth row forgets exactly 0.0 (every seed)"]
 
 
 def test_cost_tables(smoke):

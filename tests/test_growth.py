@@ -198,6 +198,9 @@ def test_growing_is_refused_where_it_cannot_keep_its_promise():
     fresh = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     with pytest.raises(TaskError, match="first task"):
         add_task(fresh, "t1", data, 0.5, CONFIG, grow=0.5)
+    # auto, as a plan's defaults may give it to every task, leaves a first task as it is
+    first, result = add_task(fresh, "t1", data, 0.5, CONFIG, grow="auto")
+    assert first.widths == {} and result.grow_search is None
     for options in ({"policy": "frozen"}, {"free_init": "kept"}):
         pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, **options)
         pack, _ = add_task(pack, "t1", data, 0.5, CONFIG)

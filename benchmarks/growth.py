@@ -1,0 +1,193 @@
+"""Growth: ``--grow auto`` when the network is full, and ``--refit``, seed by seed.
+
+Two studies, each on the same seeds for every method (per seed: the same data, initialization
+and batch order), compared seed by seed as in :mod:`benchmarks.planner`:
+
+* **Growth** on the long permuted sequence (ten ten-class tasks, MLP 2x32 hidden: the capacity
+  runs out). Rows: ``--prune auto`` told the plan (each task ``--reserve`` the tasks still to
+  come: what ``packtool run`` does), then the same with ``--grow auto --max-size 2`` and
+  ``--max-size 3``, and separate networks (ten networks: 10x the parameters). Measured: average
+  accuracy after the last task, the gap to separate networks (paired), forgetting (exactly 0),
+  the network's prunable weights after the sequence as a multiple of the original, and its size
+  after each task (where the growth happened).
+* **Refit** on split-digits and permuted-digits: prune 0.75 with and without ``--refit``
+  (after the epochs are chosen on validation, the task trains again on training + validation).
+
+Target (issue 28): with ``--max-size 3``, within 1 point of separate networks on the long
+sequence. The settings are the quality part's (20 + 10 epochs in full mode).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+from packtool import evaluate
+from packtool.growth import original_units, shapes_at
+
+from . import quality
+from .common import fmt, markdown_table
+from .planner import mean_se
+
+SEEDS = {"smoke": (0,), "quick": (0, 1, 2), "full": tuple(range(10))}
+GROWTH_SEQUENCE = "long-permuted-digits"
+#: method -> (label, add_task options); every packnet row runs ``auto`` told the plan.
+GROWTH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "auto+plan": ("PackNet, prune auto with the plan", {}),
+    "auto+plan+grow2": ("... and --grow auto --max-size 2", {"grow": "auto", "max_size": 2.0}),
+    "auto+plan+grow3": ("... and --grow auto --max-size 3", {"grow": "auto", "max_size": 3.0}),
+    "separate": ("Separate networks (10x the parameters)", {}),
+}
+REFIT_SEQUENCES = ("split-digits", "permuted-digits")
+REFIT_RATIO = 0.75
+REFIT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "packnet-0.75": (f"PackNet, prune {REFIT_RATIO}", {}),
+    "packnet-0.75+refit": (f"PackNet, prune {REFIT_RATIO}, --refit", {"refit": True}),
+}
+#: The target: the largest growth row within this many points of separate networks.
+TARGET_GAP = 1.0
+
+
+def run_packnet(seq: quality.SequenceSpec, tasks: list[Any], settings: quality.QualitySettings,
+                seed: int, ratio: float | str, options: dict[str, Any]) -> dict[str, Any]:
+    """One PackNet sequence on one seed; ``auto`` is told the plan (tasks still to come)."""
+    start = time.perf_counter()
+    pack, just = quality.build_pack(seq, tasks, settings.config(seed), seed, ratio,
+                                    reserve_ahead=ratio == "auto", options=options)
+    seconds = time.perf_counter() - start
+    final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
+    widths = pack.growth()
+    created = original_units(widths)
+    original = sum_weights(shapes_at(pack.shapes, widths, created))
+    sizes = [sum_weights(shapes_at(pack.shapes, widths, {**created, **pack.widths_of(k)}))
+             / original for k in range(1, len(pack.tasks) + 1)]
+    return {"seed": seed, "final": final, "avg_accuracy": statistics.fmean(final),
+            "forgetting": [j - f for j, f in zip(just[:-1], final[:-1], strict=True)],
+            "ratios": [record.prune for record in pack.tasks[:-1]], "sizes": sizes,
+            "prunable_weights": sum_weights(pack.shapes), "seconds": seconds}
+
+
+def sum_weights(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def run_method(method: str, options: dict[str, Any], seq: quality.SequenceSpec,
+               tasks: list[Any], settings: quality.QualitySettings, seed: int
+               ) -> dict[str, Any]:
+    if method == "separate":
+        return quality.run_method("separate", seq, tasks, settings, seed)
+    ratio: float | str = "auto" if method.startswith("auto") else REFIT_RATIO
+    return run_packnet(seq, tasks, settings, seed, ratio, options)
+
+
+def run_study(name: str, methods: dict[str, tuple[str, dict[str, Any]]],
+              settings: quality.QualitySettings, log: Any = None,
+              max_tasks: int | None = None) -> dict[str, Any]:
+    seq = quality.SEQUENCES[name]
+    seq = replace(seq, tasks=seq.tasks[:max_tasks])
+    tasks = quality.load_sequence(seq)
+    quality.warm_up(seq, tasks, settings)
+    per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for seed in settings.seeds:  # seeds outside: a slow spell of the machine hits every method
+        for method, (_, options) in methods.items():
+            result = run_method(method, options, seq, tasks, settings, seed)
+            per_method[method].append(result)
+            if log:
+                log(f"growth {name} seed {seed} {method}: avg accuracy "
+                    f"{result['avg_accuracy']:.4f}, {result['seconds']:.1f} s")
+    return {"sequence": name, "description": seq.description, "tasks": len(seq.tasks),
+            "rows": [{"method": m, "label": label, "options": options, "seeds": per_method[m]}
+                     for m, (label, options) in methods.items()]}
+
+
+def run(mode: str, log: Any = None) -> dict[str, Any]:
+    settings = replace(quality.SETTINGS[mode], seeds=SEEDS[mode])
+    max_tasks = 3 if mode == "smoke" else None  # smoke: only that every row runs
+    return {"settings": asdict(settings),
+            "growth": run_study(GROWTH_SEQUENCE, GROWTH_METHODS, settings, log, max_tasks),
+            "refit": [run_study(name, REFIT_METHODS, settings, log, max_tasks)
+                      for name in REFIT_SEQUENCES]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reporting
+# ------------------------------------------------------------------------------------------------
+
+
+def paired(row: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float | None]:
+    """Mean paired difference of average accuracy, row minus reference (points), and its SE."""
+    return mean_se([100 * (a["avg_accuracy"] - b["avg_accuracy"])
+                    for a, b in zip(row["seeds"], reference["seeds"], strict=True)])
+
+
+def _pm(mean: float, se: float | None) -> str:
+    return f"{mean:+.2f}" if se is None else f"{mean:+.2f} +/- {se:.2f}"
+
+
+def _sizes(row: dict[str, Any]) -> str:
+    if "sizes" not in row["seeds"][0]:
+        return "n/a"
+    per_task = zip(*(s["sizes"] for s in row["seeds"]), strict=True)
+    return " ".join(f"{statistics.fmean(s):.2f}" for s in per_task)
+
+
+def _study_table(study: dict[str, Any], reference: str) -> str:
+    rows = {r["method"]: r for r in study["rows"]}
+    ref = rows[reference]
+    lines = []
+    for r in study["rows"]:
+        mean, se = mean_se([100 * s["avg_accuracy"] for s in r["seeds"]])
+        diff = "-" if r is ref else _pm(*paired(r, ref))
+        lines.append([r["label"], _pm(mean, se).lstrip("+"), diff, _sizes(r),
+                      fmt(statistics.median(s["seconds"] for s in r["seeds"]))])
+    return markdown_table(["method", "avg acc (%)", f"vs {reference} (paired)",
+                           "network size after each task (x original)", "wall s"],
+                          lines, ["l", "r", "r", "l", "r"])
+
+
+def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 28's targets: zero forgetting with growth, ``--max-size`` kept, and the largest
+    growth within :data:`TARGET_GAP` points of separate networks."""
+    study = result["growth"]
+    rows = {r["method"]: r for r in study["rows"]}
+    out = []
+    packnet = [r for r in study["rows"] if r["method"] != "separate"]
+    forgetting = [f for r in packnet for s in r["seeds"] for f in s["forgetting"]]
+    out.append({"target": "every growth row forgets exactly 0.0 (every seed)",
+                "measured": f"max abs forgetting = {max(map(abs, forgetting))!r}",
+                "ok": all(f == 0.0 for f in forgetting)})
+    for r in packnet:
+        limit = r["options"].get("max_size")
+        if limit:
+            largest = max(s["sizes"][-1] for s in r["seeds"])
+            out.append({"target": f"{r['method']}: never past --max-size {limit:g}",
+                        "measured": f"largest network {largest:.2f}x", "ok": largest <= limit})
+    largest_row = packnet[-1]
+    gap, se = paired(rows["separate"], largest_row)
+    out.append({"target": f"{largest_row['method']} within {TARGET_GAP:g} point of separate "
+                          "networks",
+                "measured": f"{_pm(gap, se).lstrip('+')} points behind", "ok": gap <= TARGET_GAP})
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    settings = result["settings"]
+    study = result["growth"]
+    parts = [f"Seeds {list(settings['seeds'])}, every method on every seed; the quality part's "
+             f"settings ({settings['epochs']} + {settings['finetune_epochs']} epochs). Mean "
+             "+/- standard error over the seeds; paired: the mean of the per-seed differences, "
+             "in points. Network size: the prunable weights as a multiple of the network as "
+             "created, after each task (mean over the seeds).",
+             f"### Growth on {study['sequence']}: {study['description']}\n\n"
+             + _study_table(study, "auto+plan")]
+    for refit in result["refit"]:
+        parts.append(f"### --refit on {refit['sequence']}: {refit['description']}\n\n"
+                     + _study_table(refit, "packnet-0.75"))
+    check_rows = [[c["target"], c["measured"], "yes" if c["ok"] else "NO"]
+                  for c in checks(result)]
+    parts.append("### Targets\n\n" + markdown_table(["target", "measured", "met"], check_rows,
+                                                    ["l", "l", "l"]))
+    return "\n\n".join(parts)
