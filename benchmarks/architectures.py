@@ -85,11 +85,12 @@ def parts(arch: str) -> dict[str, Any]:
 
 
 def export_check(arch: str) -> dict[str, Any]:
-    """One task (no training: ratio 0.5 on the initial weights) exported and verified; then a
-    second task (3 classes more) and both as one multi-task graph, verified for each task."""
+    """One task (ratio 0.5 on the initial weights, then one fine-tuning epoch over six random
+    images: a task must train) exported and verified; then a second task (3 classes more) and
+    both as one multi-task graph, verified for each task."""
     size = native_input_size(arch)
     pack = Pack.create(arch, size, seed=0)
-    config = TrainConfig(epochs=0, finetune_epochs=0, device="cpu")
+    config = TrainConfig(epochs=0, finetune_epochs=1, batch_size=6, device="cpu")
     pack, _ = add_task(pack, "t1", _random_task(size), 0.5, config)
     start = time.perf_counter()
     data, result = export_onnx_bytes(pack, "t1")

@@ -30,7 +30,8 @@ FLAGS = {
     "resume": "--resume", "restart": "--restart", "name": "--task", "task": "--task",
     "root": "--data-root", "lr": "--lr", "finetune_lr": "--finetune-lr", "device": "--device",
     "half": "--half", "force": "--force", "weights": "--weights", "classes": "--classes",
-    "skip_bad_images": "--skip-bad-images", "cache": "--cache",
+    "skip_bad_images": "--skip-bad-images", "cache": "--cache", "epochs": "--epochs",
+    "finetune_epochs": "--finetune-epochs",
 }
 _MENTION = re.compile(r"`(\w+)(?:=([^`]*))?`")
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .choices import OPTIMIZERS, PRUNE_SCOPES
-from .errors import PackToolError, TaskError
+from .errors import PackToolError, TaskError, UsageError
 
 #: The schedule for a network without pretrained weights. TrainConfig's defaults are the paper's
 #: (fine-tuning a pretrained VGG-16: lr 1e-3, then 1e-4), which leave a network trained from
@@ -99,6 +99,20 @@ def schedule(pretrained: bool, settings: dict | None = None) -> tuple[TrainConfi
     return config, (f"no pretrained weights: training from scratch with {rates} (the paper's "
                     "rates, for fine-tuning pretrained weights, would stay near chance); give "
                     "`lr` and `finetune_lr` to choose")
+
+
+def check_trains(epochs: int, finetune_epochs: int, *, pretrained_head: bool) -> None:
+    """A task must train at all: with both epoch counts 0 it would keep an untrained head (and,
+    from scratch, random weights), unless it is a pretrained network's first task, whose head
+    comes with the weights (the paper's first task: prune, fine-tune or not).
+
+    Raises:
+        UsageError: both counts 0 and no pretrained head for the task.
+    """
+    if epochs or finetune_epochs or pretrained_head:
+        return
+    raise UsageError("this task would not train at all: `epochs` and `finetune_epochs` are both "
+                     "0 and no pretrained weights come with its head; give at least one epoch")
 
 
 #: Datasets up to this size load in the training process with ``workers="auto"``: starting

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from . import distributed
 from .choices import AUTO
-from .config import TrainConfig, resolve_device, schedule
+from .config import TrainConfig, check_trains, resolve_device, schedule
 from .data import TaskData, with_validation_in_training
 from .errors import DataError
 from .evaluation import evaluate
@@ -97,6 +97,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     task again on training and validation images with the choices made on validation.
     """
     config, note = (config, None) if config is not None else schedule(pack.pretrained, settings)
+    check_trains(config.epochs, config.finetune_epochs,
+                 pretrained_head=pack.pretrained and not pack.tasks)
     pruning = Pruning(prune, planned_reserve(pack.planned_tasks, len(pack.tasks))
                       if reserve is None else reserve, tolerance, auto_trials)
     pack.check_new_task(name, room=not grow)  # a full network has room once it grew
@@ -198,7 +200,8 @@ def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: floa
                 return None  # no room at all without growing
             progress.message(f"grow auto: training the task on the network "
                              f"{f'grown by {fraction:g}' if fraction else 'as it is'}")
-            _, tried = add_task(pack, name, data, 0.0, replace(config, finetune_epochs=0),
+            quick = replace(config, finetune_epochs=0) if config.epochs else config
+            _, tried = add_task(pack, name, data, 0.0, quick,
                                 reserve=0, progress=progress, grow=fraction or None,
                                 max_size=max_size)
             return tried.val_accuracy

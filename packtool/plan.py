@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .choices import AUTO, DATASET_NAMES, FREE_INITS, POLICIES
-from .config import TrainConfig
-from .errors import PackToolError, PlanError
+from .config import TrainConfig, check_trains
+from .errors import PackToolError, PlanError, UsageError
 from .parse import parse_classes, parse_input_size
 
 if sys.version_info >= (3, 11):
@@ -140,6 +140,11 @@ def parse_plan(doc: Mapping[str, Any], *, source: str = "plan", base: Path | Non
         if "prune" not in options:
             raise PlanError(f"{where}: `prune` is required (in the task or in [defaults])")
         _check_settings(options, where)
+        try:
+            check_trains(options.get("epochs", 1), options.get("finetune_epochs", 1),
+                         pretrained_head=k == 1 and network.get("weights") is not None)
+        except UsageError as exc:
+            raise PlanError(f"{where}: {exc}") from None
         tasks.append(PlanTask(entry["name"], _data(entry["data"], base), options))
     return Plan(network, tasks, source)
 

@@ -198,7 +198,7 @@ def test_vit_b_16_by_name_on_the_command_line(tmp_path):
     model = tmp_path / "vit.pt"
     ok("init", model, "--arch", "vit_b_16", "--kwarg", "image_size=32")
     ok("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.5",
-       "--epochs", "0", "--finetune-epochs", "0", "--device", "cpu")
+       "--epochs", "0", "--finetune-epochs", "1", "--batch-size", "64", "--device", "cpu")
     info = ok_json("info", model)
     assert info["input_size"] == [3, 32, 32]
     assert {t["name"] for t in info["private_tensors"]} == {"class_token",

@@ -196,6 +196,18 @@ def test_a_class_name_the_dataset_lacks_lists_its_classes(model):
     assert "digits has no class 'circle'; its classes: 0, 1, 2" in line
 
 
+def test_a_task_that_would_not_train_is_refused(model, tmp_path):
+    """Both epoch counts 0 on a network without pretrained weights: exit 2, in flags."""
+    untrained = ("--data", "digits", "--classes", "2,3", "--prune", "0.5", "--epochs", "0",
+                 "--finetune-epochs", "0", "--device", "cpu")
+    line = fails_unchanged(model, "add-task", model, *untrained, code=2)
+    assert "would not train at all: --epochs and --finetune-epochs are both 0" in line
+    fresh = init_model(tmp_path / "fresh.pt")
+    fails_unchanged(fresh, "add-task", fresh, *untrained, code=2, match="would not train")
+    # One fine-tuning epoch after pruning the initial weights is training.
+    ok("add-task", fresh, *untrained[:-4], "--finetune-epochs", "1", "--device", "cpu")
+
+
 def test_class_index_out_of_range(model):
     fails_unchanged(model, "add-task", model, *ADD, "--classes", "9,10", match="out of range")
 

@@ -143,6 +143,9 @@ BAD_PLANS = {
     "bad prune": (PLAN.replace("prune = 0.5", "prune = 1.5"), "prune"),
     "not TOML": ("[network\narch = ", "not a readable TOML plan"),
     "no tasks": (PLAN[:PLAN.index("[[tasks]]")], "at least one task"),
+    "an untrained task": (PLAN.replace("prune = 0\n", "prune = 0\nepochs = 0\n"
+                                       "finetune_epochs = 0\n"), "task 3: this task would not "
+                          "train at all: `epochs` and `finetune_epochs` are both 0"),
 }
 
 
