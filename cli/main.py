@@ -183,12 +183,13 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
 @click.option("--restart", is_flag=True,
               help="Discard the checkpoint of an interrupted add-task and start over.")
 @params.json_option
+@params.quiet_option
 def add_task(model: Path, data: str, prune: float | str, tolerance: float | None,
              auto_trials: int | None, reserve: int | None, grow: float | str | None,
              max_size: float | None, refit: bool, name: str | None,
              classes: list[int] | None, data_root: str | None, val_fraction: float,
              skip_bad_images: bool, checkpoint_every: float, resume: bool, restart: bool,
-             as_json: bool, **options: Any) -> None:
+             as_json: bool, quiet: bool, **options: Any) -> None:
     """Train a new task on the free weights, prune, fine-tune, and save MODEL.
 
     Progress is checkpointed beside MODEL after every epoch; after a crash or Ctrl-C, rerun the
@@ -211,7 +212,8 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
         f"{model} was not changed; rerun with --resume to continue from the last completed epoch"
     )
     dispatch("add_task", model=model, data=data, prune=prune, settings=settings, planner=planner,
-        as_json=as_json, reserve=reserve, name=name, classes=classes, data_root=data_root,
+        as_json=as_json, quiet=quiet, reserve=reserve, name=name, classes=classes,
+        data_root=data_root,
         val_fraction=val_fraction, skip_bad_images=skip_bad_images,
         checkpoint_every=60 * checkpoint_every, resume=resume, restart=restart)
 
@@ -325,10 +327,11 @@ def info(model: Path, plot: str | None, share: float | None, growable: bool,
               help="With --half/--int8: where the tasks' datasets live [default: recorded, "
                    "$PACKTOOL_DATA].")
 @params.json_option
+@params.quiet_option
 def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
            archive: str | None, out: str | None, dense: bool, opset: int, no_verify: bool,
            half: bool, int8: bool, max_drop: float | None, force: bool, data_root: str | None,
-           as_json: bool) -> None:
+           as_json: bool, quiet: bool) -> None:
     """Export tasks to ONNX (one file per task, or one for every task), or every task to one
     shared-weight archive.
 
@@ -339,7 +342,8 @@ def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
                           data_root)
     dispatch("export", model=model, name=name, all_tasks=all_tasks, multi_task=multi_task,
         archive=archive, out=out, dense=dense, opset=opset, no_verify=no_verify, half=half,
-        int8=int8, max_drop=max_drop, force=force, data_root=data_root, as_json=as_json)
+        int8=int8, max_drop=max_drop, force=force, data_root=data_root, as_json=as_json,
+        quiet=quiet)
 
 
 # -- predict ----------------------------------------------------------------------------------
@@ -361,14 +365,16 @@ def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
               help="How many classes to show per image.")
 @params.json_option
+@params.quiet_option
 def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
-            task_score: str | None, top: int, as_json: bool) -> None:
+            task_score: str | None, top: int, as_json: bool, quiet: bool) -> None:
     """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt)."""
     if same_task and name != AUTO:
         raise click.UsageError("--same-task needs --task auto")
     # A pack file is exported to ONNX in memory first, which needs the training stack.
     dispatch("predict_pack" if is_pack_file(source) else "predict", source=source, images=images,
-        name=name, same_task=same_task, task_score=task_score, top=top, as_json=as_json)
+        name=name, same_task=same_task, task_score=task_score, top=top, as_json=as_json,
+        quiet=quiet)
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -387,8 +393,9 @@ def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task:
               help="Write per-epoch scalars: DIR/scalars.csv, and TensorBoard events when the "
                    "tensorboard package is installed.")
 @params.json_option
+@params.quiet_option
 def run_plan(plan: Path, model: Path, reference: bool, log_dir: Path | None,
-             as_json: bool) -> None:
+             as_json: bool, quiet: bool) -> None:
     """Run a whole task sequence from a plan file: every task MODEL does not hold yet, in
     order, each as add-task would; then the accuracy matrix, written beside MODEL.
 
@@ -398,4 +405,4 @@ def run_plan(plan: Path, model: Path, reference: bool, log_dir: Path | None,
         f"rerun `packtool run {plan}` to continue where it stopped"
     )
     dispatch("run", plan=plan, model=model, reference=reference, log_dir=log_dir,
-             as_json=as_json)
+             as_json=as_json, quiet=quiet)

@@ -31,6 +31,12 @@ def json_option(func: F) -> F:
                         help="Print one JSON document on stdout instead of tables.")(func)
 
 
+def quiet_option(func: F) -> F:
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="No progress lines (on stderr, or stdout without --json); only "
+                             "the result and errors.")(func)
+
+
 def _optional(parse: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str | None],
                                                      T | None]:
     """A click callback: ``parse`` the value if given; its PackToolError is a usage error."""

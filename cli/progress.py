@@ -1,9 +1,12 @@
-"""Training progress for add-task: rich bars on a terminal, plain lines when piped."""
+"""Progress for a person: rich bars on a terminal, plain lines when piped, nothing with
+``--quiet``. With ``--json``, progress goes to stderr (stdout holds only the JSON). Library
+messages name library arguments; these name this command line's flags (:func:`.errors.as_flags`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console
@@ -17,9 +20,10 @@ from rich.progress import (
 )
 from rich.progress import Progress as Bars
 
-from packtool.progress import Progress
+from packtool.progress import Progress, silent
 
 from .console import console_for
+from .errors import as_flags
 
 LABELS = {"train": "Training", "finetune": "Fine-tuning"}
 
@@ -39,7 +43,8 @@ def _plural(n: int, word: str) -> str:
 class RichProgress(Progress):
     """Two bars per phase: epochs (with the last epoch's validation accuracy) and batches."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, words: Callable[[str], str] = as_flags) -> None:
+        self.words = words
         self.bars = Bars(
             TextColumn("{task.description:<20}"), BarColumn(bar_width=24), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -76,7 +81,7 @@ class RichProgress(Progress):
             self.batch_bar = None
 
     def message(self, text: str) -> None:
-        self.bars.console.print(text, markup=False, highlight=False)
+        self.bars.console.print(self.words(text), markup=False, highlight=False)
 
     def files_checked(self, done: int, total: int) -> None:
         if self.files_bar is None:
@@ -88,34 +93,53 @@ class RichProgress(Progress):
 
 
 class PlainProgress(Progress):
-    """One line per phase and per epoch on stdout (for logs and pipes)."""
+    """One line per phase and per epoch (for logs and pipes), on stdout or ``err``."""
 
-    def __init__(self) -> None:
+    def __init__(self, err: bool = False, words: Callable[[str], str] = as_flags) -> None:
         self.epochs = 0
         self.phase = ""
+        self.err = err
+        self.words = words
 
     def phase_start(self, phase: str, epochs: int, batches: int) -> None:
         self.phase, self.epochs = _label(phase), epochs
-        click.echo(f"{self.phase}: {_plural(epochs, 'epoch')} of {_plural(batches, 'batch')}")
+        self._line(f"{self.phase}: {_plural(epochs, 'epoch')} of {_plural(batches, 'batch')}")
 
     def epoch_end(self, epoch: int, loss: float, accuracy: float, val_accuracy: float) -> None:
-        click.echo(f"{self.phase} epoch {epoch}/{self.epochs}: loss {loss:.4f}, "
+        self._line(f"{self.phase} epoch {epoch}/{self.epochs} done: loss {loss:.4f}, "
                    f"train accuracy {accuracy:.2%}, val accuracy {val_accuracy:.2%}")
 
     def message(self, text: str) -> None:
-        click.echo(text)
+        self._line(self.words(text))
+
+    def _line(self, text: str) -> None:
+        click.echo(text, err=self.err)
 
 
 @contextlib.contextmanager
-def training_progress(as_json: bool) -> Iterator[Progress]:
-    """The progress reporter for add-task.
+def training_progress(as_json: bool, quiet: bool = False, plan_words: bool = False
+                      ) -> Iterator[Progress]:
+    """The progress reporter for add-task and run.
 
-    On a terminal: rich bars (on stderr with ``--json``, so stdout holds only the JSON).
-    Not a terminal: plain lines on stdout, or nothing at all with ``--json``.
+    On a terminal: rich bars; not a terminal: plain lines. On stdout, or on stderr with
+    ``--json`` (stdout holds only the JSON); nothing with ``quiet``. ``plan_words``: messages
+    keep the library's names (a plan file's keys) instead of flags.
     """
+    if quiet:
+        yield Progress()
+        return
+    words = (lambda text: text) if plan_words else as_flags
     console = console_for(stderr=as_json)
     if not console.is_terminal:
-        yield Progress() if as_json else PlainProgress()
+        yield PlainProgress(err=as_json, words=words)
         return
-    with RichProgress(console) as progress:
+    with RichProgress(console, words) as progress:
         yield progress
+
+
+def status(quiet: bool) -> Callable[[str], None]:
+    """A ``say`` for the exporters and the runtime: one line per step on stderr (stdout keeps
+    the result, tables or JSON), or nothing with ``quiet``."""
+    if quiet:
+        return silent
+    return lambda text: click.echo(as_flags(text), err=True)

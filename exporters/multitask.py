@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from packtool.errors import PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
 from packtool.multitask import MultiTaskNet, multi_task_net
 from packtool.pack import Pack
+from packtool.progress import silent
 from packtool.taskfree import task_free_net
 
 from .metadata import (
@@ -153,7 +154,8 @@ def _no_attention_fast_path() -> Iterator[None]:
 
 def export_multi_task(pack: Pack, path: str | os.PathLike, *, opset: int = MIN_OPSET,
                       verify: bool = True, tolerance: float = 1e-4,
-                      source_sha256: str | None = None) -> MultiTaskExport:
+                      source_sha256: str | None = None, say: Callable[[str], None] = silent
+                      ) -> MultiTaskExport:
     """Export every task of ``pack`` to the one ONNX file ``path``.
 
     Checked with ``onnx.checker`` and, if ``verify``, run in onnxruntime for every task beside
@@ -162,19 +164,24 @@ def export_multi_task(pack: Pack, path: str | os.PathLike, *, opset: int = MIN_O
     written.
     """
     data, result = export_multi_task_bytes(pack, opset=opset, verify=verify,
-                                           tolerance=tolerance, source_sha256=source_sha256)
+                                           tolerance=tolerance, source_sha256=source_sha256,
+                                           say=say)
     atomic_write_bytes(path, data)
     return MultiTaskExport(result.tasks, Path(path), result.bytes, result.max_abs_diff,
                            result.provider)
 
 
 def export_multi_task_bytes(pack: Pack, *, opset: int = MIN_OPSET, verify: bool = True,
-                            tolerance: float = 1e-4, source_sha256: str | None = None
+                            tolerance: float = 1e-4, source_sha256: str | None = None,
+                            say: Callable[[str], None] = silent
                             ) -> tuple[bytes, MultiTaskExport]:
     """:func:`export_multi_task` into memory: the checked file's bytes and its record."""
+    say(f"exporting {len(pack.tasks)} tasks to one ONNX graph (opset {opset})")
     data = multi_task_onnx(pack, opset=opset, source_sha256=source_sha256).SerializeToString()
     diff = provider = None
     if verify:
+        say(f"checking onnxruntime's outputs against PyTorch's for each of {len(pack.tasks)} "
+            "tasks")
         diff, provider = verify_multi_task(data, pack, tolerance=tolerance)
     return data, MultiTaskExport(tuple(pack.task_names), None, len(data), diff, provider)
 

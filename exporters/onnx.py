@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from packtool.evaluation import PrecisionChange
 from packtool.fileio import atomic_write_bytes
 from packtool.formats.archive import ArchiveInfo, write_archive
 from packtool.pack import Pack
+from packtool.progress import silent
 
 from .metadata import INPUT_NAME, OUTPUT_NAME, TaskMetadata
 from .runtime import infer, provider_of, session
@@ -268,7 +269,8 @@ def verify_onnx(model: bytes, reference: nn.Module, input_size: Sequence[int], *
 
 def export_onnx(pack: Pack, task: str | int, path: str | os.PathLike, *, dense: bool = False,
                 opset: int = MIN_OPSET, verify: bool = True, tolerance: float = 1e-4,
-                source_sha256: str | None = None) -> OnnxExport:
+                source_sha256: str | None = None, say: Callable[[str], None] = silent
+                ) -> OnnxExport:
     """Export task ``task`` of ``pack`` to the ONNX file ``path``.
 
     The model is checked with ``onnx.checker`` (full check) and, if ``verify``, run in
@@ -280,9 +282,10 @@ def export_onnx(pack: Pack, task: str | int, path: str | os.PathLike, *, dense: 
         opset: ONNX opset, at least 18 (the dynamo exporter's).
         tolerance: largest accepted ``|onnxruntime - PyTorch|`` logit in the check.
         source_sha256: SHA-256 of the model file, recorded as ``packtool.source_sha256``.
+        say: receives a line of progress per step (export, verification).
     """
     data, result = export_onnx_bytes(pack, task, dense=dense, opset=opset, verify=verify,
-                                     tolerance=tolerance, source_sha256=source_sha256)
+                                     tolerance=tolerance, source_sha256=source_sha256, say=say)
     atomic_write_bytes(path, data)
     return OnnxExport(result.task, Path(path), result.bytes, result.max_abs_diff,
                       result.provider)
@@ -290,12 +293,15 @@ def export_onnx(pack: Pack, task: str | int, path: str | os.PathLike, *, dense: 
 
 def export_onnx_bytes(pack: Pack, task: str | int, *, dense: bool = False,
                       opset: int = MIN_OPSET, verify: bool = True, tolerance: float = 1e-4,
-                      source_sha256: str | None = None) -> tuple[bytes, OnnxExport]:
+                      source_sha256: str | None = None, say: Callable[[str], None] = silent
+                      ) -> tuple[bytes, OnnxExport]:
     """:func:`export_onnx` into memory: the checked file's bytes and its record (no path)."""
+    say(f"task {pack.task(task).name!r}: exporting to ONNX (opset {opset})")
     job = _TaskExport(pack, task, opset)
     data = job.model(dense=dense, source_sha256=source_sha256, check=True).SerializeToString()
     diff = provider = None
     if verify:
+        say(f"task {job.record.name!r}: checking onnxruntime's outputs against PyTorch's")
         diff, provider = verify_onnx(data, job.network, pack.spec.input_size,
                                      tolerance=tolerance, name=f"task {job.record.name!r}")
     return data, OnnxExport(job.record.name, None, len(data), diff, provider)
@@ -303,7 +309,8 @@ def export_onnx_bytes(pack: Pack, task: str | int, *, dense: bool = False,
 
 def export_all(pack: Pack, out_dir: str | os.PathLike, *, dense: bool = False,
                opset: int = MIN_OPSET, verify: bool = True, archive: bool = True,
-               source_sha256: str | None = None) -> tuple[list[OnnxExport], ArchiveInfo | None]:
+               source_sha256: str | None = None, say: Callable[[str], None] = silent
+               ) -> tuple[list[OnnxExport], ArchiveInfo | None]:
     """Export every task to ``<out_dir>/<task>.onnx`` and the archive to ``pack.safetensors``.
 
     File names are task names made safe (:func:`task_filenames`). ``out_dir`` is created if
@@ -319,7 +326,10 @@ def export_all(pack: Pack, out_dir: str | os.PathLike, *, dense: bool = False,
     exports = []
     for record, stem in zip(pack.tasks, task_filenames(pack.task_names)):
         exports.append(export_onnx(pack, record.name, out / f"{stem}.onnx", dense=dense,
-                                   opset=opset, verify=verify, source_sha256=source_sha256))
+                                   opset=opset, verify=verify, source_sha256=source_sha256,
+                                   say=say))
+    if archive:
+        say(f"writing the archive {out / ARCHIVE_NAME}")
     info = write_archive(pack, out / ARCHIVE_NAME, source_sha256=source_sha256) if archive else None
     return exports, info
 

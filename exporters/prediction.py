@@ -7,13 +7,14 @@ graph and every task runs (:mod:`packtool.task_id` chooses).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from packtool.choices import AUTO
 from packtool.errors import PackToolError, TaskChoiceError, TaskError
 from packtool.formats.files import load
 from packtool.formats.sniff import is_pack_file
+from packtool.progress import silent
 
 from .multitask import multi_task_onnx
 from .onnx import task_onnx
@@ -23,7 +24,8 @@ from .runtime import predict as predict_onnx
 
 def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
-            task_score: str | None = None) -> PredictResult:
+            task_score: str | None = None, say: Callable[[str], None] = silent
+            ) -> PredictResult:
     """Classify ``images`` with one task of ``source``, or let ``task="auto"`` choose the task
     (:func:`packtool.exporters.runtime.predict`, whose arguments these are).
 
@@ -35,16 +37,18 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
         raise PackToolError(f"{source} does not exist")
     if not is_pack_file(source):
         return predict_onnx(source, images, task=task, top=top, same_task=same_task,
-                            task_score=task_score)
+                            task_score=task_score, say=say)
     pack = load(source)
     if not pack.tasks:
         raise TaskError(f"{source} has no tasks yet; add one with `packtool add-task`")
     if task == AUTO:
+        say(f"{source}: exporting every task to one ONNX graph in memory")
         model = multi_task_onnx(pack)
     elif task is None:
         raise TaskChoiceError(f"{source} holds tasks {', '.join(pack.task_names)}: choose one with "
                         "`task` (or `auto`)")
     else:
+        say(f"{source}: exporting task {task!r} to ONNX in memory")
         model = task_onnx(pack, pack.task(task).name)
     return predict_onnx(model.SerializeToString(), images, task=task, top=top,
-                        same_task=same_task, task_score=task_score, source=str(source))
+                        same_task=same_task, task_score=task_score, source=str(source), say=say)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from packtool.errors import DataError, PackToolError, one_line
 from packtool.evaluation import PrecisionChange, precision_change
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack
+from packtool.progress import silent
 
 from .onnx import OnnxExport, check_onnx, export_onnx_bytes, sparsify_initializers
 from .runtime import infer, session
@@ -149,7 +150,8 @@ def _mark(model: onnx.ModelProto, precision: str) -> None:
 def export_reduced(pack: Pack, task: str | int, path: str | os.PathLike, precision: str, *,
                    max_drop: float = 1.0, force: bool = False,
                    data_root: str | os.PathLike | None = None, opset: int = 18,
-                   source_sha256: str | None = None) -> OnnxExport:
+                   source_sha256: str | None = None, say: Callable[[str], None] = silent
+                   ) -> OnnxExport:
     """Export task ``task`` in ``precision`` (:data:`PRECISIONS`) to ``path``, measured first.
 
     The file is evaluated with onnxruntime on the task's test split beside the float32 network
@@ -172,10 +174,15 @@ def export_reduced(pack: Pack, task: str | int, path: str | os.PathLike, precisi
                                 f" ({one_line(exc)}); nothing was written") from None
         data = None
     dense, exported = export_onnx_bytes(pack, record.name, dense=True, opset=opset,
-                                        source_sha256=source_sha256)
+                                        source_sha256=source_sha256, say=say)
+    if precision == "int8" and data is not None:
+        say(f"task {record.name!r}: calibrating int8 on "
+            f"{min(CALIBRATION_IMAGES, len(data.train))} training images")
     reduced = reduced_bytes(dense, precision, None if data is None else data.train)
     change = None
     if data is not None:
+        say(f"task {record.name!r}: measuring the {precision} file on {len(data.test)} test "
+            "images")
         change = precision_change(record.name, pack.model_for(record.name, device="cpu"),
                                   OrtModule(session(reduced)), data.test)
         _check_drop(change, precision, max_drop, force)

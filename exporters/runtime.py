@@ -24,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ import onnxruntime as ort
 from packtool.choices import AUTO
 from packtool.data.preprocess import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskChoiceError, TaskError, one_line
+from packtool.progress import silent
 from packtool.task_id import check_score, default_score_for, identify, task_scores
 
 from .metadata import DISTANCE_NAME, TaskMetadata, is_multi_task, tasks_metadata
@@ -162,7 +163,8 @@ class _Runner:
 
 def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
-            task_score: str | None = None, source: str | None = None) -> PredictResult:
+            task_score: str | None = None, source: str | None = None,
+            say: Callable[[str], None] = silent) -> PredictResult:
     """Classify ``images`` with an exported ONNX file (a path, or its bytes), or let
     ``task="auto"`` choose the task of a multi-task file.
 
@@ -180,6 +182,7 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
             (:mod:`packtool.task_id`); default: ``mahalanobis`` where the file has feature
             distances, else ``entropy``.
         source: how messages name the model (default: its path).
+        say: receives a line of progress per batch of images.
 
     Returns:
         softmax probabilities of the ``top`` most likely classes per image.
@@ -194,7 +197,8 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
     if not isinstance(model, bytes) and not os.path.isfile(model):
         raise PackToolError(f"{label} does not exist")
     runners, task_score = _runners(session(model), task, task_score, label)
-    logits, distances = _outputs(runners, images, label)
+    say(f"{label}: running on {provider_of(runners[0].session)}")
+    logits, distances = _outputs(runners, images, label, say)
     if task != AUTO:
         return PredictResult(runners[0].meta.task, provider_of(runners[0].session),
                              _predictions(images, runners, logits, [0] * len(images), top))
@@ -238,8 +242,8 @@ def _runners(sess: ort.InferenceSession, task: str | None, score: str | None, so
     return [runners[names.index(task)]], score
 
 
-def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike],
-             source: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike], source: str,
+             say: Callable[[str], None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (NaN from a graph
     without them) on every image; each image is read once per distinct preprocessing."""
     logits: list[list[np.ndarray]] = [[] for _ in runners]
@@ -263,6 +267,7 @@ def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike],
             # No distance output: NaN, which the mahalanobis score refuses by name.
             distances[k].append(rest[0] if rest else
                                 np.full(len(paths), np.nan, np.float32))
+        say(f"classified {start + len(paths)}/{len(images)} images")
     return [np.concatenate(z) for z in logits], [np.concatenate(d) for d in distances]
 
 

@@ -93,6 +93,8 @@ def add_task_to_file(
                                 grow=grow, max_size=max_size, refit=refit)
         with _agreed(world, device):
             if main:
+                if progress is not None:
+                    progress.message(f"saving {model}")
                 model_file.save(pack, model)
                 ckpt.unlink(missing_ok=True)
                 refit_checkpoint(ckpt).unlink(missing_ok=True)

@@ -125,6 +125,7 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     if refit:  # the choices made on validation, then trained on training + validation
         new, metrics = _refit(run, pack, decision, metrics, pruning.reserve, identity, resume)
     new.tasks[-1].grow_search = grow_search
+    progress.message("frozen: calibrating on validation images, measuring on test images")
     _measure_frozen(new, run.data, metrics, bool(run.config.finetune_epochs), device, world)
     return new, _result(new, decision, metrics, time.perf_counter() - started, data)
 

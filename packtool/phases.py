@@ -58,11 +58,12 @@ def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: in
         if scheduler is not None:
             scheduler.step()
         val = t.evaluate(t.data.val)
-        t.progress.epoch_end(epoch, loss, acc, val.accuracy)
         # A refit has no validation split of its own: it keeps its last epoch.
         if best.offer(val, t.net) or (t.keep_last and best.take(val, t.net)):
             t.metrics[kept_at] = epoch
         t.save(phase, epoch, optimizer, scheduler, best)
+        # Said once saved: an epoch reported done is one a resume does not repeat.
+        t.progress.epoch_end(epoch, loss, acc, val.accuracy)
     end = None if stop_at is None else t.checkpoint_of(phase, epoch, optimizer, scheduler, best,
                                                        keep=True)
     t.progress.phase_end(phase.value)
@@ -74,6 +75,9 @@ def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: in
 def prune_measured(t: Training, ratio: float, reserve: int) -> None:
     """:func:`prune`, with the test accuracy before and after it in ``t.metrics`` (measured
     once when pruning changed no weight: the network is the same)."""
+    if ratio or reserve:
+        t.progress.message(f"pruning: releasing {ratio:g} of the task's weights (by magnitude), "
+                           "measuring test accuracy before and after")
     t.metrics["accuracy_before_prune"] = t.evaluate(t.data.test).accuracy
     changed = prune(t, ratio, reserve)
     t.metrics["accuracy_after_prune"] = (t.evaluate(t.data.test).accuracy if changed

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+def silent(text: str) -> None:
+    """Says nothing: the default of every ``say`` argument (a line of progress for a person)."""
+
+
 class Progress:
     """Receives training progress; subclass and override what you want to show. No-op here."""
 

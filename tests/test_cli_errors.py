@@ -258,9 +258,17 @@ def test_ctrl_c_during_training_leaves_model_untouched(model, monkeypatch):
                                      "--resume to continue from the last completed epoch")
     assert "Traceback" not in result.output
     assert sha256(model) == before
-    assert sorted(p.name for p in model.parent.iterdir()) == ["model.pt", "model.pt.lock"]
+    # The epoch reported done was checkpointed first: the resume says so and continues after it.
+    assert sorted(p.name for p in model.parent.iterdir()) == [
+        "model.pt", "model.pt.add-task.ckpt", "model.pt.lock"]
     with file_lock(model):  # the lock was released
         pass
+    monkeypatch.undo()
+    resumed = invoke("add-task", model, *ADD, "--classes", "2,3", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resuming task 'digits-2-3' after 1 of 2 training epochs" in resumed.stdout
+    assert "Training epoch 1/2" not in resumed.stdout
+    assert "Training epoch 2/2 done" in resumed.stdout
 
 
 # -- eval, info, export, predict --------------------------------------------------------------

@@ -202,6 +202,6 @@ def test_v4_grown_model_file_serves_each_task_at_its_widths(tmp_path):
     assert pack.task("first").widths == {}
     assert pack.task("second").widths == pack.widths == {"0.0": 6, "0.4": 15, "2": 750}
     expected = torch.load(FORMATS / "lenet-grown-v4.outputs.pt", weights_only=True)
-    for name, out in _outputs(pack).items():
-        assert torch.equal(out, expected[name])
+    for name, out in _outputs(pack).items():  # stored once: another thread count may differ
+        torch.testing.assert_close(out, expected[name], rtol=0, atol=1e-6)  # in the last bits
     _assert_saves_unchanged("lenet-grown-v4.pt", 4, tmp_path)

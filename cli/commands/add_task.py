@@ -14,8 +14,8 @@ from ..progress import training_progress
 
 
 def run(model: Path, data: str, prune: float | str, settings: dict[str, Any],
-        planner: dict[str, Any], as_json: bool, **arguments: Any) -> None:
-    with training_progress(as_json) as progress:
+        planner: dict[str, Any], as_json: bool, quiet: bool, **arguments: Any) -> None:
+    with training_progress(as_json, quiet) as progress:
         done = add_task_to_file(model, data, prune, settings=settings, **planner, **arguments,
                                 progress=progress)
     if done is None:  # a torchrun rank other than 0: rank 0 reports

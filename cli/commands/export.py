@@ -16,18 +16,22 @@ from packtool.formats.files import load
 
 from .. import render
 from ..console import console_for, print_json
+from ..progress import status
 
 
 def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
         archive: str | None, out: str | None, dense: bool, opset: int, no_verify: bool,
         half: bool, int8: bool, max_drop: float | None, force: bool, data_root: str | None,
-        as_json: bool) -> None:
+        as_json: bool, quiet: bool) -> None:
+    say = status(quiet)
+    say(f"reading {model}")
     pack, sha = load(model), sha256_file(model)
-    onnx = {"opset": opset, "verify": not no_verify, "source_sha256": sha}
+    onnx = {"opset": opset, "verify": not no_verify, "source_sha256": sha, "say": say}
     files: list[Any] = []
     written = None
     if archive is not None:
         _check_targets(model, [Path(archive)])
+        say(f"writing the archive {archive}")
         written = write_archive(pack, archive, half=half, source_sha256=sha)
     elif all_tasks:
         assert out is not None
@@ -48,12 +52,13 @@ def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
             files = [export_reduced(
                 pack, record.name, path, "int8" if int8 else "float16", force=force,
                 max_drop=1.0 if max_drop is None else max_drop, data_root=data_root,
-                opset=opset, source_sha256=sha)]
+                opset=opset, source_sha256=sha, say=say)]
         else:
             files = [export_onnx(pack, record.name, path, dense=dense, **onnx)]
     doc = {"files": [f.to_dict() for f in files],
            "archive": None if written is None else written.to_dict()}
     if archive is not None and half:
+        say("measuring the float16 archive on every task's test split")
         changes = half_precision_change(pack, read_archive(archive), data_root=data_root)
         doc["archive"]["half_precision"] = [c.to_dict() for c in changes]
     if as_json:

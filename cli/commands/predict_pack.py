@@ -7,10 +7,11 @@ from pathlib import Path
 
 from packtool.exporters.prediction import predict
 
+from ..progress import status
 from .predict import show
 
 
 def run(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
-        task_score: str | None, top: int, as_json: bool) -> None:
+        task_score: str | None, top: int, as_json: bool, quiet: bool) -> None:
     show(predict(source, list(images), task=name, top=top, same_task=same_task,
-                 task_score=task_score), as_json)
+                 task_score=task_score, say=status(quiet)), as_json)

@@ -13,9 +13,10 @@ from ..console import console_for, print_json
 from ..progress import training_progress
 
 
-def run(plan: Path, model: Path, reference: bool, log_dir: Path | None, as_json: bool) -> None:
+def run(plan: Path, model: Path, reference: bool, log_dir: Path | None, as_json: bool,
+        quiet: bool) -> None:
     the_plan = read_plan(plan)  # every value checked before anything runs
-    with training_progress(as_json) as progress:
+    with training_progress(as_json, quiet, plan_words=True) as progress:
         log = RunLog(log_dir, forward=progress) if log_dir is not None else None
         try:
             result = run_plan(the_plan, model, reference=reference, progress=progress, log=log)

@@ -73,8 +73,10 @@ class Checkpoint:
 
     def describe(self) -> str:
         config = self.identity["config"]
-        total = config["epochs" if self.phase == "train" else "finetune_epochs"]
-        return f"task {self.identity['task']!r}, {self.phase} epoch {self.epoch}/{total}"
+        train = self.phase == "train"
+        total = config["epochs" if train else "finetune_epochs"]
+        return (f"task {self.identity['task']!r} after {self.epoch} of {total} "
+                f"{'training' if train else 'fine-tuning'} epochs")
 
     def save(self, path: str | os.PathLike) -> None:
         state = self.state()
