@@ -75,7 +75,7 @@ def show_reserve_tip(console: Console) -> None:
     """After ``--prune auto`` without ``--reserve`` or a plan: it weighed this task alone."""
     console.print("Tip: --prune auto weighed this task alone; if more tasks will follow, "
                   "--reserve N (the number still to come) or init --tasks keeps room for them "
-                  "(README: Choosing the prune ratio).", markup=False)
+                  "(docs/planner.md).", markup=False)
 
 
 def show_search(console: Console, search: list[dict[str, Any]], chosen: float) -> None:

@@ -45,6 +45,13 @@ def test_every_link_resolves(page):
                 f"{page.name}: no heading #{anchor} in {file.name}")
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_page_points_to_a_section_by_position(page):
+    """"(below)" and "(see above)" pointed to sections that did not exist: a reference to
+    another part of the docs is a link, which the test above resolves."""
+    assert not re.search(r"\((?:see )?(?:below|above)\)", page.read_text(), flags=re.I)
+
+
 def test_the_cli_reference_names_every_command_and_option():
     text = (ROOT / "docs" / "cli.md").read_text()
     missing = []
