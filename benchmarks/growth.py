@@ -84,10 +84,8 @@ def run_method(method: str, options: dict[str, Any], seq: quality.SequenceSpec,
 
 
 def run_study(name: str, methods: dict[str, tuple[str, dict[str, Any]]],
-              settings: quality.QualitySettings, log: Any = None,
-              max_tasks: int | None = None) -> dict[str, Any]:
-    seq = quality.SEQUENCES[name]
-    seq = replace(seq, tasks=seq.tasks[:max_tasks])
+              settings: quality.QualitySettings, log: Any = None) -> dict[str, Any]:
+    seq = quality.sequence(name, settings)
     tasks = quality.load_sequence(seq)
     quality.warm_up(seq, tasks, settings)
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -105,11 +103,9 @@ def run_study(name: str, methods: dict[str, tuple[str, dict[str, Any]]],
 
 def run(mode: str, log: Any = None) -> dict[str, Any]:
     settings = replace(quality.SETTINGS[mode], seeds=SEEDS[mode])
-    max_tasks = 3 if mode == "smoke" else None  # smoke: only that every row runs
     return {"settings": asdict(settings),
-            "growth": run_study(GROWTH_SEQUENCE, GROWTH_METHODS, settings, log, max_tasks),
-            "refit": [run_study(name, REFIT_METHODS, settings, log, max_tasks)
-                      for name in REFIT_SEQUENCES]}
+            "growth": run_study(GROWTH_SEQUENCE, GROWTH_METHODS, settings, log),
+            "refit": [run_study(name, REFIT_METHODS, settings, log) for name in REFIT_SEQUENCES]}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ METHODS.update({f"{m}{WIDE}": f"{METHODS[m]}; 25% validated" for m in ("packnet-
 
 def run_sequence(name: str, settings: quality.QualitySettings, log: Any = None
                  ) -> dict[str, Any]:
-    seq = quality.SEQUENCES[name]
+    seq = quality.sequence(name, settings)
     tasks, wide = quality.load_sequence(seq), quality.load_sequence(seq, WIDE_VAL)
     quality.warm_up(seq, tasks, settings)
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}

@@ -128,6 +128,9 @@ class QualitySettings:
     batch_size: int = 32
     momentum: float = 0.9
     sequences: tuple[str, ...] = tuple(SEQUENCES)
+    #: The first tasks of each sequence only (None: all); the smoke run, which only checks
+    #: that every row runs, takes two and skips the untimed warm-up (:func:`warm_up`).
+    tasks: int | None = None
 
     def config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, finetune_epochs=self.finetune_epochs,
@@ -138,7 +141,8 @@ class QualitySettings:
 
 
 SETTINGS = {
-    "smoke": QualitySettings(seeds=(0,), epochs=1, finetune_epochs=1, lr_decay_epochs=0),
+    "smoke": QualitySettings(seeds=(0,), epochs=1, finetune_epochs=1, lr_decay_epochs=0,
+                             tasks=2),
     "quick": QualitySettings(seeds=(0, 1, 2), epochs=6, finetune_epochs=3, lr_decay_epochs=0),
     # The paper's schedule shape: 20 epochs (x0.1 after 10), prune, fine-tune 10 at lr/10.
     "full": QualitySettings(seeds=(0, 1, 2), epochs=20, finetune_epochs=10, lr_decay_epochs=10),
@@ -148,6 +152,12 @@ SETTINGS = {
 # ------------------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------------------
+
+
+def sequence(name: str, settings: QualitySettings) -> SequenceSpec:
+    """The sequence ``name`` as ``settings`` run it (its first ``settings.tasks`` tasks)."""
+    seq = SEQUENCES[name]
+    return replace(seq, tasks=seq.tasks[:settings.tasks])
 
 
 def load_sequence(seq: SequenceSpec, val_fraction: float = 0.1) -> list[TaskTensors]:
@@ -259,7 +269,7 @@ def run_method(method: str, seq: SequenceSpec, tasks: Sequence[TaskTensors],
 
 
 def run_sequence(name: str, settings: QualitySettings, log: Any = None) -> dict[str, Any]:
-    seq = SEQUENCES[name]
+    seq = sequence(name, settings)
     tasks = load_sequence(seq)
     warm_up(seq, tasks, settings)
     methods = {**METHODS, **(FREE_INIT_METHODS if seq.init_study else {})}
@@ -300,7 +310,9 @@ def run_sequence(name: str, settings: QualitySettings, log: Any = None) -> dict[
 def warm_up(seq: SequenceSpec, tasks: Sequence[TaskTensors],
             settings: QualitySettings) -> None:
     """One untimed short run of each code path: lazy imports and first-call setup are not
-    charged to whichever method happens to run first."""
+    charged to whichever method happens to run first (not in a smoke run: nothing is timed)."""
+    if settings.tasks is not None:
+        return
     tiny = replace(settings, epochs=1, finetune_epochs=1)
     for method in ("packnet-0.5", "separate", "joint"):
         run_method(method, seq, tasks[:2], tiny, seed=0)

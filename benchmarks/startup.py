@@ -46,10 +46,11 @@ class StartupSettings:
     size: int  # its input side
     images: int  # training JPEGs of the one-epoch figure (a third as many test images)
     note: str = ""
+    tasks: int = 5  # split-digits tasks of the sequence figure
 
 
 SETTINGS = {
-    "smoke": StartupSettings(1, "lenet", 32, 16, note="smoke: not a measurement"),
+    "smoke": StartupSettings(1, "lenet", 32, 16, note="smoke: not a measurement", tasks=2),
     "quick": StartupSettings(3, "resnet18", 112, 144),
     "full": StartupSettings(5, "resnet18", 112, 144),
 }
@@ -57,8 +58,9 @@ SETTINGS = {
 #: Targets: seconds and MB for the commands that must start at once, ratios for the others.
 TARGETS = {"help_s": 0.3, "help_mb": 80.0, "predict_s": 1.0, "predict_mb": 300.0,
            "info_ratio": 1.3, "fixed_ratio": 1.3, "run_ratio": 1.3, "epoch_speed": 0.8}
-#: The split-digits sequence of the ``run`` figure: one epoch of each phase per task.
-PLAN = """[network]
+#: The split-digits sequence of the ``run`` figure: one epoch of each phase per task
+#: (:func:`plan` lists its tasks).
+NETWORK = """[network]
 arch = "lenet"
 input_size = "1x8x8"
 [defaults]
@@ -67,8 +69,14 @@ epochs = 1
 finetune_epochs = 1
 lr = 0.05
 finetune_lr = 0.005
-""" + "".join(f'[[tasks]]\nname = "digits-{a}-{a + 1}"\ndata = "digits"\nclasses = [{a}, {a + 1}]\n'
-              for a in range(0, 10, 2))
+"""
+
+
+def plan(tasks: int) -> str:
+    """The ``run`` figure's plan: the first ``tasks`` split-digits tasks."""
+    return NETWORK + "".join(
+        f'[[tasks]]\nname = "digits-{a}-{a + 1}"\ndata = "digits"\nclasses = [{a}, {a + 1}]\n'
+        for a in range(0, 2 * tasks, 2))
 
 
 #: Starts the measured command and reports its wall time, peak memory and exit status. A child's
@@ -181,29 +189,30 @@ def run(mode: str, log: Any = None) -> dict[str, Any]:
         result["add_task_fixed"] = {"seconds": statistics.median(f[0] for f in fixed),
                                     "wall": statistics.median(f[1] for f in fixed),
                                     "mb": statistics.median(f[2] for f in fixed)}
-        result["sequence"] = _sequence(n, packtool, tmp)
+        result["sequence"] = _sequence(n, settings.tasks, packtool, tmp)
         if log:
             log("startup: info, predict, add-task's fixed cost and the sequence done")
     return result
 
 
-def _sequence(repeats: int, packtool: str, tmp: Path) -> dict[str, float]:
-    """Five tasks through ``packtool run`` and through five ``add-task`` calls: wall times and
-    the tasks' own ``seconds`` (medians over ``repeats``)."""
-    plan = tmp / "sequence.toml"
-    plan.write_text(PLAN)
+def _sequence(repeats: int, tasks: int, packtool: str, tmp: Path) -> dict[str, float]:
+    """``tasks`` tasks through ``packtool run`` and through as many ``add-task`` calls: wall
+    times and the tasks' own ``seconds`` (medians over ``repeats``)."""
+    plan_file = tmp / "sequence.toml"
+    plan_file.write_text(plan(tasks))
     runs, calls = [], []
     for _ in range(repeats):
         model = tmp / "sequence.pt"
         for leftover in (model, tmp / "results.json", tmp / "results.csv"):
             leftover.unlink(missing_ok=True)
-        wall, _, out = timed([packtool, "run", str(plan), "--model", str(model), "--json"], tmp)
+        wall, _, out = timed([packtool, "run", str(plan_file), "--model", str(model), "--json"],
+                             tmp)
         runs.append((wall, sum(t["seconds"] for t in json.loads(out)["tasks"])))
         model.unlink()
         wall = timed([packtool, "init", str(model), "--arch", "lenet", "--input-size", "1x8x8",
-                      "--tasks", "5"], tmp)[0]
+                      "--tasks", str(tasks)], tmp)[0]
         seconds = 0.0
-        for a in range(0, 10, 2):
+        for a in range(0, 2 * tasks, 2):
             took, _, out = timed([packtool, "add-task", str(model), "--data", "digits",
                                   "--classes", f"{a},{a + 1}", "--task", f"digits-{a}-{a + 1}",
                                   "--prune", "0.5", "--epochs", "1", "--finetune-epochs", "1",
@@ -229,6 +238,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
 
 def markdown(r: dict[str, Any]) -> str:
     s, q = r["settings"], ratios(r)
+    tasks = {2: "two", 5: "five"}.get(s.get("tasks", 5), s.get("tasks"))
     note = f"_{s['note']}_\n\n" if s.get("note") else ""
     rows = [
         ["`packtool --help`", fmt(r["help"]["seconds"], 2), fmt(r["help"]["mb"]),
@@ -250,12 +260,12 @@ def markdown(r: dict[str, Any]) -> str:
         ["... of which fixed cost (wall minus its `seconds`)",
          fmt(r["add_task_fixed"]["seconds"], 2), "",
          f"{q['fixed_ratio']:.2f}x import torch, torchvision (<= {TARGETS['fixed_ratio']}x)"],
-        ["five digits tasks through `packtool run`: wall time", fmt(r["sequence"]["run_wall"], 2),
-         "", ""],
+        [f"{tasks} digits tasks through `packtool run`: wall time",
+         fmt(r["sequence"]["run_wall"], 2), "", ""],
         ["... of which fixed cost (wall minus the tasks' `seconds`)",
          fmt(r["sequence"]["run_fixed"], 2), "",
          f"{q['run_ratio']:.2f}x import torch, torchvision (<= {TARGETS['run_ratio']}x)"],
-        ["the same through `init` and five `add-task` calls: wall time",
+        [f"the same through `init` and {tasks} `add-task` calls: wall time",
          fmt(r["sequence"]["calls_wall"], 2), "", ""],
         ["... of which fixed cost", fmt(r["sequence"]["calls_fixed"], 2), "", ""],
         [f"one-epoch task on {s['images']} JPEGs, `packtool add-task`",

@@ -247,10 +247,11 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
               help="With --task-free: how tasks are scored [default: mahalanobis where every "
                    "task has feature statistics, else entropy].")
 @params.json_option
+@params.quiet_option
 def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None,
           classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
           plot: str | None, task_free: bool, group: int, task_score: str | None,
-          as_json: bool) -> None:
+          as_json: bool, quiet: bool) -> None:
     """Re-evaluate tasks on their held-out test split.
 
     MODEL may be a model.pt or an archive.
@@ -263,10 +264,11 @@ def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None
         if tasks or all_tasks or data or plot:
             raise click.UsageError("--task-free serves every task on its own test split: it "
                                    "takes no --task, --all, --data or --plot")
-        return dispatch("eval", model=model, as_json=as_json, task_free=True, group=group,
-                   score=task_score, root=data_root, batch_size=batch_size, device=device)
+        return dispatch("eval", model=model, as_json=as_json, quiet=quiet, task_free=True,
+                        group=group, score=task_score, root=data_root, batch_size=batch_size,
+                        device=device)
     dispatch("eval", model=model, tasks=tasks, data=data, classes=classes, data_root=data_root,
-        device=device, batch_size=batch_size, plot=plot, as_json=as_json)
+        device=device, batch_size=batch_size, plot=plot, as_json=as_json, quiet=quiet)
 
 
 # -- info -------------------------------------------------------------------------------------

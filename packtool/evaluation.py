@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from .data import TaskData, load_task_data, task_data
 from .distributed import World, batches, sum_counts, sum_floats
 from .errors import DataError, TaskError
 from .pack import Pack
+from .progress import silent
 from .task_id import check_score, identify, task_scores
 from .taskfree import TaskFreeNet, collect_logits, default_score, task_free_net, temperatures_of
 
@@ -120,13 +121,13 @@ class TaskEvaluation:
 
 def evaluate_tasks(pack: Pack, tasks: Sequence[str] = (), *, data: str | None = None,
                    classes: Sequence[int] | None = None, root: str | os.PathLike | None = None,
-                   batch_size: int = 256, device: str | torch.device = "auto"
-                   ) -> list[TaskEvaluation]:
+                   batch_size: int = 256, device: str | torch.device = "auto",
+                   say: Callable[[str], None] = silent) -> list[TaskEvaluation]:
     """Top-1 accuracy of ``tasks`` (default: all) on their held-out test splits.
 
     Each task's data is rebuilt from its record (:meth:`Pack.task_data`; ``root`` overrides
     where it lives), or, with ``data`` (and ``classes``), read from that dataset, whose class
-    count must match the task's.
+    count must match the task's. ``say`` receives a line of progress per task.
     """
     records = [pack.task(t) for t in tasks] if tasks else pack.tasks
     if not records:
@@ -136,6 +137,7 @@ def evaluate_tasks(pack: Pack, tasks: Sequence[str] = (), *, data: str | None = 
     for record in records:
         test = (task_data(pack, record.name, root=root) if data is None
                 else _other_data(pack, record.name, data, classes, root)).test
+        say(f"task {record.name!r}: evaluating on {len(test)} test images")
         accuracy = evaluate(pack.model_for(record.name, dev), test, batch_size=batch_size,
                             device=dev).accuracy
         rows.append(TaskEvaluation(record.name, record.index, accuracy, len(test)))
@@ -249,7 +251,8 @@ class SplitLogits:
 
 
 def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_size: int = 256,
-                 device: str | torch.device = "auto") -> list[SplitLogits]:
+                 device: str | torch.device = "auto", say: Callable[[str], None] = silent
+                 ) -> list[SplitLogits]:
     """Every task's test split through every task's network (each network built once)."""
     if not pack.tasks:
         raise TaskError("the pack has no tasks to evaluate yet; add one first")
@@ -258,6 +261,7 @@ def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_siz
     table = []
     for record in pack.tasks:
         test = task_data(pack, record.name, root=root).test
+        say(f"task {record.name!r}: its {len(test)} test images through every task's network")
         table.append(split_logits(nets, test, record.name, record.index,
                                   batch_size=batch_size, device=dev))
     return table
@@ -330,16 +334,17 @@ def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float],
 def evaluate_task_free(pack: Pack, *, group: int = 1, score: str | None = None,
                        calibrated: bool = True, root: str | os.PathLike | None = None,
                        batch_size: int = 256, device: str | torch.device = "auto",
-                       seed: int = 0) -> list[TaskFreeEvaluation]:
+                       seed: int = 0, say: Callable[[str], None] = silent
+                       ) -> list[TaskFreeEvaluation]:
     """Every task's test split served without the task id (see :func:`score_task_free`).
 
     ``score`` defaults to :func:`default_score`; ``calibrated=False`` ignores the recorded
-    temperatures (every task at 1).
+    temperatures (every task at 1). ``say`` receives a line of progress per task.
     """
     score = check_score(score or default_score(pack))
     if group < 1:
         raise TaskError(f"group must be at least 1, got {group}")
-    table = logits_table(pack, root=root, batch_size=batch_size, device=device)
+    table = logits_table(pack, root=root, batch_size=batch_size, device=device, say=say)
     temperatures = temperatures_of(pack) if calibrated else [1.0] * len(pack.tasks)
     return score_task_free(table, temperatures, group=group, score=score, seed=seed)
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["packnet-0.5", "packnet-0.75", "packnet-auto", "separate", "finetune", "joint"]
 FREE_INIT = ["packnet-0.75@zero", "packnet-0.75@kept", "packnet-0.75@reinit"]
-QUALITY_HEADER = ("| method | 0/1 | 2/3 | 4/5 | 6/7 | 8/9 | avg acc | avg forgetting | "
+QUALITY_HEADER = ("| method | 0/1 | 2/3 | avg acc | avg forgetting | "
                   "values stored | wall s |")
 
 
@@ -46,18 +46,18 @@ def test_quality_tables_have_every_method_and_task(smoke):
     doc, markdown = smoke
     sequences = {s["sequence"]: s for s in doc["quality"]["sequences"]}
     assert list(sequences) == ["split-digits", "permuted-digits", "long-permuted-digits"]
+    first = doc["quality"]["settings"]["tasks"]  # the smoke run: each sequence's first tasks
     for seq in sequences.values():
         study = FREE_INIT if seq["sequence"] == "long-permuted-digits" else []
         assert [r["method"] for r in seq["rows"]] == METHODS + study
         for row in seq["rows"]:
-            assert len(row["final"]) == len(seq["tasks"]) == (
-                10 if seq["sequence"].startswith("long") else 5)
+            assert len(row["final"]) == len(seq["tasks"]) == first
             assert all(0.0 <= a <= 1.0 for a in row["final"])
             assert row["stored_values"] > 0 and row["seconds"] > 0
             assert len(row["seeds"]) == len(doc["quality"]["settings"]["seeds"])
         rows = {r["method"]: r for r in seq["rows"]}
-        # One network (plus per-task heads and biases) against five.
-        assert rows["separate"]["stored_values"] > 3 * rows["packnet-0.5"]["stored_values"]
+        # One network (plus per-task heads and biases) against one per task.
+        assert rows["separate"]["stored_values"] > 1.5 * rows["packnet-0.5"]["stored_values"]
         assert rows["joint"]["avg_forgetting"] is None
         assert rows["separate"]["avg_forgetting"] == 0.0
     assert QUALITY_HEADER in markdown

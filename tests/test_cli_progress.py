@@ -85,3 +85,12 @@ def test_predict_reports_its_batches(model, tmp_path):
     result = invoke("predict", tmp_path / "t.onnx", image, "--quiet")
     assert result.exit_code == 0 and result.stderr == ""
 
+
+
+def test_eval_reports_each_task(model):
+    doc, lines = _json_and_progress("eval", model)
+    assert doc["tasks"][0]["task"] == "digits-0-1"
+    assert lines == [f"task 'digits-0-1': evaluating on {doc['tasks'][0]['samples']} test images"]
+    _, lines = _json_and_progress("eval", model, "--task-free")
+    assert lines[0].startswith("task 'digits-0-1': its ")
+    assert invoke("eval", model, "--quiet").stderr == ""

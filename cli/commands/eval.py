@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,21 @@ from packtool.taskfree import default_score
 
 from .. import render
 from ..console import console_for, print_json
+from ..progress import status
 
 
-def run(model: Path, as_json: bool, task_free: bool = False, **options: Any) -> None:
+def run(model: Path, as_json: bool, quiet: bool, task_free: bool = False,
+        **options: Any) -> None:
     pack = load(model)
-    (_task_free if task_free else _accuracy)(pack, as_json, **options)
+    (_task_free if task_free else _accuracy)(pack, as_json, say=status(quiet), **options)
 
 
 def _accuracy(pack: Pack, as_json: bool, tasks: tuple[str, ...], data: str | None,
               classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
-              plot: str | None) -> None:
+              plot: str | None, say: Callable[[str], None]) -> None:
     rows = [row.to_dict() for row in evaluate_tasks(
         pack, tasks, data=data, classes=classes, root=data_root, batch_size=batch_size,
-        device=device)]
+        device=device, say=say)]
     doc = {"tasks": rows}
     if plot:
         plot_accuracy(rows, plot)
