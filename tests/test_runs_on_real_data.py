@@ -9,6 +9,7 @@ import torch
 from cli_helpers import ARCH, assert_error, invoke, ok, ok_json
 from conftest import StopAfter
 from PIL import Image
+from torch.utils.data import ConcatDataset
 
 from packtool import (
     DataError,
@@ -223,6 +224,9 @@ def test_cached_images_give_the_same_items(tmp_path):
     assert all(t.dtype == torch.float32 and t.shape == (3, 32, 32) for t in cached.test.cached)
     assert in_memory(cached.test) and not in_memory(cached.train)
     assert not in_memory(plain.test)
+    # A refit trains on training + validation images: in memory when both parts are.
+    assert in_memory(ConcatDataset([cached.test, cached.test]))
+    assert not in_memory(ConcatDataset([cached.test, cached.train]))
     for split in ("train", "test"):
         for i in range(len(getattr(plain, split))):
             torch.manual_seed(i)  # the same random crop and flip

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from ..errors import DataError
 from .preprocess import read_image
@@ -194,10 +194,12 @@ class TaskSplit(Dataset):
 
 def in_memory(dataset: Dataset) -> bool:
     """Whether ``dataset``'s items are already in memory (tensors, images held as arrays, or
-    finished images in the cache): loader worker processes would only add their start-up
-    cost."""
+    finished images in the cache, or a concatenation of such, as a refit's training split):
+    loader worker processes would only add their start-up cost."""
     if isinstance(dataset, TensorDataset):
         return True
+    if isinstance(dataset, ConcatDataset):
+        return all(in_memory(part) for part in dataset.datasets)
     return isinstance(dataset, TaskSplit) and (
         isinstance(dataset.source, ImageArray)
         or (dataset.cached is not None and dataset.cached_final))
