@@ -17,6 +17,7 @@ from . import (
     growth,
     planner,
     quality,
+    refit,
     report,
     startup,
     taskfree,
@@ -24,7 +25,7 @@ from . import (
 )
 from .common import machine
 
-PARTS = {"quality": quality, "planner": planner, "growth": growth,
+PARTS = {"quality": quality, "planner": planner, "growth": growth, "refit": refit,
          "taskfree": taskfree, "cost": cost,
          "deploy": deploy, "architectures": architectures, "throughput": throughput,
          "startup": startup}

@@ -1,17 +1,13 @@
-"""Growth: ``--grow auto`` when the network is full, and ``--refit``, seed by seed.
+"""Growth: ``--grow auto`` when the network is full, seed by seed.
 
-Two studies, each on the same seeds for every method (per seed: the same data, initialization
-and batch order), compared seed by seed as in :mod:`benchmarks.planner`:
-
-* **Growth** on the long permuted sequence (ten ten-class tasks, MLP 2x32 hidden: the capacity
-  runs out). Rows: ``--prune auto`` told the plan (each task ``--reserve`` the tasks still to
-  come: what ``packtool run`` does), then the same with ``--grow auto --max-size 2`` and
-  ``--max-size 3``, and separate networks (ten networks: 10x the parameters). Measured: average
-  accuracy after the last task, the gap to separate networks (paired), forgetting (exactly 0),
-  the network's prunable weights after the sequence as a multiple of the original, and its size
-  after each task (where the growth happened).
-* **Refit** on split-digits and permuted-digits: prune 0.75 with and without ``--refit``
-  (after the epochs are chosen on validation, the task trains again on training + validation).
+Every method runs on the same seeds (per seed: the same data, initialization and batch order),
+compared seed by seed as in :mod:`benchmarks.planner`, on the long permuted sequence (ten
+ten-class tasks, MLP 2x32 hidden: the capacity runs out). Rows: ``--prune auto`` told the plan
+(each task ``--reserve`` the tasks still to come: what ``packtool run`` does), then the same
+with ``--grow auto --max-size 2`` and ``--max-size 3``, and separate networks (ten networks: 10x
+the parameters). Measured: average accuracy after the last task, the gap to separate networks
+(paired), forgetting (exactly 0), and the network's prunable weights after each task as a
+multiple of the original (where the growth happened). ``--refit`` is measured in :mod:`.refit`.
 
 Target (issue 28): with ``--max-size 3``, within 1 point of separate networks on the long
 sequence. The settings are the quality part's (20 + 10 epochs in full mode).
@@ -41,12 +37,8 @@ GROWTH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto+plan+grow3": ("... and --grow auto --max-size 3", {"grow": "auto", "max_size": 3.0}),
     "separate": ("Separate networks (10x the parameters)", {}),
 }
-REFIT_SEQUENCES = ("split-digits", "permuted-digits")
-REFIT_RATIO = 0.75
-REFIT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "packnet-0.75": (f"PackNet, prune {REFIT_RATIO}", {}),
-    "packnet-0.75+refit": (f"PackNet, prune {REFIT_RATIO}, --refit", {"refit": True}),
-}
+#: The fixed ratio of the rows that do not say ``auto`` (:mod:`.refit`'s).
+FIXED_RATIO = 0.75
 #: The target: the largest growth row within this many points of separate networks.
 TARGET_GAP = 1.0
 
@@ -79,7 +71,7 @@ def run_method(method: str, options: dict[str, Any], seq: quality.SequenceSpec,
                ) -> dict[str, Any]:
     if method == "separate":
         return quality.run_method("separate", seq, tasks, settings, seed)
-    ratio: float | str = "auto" if method.startswith("auto") else REFIT_RATIO
+    ratio: float | str = "auto" if method.startswith("auto") else FIXED_RATIO
     return run_packnet(seq, tasks, settings, seed, ratio, options)
 
 
@@ -104,8 +96,7 @@ def run_study(name: str, methods: dict[str, tuple[str, dict[str, Any]]],
 def run(mode: str, log: Any = None) -> dict[str, Any]:
     settings = replace(quality.SETTINGS[mode], seeds=SEEDS[mode])
     return {"settings": asdict(settings),
-            "growth": run_study(GROWTH_SEQUENCE, GROWTH_METHODS, settings, log),
-            "refit": [run_study(name, REFIT_METHODS, settings, log) for name in REFIT_SEQUENCES]}
+            "growth": run_study(GROWTH_SEQUENCE, GROWTH_METHODS, settings, log)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +121,8 @@ def _sizes(row: dict[str, Any]) -> str:
     return " ".join(f"{statistics.fmean(s):.2f}" for s in per_task)
 
 
-def _study_table(study: dict[str, Any], reference: str) -> str:
+def study_table(study: dict[str, Any], reference: str) -> str:
+    """A study's rows: mean accuracy, paired difference from ``reference``, sizes, time."""
     rows = {r["method"]: r for r in study["rows"]}
     ref = rows[reference]
     lines = []
@@ -169,19 +161,19 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(result: dict[str, Any]) -> str:
-    settings = result["settings"]
-    study = result["growth"]
-    parts = [f"Seeds {list(settings['seeds'])}, every method on every seed; the quality part's "
+def preamble(settings: dict[str, Any]) -> str:
+    return (f"Seeds {list(settings['seeds'])}, every method on every seed; the quality part's "
              f"settings ({settings['epochs']} + {settings['finetune_epochs']} epochs). Mean "
              "+/- standard error over the seeds; paired: the mean of the per-seed differences, "
              "in points. Network size: the prunable weights as a multiple of the network as "
-             "created, after each task (mean over the seeds).",
+             "created, after each task (mean over the seeds).")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    study = result["growth"]
+    parts = [preamble(result["settings"]),
              f"### Growth on {study['sequence']}: {study['description']}\n\n"
-             + _study_table(study, "auto+plan")]
-    for refit in result["refit"]:
-        parts.append(f"### --refit on {refit['sequence']}: {refit['description']}\n\n"
-                     + _study_table(refit, "packnet-0.75"))
+             + study_table(study, "auto+plan")]
     check_rows = [[c["target"], c["measured"], "yes" if c["ok"] else "NO"]
                   for c in checks(result)]
     parts.append("### Targets\n\n" + markdown_table(["target", "measured", "met"], check_rows,
