@@ -97,12 +97,9 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     task again on training and validation images with the choices made on validation.
     """
     config, note = (config, None) if config is not None else schedule(pack.pretrained, settings)
-    check_trains(config.epochs, config.finetune_epochs,
-                 pretrained_head=pack.pretrained and not pack.tasks)
     pruning = Pruning(prune, planned_reserve(pack.planned_tasks, len(pack.tasks))
                       if reserve is None else reserve, tolerance, auto_trials)
-    pack.check_new_task(name, room=not grow)  # a full network has room once it grew
-    _check_data(data)
+    _check_new_task(pack, name, data, config, grow)
     world = distributed.current()
     device = distributed.rank_device(world, resolve_device(config.device))
     main = world is None or world.is_main
@@ -125,8 +122,7 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     if refit:  # the choices made on validation, then trained on training + validation
         new, metrics = _refit(run, pack, decision, metrics, pruning.reserve, identity, resume)
     new.tasks[-1].grow_search = grow_search
-    progress.message("frozen: calibrating on validation images, measuring on test images")
-    _measure_frozen(new, run.data, metrics, bool(run.config.finetune_epochs), device, world)
+    _measure_frozen(run, new, metrics)
     return new, _result(new, decision, metrics, time.perf_counter() - started, data)
 
 
@@ -219,10 +215,11 @@ def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: floa
     return pack.grown(units, seed=config.seed + len(pack.tasks) + 1), search
 
 
-def _measure_frozen(new: Pack, data: TaskData, metrics: dict[str, float], finetuned: bool,
-                    device: torch.device, world: Any) -> None:
+def _measure_frozen(run: _Run, new: Pack, metrics: dict[str, float]) -> None:
     """Check every rank froze the same, calibrate the frozen task (the last of ``new``) and
     record its test accuracy."""
+    run.progress.message("frozen: calibrating on validation images, measuring on test images")
+    data, device, world = run.data, run.device, run.world
     distributed.check_same_everywhere(
         world, {**new.shared, **{f"owners/{k}": v for k, v in new.owners.items()}}, device)
     record, task = new.tasks[-1], len(new.tasks)
@@ -232,7 +229,7 @@ def _measure_frozen(new: Pack, data: TaskData, metrics: dict[str, float], finetu
     # Without fine-tuning, the frozen network is the pruned one, measured already.
     record.metrics["accuracy"] = evaluate(
         new.model_for(task, device), data.test, device=device, world=world
-    ).accuracy if finetuned else metrics["accuracy_after_prune"]
+    ).accuracy if run.config.finetune_epochs else metrics["accuracy_after_prune"]
 
 
 def _result(new: Pack, decision: Decision, metrics: dict[str, float], seconds: float,
@@ -256,7 +253,13 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float], seconds: f
     )
 
 
-def _check_data(data: TaskData) -> None:
+def _check_new_task(pack: Pack, name: str, data: TaskData, config: TrainConfig,
+                    grow: float | str | None) -> None:
+    """Everything add_task can refuse before it trains: the name, the room (a full network
+    has room once it grew), whether the task would train at all, and the data."""
+    pack.check_new_task(name, room=not grow)
+    check_trains(config.epochs, config.finetune_epochs,
+                 pretrained_head=pack.pretrained and not pack.tasks)
     if not data.classes:
         raise DataError("the dataset has no classes")
     if len(data.train) == 0 or len(data.test) == 0 or len(data.val) == 0:
