@@ -31,7 +31,8 @@ FLAGS = {
     "root": "--data-root", "lr": "--lr", "finetune_lr": "--finetune-lr", "device": "--device",
     "half": "--half", "force": "--force", "weights": "--weights", "classes": "--classes",
     "skip_bad_images": "--skip-bad-images", "cache": "--cache", "epochs": "--epochs",
-    "finetune_epochs": "--finetune-epochs",
+    "finetune_epochs": "--finetune-epochs", "grow": "--grow", "max_size": "--max-size",
+    "reserve": "--reserve", "tolerance": "--tolerance", "auto_trials": "--auto-trials",
 }
 _MENTION = re.compile(r"`(\w+)(?:=([^`]*))?`")
 

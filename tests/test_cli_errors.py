@@ -448,3 +448,17 @@ def test_an_unwritable_out_fails_at_once_naming_the_target(model, tmp_path, monk
     assert line == f"Error: cannot write {target}: Permission denied"
     line = fails_unchanged(model, "export", model, "--all", "--out", tmp_path / "ro" / "all")
     assert "cannot write" in line and str(tmp_path / "ro" / "all") in line
+
+
+def test_library_names_are_said_as_flags():
+    from packtool.cli.errors import FLAGS, as_flags
+    from packtool.cli.main import main
+
+    assert as_flags("give `lr` and `finetune_lr` to choose") == (
+        "give --lr and --finetune-lr to choose")
+    assert as_flags("pass `resume=True`, or `root=DIR`; `auto` stays") == (
+        "pass --resume, or --data-root DIR; `auto` stays")
+    assert as_flags("`max_size` needs `grow`") == "--max-size needs --grow"
+    options = {o for command in main.commands.values() for p in command.params
+               for o in getattr(p, "opts", ())}
+    assert set(FLAGS.values()) <= options  # every flag named is one a command takes
