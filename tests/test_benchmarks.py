@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -344,7 +345,9 @@ def test_split_digits_quick_start(tmp_path):
     assert exported == ["digits-0-1.onnx", "digits-2-3.onnx", "digits-4-5.onnx",
                         "digits-6-7.onnx", "digits-8-9.onnx", "pack.safetensors"]
     # The README shows this run's real output: each line it shows (`...` elides), as printed
-    # here, in the same order; paths with the README's work folder.
+    # here, in the same order; paths with the README's work folder. Float arithmetic differs
+    # between CPUs (seen: the last task 98.59% on one 2-core machine, 95.77% on another), so
+    # a percentage may differ by a few points; every other character must match.
     readme = (ROOT / "README.md").read_text()
     shown = readme[readme.index("Test accuracy of each task (columns)"):]
     shown = shown[:shown.index("```")].replace("split-digits/", "work/")
@@ -352,5 +355,23 @@ def test_split_digits_quick_start(tmp_path):
     position = 0
     for line in shown.splitlines():
         if line != "...":
-            assert line in printed[position:], line
-            position = printed.index(line, position) + 1
+            found = [i for i in range(position, len(printed)) if _same_line(line, printed[i])]
+            assert found, line
+            position = found[0] + 1
+
+
+def test_readme_lines_match_with_a_few_points_of_cpu_drift():
+    assert _same_line("| a |  98.59% |", "| a |  95.77% |")
+    assert not _same_line("| a |  98.59% |", "| a |  90.77% |")
+    assert not _same_line("| a |  98.59% |", "| b |  98.59% |")
+
+
+PERCENT = re.compile(r"\d+\.\d+%")
+
+
+def _same_line(shown: str, printed: str, points: float = 4.0) -> bool:
+    """``printed`` is ``shown`` but for percentages within ``points`` of the ones shown."""
+    if PERCENT.sub("%", shown) != PERCENT.sub("%", printed):
+        return False
+    return all(abs(float(a[:-1]) - float(b[:-1])) <= points
+               for a, b in zip(PERCENT.findall(shown), PERCENT.findall(printed), strict=True))

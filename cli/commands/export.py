@@ -24,7 +24,6 @@ def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
         half: bool, int8: bool, max_drop: float | None, force: bool, data_root: str | None,
         as_json: bool, quiet: bool) -> None:
     say = status(quiet)
-    say(f"reading {model}")
     pack, sha = load(model), sha256_file(model)
     onnx = {"opset": opset, "verify": not no_verify, "source_sha256": sha, "say": say}
     files: list[Any] = []
