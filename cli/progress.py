@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as Bars
 
-from packtool.progress import Progress, silent
+from packtool.progress import Progress, Say, silent
 
 from .console import console_for
 from .errors import as_flags
@@ -137,7 +137,7 @@ def training_progress(as_json: bool, quiet: bool = False, plan_words: bool = Fal
         yield progress
 
 
-def status(quiet: bool) -> Callable[[str], None]:
+def status(quiet: bool) -> Say:
     """A ``say`` for the exporters and the runtime: one line per step on stderr (stdout keeps
     the result, tables or JSON), or nothing with ``quiet``."""
     if quiet:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +44,7 @@ from packtool.errors import PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
 from packtool.multitask import MultiTaskNet, multi_task_net
 from packtool.pack import Pack
-from packtool.progress import silent
+from packtool.progress import Say, silent
 from packtool.taskfree import task_free_net
 
 from .metadata import (
@@ -154,7 +154,7 @@ def _no_attention_fast_path() -> Iterator[None]:
 
 def export_multi_task(pack: Pack, path: str | os.PathLike, *, opset: int = MIN_OPSET,
                       verify: bool = True, tolerance: float = 1e-4,
-                      source_sha256: str | None = None, say: Callable[[str], None] = silent
+                      source_sha256: str | None = None, say: Say = silent
                       ) -> MultiTaskExport:
     """Export every task of ``pack`` to the one ONNX file ``path``.
 
@@ -173,7 +173,7 @@ def export_multi_task(pack: Pack, path: str | os.PathLike, *, opset: int = MIN_O
 
 def export_multi_task_bytes(pack: Pack, *, opset: int = MIN_OPSET, verify: bool = True,
                             tolerance: float = 1e-4, source_sha256: str | None = None,
-                            say: Callable[[str], None] = silent
+                            say: Say = silent
                             ) -> tuple[bytes, MultiTaskExport]:
     """:func:`export_multi_task` into memory: the checked file's bytes and its record."""
     say(f"exporting {len(pack.tasks)} tasks to one ONNX graph (opset {opset})")

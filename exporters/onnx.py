@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from packtool.evaluation import PrecisionChange
 from packtool.fileio import atomic_write_bytes
 from packtool.formats.archive import ArchiveInfo, write_archive
 from packtool.pack import Pack
-from packtool.progress import silent
+from packtool.progress import Say, silent
 
 from .metadata import INPUT_NAME, OUTPUT_NAME, TaskMetadata
 from .runtime import infer, provider_of, session
@@ -269,7 +269,7 @@ def verify_onnx(model: bytes, reference: nn.Module, input_size: Sequence[int], *
 
 def export_onnx(pack: Pack, task: str | int, path: str | os.PathLike, *, dense: bool = False,
                 opset: int = MIN_OPSET, verify: bool = True, tolerance: float = 1e-4,
-                source_sha256: str | None = None, say: Callable[[str], None] = silent
+                source_sha256: str | None = None, say: Say = silent
                 ) -> OnnxExport:
     """Export task ``task`` of ``pack`` to the ONNX file ``path``.
 
@@ -293,11 +293,11 @@ def export_onnx(pack: Pack, task: str | int, path: str | os.PathLike, *, dense: 
 
 def export_onnx_bytes(pack: Pack, task: str | int, *, dense: bool = False,
                       opset: int = MIN_OPSET, verify: bool = True, tolerance: float = 1e-4,
-                      source_sha256: str | None = None, say: Callable[[str], None] = silent
+                      source_sha256: str | None = None, say: Say = silent
                       ) -> tuple[bytes, OnnxExport]:
     """:func:`export_onnx` into memory: the checked file's bytes and its record (no path)."""
-    say(f"task {pack.task(task).name!r}: exporting to ONNX (opset {opset})")
     job = _TaskExport(pack, task, opset)
+    say(f"task {job.record.name!r}: exporting to ONNX (opset {opset})")
     data = job.model(dense=dense, source_sha256=source_sha256, check=True).SerializeToString()
     diff = provider = None
     if verify:
@@ -309,7 +309,7 @@ def export_onnx_bytes(pack: Pack, task: str | int, *, dense: bool = False,
 
 def export_all(pack: Pack, out_dir: str | os.PathLike, *, dense: bool = False,
                opset: int = MIN_OPSET, verify: bool = True, archive: bool = True,
-               source_sha256: str | None = None, say: Callable[[str], None] = silent
+               source_sha256: str | None = None, say: Say = silent
                ) -> tuple[list[OnnxExport], ArchiveInfo | None]:
     """Export every task to ``<out_dir>/<task>.onnx`` and the archive to ``pack.safetensors``.
 

@@ -7,14 +7,14 @@ graph and every task runs (:mod:`packtool.task_id` chooses).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from packtool.choices import AUTO
 from packtool.errors import PackToolError, TaskChoiceError, TaskError
 from packtool.formats.files import load
 from packtool.formats.sniff import is_pack_file
-from packtool.progress import silent
+from packtool.progress import Say, silent
 
 from .multitask import multi_task_onnx
 from .onnx import task_onnx
@@ -24,7 +24,7 @@ from .runtime import predict as predict_onnx
 
 def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
-            task_score: str | None = None, say: Callable[[str], None] = silent
+            task_score: str | None = None, say: Say = silent
             ) -> PredictResult:
     """Classify ``images`` with one task of ``source``, or let ``task="auto"`` choose the task
     (:func:`packtool.exporters.runtime.predict`, whose arguments these are).

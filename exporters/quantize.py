@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from packtool.errors import DataError, PackToolError, one_line
 from packtool.evaluation import PrecisionChange, precision_change
 from packtool.fileio import atomic_write_bytes
 from packtool.pack import Pack
-from packtool.progress import silent
+from packtool.progress import Say, silent
 
 from .onnx import OnnxExport, check_onnx, export_onnx_bytes, sparsify_initializers
 from .runtime import infer, session
@@ -150,7 +150,7 @@ def _mark(model: onnx.ModelProto, precision: str) -> None:
 def export_reduced(pack: Pack, task: str | int, path: str | os.PathLike, precision: str, *,
                    max_drop: float = 1.0, force: bool = False,
                    data_root: str | os.PathLike | None = None, opset: int = 18,
-                   source_sha256: str | None = None, say: Callable[[str], None] = silent
+                   source_sha256: str | None = None, say: Say = silent
                    ) -> OnnxExport:
     """Export task ``task`` in ``precision`` (:data:`PRECISIONS`) to ``path``, measured first.
 

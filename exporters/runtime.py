@@ -24,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ import onnxruntime as ort
 from packtool.choices import AUTO
 from packtool.data.preprocess import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskChoiceError, TaskError, one_line
-from packtool.progress import silent
+from packtool.progress import Say, silent
 from packtool.task_id import check_score, default_score_for, identify, task_scores
 
 from .metadata import DISTANCE_NAME, TaskMetadata, is_multi_task, tasks_metadata
@@ -164,7 +164,7 @@ class _Runner:
 def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
             task_score: str | None = None, source: str | None = None,
-            say: Callable[[str], None] = silent) -> PredictResult:
+            say: Say = silent) -> PredictResult:
     """Classify ``images`` with an exported ONNX file (a path, or its bytes), or let
     ``task="auto"`` choose the task of a multi-task file.
 
@@ -243,7 +243,7 @@ def _runners(sess: ort.InferenceSession, task: str | None, score: str | None, so
 
 
 def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike], source: str,
-             say: Callable[[str], None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+             say: Say) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (NaN from a graph
     without them) on every image; each image is read once per distinct preprocessing."""
     logits: list[list[np.ndarray]] = [[] for _ in runners]

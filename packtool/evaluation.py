@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from .data import TaskData, load_task_data, task_data
 from .distributed import World, batches, sum_counts, sum_floats
 from .errors import DataError, TaskError
 from .pack import Pack
-from .progress import silent
+from .progress import Say, silent
 from .task_id import check_score, identify, task_scores
 from .taskfree import TaskFreeNet, collect_logits, default_score, task_free_net, temperatures_of
 
@@ -122,7 +122,7 @@ class TaskEvaluation:
 def evaluate_tasks(pack: Pack, tasks: Sequence[str] = (), *, data: str | None = None,
                    classes: Sequence[int] | None = None, root: str | os.PathLike | None = None,
                    batch_size: int = 256, device: str | torch.device = "auto",
-                   say: Callable[[str], None] = silent) -> list[TaskEvaluation]:
+                   say: Say = silent) -> list[TaskEvaluation]:
     """Top-1 accuracy of ``tasks`` (default: all) on their held-out test splits.
 
     Each task's data is rebuilt from its record (:meth:`Pack.task_data`; ``root`` overrides
@@ -251,7 +251,7 @@ class SplitLogits:
 
 
 def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_size: int = 256,
-                 device: str | torch.device = "auto", say: Callable[[str], None] = silent
+                 device: str | torch.device = "auto", say: Say = silent
                  ) -> list[SplitLogits]:
     """Every task's test split through every task's network (each network built once)."""
     if not pack.tasks:
@@ -334,7 +334,7 @@ def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float],
 def evaluate_task_free(pack: Pack, *, group: int = 1, score: str | None = None,
                        calibrated: bool = True, root: str | os.PathLike | None = None,
                        batch_size: int = 256, device: str | torch.device = "auto",
-                       seed: int = 0, say: Callable[[str], None] = silent
+                       seed: int = 0, say: Say = silent
                        ) -> list[TaskFreeEvaluation]:
     """Every task's test split served without the task id (see :func:`score_task_free`).
 

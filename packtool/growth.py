@@ -34,6 +34,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import CapacityError, TaskError
+from .progress import Say
 
 __all__ = ["DEFAULT_MAX_SIZE", "GROW_STEP", "Width", "choose_growth", "fit", "growable_widths",
            "narrow", "plan_growth", "shapes_at", "widen"]
@@ -321,7 +322,7 @@ def choose_growth(widths: list[Width], current: Mapping[str, int],
                   shapes: Mapping[str, tuple[int, ...]],
                   trial: Callable[[float], float | None],
                   tolerance: float, max_size: float = DEFAULT_MAX_SIZE,
-                  say: Callable[[str], None] = print
+                  say: Say = print
                   ) -> tuple[float, list[dict[str, float | None]]]:
     """``grow="auto"``: how much to grow for the task ``trial`` trains, and the trials.
 

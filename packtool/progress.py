@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+#: Receives a line of progress for a person (the ``say`` argument of long-running functions).
+Say = Callable[[str], None]
+
 
 def silent(text: str) -> None:
     """Says nothing: the default of every ``say`` argument (a line of progress for a person)."""

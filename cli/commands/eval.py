@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from packtool.evaluation import evaluate_task_free, evaluate_tasks
 from packtool.formats.files import load
 from packtool.pack import Pack
+from packtool.progress import Say
 from packtool.report import plot_accuracy
 from packtool.taskfree import default_score
 
@@ -25,7 +25,7 @@ def run(model: Path, as_json: bool, quiet: bool, task_free: bool = False,
 
 def _accuracy(pack: Pack, as_json: bool, tasks: tuple[str, ...], data: str | None,
               classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
-              plot: str | None, say: Callable[[str], None]) -> None:
+              plot: str | None, say: Say) -> None:
     rows = [row.to_dict() for row in evaluate_tasks(
         pack, tasks, data=data, classes=classes, root=data_root, batch_size=batch_size,
         device=device, say=say)]

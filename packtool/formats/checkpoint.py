@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import Tensor
 from ..errors import PackFormatError, TaskError
 from ..fileio import atomic_write, load_weights_only
 from ..method import check_owners, without_masks
+from ..progress import Say
 from .digest import digest
 
 FORMAT = "packtool.checkpoint"
@@ -144,7 +144,7 @@ class Checkpoint:
 
 
 def resume_point(path: str | os.PathLike | None, resume: bool, identity: dict[str, Any],
-                 say: Callable[[str], None]) -> Checkpoint | None:
+                 say: Say) -> Checkpoint | None:
     """The checkpoint an add-task of ``identity`` continues from (``None``: the beginning).
 
     Raises:
