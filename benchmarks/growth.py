@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from packtool import evaluate
-from packtool.growth import original_units, shapes_at
+from packtool.growth import relative_size
 
 from . import quality
 from .common import fmt, markdown_table
@@ -51,19 +51,13 @@ def run_packnet(seq: quality.SequenceSpec, tasks: list[Any], settings: quality.Q
                                     reserve_ahead=ratio == "auto", options=options)
     seconds = time.perf_counter() - start
     final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
-    widths = pack.growth()
-    created = original_units(widths)
-    original = sum_weights(shapes_at(pack.shapes, widths, created))
-    sizes = [sum_weights(shapes_at(pack.shapes, widths, {**created, **pack.widths_of(k)}))
-             / original for k in range(1, len(pack.tasks) + 1)]
+    sizes = [relative_size(pack.growth(), pack.shapes, pack.widths_of(k))
+             for k in range(1, len(pack.tasks) + 1)]
     return {"seed": seed, "final": final, "avg_accuracy": statistics.fmean(final),
             "forgetting": [j - f for j, f in zip(just[:-1], final[:-1], strict=True)],
             "ratios": [record.prune for record in pack.tasks[:-1]], "sizes": sizes,
-            "prunable_weights": sum_weights(pack.shapes), "seconds": seconds}
-
-
-def sum_weights(shapes: dict[str, tuple[int, ...]]) -> int:
-    return sum(math.prod(shape) for shape in shapes.values())
+            "prunable_weights": sum(math.prod(s) for s in pack.shapes.values()),
+            "seconds": seconds}
 
 
 def run_method(method: str, options: dict[str, Any], seq: quality.SequenceSpec,

@@ -37,7 +37,7 @@ from .errors import CapacityError, TaskError
 from .progress import Say
 
 __all__ = ["DEFAULT_MAX_SIZE", "GROW_STEP", "Width", "choose_growth", "fit", "growable_widths",
-           "narrow", "plan_growth", "shapes_at", "widen"]
+           "narrow", "plan_growth", "relative_size", "shapes_at", "widen"]
 
 #: Modules that act on each unit (channel or feature) alone, with no state of their own.
 UNITWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
@@ -306,12 +306,20 @@ def plan_growth(widths: list[Width], current: Mapping[str, int],
     if not 0 < fraction <= 1:
         raise TaskError(f"grow must be a fraction in (0, 1], not {fraction!r}")
     units = step(widths, current, fraction)
-    size = _count(shapes_at(shapes, widths, units)) / _count(
-        shapes_at(shapes, widths, original_units(widths)))
+    size = relative_size(widths, shapes, units)
     if size > max_size * (1 + 1e-9):
         raise CapacityError(f"growing by {fraction:g} would make the network {size:.2f}x its "
                             f"original size, over the maximum of {max_size:g}x (`max_size`)")
     return units, size
+
+
+def relative_size(widths: list[Width], shapes: Mapping[str, tuple[int, ...]],
+                  units: Mapping[str, int]) -> float:
+    """The prunable weights' number with the widths at ``units`` (producer -> units; others as
+    created), as a multiple of the network as created (``shapes``: the weights' shapes now)."""
+    created = original_units(widths)
+    return (_count(shapes_at(shapes, widths, {**created, **units}))
+            / _count(shapes_at(shapes, widths, created)))
 
 
 def _count(shapes: Mapping[str, tuple[int, ...]]) -> int:
