@@ -42,7 +42,7 @@ import torch
 
 from packtool.errors import PackToolError, one_line
 from packtool.fileio import atomic_write_bytes
-from packtool.multitask import MultiTaskNet, multi_task_net
+from packtool.multitask import MultiTaskNet, OneTask, multi_task_net
 from packtool.pack import Pack
 from packtool.progress import Say, silent
 from packtool.taskfree import task_free_net
@@ -64,6 +64,7 @@ from .onnx import (
     sparsify_initializers,
     strip_export_noise,
 )
+from .routing import route_by_task
 from .runtime import infer_all, provider_of, session
 
 #: Largest tensor (elements) the exporter's optimizer may fold into a stored constant: shape
@@ -118,12 +119,13 @@ def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
     try:
         with _no_attention_fast_path():
             program = torch.onnx.export(
-                net, example, dynamo=True, external_data=False, optimize=False,
+                OneTask(net).eval(), example, dynamo=True, external_data=False, optimize=False,
                 input_names=[INPUT_NAME, TASK_NAME], output_names=outputs,
                 dynamic_shapes=({0: "batch"}, None), opset_version=opset, verbose=False)
         proto = strip_export_noise(program.model_proto)
         proto = strip_export_noise(onnxscript.optimizer.optimize(proto,
                                                                  output_size_limit=FOLD_LIMIT))
+        proto = route_by_task(proto)
     except Exception as exc:  # the exporter raises many types; the message is what counts
         raise PackToolError(
             f"cannot export the pack to one multi-task ONNX: {one_line(exc, first=True)}"
@@ -203,27 +205,46 @@ def verify_multi_task(model: bytes, pack: Pack, *, tolerance: float = 1e-4
                          generator=torch.Generator().manual_seed(VERIFY_SEED))
     sess = session(model)
     worst = 0.0
+    expected = []
     for record in pack.tasks:
         with torch.no_grad():
             logits, distance = task_free_net(pack, record.name, "cpu").eval()(inputs)
-        outputs = infer_all(sess, inputs.numpy(), task=record.index)
+        expected.append((logits.numpy(), distance.numpy()))
+        worst = max(worst, _compare(sess, infer_all(sess, inputs.numpy(), task=record.index),
+                                    expected, [record.index] * len(inputs), tolerance))
+    # One mixed call: row i with task i % T + 1.
+    mixed = [i % len(pack.tasks) + 1 for i in range(len(inputs))]
+    worst = max(worst, _compare(sess, infer_all(sess, inputs.numpy(), task=mixed), expected,
+                                mixed, tolerance))
+    return worst, provider_of(sess)
+
+
+def _compare(sess: Any, outputs: list[np.ndarray], expected: list[tuple[np.ndarray, np.ndarray]],
+             tasks: list[int], tolerance: float) -> float:
+    """The largest logit difference of ``outputs`` (row ``i`` of task ``tasks[i]``) from
+    ``expected`` (per task: PyTorch's logits and distances); PackToolError past tolerance."""
+    actual = outputs[0]
+    rows = np.arange(len(tasks))
+    tasks_named = sorted(set(tasks))
+    name = (f"task {tasks_named[0]}" if len(tasks_named) == 1 else "a mixed-task batch") + \
+        " of the multi-task model"
+    if actual.ndim != 2 or actual.shape[0] != len(tasks):
+        raise PackToolError(f"ONNX check of {name} failed: shape {list(actual.shape)}")
+    worst = far = 0.0
+    for i, task in zip(rows, tasks):
+        logits, distance = expected[task - 1]
         classes = logits.shape[1]
-        actual = outputs[0]
-        name = f"task {record.name!r} of the multi-task model"
-        if actual.ndim != 2 or actual.shape[0] != len(inputs) or actual.shape[1] < classes:
-            raise PackToolError(f"ONNX check of {name} failed: shape {list(actual.shape)}")
-        if not np.all(np.isneginf(actual[:, classes:])):
+        if actual.shape[1] < classes or not np.all(np.isneginf(actual[i, classes:])):
             raise PackToolError(f"ONNX check of {name} failed: padded logits are not -inf")
-        diff = float(np.abs(actual[:, :classes].astype(np.float64) - logits.numpy()).max())
+        worst = max(worst, float(np.abs(actual[i, :classes].astype(np.float64)
+                                        - logits[i]).max()))
         # Distances scale the features' float differences by the inverse feature variance:
         # compare them relatively, at DISTANCE_TOLERANCE.
-        far = 0.0 if len(outputs) == 1 else float(
-            (np.abs(outputs[1] - distance.numpy()) / np.maximum(1, np.abs(distance.numpy())))
-            .max())
-        if not (diff <= tolerance and far <= DISTANCE_TOLERANCE):  # also catches NaN
-            raise PackToolError(
-                f"ONNX check of {name} failed: onnxruntime ({provider_of(sess)}) differs from "
-                f"PyTorch by {diff:.3g} in logits (tolerance {tolerance:g}), {far:.3g} relative "
-                f"in distances (tolerance {DISTANCE_TOLERANCE:g}); nothing was written")
-        worst = max(worst, diff)
-    return worst, provider_of(sess)
+        if len(outputs) > 1:
+            far = max(far, float(abs(outputs[1][i] - distance[i]) / max(1, abs(distance[i]))))
+    if not (worst <= tolerance and far <= DISTANCE_TOLERANCE):  # also catches NaN
+        raise PackToolError(
+            f"ONNX check of {name} failed: onnxruntime ({provider_of(sess)}) differs from "
+            f"PyTorch by {worst:.3g} in logits (tolerance {tolerance:g}), {far:.3g} relative "
+            f"in distances (tolerance {DISTANCE_TOLERANCE:g}); nothing was written")
+    return worst

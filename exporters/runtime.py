@@ -99,18 +99,27 @@ def infer(sess: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
     return infer_all(sess, inputs)[0]
 
 
-def infer_all(sess: ort.InferenceSession, inputs: np.ndarray, task: int | None = None
-              ) -> list[np.ndarray]:
+def infer_all(sess: ort.InferenceSession, inputs: np.ndarray,
+              task: int | Sequence[int] | None = None) -> list[np.ndarray]:
     """Run the session on ``inputs`` -> every output, in the graph's order.
 
     ``task``: the 1-based task index a multi-task graph takes as its second input
-    (:mod:`.metadata`); ``None`` for a per-task graph.
+    (:mod:`.metadata`), or one per row (a file that takes mixed-task batches,
+    :func:`mixes_tasks`); ``None`` for a per-task graph.
     """
     names = [i.name for i in sess.get_inputs()]
     feed = {names[0]: np.ascontiguousarray(inputs, dtype=np.float32)}
     if task is not None:
-        feed[names[1]] = np.array([task], dtype=np.int64)
+        feed[names[1]] = np.array([task] if isinstance(task, int) else task,
+                                  dtype=np.int64).reshape(-1)
     return sess.run(None, feed)
+
+
+def mixes_tasks(sess: ort.InferenceSession) -> bool:
+    """Whether a multi-task graph takes one task per row (``task`` ``[N]``); files written
+    before mixed-task batches take one task per call (``[1]``)."""
+    inputs = sess.get_inputs()
+    return len(inputs) > 1 and not isinstance(inputs[1].shape[0], int)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -245,30 +254,48 @@ def _runners(sess: ort.InferenceSession, task: str | None, score: str | None, so
 def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike], source: str,
              say: Say) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (NaN from a graph
-    without them) on every image; each image is read once per distinct preprocessing."""
+    without them) on every image; each image is read once per distinct preprocessing, and the
+    tasks of a file that takes mixed-task batches run in one call per batch."""
     logits: list[list[np.ndarray]] = [[] for _ in runners]
     distances: list[list[np.ndarray]] = [[] for _ in runners]
     for start in range(0, len(images), BATCH_SIZE):
         paths = images[start:start + BATCH_SIZE]
         inputs: dict[Preprocess, np.ndarray] = {}
-        for k, runner in enumerate(runners):
-            prep = runner.meta.preprocess
-            if prep not in inputs:
-                inputs[prep] = np.stack([prep.load_image(p) for p in paths])
-            first, *rest = infer_all(runner.session, inputs[prep], runner.index)
-            classes = len(runner.meta.classes)
-            # A multi-task graph pads every task's logits to the largest class count.
-            width = first.shape[1] if first.ndim == 2 else -1
-            if not (width == classes or (runner.index is not None and width > classes)):
-                raise PackFormatError(
-                    f"{source} outputs shape {list(first.shape)} for task "
-                    f"{runner.meta.task!r}, expected [batch, {classes}]")
-            logits[k].append(first[:, :classes])
-            # No distance output: NaN, which the mahalanobis score refuses by name.
-            distances[k].append(rest[0] if rest else
-                                np.full(len(paths), np.nan, np.float32))
+        for prep in dict.fromkeys(r.meta.preprocess for r in runners):
+            inputs[prep] = np.stack([prep.load_image(p) for p in paths])
+            group = [k for k, r in enumerate(runners) if r.meta.preprocess == prep]
+            for k, (first, distance) in zip(group, _run_group([runners[k] for k in group],
+                                                               inputs[prep])):
+                classes = len(runners[k].meta.classes)
+                # A multi-task graph pads every task's logits to the largest class count.
+                width = first.shape[1] if first.ndim == 2 else -1
+                if not (width == classes or (runners[k].index is not None and width > classes)):
+                    raise PackFormatError(
+                        f"{source} outputs shape {list(first.shape)} for task "
+                        f"{runners[k].meta.task!r}, expected [batch, {classes}]")
+                logits[k].append(first[:, :classes])
+                distances[k].append(distance)
         say(f"classified {start + len(paths)}/{len(images)} images")
     return [np.concatenate(z) for z in logits], [np.concatenate(d) for d in distances]
+
+
+def _run_group(runners: list[_Runner], inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each runner's ``(logits, distance)`` on ``inputs`` (distance NaN without one; the
+    mahalanobis score refuses it by name): one call for all when they share a session that
+    mixes tasks, else one call each."""
+    n = len(inputs)
+    if len(runners) > 1 and all(r.index is not None and r.session is runners[0].session
+                                for r in runners) and mixes_tasks(runners[0].session):
+        tasks = [r.index for r in runners for _ in range(n)]
+        first, *rest = infer_all(runners[0].session, np.concatenate([inputs] * len(runners)),
+                                 tasks)
+        return [(first[k * n:(k + 1) * n], rest[0][k * n:(k + 1) * n] if rest else
+                 np.full(n, np.nan, np.float32)) for k in range(len(runners))]
+    results = []
+    for r in runners:
+        first, *rest = infer_all(r.session, inputs, r.index)
+        results.append((first, rest[0] if rest else np.full(n, np.nan, np.float32)))
+    return results
 
 
 def _predictions(images: Sequence[str | os.PathLike], runners: list[_Runner],

@@ -1,11 +1,16 @@
 """One network that serves every task of a pack, with the task as an input.
 
-:class:`MultiTaskNet` is what ``packtool export --multi-task`` translates to ONNX.
-``forward(x, task)`` takes the images ``[N, C, H, W]`` and ``task``, int64 ``[1]`` (1-based),
-and returns the task's logits ``[N, C_max]``, padded with ``-inf`` past the task's own class
-count (``C_max``: the largest), and, when every task has feature statistics, the feature
-distance ``[N]`` of :class:`packtool.taskfree.TaskFreeNet`. Task ``k`` computes exactly what
-:meth:`Pack.model_for` ``(k)`` does.
+:class:`MultiTaskNet` serves a pack from Python and is what ``packtool export --multi-task``
+translates to ONNX. ``forward(x, task)`` takes the inputs ``[N, ...]`` and ``task``, int64
+``[N]`` (1-based, one task per row; ``[1]``: every row's), and returns each row's task's logits
+``[N, C_max]``, padded with ``-inf`` past the task's own class count (``C_max``: the largest),
+and, when every task has feature statistics, the feature distance ``[N]`` of
+:class:`packtool.taskfree.TaskFreeNet`. A row of task ``k`` gets exactly what
+:meth:`Pack.model_for` ``(k)`` gives it. Rows are grouped by task (:meth:`MultiTaskNet.run_task`
+runs one group; the exporter traces it and loops over the tasks present around it).
+
+Nothing in it trains (packed weights, heads and task state are buffers, values every task
+shares frozen parameters): gradients reach the inputs, never a weight.
 
 What it holds, per packed weight of ``n`` values (its buffers are the ONNX file's initializers):
 
@@ -41,6 +46,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .errors import TaskError
 from .formats.owner_code import PLANE_BITS, pack_planes
 from .growth import fit
 from .method import tensor_at
@@ -98,6 +104,8 @@ class MultiTaskNet(nn.Module):
             # A subclass with one property per tensor: reads go through the task.
             module.__class__ = type(f"MultiTask{type(module).__name__}", (type(module),),
                                     {n: property(g) for n, g in named.items()})
+        # Values every task shares (loaded as parameters) are frozen too: nothing here trains.
+        self.net.requires_grad_(False)
         self.distance = _distance_tables(pack)
         if self.distance is not None:
             self._features: list[Tensor] = []
@@ -165,6 +173,30 @@ class MultiTaskNet(nn.Module):
         return {"weight": read("weight"), "bias": read("bias")}
 
     def forward(self, x: Tensor, task: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Rows of ``x`` ``[N, ...]`` with their tasks: ``task`` int ``[N]`` (1-based, one
+        per row) or ``[1]`` (every row). Returns ``logits`` ``[N, C_max]`` and, with feature
+        statistics, ``distance`` ``[N]``; row ``i`` is what task ``task[i]``'s network gives.
+
+        Rows are grouped by task and each group runs once, so a batch of one task costs one
+        run. Raises TaskError for a task outside ``1..T`` or a vector of the wrong length.
+        """
+        rows = check_task_vector(task, len(x), self.tasks)
+        present = rows.unique()
+        if len(present) <= 1:  # one task, or no rows
+            return self.run_task(x, present if len(present) else rows.new_ones(1))
+        parts = [(torch.nonzero(rows == t).squeeze(1), t.reshape(1)) for t in present]
+        outputs = [self.run_task(x.index_select(0, i), t) for i, t in parts]
+        order = torch.cat([i for i, _ in parts])
+
+        def gather(k: int) -> Tensor:  # the groups' k-th outputs, back in row order
+            stacked = torch.cat([o[k] if isinstance(o, tuple) else o for o in outputs])
+            return torch.empty_like(stacked).index_copy(0, order, stacked)
+
+        return gather(0) if self.distance is None else (gather(0), gather(1))
+
+    def run_task(self, x: Tensor, task: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Every row of ``x`` with the one task ``task`` (int64 ``[1]``); what the ONNX graph's
+        per-task body computes. A task outside ``1..T`` fails a gather (out of bounds)."""
         task = task.reshape(1).to(torch.int64)
         valid = (task >= 1) & (task <= self.tasks)
         # Out of range: index T, past the end of every stack, so the gather fails.
@@ -178,6 +210,36 @@ class MultiTaskNet(nn.Module):
             return logits
         f = self._features.pop().flatten(1)
         return logits, _task_distance(self.distance, f, index)
+
+
+class OneTask(nn.Module):
+    """:meth:`MultiTaskNet.run_task` as a module's forward: what the exporter traces (a graph
+    cannot branch on the tasks present; the ONNX file loops over them around this body)."""
+
+    def __init__(self, net: MultiTaskNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, task: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        return self.net.run_task(x, task)
+
+
+def check_task_vector(task: Tensor, rows: int, tasks: int) -> Tensor:
+    """``task`` as one 1-based task index per row, int64 ``[rows]``: a ``[1]`` (or scalar)
+    task is every row's. TaskError for another length or a task outside ``1..tasks``."""
+    task = torch.as_tensor(task).reshape(-1)
+    if task.is_floating_point() or task.dtype == torch.bool:
+        raise TaskError(f"task indices must be integers, got {task.dtype}")
+    task = task.to(torch.int64)
+    if task.numel() == 1:
+        task = task.expand(rows)
+    elif task.numel() != rows:
+        raise TaskError(f"{task.numel()} task indices for {rows} rows: give one per row, "
+                         "or one for all")
+    bad = task[(task < 1) | (task > tasks)]
+    if len(bad):
+        raise TaskError(f"task index {int(bad[0])} is outside 1..{tasks}")
+    return task
 
 
 def row_table(tensors: list[Tensor], fill: float) -> tuple[Tensor, Tensor]:

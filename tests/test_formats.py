@@ -3,20 +3,22 @@ written by packtool 0.1.0 (model file, checkpoint and archive format 1; see make
 commit cb09c2d (model file and archive format 2; make_v2.py), and with formats 3 (make_v3.py) and
 4 (the archive, make_v4.py; the model file of a grown network, make_grown_v4.py); a checkpoint
 inside a --prune auto search as written before trials stopped at the target
-(make_search_v1.py)."""
+(make_search_v1.py); a multi-task ONNX taking one task per call (make_multitask_v1.py)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from formats import make_search_v1 as search_v1
 from formats.make_v1 import CONFIG, Task
+from PIL import Image
 
 from packtool import Pack, TaskError, add_task, load
-from packtool.exporters import read_archive
+from packtool.exporters import export_multi_task, predict, read_archive
 from packtool.formats.checkpoint import Checkpoint
 from packtool.method import Phase
 
@@ -205,3 +207,23 @@ def test_v4_grown_model_file_serves_each_task_at_its_widths(tmp_path):
     for name, out in _outputs(pack).items():  # stored once: another thread count may differ
         torch.testing.assert_close(out, expected[name], rtol=0, atol=1e-6)  # in the last bits
     _assert_saves_unchanged("lenet-grown-v4.pt", 4, tmp_path)
+
+
+def test_a_multi_task_onnx_of_one_task_per_call_still_serves(tmp_path):
+    """Files written before mixed-task batches take ``task`` ``[1]``: predict reads them, for a
+    named task and for auto, as it reads a file of today."""
+    old = FORMATS / "lenet-multitask-v1.onnx"
+    new = tmp_path / "new.onnx"
+    export_multi_task(load(FORMATS / "lenet-calibrated-v3.pt"), new)
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(images[-1])
+    for task in (*load(FORMATS / "lenet-calibrated-v3.pt").task_names, "auto"):
+        ours, theirs = (predict(f, images, task=task).to_dict() for f in (new, old))
+        for a, b in zip(ours["predictions"], theirs["predictions"]):
+            assert a.get("task") == b.get("task")
+            assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+            for x, y in zip(a["top"], b["top"]):
+                assert abs(x["probability"] - y["probability"]) < 1e-5

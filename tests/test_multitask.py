@@ -258,3 +258,100 @@ def test_damaged_task_metadata_is_a_clear_error(multi_file, tmp_path, images, ta
     onnx.save(model, str(damaged))
     with pytest.raises(PackToolError, match=r"invalid packtool\.tasks metadata"):
         predict(damaged, images, task="task 1")
+
+
+# ------------------------------------------------------------------------------------------------
+# Mixed-task batches (issue 29): one task per row
+# ------------------------------------------------------------------------------------------------
+
+
+def _per_row(pack, x, tasks):
+    """Row i through ``model_for(tasks[i])``: the reference for a mixed batch."""
+    rows = []
+    for i, t in enumerate(tasks):
+        with torch.no_grad():
+            rows.append(pack.model_for(t)(x[i:i + 1])[0])
+    return rows
+
+
+@pytest.mark.parametrize("arch,size,kwargs", [
+    ("lenet", (1, 8, 8), {}),
+    ("mlp", (1, 4, 4), {"hidden": 16}),
+    ("nets:tiny_transformer", (1, 8, 8), {}),
+    ("nets:tiny_resnet", (3, 8, 8), {}),
+])
+@pytest.mark.slow
+def test_a_mixed_task_vector_gives_each_row_its_tasks_output(arch, size, kwargs, tmp_path):
+    pack = build_pack(arch, size, kwargs, [(2, 0.5), (3, 0.5), (4, 0.5)])
+    sess = ort.InferenceSession(multi_task_onnx(pack).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    singles = {}
+    for record in pack.tasks:
+        export_onnx(pack, record.name, tmp_path / f"{record.index}.onnx")
+        singles[record.index] = ort.InferenceSession(str(tmp_path / f"{record.index}.onnx"),
+                                                     providers=["CPUExecutionProvider"])
+    for batch in (1, 5, 9):  # dynamic batch
+        x = _inputs(pack, batch, seed=batch).numpy()
+        tasks = np.random.default_rng(batch).integers(1, 4, size=batch)
+        logits = sess.run(None, {"input": x, "task": tasks})[0]
+        assert logits.shape == (batch, 4)
+        for i, t in enumerate(tasks):
+            own = singles[int(t)].run(None, {"input": x[i:i + 1]})[0][0]
+            np.testing.assert_allclose(logits[i, :len(own)], own, rtol=0, atol=1e-5)
+            assert np.all(np.isneginf(logits[i, len(own):]))
+    x = _inputs(pack, 4).numpy()
+    whole = sess.run(None, {"input": x, "task": np.array([2])})[0]  # the [1] form: every row
+    each = sess.run(None, {"input": x, "task": np.array([2, 2, 2, 2])})[0]
+    np.testing.assert_array_equal(whole, each)
+
+
+@pytest.mark.parametrize("tasks", [[1, 2, 0, 3], [4, 1, 1, 1], [1, 2, 3, -1], [1, 2]])
+def test_a_task_outside_the_pack_anywhere_in_the_vector_is_an_error(multi_file, lenet_pack,
+                                                                     tasks):
+    path, _ = multi_file
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="out of|invalid expand"):
+        sess.run(None, {"input": _inputs(lenet_pack, 4).numpy(),
+                        "task": np.array(tasks, dtype=np.int64)})
+
+
+def test_the_python_module_matches_model_for_row_by_row(lenet_pack):
+    net = multi_task_net(lenet_pack)
+    x = _inputs(lenet_pack, 7)
+    tasks = [3, 1, 2, 2, 1, 3, 3]
+    with torch.no_grad():
+        logits, distance = net(x, torch.tensor(tasks))
+    for i, (row, expected) in enumerate(zip(logits, _per_row(lenet_pack, x, tasks))):
+        torch.testing.assert_close(row[:len(expected)], expected, rtol=0, atol=1e-6)
+        assert torch.isneginf(row[len(expected):]).all()
+        with torch.no_grad():
+            own = task_free_net(lenet_pack, tasks[i])(x[i:i + 1])[1]
+        torch.testing.assert_close(distance[i:i + 1], own, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # [1]: every row; one task per row gives the same
+        torch.testing.assert_close(net(x, torch.tensor([2]))[0], net(x, torch.tensor([2] * 7))[0],
+                                   rtol=0, atol=0)
+    empty = net(x[:0], torch.tensor([1]))[0]
+    assert empty.shape == (0, 5)
+
+
+@pytest.mark.parametrize("tasks,match", [([0], "outside 1..3"), ([1, 4, 1], "outside 1..3"),
+                                         ([1, 2], "2 task indices for 3 rows"),
+                                         ([1.0], "integers")])
+def test_the_python_module_refuses_a_bad_task_vector(lenet_pack, tasks, match):
+    with pytest.raises(TaskError, match=match):
+        multi_task_net(lenet_pack)(_inputs(lenet_pack, 3), torch.tensor(tasks))
+
+
+def test_gradients_reach_the_inputs_and_no_frozen_weight(lenet_pack):
+    net = multi_task_net(lenet_pack)
+    x = _inputs(lenet_pack, 4).requires_grad_()
+    tasks = [1, 3, 2, 3]
+    logits, _ = net(x, torch.tensor(tasks))
+    finite = torch.where(torch.isfinite(logits), logits, 0.0)
+    finite.sum().backward()
+    assert all(not t.requires_grad and t.grad is None
+               for t in [*net.parameters(), *net.buffers()])
+    for i, t in enumerate(tasks):  # the input gradient is each row's own task's
+        xi = x.detach()[i:i + 1].clone().requires_grad_()
+        lenet_pack.model_for(t)(xi).sum().backward()
+        torch.testing.assert_close(x.grad[i:i + 1], xi.grad, rtol=1e-5, atol=1e-6)
