@@ -310,7 +310,7 @@ def test_a_task_outside_the_pack_anywhere_in_the_vector_is_an_error(multi_file, 
                                                                      tasks):
     path, _ = multi_file
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with pytest.raises(Exception, match="out of|invalid expand"):
+    with pytest.raises(Exception, match=r"out of|invalid expand"):
         sess.run(None, {"input": _inputs(lenet_pack, 4).numpy(),
                         "task": np.array(tasks, dtype=np.int64)})
 
