@@ -37,7 +37,10 @@ class TaskRecord:
         feature_stats: for the ``mahalanobis`` task score, fitted on validation with the
             temperature (:func:`packtool.taskfree.fit_feature_stats`): ``means``
             ``[classes seen, in_features]``, ``basis`` ``[r, in_features]`` and ``scale``
-            ``[1]``; empty in files written before them.
+            ``[1]``, float32, and ``reject`` ``[1]``, the distance past which an input is none
+            of the task's (:func:`packtool.taskfree.fit_reject_distance`; files of format 5:
+            there ``means`` and ``basis`` are stored as float16); empty in files written before
+            them.
         private: task-private backbone state (biases, norm layers' parameters and statistics).
         widths: the growable widths the task runs at (producer -> units), where the network had
             grown by the time it was added (:mod:`packtool.growth`); empty otherwise.
@@ -76,11 +79,13 @@ class TaskRecord:
         features = weight.shape[1]
         stats = self.feature_stats
         means, basis, scale = (stats.get(k, torch.empty(0)) for k in ("means", "basis", "scale"))
-        if (set(stats) != {"means", "basis", "scale"} or means.dim() != 2 or basis.dim() != 2
+        reject = stats.get("reject", torch.ones(1))
+        if (set(stats) - {"reject"} != {"means", "basis", "scale"} or means.dim() != 2
+                or basis.dim() != 2 or reject.shape != (1,) or not float(reject) > 0
                 or not 1 <= len(means) <= len(self.classes) or means.shape[1] != features
                 or basis.shape[1] != features or scale.shape != (1,) or not float(scale) > 0
                 or not all(v.is_floating_point() and bool(v.isfinite().all())
-                           for v in (means, basis, scale))):
+                           for v in (means, basis, scale, reject))):
             raise ValueError(f"task {self.name!r} has invalid feature statistics")
 
     def meta(self) -> dict[str, Any]:
@@ -116,21 +121,46 @@ class TaskRecord:
         return found
 
     @property
+    def rejects(self) -> bool:
+        """Whether the task has a rejection threshold (its feature statistics' ``reject``)."""
+        return "reject" in self.feature_stats
+
+    @property
     def format_version(self) -> int:
-        """The oldest model file and archive format that holds this record: 1 without
+        """The oldest model file format that holds this record: 1 without
         :meth:`versioned_meta`, 2 with a planner's record, 3 with a temperature or feature
-        statistics, 4 with widths (a grown network). Files are
-        written in the oldest version that holds them, so older packtools keep reading what
-        they can and refuse the rest as too new instead of misreading it."""
+        statistics, 4 with widths (a grown network), 5 with a rejection threshold (and half-
+        precision feature statistics). Files are written in the oldest version that holds them,
+        so older packtools keep reading what they can and refuse the rest as too new instead
+        of misreading it."""
         found = self.versioned_meta()
+        if self.rejects:
+            return 5
         if "widths" in found or "grow_search" in found:
             return 4
         return 3 if "temperature" in found or self.feature_stats else 2 if found else 1
 
 
 def format_version(tasks: list[TaskRecord]) -> int:
-    """The format version of a model file or archive holding ``tasks``."""
+    """The format version of a model file holding ``tasks``."""
     return max((t.format_version for t in tasks), default=1)
+
+
+#: Feature statistics stored as float16 where a task has a rejection threshold (format 5): the
+#: fit rounds them to float16 values (:func:`packtool.taskfree.fit_feature_stats`).
+HALF_STATS = ("means", "basis")
+
+
+def stored_stats(record: TaskRecord) -> dict[str, Tensor]:
+    """``record``'s feature statistics as files store them: :data:`HALF_STATS` in float16 where
+    the task has a rejection threshold (their values are float16 already), else as they are."""
+    return {k: v.to(torch.float16) if record.rejects and k in HALF_STATS else v
+            for k, v in record.feature_stats.items()}
+
+
+def read_stats(stats: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Stored feature statistics as a record holds them: float32."""
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in stats.items()}
 
 
 @dataclass(frozen=True)

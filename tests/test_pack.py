@@ -78,7 +78,7 @@ def test_file_holds_only_tensors_and_plain_values(pack3, tmp_path):
     path = tmp_path / "model.pt"
     pack3.save(path)
     state = torch.load(path, weights_only=True)
-    assert state["format"] == "packtool.pack" and state["version"] == 3  # calibrated tasks
+    assert state["format"] == "packtool.pack" and state["version"] == 5  # rejection thresholds
     assert json.loads(state["meta"])["tasks"][0]["name"] == "t1"
 
 

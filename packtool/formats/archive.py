@@ -32,13 +32,13 @@ from ..growth import growable_widths, widen
 from ..method import FREE, MAX_TASKS
 from ..models import ArchSpec, build_network
 from ..pack import Pack
-from ..records import TaskRecord
+from ..records import TaskRecord, read_stats, stored_stats
 from .digest import tensor_bytes
 from .model_file import pack_fields, pack_options
 from .owner_code import decode_owners, encode_owners, owner_bits, unpack_bits
 
 FORMAT = "packtool.archive"
-FORMAT_VERSION = 5  # the newest version this packtool reads and writes
+FORMAT_VERSION = 6  # the newest version this packtool reads and writes
 
 # safetensors' dtype codes: part of the checksum, so the spec does not depend on torch's names.
 DTYPE_CODES: dict[torch.dtype, str] = {
@@ -109,16 +109,15 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
             tensors[f"head/{record.index}/{name}"] = store(f"head of {record.name}", value)
         for name, value in record.private.items():
             tensors[f"private/{record.index}/{name}"] = store(f"private {name}", value)
-        for name, value in record.feature_stats.items():
+        for name, value in stored_stats(record).items():
             tensors[f"features/{record.index}/{name}"] = (
-                value.detach().cpu().float().contiguous() if name == "scale"  # may pass 65504
-                else store(f"feature statistics of {record.name}", value))
+                value.detach().cpu().float().contiguous() if name in ("scale", "reject")
+                else store(f"feature statistics of {record.name}", value))  # may pass 65504
     spec = pack.spec
     shared_fields = {k: v if isinstance(v, str) else _json(v) for k, v in pack_fields(pack).items()}
     metadata = {
         "format": FORMAT,
-        # The owner coding needs format 4; a grown network's widths, format 5.
-        "format_version": str(FORMAT_VERSION if pack.widths else 4),
+        "format_version": str(archive_version(pack)),
         "owner_coding": "ans",
         **shared_fields,
         **({"pretrained": "true"} if pack.pretrained else {}),
@@ -131,6 +130,12 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
     }
     metadata["checksum"] = checksum(tensors, metadata)
     return tensors, metadata
+
+
+def archive_version(pack: Pack) -> int:
+    """The oldest archive format that holds ``pack``: 4 (the owner coding), 5 for a grown
+    network's widths, 6 for rejection thresholds (and float16 feature statistics)."""
+    return 6 if any(r.rejects for r in pack.tasks) else 5 if pack.widths else 4
 
 
 class _Storage:
@@ -294,7 +299,7 @@ def _pack_from_payload(tensors: dict[str, Tensor], metadata: dict[str, str]) -> 
         raise ValueError(f"unexpected tensors {sorted(unknown)[:3]}")
     heads = _group(tensors, "head", len(metas), half)
     private = _group(tensors, "private", len(metas), half)
-    stats = _group(tensors, "features", len(metas), half)
+    stats = {k: read_stats(v) for k, v in _group(tensors, "features", len(metas), half).items()}
     tasks = [TaskRecord(head=heads[i], private=private[i], feature_stats=stats[i], **m)
              for i, m in enumerate(metas, start=1)]
     # initial_private only seeds a pack's first task; an archive always has one, so it is empty.

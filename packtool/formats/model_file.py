@@ -28,11 +28,11 @@ from ..errors import PackFormatError, PackToolError
 from ..fileio import atomic_write, load_weights_only
 from ..models import ArchSpec
 from ..pack import Pack
-from ..records import TaskRecord, format_version
+from ..records import TaskRecord, format_version, read_stats, stored_stats
 from .digest import digest
 
 FORMAT = "packtool.pack"
-FORMAT_VERSION = 4  # the newest version this packtool reads and writes
+FORMAT_VERSION = 5  # the newest version this packtool reads and writes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def content(pack: Pack) -> dict[str, Any]:
         "heads": [_to_cpu(t.head) for t in pack.tasks],
         "private": [_to_cpu(t.private) for t in pack.tasks],
         **({"released": _to_cpu(pack.released)} if pack.released else {}),
-        **({"feature_stats": [_to_cpu(t.feature_stats) for t in pack.tasks]}
+        **({"feature_stats": [_to_cpu(stored_stats(t)) for t in pack.tasks]}
            if any(t.feature_stats for t in pack.tasks) else {}),
     }, format_version(pack.tasks))
 
@@ -127,7 +127,7 @@ def from_state(loaded: Any, source: str = "pack") -> Pack:
         if len(stats) != len(metas):
             raise ValueError("task tables have different lengths")
         tasks = [TaskRecord(head=_tensor_dict(h), private=_tensor_dict(p),
-                            feature_stats=_tensor_dict(f), **m)
+                            feature_stats=read_stats(_tensor_dict(f)), **m)
                  for m, h, p, f in zip(metas, heads, private, stats)]
         return Pack(ArchSpec.from_dict(info["spec"]), _tensor_dict(loaded["shared"]),
                     _tensor_dict(loaded["owners"]), _tensor_dict(loaded["initial_private"]),
