@@ -2,8 +2,8 @@
 
 On the quality benchmark's split-digits and permuted-digits sequences (:mod:`.quality`; PackNet
 at prune 0.75, the quality schedule, three seeds), every task's test split is run through every
-task's network once (:func:`packtool.evaluation.split_logits`), then scored
-(:func:`packtool.evaluation.score_task_free`) per image and per group of 8 and 32 images of one
+task's network once (:func:`packtool.identification.split_logits`), then scored
+(:func:`packtool.identification.score_task_free`) per image and per group of 8 and 32 images of one
 task, with the recorded temperatures (calibrated on validation when each task was added) and
 without them (every task at 1), for each task score (``mahalanobis`` reads the feature
 statistics fitted with the temperature, and no temperature).
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from packtool.choices import SCORES
-from packtool.evaluation import score_task_free, split_logits
+from packtool.identification import score_task_free, split_logits
 from packtool.taskfree import task_free_net, temperatures_of
 
 from .common import fmt, markdown_table, median

@@ -74,6 +74,11 @@ def show_predict(console: Console, doc: dict[str, Any]) -> None:
         rows = [(str(rank), str(p["class"]), pct(p["probability"]))
                 for rank, p in enumerate(item["top"], start=1)]
         title = str(item["image"])
+        if "task" in item and item["task"] is None:
+            console.print(f"{title}  none of the tasks (feature distance "
+                          f"{item['reject_ratio']:.3g}x its nearest task's threshold)",
+                          markup=False)
+            continue
         if "task" in item:
             margin = item["task_margin"]
             title += f"  task {item['task']!r}" + (

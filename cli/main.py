@@ -246,27 +246,32 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
 @click.option("--task-score", type=click.Choice(SCORES),
               help="With --task-free: how tasks are scored [default: mahalanobis where every "
                    "task has feature statistics, else entropy].")
+@click.option("--unknown", metavar="DATA",
+              help="With --task-free: also serve this dataset's test split, images of none of "
+                   "the tasks (--classes picks its classes): AUROC and the shares rejected.")
 @params.json_option
 @params.quiet_option
 def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None,
           classes: list[int] | None, data_root: str | None, device: str, batch_size: int,
           plot: str | None, task_free: bool, group: int, task_score: str | None,
-          as_json: bool, quiet: bool) -> None:
+          unknown: str | None, as_json: bool, quiet: bool) -> None:
     """Re-evaluate tasks on their held-out test split.
 
     MODEL may be a model.pt or an archive.
     """
     if tasks and all_tasks:
         raise click.UsageError("use either --task or --all, not both")
-    if classes is not None and data is None:
-        raise click.UsageError("--classes needs --data")
+    if classes is not None and data is None and unknown is None:
+        raise click.UsageError("--classes needs --data or --unknown")
+    if unknown is not None and not task_free:
+        raise click.UsageError("--unknown needs --task-free")
     if task_free:
         if tasks or all_tasks or data or plot:
             raise click.UsageError("--task-free serves every task on its own test split: it "
                                    "takes no --task, --all, --data or --plot")
         return dispatch("eval", model=model, as_json=as_json, quiet=quiet, task_free=True,
                         group=group, score=task_score, root=data_root, batch_size=batch_size,
-                        device=device)
+                        device=device, unknown=unknown, classes=classes)
     dispatch("eval", model=model, tasks=tasks, data=data, classes=classes, data_root=data_root,
         device=device, batch_size=batch_size, plot=plot, as_json=as_json, quiet=quiet)
 
@@ -364,19 +369,25 @@ def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
 @click.option("--task-score", type=click.Choice(SCORES),
               help="With --task auto: how tasks are scored [default: mahalanobis where every "
                    "task has feature statistics, else entropy].")
+@click.option("--reject", is_flag=True,
+              help="With --task auto: answer no task (task null) for an image of none of the "
+                   "tasks: its feature distance passes its nearest task's threshold.")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
               help="How many classes to show per image.")
 @params.json_option
 @params.quiet_option
 def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
-            task_score: str | None, top: int, as_json: bool, quiet: bool) -> None:
+            task_score: str | None, reject: bool, top: int, as_json: bool, quiet: bool) -> None:
     """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt)."""
     if same_task and name != AUTO:
         raise click.UsageError("--same-task needs --task auto")
+    if reject and (name != AUTO or same_task or task_score not in (None, "mahalanobis")):
+        raise click.UsageError("--reject needs --task auto, no --same-task and the mahalanobis "
+                               "task score")
     # A pack file is exported to ONNX in memory first, which needs the training stack.
     dispatch("predict_pack" if is_pack_file(source) else "predict", source=source, images=images,
-        name=name, same_task=same_task, task_score=task_score, top=top, as_json=as_json,
-        quiet=quiet)
+        name=name, same_task=same_task, task_score=task_score, reject=reject, top=top,
+        as_json=as_json, quiet=quiet)
 
 
 # -- run --------------------------------------------------------------------------------------

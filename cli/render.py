@@ -127,6 +127,11 @@ def show_task_free(console: Console, doc: dict[str, Any]) -> None:
     if doc["uncalibrated"]:
         console.print(f"Not calibrated (temperature 1): {', '.join(doc['uncalibrated'])}.",
                       markup=False)
+    if "unknown" in doc:
+        u = doc["unknown"]
+        console.print(f"Unknown images ({u['data']}, {count(u['samples'])}): {pct(u['rejected'])} "
+                      f"rejected, AUROC {u['auroc']:.4f}; known test images wrongly rejected: "
+                      f"{pct(u['known_rejected'])}.", markup=False)
 
 
 # -- info -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from packtool._version import __version__
@@ -44,6 +44,9 @@ class TaskMetadata:
     source_sha256: str = ""
     resize: int | None = None
     temperature: float | None = None
+    #: The feature distance past which an input is none of the task's (multi-task files only:
+    #: a per-task file has no distance output); ``None`` without one.
+    reject_distance: float | None = None
 
     KEYS = ("packtool.task", "packtool.classes", "packtool.input_size", "packtool.mean",
             "packtool.std", "packtool.version", "packtool.source_sha256", "packtool.resize",
@@ -54,7 +57,8 @@ class TaskMetadata:
         spec = pack.spec
         return cls(record.name, tuple(record.classes), spec.input_size, spec.mean, spec.std,
                    __version__, source_sha256 or "", record.data.get("resize"),
-                   record.temperature)
+                   record.temperature,
+                   float(record.feature_stats["reject"]) if record.rejects else None)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -113,7 +117,8 @@ def multi_task_props(metas: list[TaskMetadata]) -> dict[str, str]:
     """A multi-task file's ``metadata_props`` for tasks ``metas`` (in index order)."""
     props = {k: v for k, v in metas[0].to_props().items() if k not in _OWN_KEYS}
     props[TASKS_KEY] = json.dumps([{"task": m.task, "classes": list(m.classes),
-                                    "resize": m.resize, "temperature": m.temperature}
+                                    "resize": m.resize, "temperature": m.temperature,
+                                    "reject_distance": m.reject_distance}
                                    for m in metas])
     return props
 
@@ -132,7 +137,12 @@ def tasks_metadata(props: Mapping[str, str], source: str = "model") -> list[Task
             for key in ("resize", "temperature"):
                 if t.get(key) is not None:
                     own[f"packtool.{key}"] = str(t[key])
-            metas.append(TaskMetadata.from_props({**common, **own}, source))
+            meta = TaskMetadata.from_props({**common, **own}, source)
+            reject = t.get("reject_distance")
+            if reject is not None and not (type(reject) in (int, float) and
+                                           0 < reject < math.inf):
+                raise ValueError(f"reject_distance {reject!r} is not a positive number")
+            metas.append(replace(meta, reject_distance=reject))
     except (KeyError, TypeError, ValueError) as exc:
         raise PackFormatError(f"{source} has invalid packtool.tasks metadata: "
                               f"{one_line(exc)}") from None

@@ -24,7 +24,7 @@ from .runtime import predict as predict_onnx
 
 def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
-            task_score: str | None = None, say: Say = silent
+            task_score: str | None = None, reject: bool = False, say: Say = silent
             ) -> PredictResult:
     """Classify ``images`` with one task of ``source``, or let ``task="auto"`` choose the task
     (:func:`packtool.exporters.runtime.predict`, whose arguments these are).
@@ -37,7 +37,7 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
         raise PackToolError(f"{source} does not exist")
     if not is_pack_file(source):
         return predict_onnx(source, images, task=task, top=top, same_task=same_task,
-                            task_score=task_score, say=say)
+                            task_score=task_score, reject=reject, say=say)
     pack = load(source)
     if not pack.tasks:
         raise TaskError(f"{source} has no tasks yet; add one with `packtool add-task`")
@@ -51,4 +51,5 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
         say(f"{source}: exporting task {task!r} to ONNX in memory")
         model = task_onnx(pack, pack.task(task).name)
     return predict_onnx(model.SerializeToString(), images, task=task, top=top,
-                        same_task=same_task, task_score=task_score, source=str(source), say=say)
+                        same_task=same_task, task_score=task_score, reject=reject,
+                        source=str(source), say=say)

@@ -35,7 +35,13 @@ from packtool.choices import AUTO
 from packtool.data.preprocess import Preprocess
 from packtool.errors import PackFormatError, PackToolError, TaskChoiceError, TaskError, one_line
 from packtool.progress import Say, silent
-from packtool.task_id import check_score, default_score_for, identify, task_scores
+from packtool.task_id import (
+    check_score,
+    default_score_for,
+    identify,
+    reject_ratios,
+    task_scores,
+)
 
 from .metadata import DISTANCE_NAME, TaskMetadata, is_multi_task, tasks_metadata
 
@@ -145,8 +151,9 @@ class PredictResult:
         provider: the onnxruntime execution provider that ran it.
         predictions: per image in input order, ``{"image": path, "top": [{"class",
             "probability"}, ...]}`` with ``top`` sorted by probability, highest first; with
-            ``auto`` also ``"task"`` (the chosen task) and ``"task_margin"`` (its score minus
-            the runner-up's; ``None`` with one task).
+            ``auto`` also ``"task"`` (the chosen task; ``None`` for an image rejected as none
+            of the tasks') and ``"task_margin"`` (its score minus the runner-up's; ``None`` with
+            one task), and with ``reject`` ``"reject_ratio"``.
         task_score: with ``auto``, the score that chose the tasks; else ``None``.
     """
 
@@ -172,7 +179,7 @@ class _Runner:
 
 def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
-            task_score: str | None = None, source: str | None = None,
+            task_score: str | None = None, reject: bool = False, source: str | None = None,
             say: Say = silent) -> PredictResult:
     """Classify ``images`` with an exported ONNX file (a path, or its bytes), or let
     ``task="auto"`` choose the task of a multi-task file.
@@ -190,6 +197,11 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
         task_score: ``entropy``, ``max-prob``, ``energy`` or ``mahalanobis``
             (:mod:`packtool.task_id`); default: ``mahalanobis`` where the file has feature
             distances, else ``entropy``.
+        reject: with ``auto`` (and the ``mahalanobis`` score): an image whose feature distance
+            to its chosen task passes that task's threshold (fitted on validation, in the
+            file's metadata) is none of the tasks': its ``task`` is ``None`` and ``top``
+            empty. Every prediction then carries ``reject_ratio``, the distance over the
+            threshold (above 1: rejected).
         source: how messages name the model (default: its path).
         say: receives a line of progress per batch of images.
 
@@ -202,6 +214,9 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
         check_score(task_score)
     if same_task and task != AUTO:
         raise TaskError("same_task needs task 'auto'")
+    if reject and (task != AUTO or same_task or task_score not in (None, "mahalanobis")):
+        raise TaskError("reject needs task 'auto', one task per image (no same_task) and the "
+                        "mahalanobis score")
     label = source or ("the model" if isinstance(model, bytes) else str(model))
     if not isinstance(model, bytes) and not os.path.isfile(model):
         raise PackToolError(f"{label} does not exist")
@@ -213,12 +228,22 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
                              _predictions(images, runners, logits, [0] * len(images), top))
     temperatures = [1.0 if r.meta.temperature is None else r.meta.temperature for r in runners]
     assert task_score is not None
+    if reject and task_score != "mahalanobis":
+        raise TaskError(f"{label} has no feature distances: reject needs them (export the pack "
+                        "again)")
     scores = task_scores(logits, temperatures, task_score, distances)
     chosen = identify(scores, np.zeros(len(images), dtype=np.int64) if same_task else None)
     choice = chosen.task.tolist()
     predictions = _predictions(images, runners, logits, choice, top, named=True)
     for p, margin in zip(predictions, chosen.margin.tolist()):
         p["task_margin"] = None if math.isnan(margin) else margin
+    if reject:
+        ratios = reject_ratios(distances, chosen.task,
+                               [r.meta.reject_distance for r in runners])
+        for p, ratio in zip(predictions, ratios.tolist()):
+            p["reject_ratio"] = ratio
+            if ratio > 1:
+                p.update(task=None, top=[])
     return PredictResult(runners[choice[0]].meta.task if same_task else None,
                          provider_of(runners[0].session), predictions, task_score)
 

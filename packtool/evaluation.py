@@ -5,8 +5,8 @@
 * :func:`evaluate_tasks` - tasks of a pack on their own test splits (or on another dataset);
 * :func:`half_precision_change`, :func:`precision_change` - what serving a pack from a float16
   archive, or a task in reduced precision, costs;
-* :func:`evaluate_task_free` - every task's test split served without its task id
-  (:mod:`packtool.taskfree`).
+
+Serving without the task id is measured by :mod:`packtool.identification`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import resolve_device
@@ -26,8 +26,7 @@ from .distributed import World, batches, sum_counts, sum_floats
 from .errors import DataError, TaskError
 from .pack import Pack
 from .progress import Say, silent
-from .task_id import check_score, identify, task_scores
-from .taskfree import TaskFreeNet, collect_logits, default_score, task_free_net, temperatures_of
+from .taskfree import collect_logits
 
 
 @dataclass(frozen=True)
@@ -231,127 +230,3 @@ def precision_change(task: str, full: nn.Module, reduced: nn.Module, test: Datas
     return PrecisionChange(task, float((expected.argmax(1) == labels).double().mean()),
                            float((actual.argmax(1) == labels).double().mean()), len(labels),
                            float((actual - expected).abs().max()))
-
-
-# ------------------------------------------------------------------------------------------------
-# Without the task id
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SplitLogits:
-    """One task's test split seen by every task's network: ``logits[k]`` ``[N, C_k]`` and
-    ``distances[k]`` ``[N]`` (:class:`TaskFreeNet`)."""
-
-    task: str
-    index: int
-    logits: list[Tensor]
-    distances: list[Tensor]
-    labels: Tensor
-
-
-def logits_table(pack: Pack, *, root: str | os.PathLike | None = None, batch_size: int = 256,
-                 device: str | torch.device = "auto", say: Say = silent
-                 ) -> list[SplitLogits]:
-    """Every task's test split through every task's network (each network built once)."""
-    if not pack.tasks:
-        raise TaskError("the pack has no tasks to evaluate yet; add one first")
-    dev = resolve_device(device)
-    nets = [task_free_net(pack, t.name, dev) for t in pack.tasks]
-    table = []
-    for record in pack.tasks:
-        test = task_data(pack, record.name, root=root).test
-        say(f"task {record.name!r}: its {len(test)} test images through every task's network")
-        table.append(split_logits(nets, test, record.name, record.index,
-                                  batch_size=batch_size, device=dev))
-    return table
-
-
-def split_logits(nets: Sequence[TaskFreeNet], dataset: Dataset, task: str, index: int, *,
-                 batch_size: int = 256, device: str | torch.device = "cpu") -> SplitLogits:
-    """Task ``task``'s split ``dataset`` through every task's network ``nets``."""
-    outputs, labels = collect_logits(nets, dataset, batch_size=batch_size, device=device)
-    return SplitLogits(task, index, [o[0] for o in outputs], [o[1] for o in outputs], labels)
-
-
-@dataclass(frozen=True)
-class TaskFreeEvaluation:
-    """One task's test split served without its task id; a row of ``eval --task-free --json``.
-
-    Attributes:
-        task, index: the task whose test images were served.
-        samples: test images; groups: groups of ``group`` images (the last may be smaller).
-        task_accuracy: share of groups (of images with ``group`` 1) given the right task.
-        accuracy: class accuracy without the task id (a wrong task counts as wrong).
-        oracle_accuracy: class accuracy with the task id given.
-    """
-
-    task: str
-    index: int
-    samples: int
-    groups: int
-    task_accuracy: float
-    accuracy: float
-    oracle_accuracy: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def score_task_free(table: Sequence[SplitLogits], temperatures: Sequence[float], *,
-                    group: int = 1, score: str = "entropy", seed: int = 0
-                    ) -> list[TaskFreeEvaluation]:
-    """Task-free accuracy from :func:`logits_table`.
-
-    Each test split is shuffled with ``seed`` and cut into groups of ``group`` images (the last
-    one smaller if ``group`` does not divide it); each group gets one task by its summed scores.
-    """
-    if group < 1:
-        raise TaskError(f"group must be at least 1, got {group}")
-    rows = []
-    for position, split in enumerate(table):
-        n = len(split.labels)
-        groups = torch.empty(n, dtype=torch.long)
-        groups[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = (
-            torch.arange(n) // group)
-        scores = task_scores([z.numpy() for z in split.logits], temperatures, score,
-                             [d.numpy() for d in split.distances])
-        chosen = torch.from_numpy(identify(scores, groups.numpy()).task)
-        # Each task's own prediction, then the chosen task's: heads may differ in width.
-        predicted = torch.stack([z.argmax(1) for z in split.logits], 1)
-        predicted = predicted.gather(1, chosen[:, None])[:, 0]
-        right_task = chosen == position
-        rows.append(TaskFreeEvaluation(
-            split.task, split.index, n, int(groups.max()) + 1,
-            task_accuracy=float(_group_share(right_task, groups)),
-            accuracy=float((right_task & (predicted == split.labels)).double().mean()),
-            oracle_accuracy=float((split.logits[position].argmax(1) == split.labels)
-                                  .double().mean()),
-        ))
-    return rows
-
-
-def evaluate_task_free(pack: Pack, *, group: int = 1, score: str | None = None,
-                       calibrated: bool = True, root: str | os.PathLike | None = None,
-                       batch_size: int = 256, device: str | torch.device = "auto",
-                       seed: int = 0, say: Say = silent
-                       ) -> list[TaskFreeEvaluation]:
-    """Every task's test split served without the task id (see :func:`score_task_free`).
-
-    ``score`` defaults to :func:`default_score`; ``calibrated=False`` ignores the recorded
-    temperatures (every task at 1). ``say`` receives a line of progress per task.
-    """
-    score = check_score(score or default_score(pack))
-    if group < 1:
-        raise TaskError(f"group must be at least 1, got {group}")
-    table = logits_table(pack, root=root, batch_size=batch_size, device=device, say=say)
-    temperatures = temperatures_of(pack) if calibrated else [1.0] * len(pack.tasks)
-    return score_task_free(table, temperatures, group=group, score=score, seed=seed)
-
-
-def _group_share(right: Tensor, groups: Tensor) -> Tensor:
-    """Share of groups whose images are right (a group's images share one choice)."""
-    count = int(groups.max()) + 1
-    first = torch.full((count,), len(groups), dtype=torch.long).scatter_reduce_(
-        0, groups, torch.arange(len(groups)), reduce="amin")
-    return right[first].double().mean()

@@ -119,3 +119,44 @@ def identify(scores: np.ndarray, groups: np.ndarray | None = None) -> Identifica
     else:
         margin = best - np.sort(scores, axis=1)[:, -2]
     return Identification(task.astype(np.int64), margin, scores)
+
+
+def reject_ratios(distances: Sequence[np.ndarray], chosen: np.ndarray,
+                  thresholds: Sequence[float | None]) -> np.ndarray:
+    """Each input's chosen task's feature distance over that task's rejection threshold:
+    float64 ``[N]``, above 1 for an input that is none of the tasks' (``--reject``).
+
+    ``distances``: ``T`` arrays ``[N]`` (the task-free network's second output); ``chosen``
+    ``[N]``: 0-based task positions (:attr:`Identification.task`); ``thresholds``: per task
+    (:func:`packtool.taskfree.fit_reject_distance`).
+
+    Raises:
+        TaskError: a task without a threshold (added before packtool fitted them).
+    """
+    missing = [k for k, t in enumerate(thresholds, start=1) if t is None]
+    if missing:
+        raise TaskError(f"task #{missing[0]} has no rejection threshold (added before packtool "
+                        "fitted them): rejecting unknown inputs needs every task's")
+    table = np.stack([np.asarray(d, dtype=np.float64) for d in distances], 1)
+    rows = np.arange(len(table))
+    return table[rows, chosen] / np.asarray(thresholds, dtype=np.float64)[chosen]
+
+
+def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of a score that should be higher for ``positives``: the
+    chance that a random positive scores above a random negative, ties counting half
+    (the Mann-Whitney statistic). NaN if either side is empty."""
+    negatives, positives = np.asarray(negatives, float), np.asarray(positives, float)
+    if not len(negatives) or not len(positives):
+        return math.nan
+    values = np.concatenate([negatives, positives])
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    # Tied values share their mean rank.
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    n_pos = len(positives)
+    above = ranks[len(negatives):].sum() - n_pos * (n_pos + 1) / 2
+    return float(above / (n_pos * len(negatives)))

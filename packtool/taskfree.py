@@ -31,7 +31,7 @@ Lifecycle: :func:`calibrate` when a task is added (its record keeps the temperat
 feature statistics); :class:`TaskFreeNet` -> :func:`packtool.task_id.task_scores` ->
 :func:`packtool.task_id.identify` to serve (:func:`packtool.exporters.prediction` with
 ``task="auto"``);
-:func:`packtool.evaluation.evaluate_task_free` to measure.
+:func:`packtool.identification.evaluate_task_free` to measure.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from packtool.exporters import (
     write_archive,
 )
 from packtool.formats import owner_code
+from packtool.formats.archive import archive_from_bytes, archive_version
 from packtool.records import stored_stats
 
 PACKS = {  # name: (arch, input size, kwargs, [(classes, prune), ...], policy)
@@ -321,3 +323,21 @@ def test_half_precision_change_without_the_tasks_data(mlp_pack, tmp_path):
         assert 0.0 < change.max_abs_diff < 0.05
     same = half_precision_change(mlp_pack, mlp_pack)  # float32 against itself: no change
     assert all(c.max_abs_diff == 0.0 for c in same)
+
+
+def test_archives_are_written_in_the_oldest_format_that_holds_them(mlp_pack):
+    """4: the owner coding; 5: a grown network's widths; 6: rejection thresholds. An archive
+    without thresholds (a pack of an older packtool) keeps the older version and float32
+    statistics."""
+    assert archive_version(mlp_pack) == 6
+    older = copy.deepcopy(mlp_pack)
+    for record in older.tasks:
+        del record.feature_stats["reject"]
+    assert archive_version(older) == 4
+    restored = archive_from_bytes(archive_bytes(older))
+    assert all(t.feature_stats["basis"].dtype == torch.float32 and not t.rejects
+               for t in restored.tasks)
+    with_reject = archive_from_bytes(archive_bytes(mlp_pack))
+    for ours, theirs in zip(with_reject.tasks, mlp_pack.tasks):
+        for key, value in theirs.feature_stats.items():  # float16 values, read back exactly
+            assert torch.equal(ours.feature_stats[key], value), key

@@ -150,12 +150,12 @@ def test_the_grown_task_uses_its_new_units():
         assert not torch.equal(net(x), out)
 
 
-def test_a_grown_pack_saves_and_loads_as_format_4(tmp_path):
+def test_a_grown_pack_saves_and_loads(tmp_path):
     _, grown = _grown_pair("mlp")
     path = tmp_path / "m.pt"
     grown.save(path)
     state = torch.load(path, weights_only=True)
-    assert state["version"] == 4
+    assert state["version"] == 5  # widths need 4; rejection thresholds, 5
     assert json.loads(state["meta"])["tasks"][1]["widths"] == grown.widths
     loaded = Pack.load(path)
     assert loaded.widths == grown.widths and loaded.task("t1").widths == {}
@@ -286,7 +286,7 @@ def test_the_archive_of_a_grown_pack_serves_every_task_as_before(name, tmp_path)
     path = tmp_path / "pack.safetensors"
     write_archive(grown, path)
     with safe_open(str(path), "pt") as f:
-        assert f.metadata()["format_version"] == "5"
+        assert f.metadata()["format_version"] == "6"  # widths need 5; rejection thresholds, 6
     archive = read_archive(path)
     assert archive.widths == grown.widths and archive.task("t1").widths == {}
     x = torch.randn(4, *NETS[name][1])
@@ -294,9 +294,9 @@ def test_the_archive_of_a_grown_pack_serves_every_task_as_before(name, tmp_path)
         for task in ("t1", "t2"):
             assert torch.equal(archive.model_for(task)(x), grown.model_for(task)(x))
         assert torch.equal(archive.model_for("t1")(x), before.model_for("t1")(x))
-    write_archive(before, tmp_path / "before.safetensors")  # never grown: format 4 as before
+    write_archive(before, tmp_path / "before.safetensors")  # never grown: no widths
     with safe_open(str(tmp_path / "before.safetensors"), "pt") as f:
-        assert f.metadata()["format_version"] == "4"
+        assert f.metadata()["format_version"] == "6" and "widths" not in f.metadata()["tasks"]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "mlp" else pytest.mark.slow)

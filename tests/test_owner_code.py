@@ -58,7 +58,7 @@ def test_damaged_streams_are_refused():
         decode_owners(words[: len(words) // 2], counts, 5000)
 
 
-def test_archive_is_format_4_and_round_trips(tmp_path):
+def test_archive_codes_owners_and_round_trips(tmp_path):
     pack = build_pack("mlp", (1, 8, 8), {"hidden": 64}, [(3, 0.5), (2, 0.5), (2, 0.0)])
     data = archive_bytes(pack)
     restored = archive_from_bytes(data)
@@ -71,7 +71,7 @@ def test_archive_is_format_4_and_round_trips(tmp_path):
     path.write_bytes(data)
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-        assert meta["format_version"] == "4" and meta["owner_coding"] == "ans"
+        assert meta["format_version"] == "6" and meta["owner_coding"] == "ans"  # thresholds: 6
     tensors = st_load(data)
     key = next(iter(pack.owners))
     assert tensors[f"owners/{key}"].dtype == torch.int32

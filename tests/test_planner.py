@@ -250,8 +250,8 @@ def test_auto_keeps_zero_forgetting_and_the_record():
     assert record.prune == second.prune and record.prune_reason == second.prune_reason
     assert record.prune_search == second.prune_search and len(record.prune_search) == len(GRID)
     assert record.versioned_meta().keys() >= {"prune_reason", "prune_search"}
-    # with the temperature: version 3
-    assert model_file.content(pack)["version"] == 3 < FORMAT_VERSION  # 4: grown networks
+    # with the rejection thresholds: version 5
+    assert model_file.content(pack)["version"] == 5 == FORMAT_VERSION
     restored = archive_from_bytes(archive_bytes(pack))
     assert restored.tasks[1].prune_search == record.prune_search
 

@@ -25,9 +25,9 @@ from packtool import (
     identify,
     task_scores,
 )
-from packtool.evaluation import score_task_free, split_logits
 from packtool.exporters import TaskMetadata, archive_bytes, archive_from_bytes, predict, task_onnx
 from packtool.formats import model_file
+from packtool.identification import score_task_free, split_logits
 from packtool.taskfree import (
     NOISE_FLOOR,
     TEMPERATURES,

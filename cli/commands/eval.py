@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from packtool.evaluation import evaluate_task_free, evaluate_tasks
+from packtool.data import load_task_data
+from packtool.evaluation import evaluate_tasks
 from packtool.formats.files import load
+from packtool.identification import (
+    evaluate_task_free,
+    evaluate_unknown,
+    logits_table,
+    reject_thresholds,
+)
 from packtool.pack import Pack
 from packtool.progress import Say
 from packtool.report import plot_accuracy
@@ -38,10 +45,21 @@ def _accuracy(pack: Pack, as_json: bool, tasks: tuple[str, ...], data: str | Non
         render.show_eval(console_for(), doc)
 
 
-def _task_free(pack: Pack, as_json: bool, **settings: Any) -> None:
-    settings["score"] = settings["score"] or default_score(pack)
-    rows = evaluate_task_free(pack, **settings)
-    doc = render.task_free_doc(rows, pack, group=settings["group"], score=settings["score"])
+def _task_free(pack: Pack, as_json: bool, unknown: str | None, classes: list[int] | None,
+               **settings: Any) -> None:
+    score = settings["score"] = settings["score"] or default_score(pack)
+    say, root = settings.pop("say"), settings["root"]
+    if unknown is not None:  # refuse a pack that cannot reject before reading any data
+        reject_thresholds(pack)
+        outside = load_task_data(unknown, pack.preprocess, root=root, classes=classes).test
+    table = logits_table(pack, root=root, batch_size=settings["batch_size"],
+                         device=settings["device"], say=say)
+    rows = evaluate_task_free(pack, table=table, **settings)
+    doc = render.task_free_doc(rows, pack, group=settings["group"], score=score)
+    if unknown is not None:
+        doc["unknown"] = {"data": unknown, **evaluate_unknown(
+            pack, outside, table=table, batch_size=settings["batch_size"],
+            device=settings["device"], say=say).to_dict()}
     if as_json:
         print_json(doc)
     else:
