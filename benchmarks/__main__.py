@@ -19,6 +19,7 @@ from . import (
     quality,
     refit,
     report,
+    serving,
     startup,
     taskfree,
     throughput,
@@ -26,7 +27,7 @@ from . import (
 from .common import machine
 
 PARTS = {"quality": quality, "planner": planner, "growth": growth, "refit": refit,
-         "taskfree": taskfree, "cost": cost,
+         "taskfree": taskfree, "serving": serving, "cost": cost,
          "deploy": deploy, "architectures": architectures, "throughput": throughput,
          "startup": startup}
 RENDERERS = {name: part.markdown for name, part in PARTS.items()}

@@ -102,16 +102,20 @@ def _props(pack: Pack, source_sha256: str | None) -> dict[str, str]:
     return multi_task_props([TaskMetadata.of(pack, r, source_sha256) for r in pack.tasks])
 
 
-def multi_task_onnx(pack: Pack, *, opset: int = MIN_OPSET, source_sha256: str | None = None
-                    ) -> onnx.ModelProto:
-    """Every task of ``pack`` as one in-memory ONNX model (see the module docstring)."""
+def multi_task_onnx(pack: Pack, *, opset: int = MIN_OPSET, source_sha256: str | None = None,
+                    mixed: bool = True) -> onnx.ModelProto:
+    """Every task of ``pack`` as one in-memory ONNX model (see the module docstring).
+
+    ``mixed=False``: without the loop over tasks (:mod:`.routing`), ``task`` int64 ``[1]``
+    for the whole batch, as files were before mixed-task batches (what the serving benchmark
+    compares a one-task batch against)."""
     if not pack.tasks:
         raise PackToolError("the pack has no tasks yet: there is nothing to export")
-    return _export(pack, multi_task_net(pack), opset, source_sha256)
+    return _export(pack, multi_task_net(pack), opset, source_sha256, mixed)
 
 
-def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
-            ) -> onnx.ModelProto:
+def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None,
+            mixed: bool) -> onnx.ModelProto:
     check_opset(opset)
     outputs = [OUTPUT_NAME] if net.distance is None else [OUTPUT_NAME, DISTANCE_NAME]
     # Batch 2, not 1: torch.export specializes a dimension of size 1 instead of keeping it.
@@ -125,7 +129,8 @@ def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
         proto = strip_export_noise(program.model_proto)
         proto = strip_export_noise(onnxscript.optimizer.optimize(proto,
                                                                  output_size_limit=FOLD_LIMIT))
-        proto = route_by_task(proto)
+        if mixed:
+            proto = route_by_task(proto)
     except Exception as exc:  # the exporter raises many types; the message is what counts
         raise PackToolError(
             f"cannot export the pack to one multi-task ONNX: {one_line(exc, first=True)}"

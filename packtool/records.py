@@ -4,7 +4,7 @@ reports."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,8 +38,8 @@ class TaskRecord:
             temperature (:func:`packtool.taskfree.fit_feature_stats`): ``means``
             ``[classes seen, in_features]``, ``basis`` ``[r, in_features]`` and ``scale``
             ``[1]``, float32, and ``reject`` ``[1]``, the distance past which an input is none
-            of the task's (:func:`packtool.taskfree.fit_reject_distance`; files of format 5:
-            there ``means`` and ``basis`` are stored as float16); empty in files written before
+            of the task's (:func:`packtool.taskfree.fit_reject_distance`; from format 5, where
+            ``means`` and ``basis`` are stored as int8 rows); empty in files written before
             them.
         private: task-private backbone state (biases, norm layers' parameters and statistics).
         widths: the growable widths the task runs at (producer -> units), where the network had
@@ -129,8 +129,8 @@ class TaskRecord:
     def format_version(self) -> int:
         """The oldest model file format that holds this record: 1 without
         :meth:`versioned_meta`, 2 with a planner's record, 3 with a temperature or feature
-        statistics, 4 with widths (a grown network), 5 with a rejection threshold (and half-
-        precision feature statistics). Files are written in the oldest version that holds them,
+        statistics, 4 with widths (a grown network), 5 with a rejection threshold (and int8
+        feature statistics). Files are written in the oldest version that holds them,
         so older packtools keep reading what they can and refuse the rest as too new instead
         of misreading it."""
         found = self.versioned_meta()
@@ -146,21 +146,44 @@ def format_version(tasks: list[TaskRecord]) -> int:
     return max((t.format_version for t in tasks), default=1)
 
 
-#: Feature statistics stored as float16 where a task has a rejection threshold (format 5): the
-#: fit rounds them to float16 values (:func:`packtool.taskfree.fit_feature_stats`).
-HALF_STATS = ("means", "basis")
+#: Feature statistics stored as int8 rows where a task has a rejection threshold (format 5):
+#: the fit rounds them to such values (:func:`packtool.taskfree.fit_feature_stats`).
+INT8_STATS = ("means", "basis")
+
+
+def int8_rows(t: Tensor) -> tuple[Tensor, Tensor]:
+    """``t`` ``[R, D]`` as int8 ``[R, D]`` and a float32 step per row ``[R]``, ``t ~ q * step``:
+    the step is the power of two that fits the row's largest value in 127 steps, so that
+    :func:`from_int8_rows` is exact and coding its result again gives the same bytes."""
+    t = t.detach().float()
+    top = t.abs().amax(1) if t.shape[1] else t.new_zeros(len(t))
+    step = torch.where(top > 0, torch.exp2(torch.ceil(torch.log2(top / 127))), 1.0)
+    return torch.round(t / step[:, None]).clamp(-127, 127).to(torch.int8), step
+
+
+def from_int8_rows(q: Tensor, step: Tensor) -> Tensor:
+    """The float32 rows of :func:`int8_rows`' output."""
+    return (q.float() * step.float()[:, None]).contiguous()
 
 
 def stored_stats(record: TaskRecord) -> dict[str, Tensor]:
-    """``record``'s feature statistics as files store them: :data:`HALF_STATS` in float16 where
-    the task has a rejection threshold (their values are float16 already), else as they are."""
-    return {k: v.to(torch.float16) if record.rejects and k in HALF_STATS else v
-            for k, v in record.feature_stats.items()}
+    """``record``'s feature statistics as files store them: :data:`INT8_STATS` as int8 rows
+    and their ``<name>_step`` where the task has a rejection threshold (their values are such
+    rows already), else as they are."""
+    stats = dict(record.feature_stats)
+    if record.rejects:
+        for key in INT8_STATS:
+            stats[key], stats[f"{key}_step"] = int8_rows(stats[key])
+    return stats
 
 
 def read_stats(stats: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Stored feature statistics as a record holds them: float32."""
-    return {k: v.float() if v.dtype == torch.float16 else v for k, v in stats.items()}
+    """Stored feature statistics as a record holds them: float32 rows."""
+    stats = dict(stats)
+    for key in INT8_STATS:
+        if f"{key}_step" in stats:
+            stats[key] = from_int8_rows(stats[key], stats.pop(f"{key}_step"))
+    return stats
 
 
 @dataclass(frozen=True)

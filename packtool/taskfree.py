@@ -47,12 +47,13 @@ from torch.utils.data import DataLoader, Dataset
 from .data import TaskData
 from .errors import DataError
 from .pack import Pack
+from .records import from_int8_rows, int8_rows
 from .task_id import default_score_for
 
 # Largest rank of the stored precision's low-rank part (see fit_feature_stats): on the digits
-# MLP (256 features, 143 validation images per task) rank 64 identifies tasks as the full rank
-# does (93.48% of images at 5 tasks, 88.02% vs 88.11% at 10) in half the bytes; rank 32 loses
-# 0.7 points.
+# MLP (256 features, 143 validation images per task) rank 64 in int8 rows identifies tasks as
+# the full rank in float32 does (93.48% of images at 5 tasks, 88.11% at 10) in a seventh of
+# the bytes; rank 32 loses 0.6 points, a 4-bit basis 1.5 (the serving benchmark measures it).
 PRECISION_RANK = 64
 #: Folds of :func:`fit_reject_distance`'s cross-fitted distances.
 REJECT_FOLDS = 5
@@ -116,19 +117,27 @@ def calibrate(pack: Pack, task: str | int, data: TaskData, *, batch_size: int = 
     Raises:
         DataError: the validation split is empty.
     """
+    logits, features, labels = head_inputs(pack, task, data.val, batch_size=batch_size,
+                                           device=device)
+    stats = fit_feature_stats(features, labels)
+    stats["reject"] = torch.tensor([fit_reject_distance(features, labels)], dtype=torch.float32)
+    return fit_temperature(logits, labels), stats
+
+
+def head_inputs(pack: Pack, task: str | int, dataset: Dataset, *, batch_size: int = 256,
+                device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """Task ``task``'s logits ``[N, C]``, its classifier's input features ``[N, D]`` (float32,
+    on the CPU) and the labels ``[N]`` on ``dataset``: what calibration fits."""
     model = pack.model_for(task, device)
     seen: list[Tensor] = []
     hook = model.get_submodule(pack.anatomy().classifier).register_forward_pre_hook(
         lambda _module, args: seen.append(args[0].flatten(1).float().cpu()))
     try:
-        (logits,), labels = collect_logits([model], data.val, batch_size=batch_size,
+        (logits,), labels = collect_logits([model], dataset, batch_size=batch_size,
                                            device=device)
     finally:
         hook.remove()
-    features = torch.cat(seen)
-    stats = fit_feature_stats(features, labels)
-    stats["reject"] = torch.tensor([fit_reject_distance(features, labels)], dtype=torch.float32)
-    return fit_temperature(logits, labels), stats
+    return logits, torch.cat(seen), labels
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +146,7 @@ def calibrate(pack: Pack, task: str | int, data: TaskData, *, batch_size: int = 
 
 
 def fit_feature_stats(features: Tensor, labels: Tensor, *, rank: int | None = None,
-                      shrink: float | None = None) -> dict[str, Tensor]:
+                      shrink: float | None = None, compact: bool = True) -> dict[str, Tensor]:
     """Class means and a shared precision of a head's input features, for ``mahalanobis``.
 
     ``features`` ``[N, D]`` (the classifier's input on the validation split), ``labels``
@@ -150,10 +159,11 @@ def fit_feature_stats(features: Tensor, labels: Tensor, *, rank: int | None = No
         precision = scale * I - basis.T @ basis        # scale = 1 / v
 
     Returns ``means`` ``[C', D]`` (the classes present), ``basis`` ``[r, D]`` and ``scale``
-    ``[1]``, float32; ``means`` and ``basis`` hold float16 values (what the files store: a
-    few times ``D`` half-precision values per task, where the full matrix would take ``D * D``
-    floats). The average variance is at least :data:`NOISE_FLOOR` times the features' mean
-    square.
+    ``[1]``, float32; ``means`` and ``basis`` hold int8 rows (:func:`~packtool.records.int8_rows`,
+    what the files store: a few times ``D`` bytes per task, where the full matrix would take
+    ``D * D`` floats; ``compact=False`` keeps float32 values, as packtool stored them before
+    rejection thresholds). The average variance is at least :data:`NOISE_FLOOR` times the
+    features' mean square.
     """
     if features.dim() != 2 or labels.shape != features.shape[:1] or len(labels) < 2:
         raise DataError(f"cannot fit feature statistics to features {list(features.shape)} and "
@@ -178,13 +188,10 @@ def fit_feature_stats(features: Tensor, labels: Tensor, *, rank: int | None = No
     rest = (float(spread[kept:].sum()) + (d - len(spread)) * isotropic) / max(d - kept, 1)
     rest = max(rest, isotropic)
     basis = directions[:kept] * (1 / rest - 1 / spread[:kept]).clamp_min(0).sqrt()[:, None]
-    return {"means": _half_values(means), "basis": _half_values(basis),
+    stored = (lambda t: from_int8_rows(*int8_rows(t))) if compact else (
+        lambda t: t.float().contiguous())
+    return {"means": stored(means), "basis": stored(basis),
             "scale": torch.tensor([1 / rest], dtype=torch.float32)}
-
-
-def _half_values(t: Tensor) -> Tensor:
-    """``t`` in float32 with float16 values: stored as float16, read back bit for bit."""
-    return t.to(torch.float16).float().contiguous()
 
 
 def fit_reject_distance(features: Tensor, labels: Tensor, *, accept: float = ACCEPT,

@@ -28,6 +28,7 @@ from packtool import (
 from packtool.exporters import TaskMetadata, archive_bytes, archive_from_bytes, predict, task_onnx
 from packtool.formats import model_file
 from packtool.identification import score_task_free, split_logits
+from packtool.records import from_int8_rows, int8_rows
 from packtool.taskfree import (
     NOISE_FLOOR,
     TEMPERATURES,
@@ -152,15 +153,21 @@ def test_feature_stats_and_the_distance_they_give():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(300) % 3
     features = torch.randn(300, 6, generator=g) + 4 * torch.eye(6)[labels]
-    stats = fit_feature_stats(features, labels)
+    stats = fit_feature_stats(features, labels, compact=False)
     assert stats["means"].shape == (3, 6) and stats["basis"].shape == (6, 6)
     precision = stats["scale"] * torch.eye(6) - stats["basis"].T @ stats["basis"]
     residuals = features.double() - stats["means"].double()[labels]
     cov = residuals.T @ residuals / 300
     shrunk = 0.9 * cov + 0.1 * cov.diagonal().mean() * torch.eye(6, dtype=torch.float64)
-    # The means and basis hold float16 values (what files store): three significant digits.
-    assert torch.allclose(precision.double(), torch.linalg.inv(shrunk), atol=5e-3)
-    assert all(torch.equal(stats[k], stats[k].half().float()) for k in ("means", "basis"))
+    assert torch.allclose(precision.double(), torch.linalg.inv(shrunk), atol=1e-4)
+    # As stored: the means and basis are int8 rows (at most half a step off, a step being at
+    # most a 64th of the row's largest value), read back bit for bit.
+    compact = fit_feature_stats(features, labels)
+    for key in ("means", "basis"):
+        q, step = int8_rows(compact[key])
+        assert torch.equal(from_int8_rows(q, step), compact[key])
+        bound = stats[key].abs().amax(1, keepdim=True) / 128
+        assert bool(((compact[key] - stats[key]).abs() <= bound + 1e-7).all())
     head = torch.nn.Linear(6, 3)
     net = TaskFreeNet(torch.nn.Sequential(torch.nn.Identity(), head), "1", stats)
     x = torch.cat([stats["means"], features[:5]])
@@ -170,14 +177,14 @@ def test_feature_stats_and_the_distance_they_give():
     brute = torch.einsum("ncd,de,nce->nc", d, precision.double(), d).min(1).values / 6
     assert torch.allclose(distance[3:].double(), brute, rtol=1e-4)
     # A smaller rank: exact in the largest directions, their mean variance in the others.
-    low = fit_feature_stats(features, labels, rank=2)
+    low = fit_feature_stats(features, labels, rank=2, compact=False)
     values, vectors = torch.linalg.eigh(shrunk)  # ascending
     rest = float(values[:4].mean())
     expected = sum((1 / values[k] - 1 / rest) * torch.outer(vectors[:, k], vectors[:, k])
                    for k in (4, 5)) + torch.eye(6, dtype=torch.float64) / rest
     assert low["basis"].shape == (2, 6) and float(low["scale"]) == pytest.approx(1 / rest)
     low_precision = low["scale"] * torch.eye(6) - low["basis"].T @ low["basis"]
-    assert torch.allclose(low_precision.double(), expected, atol=5e-3)
+    assert torch.allclose(low_precision.double(), expected, atol=1e-4)
     # Fewer images than features: the basis has at most one row per image.
     wide = fit_feature_stats(torch.randn(40, 1100, generator=g), torch.arange(40) % 2)
     assert wide["basis"].shape[0] <= 40 and wide["basis"].shape[1] == 1100

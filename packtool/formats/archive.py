@@ -110,9 +110,11 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
         for name, value in record.private.items():
             tensors[f"private/{record.index}/{name}"] = store(f"private {name}", value)
         for name, value in stored_stats(record).items():
+            # Scales, steps and thresholds stay float32 (they may pass float16's 65504).
+            exact = name in ("scale", "reject") or name.endswith("_step")
             tensors[f"features/{record.index}/{name}"] = (
-                value.detach().cpu().float().contiguous() if name in ("scale", "reject")
-                else store(f"feature statistics of {record.name}", value))  # may pass 65504
+                value.detach().cpu().float().contiguous() if exact
+                else store(f"feature statistics of {record.name}", value))
     spec = pack.spec
     shared_fields = {k: v if isinstance(v, str) else _json(v) for k, v in pack_fields(pack).items()}
     metadata = {
@@ -134,7 +136,7 @@ def archive_payload(pack: Pack, *, half: bool = False, source_sha256: str | None
 
 def archive_version(pack: Pack) -> int:
     """The oldest archive format that holds ``pack``: 4 (the owner coding), 5 for a grown
-    network's widths, 6 for rejection thresholds (and float16 feature statistics)."""
+    network's widths, 6 for rejection thresholds (and int8 feature statistics)."""
     return 6 if any(r.rejects for r in pack.tasks) else 5 if pack.widths else 4
 
 
