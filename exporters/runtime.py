@@ -153,7 +153,7 @@ class PredictResult:
             "probability"}, ...]}`` with ``top`` sorted by probability, highest first; with
             ``auto`` also ``"task"`` (the chosen task; ``None`` for an image rejected as none
             of the tasks') and ``"task_margin"`` (its score minus the runner-up's; ``None`` with
-            one task), and with ``reject`` ``"reject_ratio"``.
+            one task), and with ``reject`` ``"distance"`` and ``"reject_ratio"``.
         task_score: with ``auto``, the score that chose the tasks; else ``None``.
     """
 
@@ -200,8 +200,8 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
         reject: with ``auto`` (and the ``mahalanobis`` score): an image whose feature distance
             to its chosen task passes that task's threshold (fitted on validation, in the
             file's metadata) is none of the tasks': its ``task`` is ``None`` and ``top``
-            empty. Every prediction then carries ``reject_ratio``, the distance over the
-            threshold (above 1: rejected).
+            empty. Every prediction then carries ``distance`` (to its nearest task) and
+            ``reject_ratio``, the distance over that task's threshold (above 1: rejected).
         source: how messages name the model (default: its path).
         say: receives a line of progress per batch of images.
 
@@ -240,8 +240,9 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
     if reject:
         ratios = reject_ratios(distances, chosen.task,
                                [r.meta.reject_distance for r in runners])
-        for p, ratio in zip(predictions, ratios.tolist()):
-            p["reject_ratio"] = ratio
+        nearest = np.stack(distances, 1)[np.arange(len(images)), chosen.task].tolist()
+        for p, ratio, distance in zip(predictions, ratios.tolist(), nearest):
+            p["distance"], p["reject_ratio"] = distance, ratio
             if ratio > 1:
                 p.update(task=None, top=[])
     return PredictResult(runners[choice[0]].meta.task if same_task else None,

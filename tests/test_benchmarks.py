@@ -253,6 +253,24 @@ def test_deploy_tables(smoke):
         assert title in markdown
 
 
+def test_serving_tables(smoke):
+    doc, markdown = smoke
+    serving = doc["serving"]
+    for row in serving["mixed"]:
+        assert row["batch"] == 32 and row["rounds"] >= 5
+        assert all(v > 0 for v in row["ms"].values())
+        assert row["mixed_ratio"] == row["ms"]["mixed"] / row["ms"]["split"]
+    assert [r["sequence"] for r in serving["unknown"]] == ["split-digits", "permuted-digits"]
+    for row in serving["unknown"]:
+        assert 0 <= row["auroc"] <= 1 and 0 <= row["rejected"] <= 1
+        assert all(s["samples"] > 0 for s in row["seeds"])
+    for row in serving["stats"]:
+        assert 0 < row["stats_bytes"] < row["archive_tensor_bytes"]
+        assert row["stats_bytes"] < row["before"]["stats_bytes"]  # int8, rank <= 64
+    for title in ("one call per task present", "A task left out", "Task-free statistics"):
+        assert title in markdown
+
+
 def test_architecture_tables(smoke):
     doc, markdown = smoke
     rows = {r["arch"]: r for r in doc["architectures"]["archs"]}

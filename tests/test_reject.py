@@ -157,7 +157,8 @@ def test_eval_unknown_and_predict_reject_from_the_command_line(digits_model, tmp
     for source in (digits_model, archive, multi):
         pred = ok_json("predict", source, "--task", "auto", "--reject", *outside, *inside)
         items = pred["predictions"]
-        assert all(set(p) == {"image", "top", "task", "task_margin", "reject_ratio"}
+        assert all(set(p) == {"image", "top", "task", "task_margin", "distance",
+                                "reject_ratio"}
                    for p in items)
         for p in items:
             assert (p["task"] is None) == (p["reject_ratio"] > 1)
