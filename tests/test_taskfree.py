@@ -351,3 +351,19 @@ def test_distance_keeps_its_precision_far_from_the_origin():
     diffs = f.double()[:, None, :] - stats["means"].double()[None]
     exact = torch.einsum("ncf,fg,ncg->nc", diffs, precision, diffs).min(1).values / 32
     torch.testing.assert_close(fast.double(), exact, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_rows_round_trip_exactly_and_code_again_to_the_same_bytes():
+    g = torch.Generator().manual_seed(3)
+    rows = torch.cat([torch.randn(4, 9, generator=g) * 10 ** torch.arange(-3.0, 1.0)[:, None],
+                      torch.zeros(1, 9)])
+    q, step = int8_rows(rows)
+    assert q.dtype == torch.int8 and step.shape == (5,) and bool((q.abs() <= 127).all())
+    assert bool((torch.log2(step) == torch.log2(step).round()).all())  # powers of two
+    back = from_int8_rows(q, step)
+    assert bool(((back - rows).abs() <= step[:, None] / 2).all())
+    again, step_again = int8_rows(back)
+    assert torch.equal(again, q) and torch.equal(step_again, step)
+    assert torch.equal(from_int8_rows(again, step_again), back)
+    empty_q, empty_step = int8_rows(torch.zeros(0, 9))  # a rank-0 basis
+    assert empty_q.shape == (0, 9) and empty_step.shape == (0,)
