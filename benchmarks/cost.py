@@ -163,14 +163,16 @@ def _entropy_bits(owners: torch.Tensor) -> float:
 
 
 def archive_floor(pack: Pack) -> dict[str, Any]:
-    """The archive's bytes against its information and entropy floors."""
+    """The archive's bytes against its information and entropy floors (each task's head,
+    private state and feature statistics counted as the archive stores them)."""
     from packtool.exporters import archive_bytes, owner_bits
+    from packtool.records import stored_stats
 
     bits = owner_bits(len(pack.tasks))
     owned = sum(int((o != 0).sum()) for o in pack.owners.values())
     per_task = sum(v.numel() * v.element_size()
                    for record in pack.tasks
-                   for part in (record.head, pack.private_state(record), record.feature_stats)
+                   for part in (record.head, pack.private_state(record), stored_stats(record))
                    for v in part.values())
     floor = owned * 4 + math.ceil(pack.prunable_weights * bits / 8) + per_task
     entropy_bits = sum(_entropy_bits(o) for o in pack.owners.values())  # per-layer models

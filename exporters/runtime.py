@@ -208,15 +208,7 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
     Returns:
         softmax probabilities of the ``top`` most likely classes per image.
     """
-    if top < 1:
-        raise PackToolError(f"top must be at least 1, got {top}")
-    if task_score is not None:
-        check_score(task_score)
-    if same_task and task != AUTO:
-        raise TaskError("same_task needs task 'auto'")
-    if reject and (task != AUTO or same_task or task_score not in (None, "mahalanobis")):
-        raise TaskError("reject needs task 'auto', one task per image (no same_task) and the "
-                        "mahalanobis score")
+    _check_options(task, top, same_task, task_score, reject)
     label = source or ("the model" if isinstance(model, bytes) else str(model))
     if not isinstance(model, bytes) and not os.path.isfile(model):
         raise PackToolError(f"{label} does not exist")
@@ -238,15 +230,34 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
     for p, margin in zip(predictions, chosen.margin.tolist()):
         p["task_margin"] = None if math.isnan(margin) else margin
     if reject:
-        ratios = reject_ratios(distances, chosen.task,
-                               [r.meta.reject_distance for r in runners])
-        nearest = np.stack(distances, 1)[np.arange(len(images)), chosen.task].tolist()
-        for p, ratio, distance in zip(predictions, ratios.tolist(), nearest):
-            p["distance"], p["reject_ratio"] = distance, ratio
-            if ratio > 1:
-                p.update(task=None, top=[])
+        _reject(predictions, distances, chosen.task, runners)
     return PredictResult(runners[choice[0]].meta.task if same_task else None,
                          provider_of(runners[0].session), predictions, task_score)
+
+
+def _check_options(task: str | None, top: int, same_task: bool, task_score: str | None,
+                   reject: bool) -> None:
+    if top < 1:
+        raise PackToolError(f"top must be at least 1, got {top}")
+    if task_score is not None:
+        check_score(task_score)
+    if same_task and task != AUTO:
+        raise TaskError("same_task needs task 'auto'")
+    if reject and (task != AUTO or same_task or task_score not in (None, "mahalanobis")):
+        raise TaskError("reject needs task 'auto', one task per image (no same_task) and the "
+                        "mahalanobis score")
+
+
+def _reject(predictions: list[dict[str, Any]], distances: list[np.ndarray], chosen: np.ndarray,
+            runners: list[_Runner]) -> None:
+    """Give every prediction its ``distance`` and ``reject_ratio``; a ratio above 1 is none of
+    the tasks': ``task`` ``None``, no classes."""
+    ratios = reject_ratios(distances, chosen, [r.meta.reject_distance for r in runners])
+    nearest = np.stack(distances, 1)[np.arange(len(chosen)), chosen].tolist()
+    for p, ratio, distance in zip(predictions, ratios.tolist(), nearest):
+        p["distance"], p["reject_ratio"] = distance, ratio
+        if ratio > 1:
+            p.update(task=None, top=[])
 
 
 def _runners(sess: ort.InferenceSession, task: str | None, score: str | None, source: str

@@ -113,8 +113,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
                 "pack": model_file.pack_digest(pack) if checkpoint else None,
                 **({"grow": grow, "max_size": max_size} if grow else {})}
     # Before the task's network is made: it trains at the new widths.
-    pack, grow_search = (_grow(pack, name, data, config, grow, max_size, tolerance, progress)
-                         if grow else (pack, []))
+    pack, grow_search = (_grow(pack, name, data, config, grow, max_size, tolerance,
+                               pruning.reserve, progress) if grow else (pack, []))
     run = _Run(task, name, data, config, device, world, progress,
                checkpoint if main else None, checkpoint_every)  # one writer
     start = resume_point(checkpoint, resume, identity, progress.message)
@@ -182,11 +182,13 @@ def _refit(run: _Run, pack: Pack, decision: Decision, metrics: dict[str, float],
 
 
 def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: float | str,
-          max_size: float, tolerance: float, progress: Progress
+          max_size: float, tolerance: float, reserve: int, progress: Progress
           ) -> tuple[Pack, list[dict[str, float]]]:
     """``pack`` grown by ``grow``, or as ``"auto"`` chooses (:func:`~.growth.choose_growth`:
-    trials that train the task without pruning or fine-tuning, and repeat on a resume: they
-    are deterministic), and the auto trials."""
+    trials that train the task and keep the share of the free weights its ``reserve`` leaves
+    it, without fine-tuning, and repeat on a resume: they are deterministic), and the auto
+    trials. Kept at the reserve, a trial sees the room the task will have, not the whole
+    free network (measured on the long permuted sequence: the growth benchmark)."""
     search: list[dict[str, float]] = []
     if grow == AUTO and not pack.tasks:  # a plan's defaults may say auto for every task
         progress.message("grow auto: a first task has the whole network, nothing to grow")
@@ -199,7 +201,7 @@ def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: floa
                              f"{f'grown by {fraction:g}' if fraction else 'as it is'}")
             quick = replace(config, finetune_epochs=0) if config.epochs else config
             _, tried = add_task(pack, name, data, 0.0, quick,
-                                reserve=0, progress=progress, grow=fraction or None,
+                                reserve=reserve, progress=progress, grow=fraction or None,
                                 max_size=max_size)
             return tried.val_accuracy
 
