@@ -21,7 +21,8 @@
   ``packtool.std``, ``packtool.version``, ``packtool.source_sha256`` as in per-task files.
 
 Initializers are stored as ``sparse_initializer`` where that is smaller (weights mostly free), as
-in per-task files. The mask costs time: convolutions whose weights are computed per call miss
+in per-task files. Feature statistics of int8 rows (tasks calibrated with a rejection
+threshold) stay int8 in the file, each row's step beside it. The mask costs time: convolutions whose weights are computed per call miss
 onnxruntime's prepacked kernels (the README's "Deploying" section has the measurements).
 """
 

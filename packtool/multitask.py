@@ -51,6 +51,7 @@ from .formats.owner_code import PLANE_BITS, pack_planes
 from .growth import fit
 from .method import tensor_at
 from .pack import Pack
+from .records import INT8_STATS, from_int8_rows, int8_rows
 from .taskfree import feature_distance
 
 
@@ -276,10 +277,17 @@ def _distance_tables(pack: Pack) -> nn.Module | None:
     # A padded class: its offset is +inf, so it is never the nearest.
     pad = torch.where(class_rows == means.shape[0] - 1, math.inf, 0.0)
     counts = torch.tensor([[float(len(s["means"]))] for s in stats])
+    # Statistics of int8 rows (every task calibrated with a threshold) stay int8 in the file.
+    compact = all(r.rejects for r in pack.tasks)
     for name, value in (("means", means), ("class_rows", class_rows), ("class_pad", pad),
                         ("classes", counts), ("basis", basis), ("basis_rows", basis_rows),
                         ("scale", torch.stack([s["scale"] for s in stats]))):
-        holder.register_buffer(name, value)
+        if compact and name in INT8_STATS:
+            q, step = int8_rows(value)
+            holder.register_buffer(f"{name}_int8", q)
+            holder.register_buffer(f"{name}_step", step)
+        else:
+            holder.register_buffer(name, value)
     own = [r.head["weight"].shape[1] for r in pack.tasks]
     if len(set(own)) > 1:  # a grown network: a distance is per feature of the task's own
         holder.register_buffer("rescale", torch.tensor([[features / n] for n in own]))
@@ -292,15 +300,24 @@ def _task_distance(tables: nn.Module, f: Tensor, index: Tensor) -> Tensor:
     def pick(name: str) -> Tensor:
         return getattr(tables, name).index_select(0, index).squeeze(0)
 
-    raw = tables.means.index_select(0, pick("class_rows"))  # padded rows are zero
+    raw = _rows(tables, "means", pick("class_rows"))  # padded rows are zero
     center = raw.sum(0) / pick("classes")
     means = raw - center
-    basis = tables.basis.index_select(0, pick("basis_rows"))
+    basis = _rows(tables, "basis", pick("basis_rows"))
     scale = pick("scale")
     projected = means @ basis.T
     offsets = scale * means.pow(2).sum(1) - projected.pow(2).sum(1) + pick("class_pad")
     distance = feature_distance(f, center, basis, scale, means, projected, offsets)
     return distance * pick("rescale") if hasattr(tables, "rescale") else distance
+
+
+def _rows(tables: nn.Module, name: str, rows: Tensor) -> Tensor:
+    """Rows ``rows`` of table ``name``, float32 (from its int8 rows and steps where stored so:
+    the values the task's record holds, exactly)."""
+    if hasattr(tables, f"{name}_int8"):
+        return from_int8_rows(getattr(tables, f"{name}_int8").index_select(0, rows),
+                              getattr(tables, f"{name}_step").index_select(0, rows))
+    return getattr(tables, name).index_select(0, rows)
 
 
 def _padded(value: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
