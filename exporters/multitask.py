@@ -3,10 +3,11 @@
 ``packtool export --multi-task --out pack.onnx`` writes it; ``predict`` runs it. The file:
 
 * inputs ``input``, float32 ``[batch, C, H, W]`` (dynamic batch; the values of the per-task
-  files), and ``task``, int64 ``[1]``: the task's 1-based index in the pack (the order of
-  ``packtool.tasks``). A ``task`` outside ``1..T`` makes onnxruntime fail the call (an
-  out-of-bounds gather; the CPU provider checks bounds, so check the index before calling on
-  other providers);
+  files), and ``task``, int64 ``[batch]``: each row's 1-based task index in the pack (the
+  order of ``packtool.tasks``), or ``[1]`` for every row (:mod:`.routing` loops over the tasks
+  present). A ``task`` outside ``1..T`` makes onnxruntime fail the call (an out-of-bounds
+  gather; the CPU provider checks bounds, so check the indices before calling on other
+  providers);
 * output ``logits``, float32 ``[batch, C_max]``: the task's logits in its class order, then
   ``-inf`` up to the largest class count ``C_max``; and, when every task has feature
   statistics, ``distance``, float32 ``[batch]``, the feature distance of task-free scores
@@ -22,8 +23,9 @@
 
 Initializers are stored as ``sparse_initializer`` where that is smaller (weights mostly free), as
 in per-task files. Feature statistics of int8 rows (tasks calibrated with a rejection
-threshold) stay int8 in the file, each row's step beside it. The mask costs time: convolutions whose weights are computed per call miss
-onnxruntime's prepacked kernels (the README's "Deploying" section has the measurements).
+threshold) stay int8 in the file, each row's step beside it. The mask costs time: convolutions
+whose weights are computed per call miss onnxruntime's prepacked kernels (the README's
+"Deploying" section has the measurements).
 """
 
 from __future__ import annotations
