@@ -69,6 +69,7 @@ from .onnx import (
 )
 from .routing import route_by_task
 from .runtime import infer_all, provider_of, session
+from .torchlib_table import one_torchlib_table
 
 #: Largest tensor (elements) the exporter's optimizer may fold into a stored constant: shape
 #: arithmetic folds, the rebuilt dense weights and masks (which would undo the compact storage)
@@ -124,7 +125,7 @@ def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
     # Batch 2, not 1: torch.export specializes a dimension of size 1 instead of keeping it.
     example = (torch.zeros(2, *pack.spec.input_size), torch.ones(1, dtype=torch.int64))
     try:
-        with _no_attention_fast_path():
+        with _no_attention_fast_path(), one_torchlib_table():
             program = torch.onnx.export(
                 OneTask(net).eval(), example, dynamo=True, external_data=False, optimize=False,
                 input_names=[INPUT_NAME, TASK_NAME], output_names=outputs,

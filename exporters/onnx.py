@@ -52,6 +52,7 @@ from packtool.progress import Say, silent
 
 from .metadata import INPUT_NAME, OUTPUT_NAME, TaskMetadata
 from .runtime import infer, provider_of, session
+from .torchlib_table import one_torchlib_table
 
 MIN_OPSET = 18  # the dynamo exporter's lowest opset; lower requests fall back to 18 silently
 VERIFY_BATCH = 4
@@ -139,11 +140,12 @@ class _TaskExport:
         # Batch 2, not 1: torch.export specializes a dimension of size 1 instead of keeping it.
         example = torch.zeros(2, *self.pack.spec.input_size)
         try:
-            program = torch.onnx.export(
-                self.network, (example,), dynamo=True, external_data=False, optimize=True,
-                input_names=[INPUT_NAME], output_names=self.outputs,
-                dynamic_shapes=({0: "batch"},), opset_version=self.opset, verbose=False,
-            )
+            with one_torchlib_table():
+                program = torch.onnx.export(
+                    self.network, (example,), dynamo=True, external_data=False, optimize=True,
+                    input_names=[INPUT_NAME], output_names=self.outputs,
+                    dynamic_shapes=({0: "batch"},), opset_version=self.opset, verbose=False,
+                )
             proto = program.model_proto
         except Exception as exc:  # the exporter raises many types; the message is what counts
             raise PackToolError(

@@ -12,15 +12,18 @@ import torch
 from conftest import build_pack
 from onnx import numpy_helper
 from PIL import Image
+from torch.onnx._internal.exporter import _registration
 
 import packtool.exporters.onnx as onnx_export
 import packtool.exporters.runtime as runtime
+import packtool.exporters.torchlib_table as table
 from packtool import Pack
 from packtool.errors import PackFormatError, PackToolError, TaskError
 from packtool.exporters import (
     TaskMetadata,
     export_all,
     export_onnx,
+    export_onnx_bytes,
     predict,
     providers,
     session,
@@ -154,6 +157,20 @@ def test_sparse_initializers_shrink_a_mostly_zero_task(tmp_path):
     assert sparse.bytes < 0.5 * dense.bytes
     x = torch.randn(5, 1, 16, 16)
     assert np.array_equal(ort_logits(str(dense.path), x), ort_logits(str(sparse.path), x))
+
+
+def test_torchlib_table_reused_gives_the_same_bytes(mlp_pack, monkeypatch):
+    """Exports after the first reuse torch.onnx's function table (a copy each): the same
+    bytes as an export that built its own, and torch's method is back afterwards."""
+    before = _registration.ONNXRegistry.__dict__["from_torchlib"]
+    monkeypatch.setattr(table, "_TABLES", {})
+    name = mlp_pack.tasks[0].name
+    first = export_onnx_bytes(mlp_pack, name, verify=False)[0]
+    assert table._TABLES  # kept for the next export
+    assert export_onnx_bytes(mlp_pack, name, verify=False)[0] == first
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is before
+    monkeypatch.setattr(table, "_registration", None)  # a torch shaped otherwise: no reuse
+    assert export_onnx_bytes(mlp_pack, name, verify=False)[0] == first
 
 
 def test_task_filenames_are_safe_and_distinct():
