@@ -32,7 +32,7 @@ import torch
 from packtool import Pack, Preprocess, TaskData, TrainConfig, add_task, load_task_data
 from packtool.formats import model_file
 
-from . import masking_overhead
+from . import masking_overhead, prune_vgg16
 from .common import fmt, fmt_int, interleaved_medians, markdown_table
 
 CPU = "CPUExecutionProvider"
@@ -68,13 +68,15 @@ class CostSettings:
     packs: tuple[PackCase, ...]
     latency_budget_s: float  # per case and batch size, split over the interleaved calls
     note: str = ""
+    #: Prune in this process (the smoke run: no interpreter start, the peak not the prune's own).
+    prune_here: bool = False
 
 
 SETTINGS = {
     "smoke": CostSettings(("mlp-1x28x28",), 3, "mobilenet_v3_small",
                           (PackCase("mlp-1x8x8", "mlp", (1, 8, 8), {}, 0.75, 1, 0, tasks=2,
                                     note="trained 1 epoch per task"),), 0.3,
-                          note="smoke: tiny cases only; not a measurement"),
+                          note="smoke: tiny cases only; not a measurement", prune_here=True),
     "quick": CostSettings(("lenet-3x32x32", "mlp-1x28x28"), 10, "resnet18", (LENET,), 3.0,
                           note="quick: prune on resnet18 (11.2M weights), not VGG-16; "
                                "no resnet18 export case"),
@@ -263,7 +265,8 @@ def run(mode: str, log: Any = None) -> dict[str, Any]:
     result["masking"] = masking(settings)
     if log:
         log("cost: masking overhead done")
-    result["prune"] = prune(settings.prune_arch)
+    result["prune"] = (prune_vgg16.measure(settings.prune_arch) if settings.prune_here
+                       else prune(settings.prune_arch))
     if log:
         log(f"cost: prune of {settings.prune_arch} done")
     result["packs"] = [pack_case(case, settings, log) for case in settings.packs]

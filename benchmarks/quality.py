@@ -86,6 +86,9 @@ class SequenceSpec:
     kwargs: dict[str, Any]
     tasks: tuple[TaskSpec, ...]
     init_study: bool = False  # also compare where the free weights start (FREE_INIT_METHODS)
+    #: At most this many training images per task, spread over the split (None: all): the
+    #: smoke run's, which checks that every row runs, not what it measures.
+    train_images: int | None = None
 
     @property
     def spec(self) -> ArchSpec:
@@ -131,6 +134,8 @@ class QualitySettings:
     #: The first tasks of each sequence only (None: all); the smoke run, which only checks
     #: that every row runs, takes two and skips the untimed warm-up (:func:`warm_up`).
     tasks: int | None = None
+    #: At most this many training images per task (None: all; :attr:`SequenceSpec.train_images`).
+    train_images: int | None = None
 
     def config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, finetune_epochs=self.finetune_epochs,
@@ -142,7 +147,7 @@ class QualitySettings:
 
 SETTINGS = {
     "smoke": QualitySettings(seeds=(0,), epochs=1, finetune_epochs=1, lr_decay_epochs=0,
-                             tasks=2),
+                             tasks=2, train_images=64),
     "quick": QualitySettings(seeds=(0, 1, 2), epochs=6, finetune_epochs=3, lr_decay_epochs=0),
     # The paper's schedule shape: 20 epochs (x0.1 after 10), prune, fine-tune 10 at lr/10.
     "full": QualitySettings(seeds=(0, 1, 2), epochs=20, finetune_epochs=10, lr_decay_epochs=10),
@@ -157,7 +162,7 @@ SETTINGS = {
 def sequence(name: str, settings: QualitySettings) -> SequenceSpec:
     """The sequence ``name`` as ``settings`` run it (its first ``settings.tasks`` tasks)."""
     seq = SEQUENCES[name]
-    return replace(seq, tasks=seq.tasks[:settings.tasks])
+    return replace(seq, tasks=seq.tasks[:settings.tasks], train_images=settings.train_images)
 
 
 def load_sequence(seq: SequenceSpec, val_fraction: float = 0.1) -> list[TaskTensors]:
@@ -175,14 +180,19 @@ def load_sequence(seq: SequenceSpec, val_fraction: float = 0.1) -> list[TaskTens
             perm = torch.from_numpy(rng.permutation(int(np.prod(spec.input_size))))
         tasks.append(TaskTensors(
             name=task.name, classes=list(data.classes),
-            train=_tensors(data.train, perm), val=_tensors(data.val, perm),
+            train=_tensors(data.train, perm, seq.train_images), val=_tensors(data.val, perm),
             test=_tensors(data.test, perm),
         ))
     return tasks
 
 
-def _tensors(dataset: Any, perm: torch.Tensor | None) -> TensorDataset:
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+def _tensors(dataset: Any, perm: torch.Tensor | None, most: int | None = None
+             ) -> TensorDataset:
+    """``dataset`` as tensors, pixels permuted by ``perm``; at most ``most`` images, evenly
+    spaced over it (every class keeps its share)."""
+    n = len(dataset)
+    picked = range(n) if most is None or most >= n else (i * n // most for i in range(most))
+    xs, ys = zip(*(dataset[i] for i in picked), strict=True)
     x, y = torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
     if perm is not None:
         x = x.flatten(1)[:, perm].reshape(x.shape)

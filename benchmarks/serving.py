@@ -154,6 +154,8 @@ def _left_out_sequences(mode: str) -> dict[str, quality.SequenceSpec]:
             "permuted-digits": replace(permuted, tasks=(*permuted.tasks, extra))}
     if mode == "smoke":  # two known tasks
         seqs = {k: replace(s, tasks=(*s.tasks[:2], s.tasks[-1])) for k, s in seqs.items()}
+    train_images = quality.SETTINGS[mode].train_images
+    seqs = {k: replace(s, train_images=train_images) for k, s in seqs.items()}
     return seqs
 
 
@@ -165,7 +167,8 @@ def _left_out_sequences(mode: str) -> dict[str, quality.SequenceSpec]:
 def _stats(mode: str, log: Any) -> list[dict[str, Any]]:
     settings = quality.SETTINGS[mode]
     counts = {"smoke": (3,), "quick": MLP_TASKS, "full": MLP_TASKS}[mode]
-    mlp = replace(quality.SEQUENCES["long-permuted-digits"], kwargs={"hidden": 256})
+    mlp = replace(quality.SEQUENCES["long-permuted-digits"], kwargs={"hidden": 256},
+                  train_images=settings.train_images)
     tasks = quality.load_sequence(mlp)
     rows = []
     for count in counts:

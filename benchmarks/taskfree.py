@@ -17,6 +17,7 @@ class-incremental problem itself (a head of {0, 1} is rarely unsure on a 7).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from packtool.choices import SCORES
@@ -35,7 +36,7 @@ def run(mode: str, log: Any = None) -> dict[str, Any]:
     settings = SETTINGS[mode]
     sequences = []
     for name in SEQUENCE_NAMES:
-        seq = SEQUENCES[name]
+        seq = replace(SEQUENCES[name], train_images=settings.train_images)
         tasks = load_sequence(seq)
         per_seed = []
         for seed in settings.seeds:

@@ -13,6 +13,9 @@
   of each (20 + 10 epochs, model selection on validation, pruning), against the same schedule
   in a plain loop on the same network and the same tensors already in memory (no pruning, no
   masks; process start excluded). Target: at most 1.5x.
+
+The smoke run, which only checks that all of it runs, uses MobileNetV3-Small, two epochs and
+two digits tasks.
 """
 
 from __future__ import annotations
@@ -39,20 +42,25 @@ from packtool.models import ArchSpec, build_network
 
 from .common import fmt, markdown_table
 
-EPOCHS = 3  # per throughput run: the median of the two epoch-to-epoch times
-
 
 @dataclass(frozen=True)
 class ThroughputSettings:
-    sizes: tuple[int, ...]  # input sides for ResNet-18
+    sizes: tuple[int, ...]  # input sides of the JPEG network
     images: int  # training JPEGs (and a quarter as many for validation)
     workers: int
     digits_epochs: tuple[int, int]  # training and fine-tuning epochs per digits task
     note: str = ""
+    arch: str = "resnet18"  # the JPEG network (a torchvision name)
+    epochs: int = 3  # per JPEG run: the median of the epoch-to-epoch times
+    digits_tasks: int = 5  # Split-Digits pairs, {0,1} first
 
+
+#: How the tables name the JPEG networks.
+ARCH_LABELS = {"resnet18": "ResNet-18", "mobilenet_v3_small": "MobileNetV3-Small"}
 
 SETTINGS = {
-    "smoke": ThroughputSettings((64,), 16, 0, (1, 1), note="smoke: not a measurement"),
+    "smoke": ThroughputSettings((64,), 16, 0, (1, 1), note="smoke: not a measurement",
+                                arch="mobilenet_v3_small", epochs=2, digits_tasks=2),
     "quick": ThroughputSettings((128,), 96, 2, (6, 3), note="quick: 128 px only, 96 images"),
     "full": ThroughputSettings((224, 128), 256, 2, (20, 10)),
 }
@@ -85,13 +93,14 @@ class _EpochClock(Progress):
         self.ends.append(time.perf_counter())
 
 
-def packtool_epoch(root: Path, size: int, workers: int, tmp: Path,
+def packtool_epoch(settings: ThroughputSettings, root: Path, size: int, tmp: Path,
                    cache: str) -> dict[str, float]:
-    """add-task's epochs (3, training phase) with a checkpoint after each one."""
-    pack = Pack.create("resnet18", (3, size, size), seed=0)
+    """add-task's epochs (training phase) with a checkpoint after each one."""
+    pack = Pack.create(settings.arch, (3, size, size), seed=0)
     data = load_task_data(str(root), pack.preprocess)
     clock = _EpochClock()
-    config = TrainConfig(epochs=EPOCHS, finetune_epochs=0, lr=0.01, device="cpu",
+    workers = settings.workers
+    config = TrainConfig(epochs=settings.epochs, finetune_epochs=0, lr=0.01, device="cpu",
                          workers=workers, cache=cache)
     ckpt = tmp / f"run-{size}-{cache}.ckpt"
     add_task(pack, "t", data, 0.5, config, progress=clock, checkpoint=ckpt)
@@ -110,8 +119,10 @@ def _checkpoint_seconds(path: Path) -> float:
     return float(np.median(times))
 
 
-def plain_epoch(root: Path, size: int, workers: int, tmp: Path) -> dict[str, float]:
+def plain_epoch(settings: ThroughputSettings, root: Path, size: int, tmp: Path
+                ) -> dict[str, float]:
     """ImageFolder + DataLoader + SGD, the same recipe and settings and epochs."""
+    workers = settings.workers
     resize = round(size * CROP_MARGIN)
     norm = v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     train_tf = v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True),
@@ -125,10 +136,10 @@ def plain_epoch(root: Path, size: int, workers: int, tmp: Path) -> dict[str, flo
     train_loader = DataLoader(train, batch_size=32, shuffle=True, num_workers=workers, **extra)
     val_loader = DataLoader(val, batch_size=256, num_workers=workers, **extra)
     torch.manual_seed(0)
-    net = torchvision.models.resnet18(num_classes=len(train.classes))
+    net = torchvision.models.get_model(settings.arch, num_classes=len(train.classes))
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     ends = []
-    for _ in range(EPOCHS):
+    for _ in range(settings.epochs):
         net.train()
         for x, y in train_loader:
             opt.zero_grad(set_to_none=True)
@@ -143,9 +154,10 @@ def plain_epoch(root: Path, size: int, workers: int, tmp: Path) -> dict[str, flo
     return {"epoch_s": float(np.median(np.diff(ends))), "images": len(train) + len(val)}
 
 
-def digits_sequence(epochs: tuple[int, int], tmp: Path) -> dict[str, float]:
-    """Split-Digits from PNG folders through add-task, against a plain in-memory loop."""
-    folders = _digits_folders(tmp / "digits")
+def digits_sequence(epochs: tuple[int, int], tasks: int, tmp: Path) -> dict[str, float]:
+    """Split-Digits from PNG folders (the first ``tasks`` pairs) through add-task, against a
+    plain in-memory loop."""
+    folders = _digits_folders(tmp / "digits", tasks)
     config = TrainConfig(epochs=epochs[0], finetune_epochs=epochs[1], lr=0.05,
                          finetune_lr=0.005, lr_decay_epochs=0, device="cpu")
     pack = Pack.create("lenet", (1, 8, 8), seed=0)
@@ -163,10 +175,11 @@ def digits_sequence(epochs: tuple[int, int], tmp: Path) -> dict[str, float]:
     return {"packtool_s": packtool_s, "plain_s": time.perf_counter() - start}
 
 
-def _digits_folders(root: Path) -> list[Path]:
-    """The five pairs of UCI digits as PNG folders, about 20% of each class in ``val/``."""
+def _digits_folders(root: Path, tasks: int) -> list[Path]:
+    """The first ``tasks`` pairs of UCI digits as PNG folders, about 20% of each class in
+    ``val/``."""
     digits = load_digits()
-    pairs = [(a, a + 1) for a in range(0, 10, 2)]
+    pairs = [(a, a + 1) for a in range(0, 2 * tasks, 2)]
     rng = np.random.default_rng(0)
     folders = []
     for a, b in pairs:
@@ -218,15 +231,15 @@ def run(mode: str, log: Any = None) -> dict[str, Any]:
         tmp = Path(name)
         _jpegs(tmp / "jpegs", settings.images)
         for size in settings.sizes:
-            plain = plain_epoch(tmp / "jpegs", size, settings.workers, tmp)
+            plain = plain_epoch(settings, tmp / "jpegs", size, tmp)
             for cache in ("auto", "none"):
-                ours = packtool_epoch(tmp / "jpegs", size, settings.workers, tmp, cache)
+                ours = packtool_epoch(settings, tmp / "jpegs", size, tmp, cache)
                 rows.append({"size": size, "cache": cache, "packtool": ours, "plain": plain,
                              "ratio": plain["epoch_s"] / ours["epoch_s"],
                              "checkpoint_share": ours["checkpoint_s"] / ours["epoch_s"]})
             if log:
-                log(f"throughput: resnet18 at {size} px done")
-        digits = digits_sequence(settings.digits_epochs, tmp)
+                log(f"throughput: {settings.arch} at {size} px done")
+        digits = digits_sequence(settings.digits_epochs, settings.digits_tasks, tmp)
         if log:
             log("throughput: digits sequence done")
     return {"settings": asdict(settings), "jpegs": rows, "digits": digits}
@@ -235,8 +248,9 @@ def run(mode: str, log: Any = None) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     settings = result["settings"]
     parts = [f"_{settings['note']}_"] if settings.get("note") else []
+    label = ARCH_LABELS[settings.get("arch", "resnet18")]  # records from before: ResNet-18
     parts.append(
-        f"### ResNet-18 on {settings['images']} JPEGs of about 500x375 (workers "
+        f"### {label} on {settings['images']} JPEGs of about 500x375 (workers "
         f"{settings['workers']})\n\nOne epoch, its evaluation of the validation split and its "
         "checkpoint (median over epochs):\n\n" + markdown_table(
             ["input", "cache", "packtool img/s", "plain loop img/s", "packtool / plain",
@@ -248,10 +262,12 @@ def markdown(result: dict[str, Any]) -> str:
              for r in result["jpegs"]]))
     d = result["digits"]
     epochs = settings["digits_epochs"]
+    tasks = settings.get("digits_tasks", 5)  # records from before the setting ran five
     parts.append(
-        f"### Split-Digits from PNG folders, five tasks of {epochs[0]} + {epochs[1]} epochs\n\n"
+        f"### Split-Digits from PNG folders, {tasks} tasks of {epochs[0]} + {epochs[1]} "
+        "epochs\n\n"
         + markdown_table(["what", "seconds", "packtool / plain"],
-                         [["packtool add-task x5 (from files, pruning, masks)",
+                         [[f"packtool add-task x{tasks} (from files, pruning, masks)",
                            fmt(d["packtool_s"]), f"{d['packtool_s'] / d['plain_s']:.2f}"],
                           ["plain loop on tensors in memory", fmt(d["plain_s"]), "1.00"]]))
     return "\n\n".join(parts)
