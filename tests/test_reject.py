@@ -4,6 +4,8 @@ Python, in the multi-task ONNX's metadata and in the CLI."""
 from __future__ import annotations
 
 import copy
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +29,8 @@ from packtool.taskfree import (
     fit_reject_distance,
     task_free_net,
 )
+
+FORMATS = Path(__file__).parent / "formats"
 
 CONFIG = TrainConfig(epochs=3, finetune_epochs=1, lr=0.01, device="cpu")
 N = 600  # 100 validation and 100 test images per task
@@ -187,3 +191,21 @@ def test_eval_unknown_usage_errors(tmp_path):
     model = tmp_path / "m.pt"
     ok("init", model, *ARCH)
     assert_error(invoke("eval", model, "--unknown", "digits"), 2, "--unknown needs --task-free")
+
+
+@pytest.mark.parametrize("fixture", ["lenet-calibrated-v3.pt", "lenet-calibrated-v3.safetensors"])
+def test_a_file_written_before_thresholds_cannot_reject_from_the_command_line(tmp_path, fixture):
+    """A model file or archive calibrated before rejection thresholds: one line, exit 1,
+    the file unchanged; without --reject it still serves task-free."""
+    source = tmp_path / fixture
+    shutil.copy(FORMATS / fixture, source)
+    before = source.read_bytes()
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    assert_error(invoke("predict", source, "--task", "auto", "--reject", image), 1,
+                 "has no rejection threshold")
+    assert ok_json("predict", source, "--task", "auto", image)["predictions"][0]["task"]
+    if source.suffix == ".pt":
+        assert_error(invoke("eval", source, "--task-free", "--unknown", "digits", "--classes",
+                            "8,9"), 1, "has no rejection threshold")
+    assert source.read_bytes() == before
