@@ -262,12 +262,13 @@ def markdown(result: dict[str, Any]) -> str:
              for r in result["jpegs"]]))
     d = result["digits"]
     epochs = settings["digits_epochs"]
-    tasks = settings.get("digits_tasks", 5)  # records from before the setting ran five
+    count = settings.get("digits_tasks", 5)  # records from before the setting ran five
+    tasks = {2: "two", 5: "five"}.get(count, str(count))
     parts.append(
         f"### Split-Digits from PNG folders, {tasks} tasks of {epochs[0]} + {epochs[1]} "
         "epochs\n\n"
         + markdown_table(["what", "seconds", "packtool / plain"],
-                         [[f"packtool add-task x{tasks} (from files, pruning, masks)",
+                         [[f"packtool add-task x{count} (from files, pruning, masks)",
                            fmt(d["packtool_s"]), f"{d['packtool_s'] / d['plain_s']:.2f}"],
                           ["plain loop on tensors in memory", fmt(d["plain_s"]), "1.00"]]))
     return "\n\n".join(parts)
