@@ -4,33 +4,30 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from . import (
-    architectures,
-    cost,
-    deploy,
-    growth,
-    planner,
-    quality,
-    refit,
-    report,
-    serving,
-    startup,
-    taskfree,
-    throughput,
-)
+from . import report
 from .common import machine
 
-PARTS = {"quality": quality, "planner": planner, "growth": growth, "refit": refit,
-         "taskfree": taskfree, "serving": serving, "cost": cost,
-         "deploy": deploy, "architectures": architectures, "throughput": throughput,
-         "startup": startup}
-RENDERERS = {name: part.markdown for name, part in PARTS.items()}
+#: The parts, in the order they run and render: each is the module ``benchmarks.<name>``,
+#: loaded when it is used (``--help`` and a bad argument load none of torch).
+PARTS = ("quality", "planner", "growth", "refit", "taskfree", "serving", "cost", "deploy",
+         "architectures", "throughput", "startup")
+
+
+def part(name: str) -> Any:
+    """The module of part ``name``."""
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def renderers() -> dict[str, Any]:
+    """Every part's ``markdown`` function, by name, in :data:`PARTS` order."""
+    return {name: part(name).markdown for name in PARTS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mode = args.mode or "full"
     if args.render:
-        report.render(RENDERERS)
+        report.render(renderers())
         return 0
     if args.record and mode != "full":
         parser.error("--record stores full-mode results only")
@@ -72,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     for name in args.only or list(PARTS):
         part_start = time.perf_counter()
-        doc[name] = PARTS[name].run(mode, log=log)
+        doc[name] = part(name).run(mode, log=log)
         seconds = time.perf_counter() - part_start
         doc[name]["seconds"] = seconds
         sections.append(f"## {name.capitalize()} ({mode} mode, {seconds:.0f} s)\n\n"
-                        f"{PARTS[name].markdown(doc[name])}")
+                        f"{part(name).markdown(doc[name])}")
         if args.record:
             result = {k: v for k, v in doc[name].items() if k != "seconds"}
             path = report.store(name, result, mode=mode, command=command,
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
         log(f"wrote {args.json_out}")
     if args.record:
-        report.render(RENDERERS)
+        report.render(renderers())
         log(f"rendered {report.PAGE} and the README's headline table")
     return 0
 
