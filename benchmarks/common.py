@@ -80,6 +80,11 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], budget_s: float,
     return {name: statistics.median(t) for name, t in times.items()}, rounds
 
 
+def count_word(n: int) -> str:
+    """``n`` as the tables write a task count: a word for the counts the runs use."""
+    return {2: "two", 3: "three", 5: "five", 10: "ten"}.get(n, str(n))
+
+
 def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     """A number for a table cell; ``n/a`` for None."""
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"

@@ -37,7 +37,7 @@ from PIL import Image
 from packtool import TrainConfig, add_task_to_file, create_file, load
 from packtool.exporters import export_onnx
 
-from .common import fmt, markdown_table
+from .common import count_word, fmt, markdown_table
 
 HERE = Path(__file__).resolve().parent
 
@@ -176,14 +176,9 @@ def run(mode: str, log: Any = None) -> dict[str, Any]:
     return result
 
 
-def _add_photos(model: Path, folder: Path) -> list[str]:
-    """The one-epoch task on the JPEGs, as ``add-task`` arguments."""
-    return ["add-task", str(model), "--data", str(folder), "--task", "photos", "--prune", "0",
-            "--epochs", "1", "--finetune-epochs", "0", "--lr", "0.01"]
-
-
 def _one_task_here(settings: StartupSettings, tmp: Path, model: Path, onnx: Path) -> None:
-    """The smoke run's ONNX file to predict with, made in this process (no torch start-up)."""
+    """The smoke run's ONNX file to predict with, made in this process (no torch start-up):
+    the one-epoch task :func:`_torch_figures` adds through the command line."""
     create_file(model, settings.arch, input_size=(3, settings.size, settings.size))
     add_task_to_file(model, str(tmp / "jpegs"), 0.0, TrainConfig(epochs=1, finetune_epochs=0,
                                                                   lr=0.01), name="photos")
@@ -202,8 +197,9 @@ def _torch_figures(settings: StartupSettings, packtool: str, tmp: Path, model: P
            f"3x{side}x{side}"], tmp)
     fresh = tmp / "fresh.pt"
     shutil.copy(model, fresh)
-    found["one_epoch"] = median_of(n, [packtool, *_add_photos(model, tmp / "jpegs")], tmp,
-                                   before=lambda: shutil.copy(fresh, model))
+    add = [packtool, "add-task", str(model), "--data", str(tmp / "jpegs"), "--task", "photos",
+           "--prune", "0", "--epochs", "1", "--finetune-epochs", "0", "--lr", "0.01"]
+    found["one_epoch"] = median_of(n, add, tmp, before=lambda: shutil.copy(fresh, model))
     found["plain_epoch"] = median_of(
         n, [python, str(HERE / "plain_loop.py"), str(tmp / "jpegs"), str(side), "2"], tmp)
     found["info"] = median_of(n, [packtool, "info", str(model)], tmp)
@@ -273,7 +269,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
 
 def markdown(r: dict[str, Any]) -> str:
     s = r["settings"]
-    tasks = {2: "two", 5: "five"}.get(s.get("tasks", 5), s.get("tasks"))
+    tasks = count_word(s.get("tasks", 5))
     note = f"_{s['note']}_\n\n" if s.get("note") else ""
     rows = [
         ["`packtool --help`", fmt(r["help"]["seconds"], 2), fmt(r["help"]["mb"]),

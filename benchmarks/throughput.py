@@ -40,7 +40,7 @@ from packtool.data.preprocess import CROP_MARGIN
 from packtool.formats.checkpoint import Checkpoint
 from packtool.models import ArchSpec, build_network
 
-from .common import fmt, markdown_table
+from .common import count_word, fmt, markdown_table
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,8 @@ def packtool_epoch(settings: ThroughputSettings, root: Path, size: int, tmp: Pat
     pack = Pack.create(settings.arch, (3, size, size), seed=0)
     data = load_task_data(str(root), pack.preprocess)
     clock = _EpochClock()
-    workers = settings.workers
     config = TrainConfig(epochs=settings.epochs, finetune_epochs=0, lr=0.01, device="cpu",
-                         workers=workers, cache=cache)
+                         workers=settings.workers, cache=cache)
     ckpt = tmp / f"run-{size}-{cache}.ckpt"
     add_task(pack, "t", data, 0.5, config, progress=clock, checkpoint=ckpt)
     return {"epoch_s": float(np.median(np.diff(clock.ends))),
@@ -263,7 +262,7 @@ def markdown(result: dict[str, Any]) -> str:
     d = result["digits"]
     epochs = settings["digits_epochs"]
     count = settings.get("digits_tasks", 5)  # records from before the setting ran five
-    tasks = {2: "two", 5: "five"}.get(count, str(count))
+    tasks = count_word(count)
     parts.append(
         f"### Split-Digits from PNG folders, {tasks} tasks of {epochs[0]} + {epochs[1]} "
         "epochs\n\n"

@@ -6,7 +6,7 @@ parsed), which is about half of exporting a small network: 1-2.5 s on a 2-core m
 again for each task, form and verification packtool exports. The table depends only on the
 opset, so within :func:`one_torchlib_table` the first export of an opset builds it and every
 export gets a copy (its own lists: ``custom_translation_table`` entries are added to them).
-The graphs written are the same bytes (``tests/test_onnx.py`` checks it).
+The graphs written are the same bytes (``tests/test_exporters.py`` checks it).
 
 It reaches into a private module of torch: where that is not shaped as expected (another torch
 version), :func:`one_torchlib_table` does nothing and exports are as slow as torch makes them.
@@ -23,8 +23,9 @@ try:
 except ImportError:  # a torch without the dynamo exporter's registry module
     _registration = None
 
-#: opset (None: torch's default) -> the table built first; never handed out itself.
-_TABLES: dict[int | None, Any] = {}
+#: torch's arguments (the opset, or none: its default) -> the table built first; never handed
+#: out itself.
+_TABLES: dict[Any, Any] = {}
 
 
 def _registry_class() -> Any:
@@ -43,14 +44,14 @@ def one_torchlib_table() -> Iterator[None]:
         return
     build = registry.__dict__["from_torchlib"]
 
-    def from_table(cls: type, opset_version: int | None = None) -> Any:
-        table = _TABLES.get(opset_version)
+    def from_table(cls: type, *args: Any, **kwargs: Any) -> Any:
+        key = (args, tuple(sorted(kwargs.items())))
+        table = _TABLES.get(key)
         if table is None:
-            table = build.__func__(cls) if opset_version is None else build.__func__(
-                cls, opset_version=opset_version)
+            table = build.__func__(cls, *args, **kwargs)
             if not isinstance(getattr(table, "functions", None), dict):
                 return table  # not the registry this module knows: no reuse
-            _TABLES[opset_version] = table
+            _TABLES[key] = table
         copy = cls()
         copy.__dict__.update(table.__dict__)
         copy.functions = {target: list(funcs) for target, funcs in table.functions.items()}
