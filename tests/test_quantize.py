@@ -10,6 +10,7 @@ from cli_helpers import FAST, assert_error, invoke, ok, ok_json, sha256
 from packtool import Pack, evaluate
 from packtool.data import task_data
 from packtool.errors import PackToolError
+from packtool.evaluation import noise_difference, precision_change
 from packtool.exporters import export_reduced, session
 from packtool.exporters.quantize import OrtModule, calibration_batches, half_weights
 
@@ -43,6 +44,11 @@ def test_reported_change_is_the_written_files(digits_model, tmp_path, flag, prec
     assert item["accuracy_float32"] == float32.accuracy
     assert item["accuracy"] == _file_accuracy(pack, out)
     assert item["accuracy_change"] == pytest.approx((item["accuracy"] - float32.accuracy) * 100)
+    # max |diff| is the written file's, not that of the float32 export it was made from
+    file = precision_change("t", pack.model_for("digits-0to4"), OrtModule(session(out)),
+                            task_data(pack, "digits-0to4").test)
+    assert item["max_abs_diff"] == pytest.approx(file.max_abs_diff)
+    assert item["max_abs_diff"] > 1e-4
     model = onnx.load(str(out))
     props = {p.key: p.value for p in model.metadata_props}
     assert props["packtool.precision"] == precision and props["packtool.task"] == "digits-0to4"
@@ -100,6 +106,8 @@ def test_missing_data_needs_force(digits_model, tmp_path, monkeypatch):
         assert not out.exists()
         written = export_reduced(pack, "digits-0to4", out, "float16", force=True)
         assert written.change is None and written.to_dict()["accuracy_change"] is None
+        assert written.max_abs_diff == noise_difference(
+            pack.model_for("digits-0to4"), OrtModule(session(out)), pack.spec.input_size) > 0
     finally:
         pack.tasks[0].data.clear()
         pack.tasks[0].data.update(data)
