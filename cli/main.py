@@ -378,7 +378,10 @@ def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
 @params.quiet_option
 def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
             task_score: str | None, reject: bool, top: int, as_json: bool, quiet: bool) -> None:
-    """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt)."""
+    """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt).
+
+    An IMAGE that is a folder stands for every image below it (sorted; hidden files left
+    out)."""
     if same_task and name != AUTO:
         raise click.UsageError("--same-task needs --task auto")
     if reject and (name != AUTO or same_task or task_score not in (None, "mahalanobis")):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from packtool.choices import AUTO
+from packtool.data.preprocess import image_files
 from packtool.errors import PackToolError, TaskChoiceError, TaskError
 from packtool.formats.files import load
 from packtool.formats.sniff import is_pack_file
@@ -35,6 +36,7 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
     source = Path(source)
     if not source.is_file():
         raise PackToolError(f"{source} does not exist")
+    images = image_files(images)  # a missing image fails before the export, not after
     if not is_pack_file(source):
         return predict_onnx(source, images, task=task, top=top, same_task=same_task,
                             task_score=task_score, reject=reject, say=say)

@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from packtool.choices import AUTO
-from packtool.data.preprocess import Preprocess
+from packtool.data.preprocess import Preprocess, image_files
 from packtool.errors import PackFormatError, PackToolError, TaskChoiceError, TaskError, one_line
 from packtool.progress import Say, silent
 from packtool.task_id import (
@@ -181,8 +181,9 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
             task: str | None = None, top: int = 5, same_task: bool = False,
             task_score: str | None = None, reject: bool = False, source: str | None = None,
             say: Say = silent) -> PredictResult:
-    """Classify ``images`` with an exported ONNX file (a path, or its bytes), or let
-    ``task="auto"`` choose the task of a multi-task file.
+    """Classify ``images`` (image files; a folder stands for the images below it,
+    :func:`~packtool.data.preprocess.image_files`) with an exported ONNX file (a path, or its
+    bytes), or let ``task="auto"`` choose the task of a multi-task file.
 
     A per-task file brings its classes and preprocessing in its metadata (``task``, if given,
     must match it); a multi-task file needs ``task``. Images are prepared as the task's
@@ -212,6 +213,7 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
     label = source or ("the model" if isinstance(model, bytes) else str(model))
     if not isinstance(model, bytes) and not os.path.isfile(model):
         raise PackToolError(f"{label} does not exist")
+    images = image_files(images)
     runners, task_score = _runners(session(model), task, task_score, label)
     say(f"{label}: running on {provider_of(runners[0].session)}")
     logits, distances = _outputs(runners, images, label, say)

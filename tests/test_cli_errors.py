@@ -327,6 +327,11 @@ def test_export_never_overwrites_its_source(model, tmp_path):
 def test_predict_errors(model, tmp_path):
     assert_error(invoke("predict", tmp_path / "missing.onnx", tmp_path / "x.png"), 1)
     assert_error(invoke("predict", tmp_path / "missing.onnx"), 2)
+    # an image or a folder of none, named before the pack is exported
+    (tmp_path / "no images").mkdir()
+    for image, match in ((tmp_path / "x.png", "x.png does not exist"),
+                         (tmp_path / "no images", "no images has no images (.jpg")):
+        assert_error(invoke("predict", model, image, "--task", "digits-0-1"), 1, match=match)
 
 
 def test_plot_to_unknown_format(model, tmp_path):

@@ -27,6 +27,7 @@ from packtool.data import (
     Preprocess,
     TaskData,
     dataset_root,
+    image_files,
     load_task_data,
 )
 from packtool.errors import DataError, PackToolError
@@ -562,6 +563,24 @@ def test_corrupt_image_in_folder_is_named_when_read(tmp_path):
 
 def test_image_extensions_are_lower_case():
     assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
+
+
+def test_image_files_put_a_folders_images_in_its_place(tmp_path):
+    """What predict reads: files as given, a folder as the images below it, sorted, without
+    hidden files or folders and without files that are not images."""
+    top = tmp_path / "photos"
+    for name in ("b.jpg", "a.PNG", "sub/c.webp", "notes.txt", ".hidden.jpg", ".cache/d.jpg"):
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_bytes(b"x")
+    single = tmp_path / "single.bin"  # a file given by name is read whatever its ending
+    single.write_bytes(b"x")
+    assert image_files([single, top]) == [single, top / "a.PNG", top / "b.jpg",
+                                          top / "sub" / "c.webp"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"folder .*empty has no images \(\.jpg"):
+        image_files([single, tmp_path / "empty"])
+    with pytest.raises(DataError, match=r"image .*missing\.jpg does not exist"):
+        image_files([tmp_path / "missing.jpg"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -335,6 +335,17 @@ def test_predict_from_onnx_and_from_archive(mlp_pack, exported, images):
         assert float(row.max()) == pytest.approx(best["probability"], abs=1e-5)
 
 
+def test_predict_reads_a_folder_as_its_images(exported, tmp_path, images):
+    onnx_path, _ = exported
+    folder = tmp_path / "folder"
+    (folder / "inner").mkdir(parents=True)
+    copies = [folder / "inner" / "z.png", folder / "a.png", folder / "m.png"]
+    for source, copy in zip(images, copies):
+        copy.write_bytes(source.read_bytes())
+    listed = predict(onnx_path, sorted(copies), top=3)
+    assert predict(onnx_path, [folder], top=3).to_dict() == listed.to_dict()
+
+
 def test_predict_errors(exported, tmp_path, images):
     onnx_path, archive = exported
     with pytest.raises(TaskError, match="`task`"):

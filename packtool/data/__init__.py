@@ -31,8 +31,8 @@ Nothing is downloaded: ``digits`` ships with scikit-learn, everything else is re
 from .._lazy import exports
 
 __getattr__, __dir__, __all__ = exports(__name__, {
-    ".layout": ("ENV_ROOT", "IMAGE_EXTENSIONS", "DatasetInfo", "dataset_root"),
-    ".preprocess": ("Preprocess", "read_image"),
+    ".layout": ("ENV_ROOT", "DatasetInfo", "dataset_root"),
+    ".preprocess": ("IMAGE_EXTENSIONS", "Preprocess", "image_files", "read_image"),
     ".registry": ("DATASETS", "TaskData", "load_task_data", "task_data",
                   "with_validation_in_training"),
     ".sampling": ("EpochSampler", "SeededSamples"),

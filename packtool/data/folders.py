@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .layout import IMAGE_EXTENSIONS, DatasetInfo, Splits, require
+from .layout import DatasetInfo, Splits, require
+from .preprocess import IMAGE_EXTENSIONS, is_image_name
 from .sources import ImageFiles
 
 
@@ -77,11 +78,7 @@ def _list_split(base: Path, split: str, index: dict[str, int]) -> list[tuple[str
 
 def _is_image(top: str) -> Callable[[str], bool]:
     """Image files below ``top`` that are not hidden and not in a hidden folder."""
-    def is_image(path: str) -> bool:
-        relative = path[len(top):]
-        return relative.lower().endswith(IMAGE_EXTENSIONS) and f"{os.sep}." not in relative
-
-    return is_image
+    return lambda path: is_image_name(path, top)
 
 
 def _class_folders(split: Path) -> list[str]:

@@ -14,8 +14,6 @@ import numpy as np
 from ..errors import DataError
 from .sources import Source
 
-#: File name endings (lower case) taken as images in image folders (torchvision's list).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 ENV_ROOT = "PACKTOOL_DATA"
 
 

@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -38,6 +39,8 @@ _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 #: ``resize`` for natural images at input size ``S``: the shorter side to ``S * 8 / 7`` (256 for
 #: 224, the paper's and torchvision's ImageNet recipe), then a crop of ``S``.
 CROP_MARGIN = 8 / 7
+#: File name endings (lower case) taken as images in image folders (torchvision's list).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def check_input(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]
@@ -224,3 +227,32 @@ def read_image(path: str | os.PathLike, box: Sequence[float] | None = None) -> I
             f"bounding box {tuple(box)} lies outside image {path} ({image.width}x{image.height})"
         )
     return image.crop((left, top, right, bottom))
+
+
+def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """``paths`` with every folder among them replaced by the images below it (by
+    :data:`IMAGE_EXTENSIONS`, sorted, hidden files and folders left out); files stay as given.
+
+    Raises:
+        DataError: a folder with no image below it, or a path that does not exist.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            if not path.exists():
+                raise DataError(f"image {path} does not exist")
+            found.append(path)
+            continue
+        inside = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p, path))
+        if not inside:
+            raise DataError(f"folder {path} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        found.extend(inside)
+    return found
+
+
+def is_image_name(path: str | os.PathLike, top: str | os.PathLike) -> bool:
+    """Whether ``path``, below folder ``top``, is an image an image folder holds: an
+    :data:`IMAGE_EXTENSIONS` ending, and no hidden file or folder on the way from ``top``."""
+    relative = os.path.relpath(path, top)
+    return relative.lower().endswith(IMAGE_EXTENSIONS) and not any(
+        part.startswith(".") for part in Path(relative).parts)
