@@ -262,10 +262,15 @@ def _check_new_task(pack: Pack, name: str, data: TaskData, config: TrainConfig,
     pack.check_new_task(name, room=not grow)
     check_trains(config.epochs, config.finetune_epochs,
                  pretrained_head=pack.pretrained and not pack.tasks)
-    if not data.classes:
-        raise DataError("the dataset has no classes")
+    if len(data.classes) < 2:
+        raise DataError(f"a task needs at least two classes to tell apart; the data has "
+                        f"{len(data.classes)}{f' ({data.classes[0]})' if data.classes else ''}")
     if len(data.train) == 0 or len(data.test) == 0 or len(data.val) == 0:
         raise DataError("the dataset needs non-empty train, validation and test splits")
+    if len(data.val) < 2:  # calibrate() fits a spread: one image has none
+        raise DataError("the validation split has 1 image; calibrating the task for task-free "
+                        "inference needs at least 2 (more training images, or a larger "
+                        "`val_fraction`)")
 
 
 # ------------------------------------------------------------------------------------------------

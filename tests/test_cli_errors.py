@@ -149,6 +149,20 @@ def test_empty_image_folder(model, tmp_path):
                     match="no images")
 
 
+def test_one_class_folder(model, tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "data" / split / "cat" /
+                                                          f"{i}.png")
+    fails_unchanged(model, "add-task", model, "--data", tmp_path / "data", "--prune", "0.5",
+                    *FAST, match="a task needs at least two classes to tell apart; the data "
+                                 "has 1 (cat)")
+    assert not (tmp_path / "model.pt.add-task.ckpt").exists()
+
+
 def test_unreadable_images(model, tmp_path):
     for split in ("train", "val"):
         for cls in ("cat", "dog"):

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from packtool import (
     ArchitectureError,
     CapacityError,
+    DataError,
     Measurement,
     Pack,
     PackFormatError,
@@ -231,6 +232,26 @@ def test_full_pack_refuses_another_task(pack3, make_task):
     with pytest.raises(CapacityError, match="no free weights"):
         add_task(pack3, "t4", make_task(2, seed=9), 0.5, FAST)
     assert model_file.to_bytes(pack3) == before
+
+
+def test_a_task_without_two_classes_or_two_validation_images_is_refused_before_training(
+        make_task, monkeypatch):
+    """calibrate() fits a spread on the validation images: one image has none, and failing
+    there would come after the whole training."""
+    from torch.utils.data import Subset
+
+    from packtool import lifecycle
+
+    monkeypatch.setattr(lifecycle, "prepare", lambda *a, **k: pytest.fail("it trained"))
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    with pytest.raises(DataError, match=r"at least two classes to tell apart; the data has 1 "
+                                        r"\(c0\)"):
+        add_task(pack, "one", make_task(1, seed=0), 0.5, FAST)
+    tiny = make_task(2, seed=0)
+    tiny.val = Subset(tiny.val, [0])
+    with pytest.raises(DataError, match=r"validation split has 1 image.*`val_fraction`"):
+        add_task(pack, "tiny", tiny, 0.5, FAST)
+    assert not pack.tasks
 
 
 @pytest.mark.parametrize(("name", "ratio", "error"), [
