@@ -115,14 +115,24 @@ def create_file(model: str | os.PathLike, arch: str, *,
     model = Path(model)
     if model.exists() and not force:
         raise PackToolError(f"{model} already exists; pass `force=True` to overwrite it")
-    if weights == PRETRAINED:
-        weights = pretrained_weights_file(arch)
-    state = None if weights is None else read_weights(weights)
-    pack = Pack.create(arch, input_size, kwargs=kwargs, weights=state, policy=policy,
-                       free_init=free_init, planned_tasks=planned_tasks)
+    pack = new_pack(arch, input_size=input_size, kwargs=kwargs, weights=weights, policy=policy,
+                    free_init=free_init, planned_tasks=planned_tasks)
     with file_lock(model) if model.exists() else contextlib.nullcontext():
         model_file.save(pack, model)
     return pack
+
+
+def new_pack(arch: str, *, input_size: tuple[int, int, int] | None = None,
+             kwargs: dict[str, Any] | None = None, weights: str | os.PathLike | None = None,
+             policy: str = "per_task", free_init: str = FREE_INITS[0],
+             planned_tasks: int | None = None) -> Pack:
+    """:func:`create_file`'s pack, in memory: :meth:`Pack.create` with ``weights`` read from a
+    file (``"DEFAULT"``: torchvision's, from the local torch hub cache)."""
+    if weights == PRETRAINED:
+        weights = pretrained_weights_file(arch)
+    state = None if weights is None else read_weights(weights)
+    return Pack.create(arch, input_size, kwargs=kwargs, weights=state, policy=policy,
+                       free_init=free_init, planned_tasks=planned_tasks)
 
 
 def default_task_name(data: str, classes: Sequence[int] | None) -> str:

@@ -262,6 +262,16 @@ def _check_new_task(pack: Pack, name: str, data: TaskData, config: TrainConfig,
     pack.check_new_task(name, room=not grow)
     check_trains(config.epochs, config.finetune_epochs,
                  pretrained_head=pack.pretrained and not pack.tasks)
+    check_task_data(data)
+
+
+def check_task_data(data: TaskData) -> None:
+    """What a task's data must have before it trains: two classes, non-empty splits, and
+    two validation images at least.
+
+    Raises:
+        DataError: the first of these it lacks.
+    """
     if len(data.classes) < 2:
         raise DataError(f"a task needs at least two classes to tell apart; the data has "
                         f"{len(data.classes)}{f' ({data.classes[0]})' if data.classes else ''}")

@@ -17,19 +17,21 @@ import io
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .choices import AUTO
-from .data import load_task_data
+from .data import TaskData, load_task_data
+from .errors import DataError
 from .evaluation import evaluate_tasks
 from .fileio import atomic_write_bytes
 from .formats import model_file
 from .formats.checkpoint import checkpoint_path
 from .growth import DEFAULT_MAX_SIZE
-from .job import add_task_to_file, create_file
-from .lifecycle import add_task
+from .job import add_task_to_file, new_pack
+from .lifecycle import add_task, check_task_data
 from .pack import Pack
 from .plan import Plan, PlanTask
 from .progress import Progress
@@ -98,14 +100,12 @@ def run_plan(plan: Plan, model: str | os.PathLike, *, reference: bool = False,
     """
     model = Path(model)
     started = time.perf_counter()
-    if not model.exists():
-        create_file(model, plan.network["arch"], input_size=plan.network.get("input_size"),
-                    kwargs=plan.network.get("kwargs"), weights=plan.network.get("weights"),
-                    policy=plan.network.get("policy", "per_task"),
-                    free_init=plan.network.get("free_init", "reinit"),
-                    planned_tasks=len(plan.tasks))
-    pack = model_file.load(model)
+    fresh = not model.exists()
+    pack = _starting_pack(plan, len(plan.tasks)) if fresh else model_file.load(model)
     plan.check_against(pack)
+    _check_data(plan.tasks[len(pack.tasks):], pack)
+    if fresh:
+        model_file.save(pack, model)
     result = _earlier_results(model, pack)
     reporter = log if log is not None else (progress or Progress())
     for index, task in enumerate(plan.tasks[len(pack.tasks):], start=len(pack.tasks) + 1):
@@ -148,21 +148,41 @@ def _add(model: Path, task: PlanTask, progress: Progress | None) -> Any:
         refit=options.get("refit", False))
 
 
+def _check_data(tasks: Sequence[PlanTask], pack: Pack) -> None:
+    """Every task still to add finds its data, fit to train (:func:`check_task_data`), before
+    the first one trains: a wrong folder in the last task should not wait for the others.
+    The images are listed, not read (``skip_bad_images`` reads them when the task runs)."""
+    for task in tasks:
+        try:
+            check_task_data(_task_data(task, pack, skip_bad_images=False))
+        except DataError as exc:
+            raise DataError(f"plan task {task.name!r}: {exc}") from None
+
+
+def _task_data(task: PlanTask, pack: Pack, *, skip_bad_images: bool | None = None) -> TaskData:
+    """``task``'s data as its add-task reads it (the split seeded with its seed)."""
+    options = task.options
+    skip = options.get("skip_bad_images", False) if skip_bad_images is None else skip_bad_images
+    return load_task_data(task.data, pack.preprocess, root=options.get("data_root"),
+                          classes=task.classes, val_fraction=options.get("val_fraction", 0.1),
+                          seed=task.settings.get("seed", 0), skip_bad_images=skip)
+
+
 def _reference(plan: Plan, task: PlanTask) -> float:
     """``task`` trained alone on a fresh copy of the starting network, with the same settings
     and no pruning (the budget of a network of its own)."""
-    network = plan.network
-    pack = Pack.create(network["arch"], network.get("input_size"),
-                       kwargs=network.get("kwargs"),
-                       policy=network.get("policy", "per_task"),
-                       free_init=network.get("free_init", "reinit"))
-    options = task.options
-    data = load_task_data(task.data, pack.preprocess, root=options.get("data_root"),
-                          classes=task.classes, val_fraction=options.get("val_fraction", 0.1),
-                          seed=task.settings.get("seed", 0),
-                          skip_bad_images=options.get("skip_bad_images", False))
-    _, alone = add_task(pack, task.name, data, 0.0, settings=task.settings)
+    pack = _starting_pack(plan)
+    _, alone = add_task(pack, task.name, _task_data(task, pack), 0.0, settings=task.settings)
     return alone.accuracy
+
+
+def _starting_pack(plan: Plan, planned_tasks: int | None = None) -> Pack:
+    """The plan's network as ``init`` creates it (its weights included), no task yet."""
+    network = plan.network
+    return new_pack(network["arch"], input_size=network.get("input_size"),
+                    kwargs=network.get("kwargs"), weights=network.get("weights"),
+                    policy=network.get("policy", "per_task"),
+                    free_init=network.get("free_init", "reinit"), planned_tasks=planned_tasks)
 
 
 def _earlier_results(model: Path, pack: Pack) -> SequenceResult:

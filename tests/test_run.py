@@ -175,6 +175,60 @@ def test_a_plan_that_contradicts_the_pack_is_refused(uninterrupted, tmp_path, ch
     assert sha256(model) == before
 
 
+def test_every_tasks_data_is_checked_before_the_first_trains(tmp_path, monkeypatch):
+    """A wrong folder in the last task fails at once, and no model file is created."""
+    from packtool import lifecycle
+
+    monkeypatch.setattr(lifecycle, "prepare", lambda *a, **k: pytest.fail("it trained"))
+    model = tmp_path / "model.pt"
+    text = PLAN.replace('classes = "4-5"\n', "")  # task c: every class of its folder
+    for data, words in ((tmp_path / "missing", "missing is not a folder"),
+                        (_one_class_folder(tmp_path / "one"), "at least two classes")):
+        plan = text.replace('name = "c"\ndata = "digits"', f'name = "c"\ndata = "{data}"')
+        assert f'data = "{data}"' in plan
+        result = invoke("run", _plan(tmp_path, plan), "--model", model)
+        assert_error(result, code=1, match="plan task 'c': ")
+        assert words in result.stderr and not model.exists()
+
+
+def _one_class_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (root / split / "cat").mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), 60 * i).save(root / split / "cat" / f"{i}.png")
+    return root
+
+
+def test_reference_trains_each_task_alone_from_the_plans_network(tmp_path, monkeypatch):
+    """``--reference``: each task alone on a fresh copy of the starting network, the plan's
+    weights included."""
+    from packtool import Pack, sequence
+
+    weights = tmp_path / "start.pt"
+    start = Pack.create("lenet", (1, 8, 8)).build({}).state_dict()
+    torch.save(start, weights)
+    text = PLAN.replace('input_size = "1x8x8"\n',
+                        f'input_size = "1x8x8"\nweights = "{weights}"\n')
+    text = text[:text.index("[[tasks]]", text.index("[[tasks]]") + 1)]  # task a only
+    starts = []
+    real = sequence.add_task
+
+    def spy(pack, name, data, prune, **kwargs):
+        starts.append({k: v.clone() for k, v in pack.shared.items()})
+        return real(pack, name, data, prune, **kwargs)
+
+    monkeypatch.setattr(sequence, "add_task", spy)
+    result = sequence.run_plan(read_plan(_plan(tmp_path, text)), tmp_path / "model.pt",
+                               reference=True)
+    [alone] = result.reference
+    assert 0.5 <= alone <= 1.0  # digits 0 and 1, one epoch: far above chance
+    assert result.to_dict()["tasks"][0]["reference_accuracy"] == alone
+    [shared] = starts
+    assert shared and all(torch.equal(v, start[k]) for k, v in shared.items())
+
+
 def test_a_missing_plan_file(tmp_path):
     assert_error(invoke("run", tmp_path / "nope.toml"), code=2, match="does not exist")
 
