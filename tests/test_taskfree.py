@@ -36,6 +36,7 @@ from packtool.taskfree import (
     distance_terms,
     feature_distance,
     fit_feature_stats,
+    ledoit_wolf,
     task_free_net,
     temperatures_of,
 )
@@ -158,7 +159,8 @@ def test_feature_stats_and_the_distance_they_give():
     precision = stats["scale"] * torch.eye(6) - stats["basis"].T @ stats["basis"]
     residuals = features.double() - stats["means"].double()[labels]
     cov = residuals.T @ residuals / 300
-    shrunk = 0.9 * cov + 0.1 * cov.diagonal().mean() * torch.eye(6, dtype=torch.float64)
+    s = ledoit_wolf(residuals)
+    shrunk = (1 - s) * cov + s * cov.diagonal().mean() * torch.eye(6, dtype=torch.float64)
     assert torch.allclose(precision.double(), torch.linalg.inv(shrunk), atol=1e-4)
     # As stored: the means and basis are int8 rows (at most half a step off, a step being at
     # most a 64th of the row's largest value), read back bit for bit.
@@ -191,6 +193,18 @@ def test_feature_stats_and_the_distance_they_give():
     _, far = TaskFreeNet(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(1100, 2)),
                          "1", wide)(torch.randn(3, 1100, generator=g) * 10)
     assert bool((far > 10).all())
+
+
+@pytest.mark.parametrize("shape", [(300, 6), (40, 500), (143, 256), (3, 2)])
+def test_ledoit_wolf_is_scikit_learns(shape):
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) @ torch.randn(
+        shape[1], shape[1], generator=g, dtype=torch.float64)
+    x -= x.mean(0)
+    expected = ledoit_wolf_shrinkage(x.numpy(), assume_centered=True)
+    assert 0 <= ledoit_wolf(x) <= 1 and ledoit_wolf(x) == pytest.approx(expected, abs=1e-12)
 
 
 def test_unknown_score_and_bad_group_are_refused(two_tasks):
