@@ -17,7 +17,8 @@ Three measurements (issue 29):
   known images wrongly rejected (the thresholds accept 95% of each task's validation images).
 * **stats**: the archive's task-free statistics (``features/*``) and their share of the archive
   at 3, 5 and 10 tasks, against the statistics packtool stored before (rank up to 256,
-  float32), with the per-image task identification rate of each: the digits MLP 64-256-256
+  float32, the fixed shrinkage ``max(0.1, D / (N + D))`` before the Ledoit-Wolf estimate), with
+  the per-image task identification rate of each: the digits MLP 64-256-256
   (the permuted sequence, ten permutations) and ResNet-18 (split-digits pairs at 3x64x64, one
   epoch a task; past five tasks the pairs repeat, so identification is not measured there).
   Target: <= 20% of the archive on the MLP, identification within 0.5 points of before.
@@ -195,7 +196,7 @@ def _stats_row(name: str, pack: Pack, vals: list[Any], tests: list[Any] | None
     before = copy.deepcopy(pack)
     for record, val in zip(before.tasks, vals):
         _, features, labels = head_inputs(pack, record.name, val)
-        record.feature_stats = fit_feature_stats(features, labels, rank=256, compact=False)
+        record.feature_stats = _as_before(features, labels)
     now, old = _archive_stats(pack), _archive_stats(before)
     row = {"network": name, "tasks": len(pack.tasks), **now,
            "before": old, "identified": None, "identified_before": None}
@@ -203,6 +204,14 @@ def _stats_row(name: str, pack: Pack, vals: list[Any], tests: list[Any] | None
         row["identified"] = _identified(pack, tests)
         row["identified_before"] = _identified(before, tests)
     return row
+
+
+def _as_before(features: Any, labels: Any) -> dict[str, Any]:
+    """The statistics packtool stored before they were compacted: rank up to 256, float32,
+    shrunk by the fixed ``max(0.1, D / (N + D))`` it used before the Ledoit-Wolf estimate."""
+    n, d = features.shape
+    return fit_feature_stats(features, labels, rank=256, compact=False,
+                             shrink=max(0.1, d / (n + d)))
 
 
 def _archive_stats(pack: Pack) -> dict[str, Any]:
@@ -272,7 +281,8 @@ def markdown(result: dict[str, Any]) -> str:
         "%).\n\n" + markdown_table(["sequence", "known tasks", "left out", "AUROC",
                                    "unknown rejected", "known rejected"], unknown),
         "Task-free statistics in the archive (tensor bytes; before: rank up to 256, "
-        "float32), and per-image task identification (mahalanobis, %).\n\n"
+        "float32, the fixed shrinkage max(0.1, D / (N + D)) before the Ledoit-Wolf estimate), "
+        "and per-image task identification (mahalanobis, %).\n\n"
         + markdown_table(["network", "tasks", "archive", "statistics", "share %",
                           "before", "share % before", "identified", "identified before"],
                          stats),
