@@ -241,7 +241,9 @@ def ledoit_wolf(residuals: Tensor) -> float:
     The estimate that minimizes the expected squared error of that combination (Ledoit and Wolf,
     "A well-conditioned estimator for large-dimensional covariance matrices", 2004), as
     scikit-learn's ``ledoit_wolf_shrinkage(..., assume_centered=True)`` computes it, which a
-    test checks; written here because importing ``sklearn.covariance`` costs add-task 2.4 s.
+    test checks (but 1, not 0, where ``S`` is already a multiple of ``I``, zero included: with
+    no spread at all, the average variance then falls back to 1); written here because
+    importing ``sklearn.covariance`` costs add-task 2.4 s.
     On the digits sequences it identifies tasks 0.4-6.7 points better than the fixed
     ``max(0.1, D / (N + D))`` packtool used before.
     """
@@ -256,8 +258,9 @@ def ledoit_wolf(residuals: Tensor) -> float:
     delta_sum = float((x.T @ x).pow(2).sum()) / n**2
     beta = (beta_sum / n - delta_sum) / (d * n)
     delta = (delta_sum - 2 * mean_variance * float(variances.sum()) + d * mean_variance**2) / d
-    beta = min(beta, delta)
-    return 0.0 if beta == 0 else beta / delta
+    if delta == 0:  # S is a multiple of I already (or zero: no spread to read): any s will do
+        return 1.0
+    return min(beta, delta) / delta
 
 
 #: Smallest average within-class variance :func:`fit_feature_stats` assumes, relative to the

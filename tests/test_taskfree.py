@@ -207,6 +207,17 @@ def test_ledoit_wolf_is_scikit_learns(shape):
     assert 0 <= ledoit_wolf(x) <= 1 and ledoit_wolf(x) == pytest.approx(expected, abs=1e-12)
 
 
+def test_features_without_any_spread_still_give_finite_statistics():
+    """Every image of a class the same (a head that learned nothing, one image per class):
+    no spread to read, so the statistics fall back to the identity's."""
+    features = torch.eye(4)[torch.arange(8) % 2].repeat(1, 2)
+    assert ledoit_wolf(features - features) == 1.0
+    for f in (features, torch.zeros(8, 8)):  # all zero: no size either
+        stats = fit_feature_stats(f, torch.arange(8) % 2)
+        assert all(bool(torch.isfinite(v).all()) for v in stats.values())
+        assert float(stats["scale"]) > 0
+
+
 def test_unknown_score_and_bad_group_are_refused(two_tasks):
     pack, tasks = two_tasks
     with pytest.raises(TaskError, match="unknown task score 'loudest'"):
