@@ -112,12 +112,14 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
                 "config": asdict(config),
                 "pack": model_file.pack_digest(pack) if checkpoint else None,
                 **({"grow": grow, "max_size": max_size} if grow else {})}
-    # Before the task's network is made: it trains at the new widths.
-    pack, grow_search = (_grow(pack, name, data, config, grow, max_size, tolerance,
-                               pruning.reserve, progress) if grow else (pack, []))
-    run = _Run(task, name, data, config, device, world, progress,
-               checkpoint if main else None, checkpoint_every)  # one writer
     start = resume_point(checkpoint, resume, identity, progress.message)
+    # Before the task's network is made: it trains at the new widths.
+    pack, grown = (_grow(pack, name, data, config, grow, max_size, tolerance, pruning.reserve,
+                         progress, start.grown if start else None)
+                   if grow else (pack, None))
+    grow_search = grown["search"] if grown else []
+    run = _Run(task, name, data, config, device, world, progress,
+               checkpoint if main else None, checkpoint_every, grown)  # one writer
     new, decision, metrics = _train_and_freeze(run, pack, pruning, identity, start)
     if refit:  # the choices made on validation, then trained on training + validation
         new, metrics = _refit(run, pack, decision, metrics, pruning.reserve, identity, resume)
@@ -139,6 +141,7 @@ class _Run:
     progress: Progress
     checkpoint: str | os.PathLike | None
     checkpoint_every: float
+    grown: dict[str, Any] | None = None  # grow="auto"'s decision, kept in its checkpoints
 
 
 def _train_and_freeze(run: _Run, pack: Pack, pruning: Pruning, identity: dict[str, Any],
@@ -150,7 +153,7 @@ def _train_and_freeze(run: _Run, pack: Pack, pruning: Pruning, identity: dict[st
                                if run.device.type == "cuda" else []):
         torch.manual_seed(run.config.seed)
         t = prepare(pack, run.task, run.data, run.config, run.device, run.world, run.progress)
-        t.checkpoint, t.identity = run.checkpoint, identity
+        t.checkpoint, t.identity, t.grown = run.checkpoint, identity, run.grown
         t.checkpoint_every, t.keep_last = run.checkpoint_every, keep_last
         decision, metrics = _train_prune_finetune(t, pruning, start)
         return _freeze(t, run.name, decision, metrics), decision, metrics
@@ -182,39 +185,63 @@ def _refit(run: _Run, pack: Pack, decision: Decision, metrics: dict[str, float],
 
 
 def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: float | str,
-          max_size: float, tolerance: float, reserve: int, progress: Progress
-          ) -> tuple[Pack, list[dict[str, float]]]:
+          max_size: float, tolerance: float, reserve: int, progress: Progress,
+          decided: dict[str, Any] | None = None) -> tuple[Pack, dict[str, Any] | None]:
     """``pack`` grown by ``grow``, or as ``"auto"`` chooses (:func:`~.growth.choose_growth`:
     trials that train the task and keep the share of the free weights its ``reserve`` leaves
-    it, without fine-tuning, and repeat on a resume: they are deterministic), and the auto
-    trials. Kept at the reserve, a trial sees the room the task will have, not the whole
-    free network (measured on the long permuted sequence: the growth benchmark)."""
-    search: list[dict[str, float]] = []
+    it, without fine-tuning), and for ``"auto"`` its decision, ``{"grow": fraction (0: none),
+    "search": the trials}``. Kept at the reserve, a trial sees the room the task will have,
+    not the whole free network (measured on the long permuted sequence: the growth
+    benchmark). ``decided``: the decision a resumed checkpoint holds, taken without the trials
+    (they are deterministic: the same decision); a run killed during its trials repeats them.
+    """
     if grow == AUTO and not pack.tasks:  # a plan's defaults may say auto for every task
         progress.message("grow auto: a first task has the whole network, nothing to grow")
-        return pack, search
+        return pack, {"grow": 0.0, "search": []}
     if grow == AUTO:
-        def trial(fraction: float) -> float | None:
-            if not fraction and pack.free_weights == 0:
-                return None  # no room at all without growing
-            progress.message(f"grow auto: training the task on the network "
-                             f"{f'grown by {fraction:g}' if fraction else 'as it is'}")
-            quick = replace(config, finetune_epochs=0) if config.epochs else config
-            _, tried = add_task(pack, name, data, 0.0, quick,
-                                reserve=reserve, progress=progress, grow=fraction or None,
-                                max_size=max_size)
-            return tried.val_accuracy
-
-        grow, search = choose_growth(pack.growth(), pack.widths, pack.shapes, trial, tolerance,
-                                     max_size, progress.message)
+        if decided is not None:
+            grow, search = decided["grow"], list(decided["search"])
+            progress.message(f"grow auto: the decision of the interrupted run, "
+                             f"{f'grow by {grow:g}' if grow else 'no growth'} after "
+                             f"{len(search)} trials (not repeated)")
+        else:
+            grow, search = _growth_trials(pack, name, data, config, max_size, tolerance,
+                                          reserve, progress)
+        decision = {"grow": float(grow or 0.0), "search": search}
         if not grow:
             pack.check_new_task(name)  # no growth: the network must have room as it is
-            return pack, search
+            return pack, decision
+        return _grown(pack, config, float(grow), max_size, progress), decision
     assert isinstance(grow, float)
+    return _grown(pack, config, grow, max_size, progress), None
+
+
+def _growth_trials(pack: Pack, name: str, data: TaskData, config: TrainConfig,
+                   max_size: float, tolerance: float, reserve: int, progress: Progress
+                   ) -> tuple[float, list[dict[str, float | None]]]:
+    """:func:`~.growth.choose_growth` with trials that train the task at a growth (no
+    fine-tuning) and score it on validation."""
+    def trial(fraction: float) -> float | None:
+        if not fraction and pack.free_weights == 0:
+            return None  # no room at all without growing
+        progress.message(f"grow auto: training the task on the network "
+                         f"{f'grown by {fraction:g}' if fraction else 'as it is'}")
+        quick = replace(config, finetune_epochs=0) if config.epochs else config
+        _, tried = add_task(pack, name, data, 0.0, quick, reserve=reserve, progress=progress,
+                            grow=fraction or None, max_size=max_size)
+        return tried.val_accuracy
+
+    return choose_growth(pack.growth(), pack.widths, pack.shapes, trial, tolerance, max_size,
+                         progress.message)
+
+
+def _grown(pack: Pack, config: TrainConfig, grow: float, max_size: float, progress: Progress
+           ) -> Pack:
+    """``pack`` with every growable width widened by ``grow`` of its original units."""
     units, size = plan_growth(pack.growth(), pack.widths, pack.shapes, grow, max_size)
     progress.message(f"growing {len(units)} widths by {grow:g} of their original units: "
                      f"the network is now {size:.2f}x its original size")
-    return pack.grown(units, seed=config.seed + len(pack.tasks) + 1), search
+    return pack.grown(units, seed=config.seed + len(pack.tasks) + 1)
 
 
 def _measure_frozen(run: _Run, new: Pack, metrics: dict[str, float]) -> None:

@@ -55,6 +55,7 @@ class Training:
     search: dict[str, Any] | None = None  # an auto search under way (saved in checkpoints)
     released: dict[str, Tensor] | None = None  # trained values of what the prune released
     checkpoint_every: float = 0.0  # seconds between checkpoints (0: after every epoch)
+    grown: dict[str, Any] | None = None  # grow="auto"'s decision (saved in checkpoints)
     keep_last: bool = False  # a refit: every phase keeps its last epoch, not its best
     last_saved: float = field(default_factory=time.monotonic)
     precision: MixedPrecision = field(default_factory=MixedPrecision)
@@ -126,6 +127,7 @@ class Training:
             rng=rng.cpu, loader_rng=rng.loader, cuda_rng=rng.cuda,
             search=None if keep else self.search, released=self.released,
             scaler=None if self.precision.scaler is None else self.precision.scaler.state_dict(),
+            grown=self.grown,
         )
 
     def restore(self, start: Checkpoint, optimizer: torch.optim.Optimizer,

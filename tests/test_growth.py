@@ -394,6 +394,10 @@ def test_an_auto_growth_killed_after_its_trials_resumes_bit_identical(tmp_path):
     ref, resumed = _killed_near_the_end_and_resumed(tmp_path, args)
     assert len(ref["grow_search"]) >= 2
     assert resumed["grow_search"] == ref["grow_search"]
+    # The checkpoint holds the decision: the resumed run does not train the trials again.
+    said = (tmp_path / "resumed.json.err").read_text()
+    assert "grow auto: training the task" not in said
+    assert f"after {len(ref['grow_search'])} trials (not repeated)" in said
 
 
 # ------------------------------------------------------------------------------------------------

@@ -114,6 +114,21 @@ def test_checkpoints_store_no_masks_and_the_best_epoch_once(make_task, tmp_path)
     assert all(torch.equal(again.best_state[k], earlier[k]) for k in earlier)
 
 
+def test_a_checkpoint_keeps_the_growth_decision_and_refuses_a_damaged_one(make_task, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        add_task(_base(make_task), "second", make_task(3, seed=1), 0.5, CONFIG,
+                 checkpoint=ckpt, progress=_InterruptAt("finetune", 1), grow="auto")  # trials
+    # have no fine-tuning: this is the task's own run
+    saved = Checkpoint.load(ckpt)
+    assert saved.grown["grow"] >= 0 and len(saved.grown["search"]) >= 2
+    for bad in ({"grow": "x", "search": []}, {"grow": 0.25}, [0.25]):
+        saved.grown = bad
+        saved.save(ckpt)  # a fresh digest: the content itself is wrong
+        with pytest.raises(PackFormatError, match="growth decision is not"):
+            Checkpoint.load(ckpt)
+
+
 def test_a_checkpoint_of_a_newer_format_is_refused_as_such(make_task, tmp_path):
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):

@@ -70,6 +70,9 @@ class Checkpoint:
     released: dict[str, Tensor] | None = None
     scaler: dict[str, Any] | None = None  # float16 on CUDA: the gradient scaler's state
     best_is_net: bool = False  # best_state is the network as it is: stored once (format 2)
+    # ``grow="auto"``'s decision, ``{"grow": fraction (0: none), "search": its trials}``, so a
+    # resume does not repeat the trials (absent from checkpoints written before: they repeat)
+    grown: dict[str, Any] | None = None
 
     def describe(self) -> str:
         config = self.identity["config"]
@@ -96,7 +99,7 @@ class Checkpoint:
             "metrics": dict(self.metrics),
             "rng": self.rng, "loader_rng": self.loader_rng, "cuda_rng": self.cuda_rng,
             "best_val_loss": self.best_val_loss, "search": _on_cpu(self.search),
-            "released": _on_cpu(self.released), "scaler": self.scaler,
+            "released": _on_cpu(self.released), "scaler": self.scaler, "grown": self.grown,
         }
 
     @classmethod
@@ -176,6 +179,10 @@ def _check(state: dict[str, Any]) -> None:
     owners = {k[:-len(_OWNERS)]: v for k, v in net.items() if k.endswith(_OWNERS)}
     weights = {k: net[k + _ORIG] for k in owners}
     check_owners(weights, owners, int(json.loads(state["run"])["index"]))
+    grown = state.get("grown")
+    if grown is not None and not (isinstance(grown, dict) and isinstance(grown.get("search"), list)
+                                  and isinstance(grown.get("grow"), (int, float))):
+        raise ValueError("its growth decision is not {grow, search}")
     paused = (state.get("search") or {}).get("best")
     if isinstance(paused, dict) and "format" in paused:  # a paused trial: a checkpoint itself
         _check(paused)
