@@ -1,15 +1,29 @@
 """The steps of an add-task on its :class:`~packtool.training.Training`: a phase of epochs
-(training or fine-tuning) that keeps the best epoch on validation, and pruning.
-:mod:`packtool.lifecycle` puts them in order."""
+(training or fine-tuning) that keeps the best epoch on validation, pruning, and the planner's
+search for ``prune="auto"`` (:func:`prune_auto`). :mod:`packtool.lifecycle` puts them in
+order."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
+from torch import Tensor
 
 from .evaluation import Measurement
 from .formats.checkpoint import Checkpoint
-from .loop import BestEpoch, FrozenWeightGuard, make_optimizer, make_scheduler, train_epoch
+from .loop import (
+    BestEpoch,
+    FrozenWeightGuard,
+    RngState,
+    make_optimizer,
+    make_scheduler,
+    snapshot,
+    train_epoch,
+)
 from .method import Phase, assign_owners, select_all, with_masks
+from .planner import Decision, Pruning, candidates, noise_warning, plan, target
 from .training import Training
 
 
@@ -109,3 +123,95 @@ def prune(t: Training, ratio: float, reserve: int = 0) -> int:
         weights[key].masked_fill_(new_owners[key] == 0, 0.0)  # free weights are zero at rest
     t.sync()  # deterministic already; broadcasting makes it so by construction
     return zeroed
+
+
+@dataclass
+class AfterTraining:
+    """The network and random state right after training (where every pruning starts), and
+    its validation accuracy (the reference the planner's tolerance counts from)."""
+
+    state: dict[str, Tensor]
+    rng: RngState
+    reference: float
+
+
+def prune_auto(t: Training, pruning: Pruning, after: AfterTraining, start: Checkpoint | None
+          ) -> tuple[Decision, dict[str, float]]:
+    """The planner's choice (:mod:`packtool.planner`), on the validation split only; the
+    test split is read after it decided. Checkpoints carry the search, so it resumes.
+
+    A trial stops as soon as its validation accuracy meets the target (whether it passes is
+    then known) and is kept paused; the chosen one then finishes its fine-tuning from there,
+    which makes it exactly the fixed-ratio fine-tuning at that ratio.
+    """
+    resumed = (start.search if start is not None else None) or {}
+    done = {r: v for r, v in resumed.get("done", [])}
+    goal = target(after.reference, pruning.tolerance)
+    t.search = {"reference": after.reference, "start": after.state, "rng": after.rng.to_dict(),
+                "done": [list(d) for d in resumed.get("done", [])], "current": None,
+                "best": resumed.get("best"), "best_ratio": resumed.get("best_ratio"),
+                "continuing": False}
+
+    def scan(ratio: float) -> float:
+        t.load(after.state, Phase.TRAIN)
+        prune(t, ratio, pruning.reserve)
+        select_all(t.net, t.task, Phase.FINETUNE)
+        return t.evaluate(t.data.val).accuracy
+
+    def finetune(ratio: float) -> tuple[float, Any]:
+        if ratio in done:  # a trial of the run this one resumes
+            return done[ratio], t.search["best"] if ratio == t.search["best_ratio"] else None
+        here = start if start is not None and resumed.get("current") == ratio else None
+        if here is None:
+            t.load(after.state, Phase.TRAIN)
+            prune(t, ratio, pruning.reserve)
+            after.rng.restore(t.generator, t.device)
+        t.search["current"] = ratio
+        val, end = run_phase(t, Phase.FINETUNE, t.config.finetune_epochs,
+                             t.config.finetune_lr, 0, here, include_start=True, stop_at=goal)
+        # Plain values: it may travel inside a checkpoint file (no fine-tuning: a state_dict).
+        state = snapshot(t.net) if end is None else end.state()
+        passed_before = any(v >= goal for _, v in t.search["done"])
+        t.search["done"].append([ratio, val])
+        t.search["current"] = None
+        if val >= goal or not passed_before:  # the winner so far, or the fallback to come
+            t.search["best"], t.search["best_ratio"] = state, ratio
+        _report_trial(t, ratio, val, goal, t.config.finetune_epochs if end is None else end.epoch)
+        return val, state
+
+    warning = noise_warning(len(t.data.val), after.reference, pruning.tolerance)
+    if warning:
+        t.progress.message(f"warning: {warning}")
+    decision = plan(candidates(pruning.minimum), after.reference, pruning.tolerance,
+                    pruning.trials, scan, finetune)
+    decision.warning = warning
+    t.load(after.state, Phase.TRAIN)
+    prune_measured(t, decision.ratio, pruning.reserve)
+    winner = next(c for c in decision.search if c.ratio == decision.ratio)
+    # The epoch the winner keeps comes from its own paused state (another trial may have run
+    # last); a trial that had run all its epochs paused nowhere: unknown, a refit runs them all.
+    t.metrics.pop("best_epoch_finetune", None)
+    finished = _finish_trial(t, decision.state, start if resumed.get("continuing") else None)
+    winner.val_finetuned = winner.val_finetuned if finished is None else finished
+    t.search = None
+    return decision, {**t.metrics, "val_accuracy": winner.val_finetuned}
+
+
+def _report_trial(t: Training, ratio: float, val: float, goal: float, epochs: int) -> None:
+    t.progress.message(f"prune {ratio:g}: validation accuracy {val:.2%} after {epochs} of "
+                       f"{t.config.finetune_epochs} fine-tuning epochs "
+                       f"(target {max(goal, 0.0):.2%})")
+
+
+def _finish_trial(t: Training, kept: dict[str, Any], start: Checkpoint | None) -> float | None:
+    """The chosen trial's fine-tuning, finished from where it paused (or from ``start``, a
+    checkpoint written while it finished); returns its best validation accuracy (``None``: the
+    trial had finished, its score stands)."""
+    if "format" not in kept:  # a finished trial's state_dict (no fine-tuning epochs, or a
+        t.load(kept, Phase.FINETUNE)  # checkpoint written before trials paused)
+        return None
+    paused = Checkpoint.from_state(kept)
+    t.search["continuing"] = True  # checkpoints from here on resume the finishing
+    val, _ = run_phase(t, Phase.FINETUNE, t.config.finetune_epochs, t.config.finetune_lr, 0,
+                       start or paused)
+    return val

@@ -21,7 +21,7 @@ from packtool import (
     forecast,
     load_task_data,
 )
-from packtool import lifecycle as lifecycle_module
+from packtool import phases as phases_module
 from packtool.exporters import archive_bytes, archive_from_bytes
 from packtool.formats import model_file
 from packtool.formats.checkpoint import Checkpoint
@@ -221,7 +221,7 @@ class _Guarded(Dataset):
 
 
 def test_the_test_split_is_never_read_during_the_search(monkeypatch, digits):
-    real_plan = lifecycle_module.plan
+    real_plan = phases_module.plan
 
     def guarded_plan(*args, **kwargs):
         _Guarded.searching = True
@@ -230,7 +230,7 @@ def test_the_test_split_is_never_read_during_the_search(monkeypatch, digits):
         finally:
             _Guarded.searching = False
 
-    monkeypatch.setattr(lifecycle_module, "plan", guarded_plan)
+    monkeypatch.setattr(phases_module, "plan", guarded_plan)
     data = copy.copy(digits)
     data.test = _Guarded(digits.test)
     pack, result = add_task(_base(), "t", data, "auto", CONFIG)
