@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from packtool import Pack, lifecycle, loop, phases
+from packtool import Pack, loop, phases
 from packtool.cli.main import main
 from packtool.formats import checkpoint, model_file
 
@@ -104,8 +104,8 @@ def install(kill: str | None = None, trace: Path | None = None) -> None:
         return owners
 
     phases.assign_owners = assign_or_die
-    _wrap(lifecycle, "_report_trial", lambda: event("trial"))
-    _wrap(lifecycle, "_finish_trial", lambda: event("finish"))
+    _wrap(phases, "_report_trial", lambda: event("trial"))
+    _wrap(phases, "_finish_trial", lambda: event("finish"))
 
     write = checkpoint.atomic_write
 
