@@ -173,7 +173,7 @@ def fit_feature_stats(features: Tensor, labels: Tensor, *, rank: int | None = No
                         f"labels {list(labels.shape)}")
     f = features.detach().double().cpu()
     labels = labels.long().cpu()
-    means, residuals = _class_means(f, labels), _residuals(f, labels)
+    means, residuals = _means_and_residuals(f, labels)
     n, d = f.shape
     # ``shrink`` given: a fold of a split fitted as the whole split is (fit_reject_distance).
     shrink = ledoit_wolf(residuals) if shrink is None else shrink
@@ -210,7 +210,7 @@ def fit_reject_distance(features: Tensor, labels: Tensor, *, accept: float = ACC
     f = features.detach().float().cpu()
     labels = labels.long().cpu()
     n = len(f)
-    shrink = ledoit_wolf(_residuals(f, labels))  # the whole split's, for every fold
+    shrink = ledoit_wolf(_means_and_residuals(f, labels)[1])  # the whole split's, every fold
     positions = torch.arange(n)
     folds = [positions % REJECT_FOLDS == k for k in range(REJECT_FOLDS)] if (
         n >= 2 * REJECT_FOLDS) else [positions >= 0]
@@ -222,15 +222,12 @@ def fit_reject_distance(features: Tensor, labels: Tensor, *, accept: float = ACC
     return float(torch.quantile(torch.cat(distances).double(), accept))
 
 
-def _class_means(f: Tensor, labels: Tensor) -> Tensor:
-    """The mean of ``f`` ``[N, D]`` per class present in ``labels``, in class order."""
-    return torch.stack([f[labels == c].mean(0) for c in labels.unique()])
-
-
-def _residuals(f: Tensor, labels: Tensor) -> Tensor:
-    """``f`` less its class's mean, row by row."""
+def _means_and_residuals(f: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean of ``f`` ``[N, D]`` per class present in ``labels`` (in class order), and ``f``
+    less its class's mean, row by row."""
     present = labels.unique()
-    return f - _class_means(f, labels)[torch.searchsorted(present, labels)]
+    means = torch.stack([f[labels == c].mean(0) for c in present])
+    return means, f - means[torch.searchsorted(present, labels)]
 
 
 def ledoit_wolf(residuals: Tensor) -> float:
@@ -254,7 +251,7 @@ def ledoit_wolf(residuals: Tensor) -> float:
     squares = x.pow(2)
     variances = squares.sum(0) / n  # the diagonal of S
     mean_variance = float(variances.sum()) / d
-    beta_sum = float((squares.T @ squares).sum())
+    beta_sum = float(squares.sum(1).pow(2).sum())  # sum over i, j, k of x_ki^2 x_kj^2
     delta_sum = float((x.T @ x).pow(2).sum()) / n**2
     beta = (beta_sum / n - delta_sum) / (d * n)
     delta = (delta_sum - 2 * mean_variance * float(variances.sum()) + d * mean_variance**2) / d
