@@ -801,3 +801,17 @@ def test_cifar100_refuses_code_in_pickles(tmp_path):
     (base / "meta").write_bytes(b"\x00garbage")
     with pytest.raises(DataError, match=r"cannot read .*meta"):
         load_task_data("cifar100", RGB32, root=tmp_path)
+
+
+@pytest.mark.filterwarnings("error")
+def test_read_only_arrays_are_copied_not_wrapped():
+    """An image array handed in read-only (a memory map, a frozen batch) already at the network's
+    shape: torch must not wrap it (undefined behaviour and a warning), and it stays unchanged."""
+    pre = Preprocess((1, 4, 4), (0.0,), (1.0,))
+    original = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 4, 4)
+    array = original.copy()
+    array.setflags(write=False)
+    for train in (False, True):
+        x = ImageTransform(pre, train=train)(array)
+        x += 1  # writable, and not the caller's memory
+        np.testing.assert_array_equal(array, original)

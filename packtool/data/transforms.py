@@ -38,7 +38,9 @@ class ImageTransform:
     def prepare(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
             image = image.numpy()
-        return torch.from_numpy(np.ascontiguousarray(self.preprocess.prepare(image)))
+        # A copy only when needed: torch cannot wrap a read-only array (a memory-mapped cache,
+        # an image array handed in) without undefined behaviour if anything writes to it.
+        return torch.from_numpy(np.require(self.preprocess.prepare(image), requirements="CW"))
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         array = x.numpy()
@@ -47,7 +49,8 @@ class ImageTransform:
             rows, columns = self.preprocess.crop_offsets(array)
             crop_at = (int(torch.randint(0, rows, ())), int(torch.randint(0, columns, ())))
         flip = self.flip and bool(torch.rand(()) < 0.5)
-        return torch.from_numpy(self.preprocess.finish(array, crop_at, flip))
+        return torch.from_numpy(np.require(self.preprocess.finish(array, crop_at, flip),
+                                           requirements="CW"))
 
     def __repr__(self) -> str:
         p = self.preprocess
