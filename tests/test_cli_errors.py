@@ -430,6 +430,7 @@ def test_task_auto_on_a_single_task_onnx(model, tmp_path):
     assert "Error" not in ok("predict", model, "--task", "auto", image).stderr
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 def test_predict_on_several_tasks_without_a_task_is_a_usage_error(model, tmp_path):
     """A file of two tasks and no --task: exit 2 (the contract's usage error), naming the flag,
     for the model file and for the multi-task ONNX (which needs no torch to say so)."""

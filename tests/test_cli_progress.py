@@ -51,6 +51,7 @@ def test_quiet_says_nothing(tmp_path, model):
     assert result.stderr == "" and out.is_file()
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 def test_export_reports_each_step(model, tmp_path):
     doc, lines = _json_and_progress("export", model, "--task", "digits-0-1", "--out",
                                     tmp_path / "t.onnx")
@@ -63,6 +64,7 @@ def test_export_reports_each_step(model, tmp_path):
     assert "exporting 1 tasks to one ONNX graph (opset 18)" in lines
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 def test_int8_calibration_is_reported(tmp_path):
     model = tmp_path / "lenet.pt"
     ok("init", model, "--arch", "lenet", "--input-size", "1x8x8")

@@ -159,6 +159,7 @@ def test_sparse_initializers_shrink_a_mostly_zero_task(tmp_path):
     assert np.array_equal(ort_logits(str(dense.path), x), ort_logits(str(sparse.path), x))
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 def test_torchlib_table_reused_gives_the_same_bytes(mlp_pack, monkeypatch):
     """Exports after the first reuse torch.onnx's function table (a copy each): the same
     bytes as an export that built its own, and torch's method is back afterwards."""

@@ -209,6 +209,7 @@ def test_v4_grown_model_file_serves_each_task_at_its_widths(tmp_path):
     _assert_saves_unchanged("lenet-grown-v4.pt", 4, tmp_path)
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 def test_a_multi_task_onnx_of_one_task_per_call_still_serves(tmp_path):
     """Files written before mixed-task batches take ``task`` ``[1]``: predict reads them, for a
     named task and for auto, as it reads a file of today."""

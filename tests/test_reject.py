@@ -193,6 +193,7 @@ def test_eval_unknown_usage_errors(tmp_path):
     assert_error(invoke("eval", model, "--unknown", "digits"), 2, "--unknown needs --task-free")
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 @pytest.mark.parametrize("fixture", ["lenet-calibrated-v3.pt", "lenet-calibrated-v3.safetensors"])
 def test_a_file_written_before_thresholds_cannot_reject_from_the_command_line(tmp_path, fixture):
     """A model file or archive calibrated before rejection thresholds: one line, exit 1,

@@ -114,6 +114,7 @@ def _predict_blocked(root: Path, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 @pytest.mark.parametrize("source", ["t1.onnx", "all.onnx"])
 def test_predict_on_onnx_needs_no_torch_and_agrees_with_eval(served, source):
     root, model, _ = served
@@ -130,6 +131,7 @@ def test_predict_on_onnx_needs_no_torch_and_agrees_with_eval(served, source):
             assert abs(entry["probability"] - float(p[classes.index(entry["class"])])) <= 1e-4
 
 
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
 def test_predict_auto_on_a_multi_task_file_needs_no_torch(served):
     root, model, _ = served
     pack = Pack.load(model)
