@@ -77,7 +77,7 @@ class DeploySettings:
     note: str = ""
 
 
-SMOKE = PackCase("mlp-1x8x8", "mlp", (1, 8, 8), {}, 0.75, 1, 0, tasks=2,
+SMOKE = PackCase("mlp-1x8x8", "mlp", (1, 8, 8), {}, 0.75, 1, 0, tasks=1,
                  note="trained 1 epoch per task")
 SETTINGS = {
     "smoke": DeploySettings((SMOKE,), (2,), 0.2, 1, note="smoke: tiny cases only; not a "
