@@ -47,7 +47,7 @@ def add_task_to_file(
     config: TrainConfig | None = None, *, settings: dict[str, Any] | None = None,
     reserve: int | None = None, tolerance: float = 1.0, auto_trials: int = 3,
     name: str | None = None,
-    classes: Sequence[int] | None = None, data_root: str | os.PathLike | None = None,
+    classes: Sequence[int | str] | None = None, data_root: str | os.PathLike | None = None,
     val_fraction: float = 0.1, skip_bad_images: bool = False, checkpoint_every: float = 0.0,
     resume: bool = False, restart: bool = False, progress: Progress | None = None,
     grow: float | str | None = None, max_size: float = DEFAULT_MAX_SIZE, refit: bool = False,
@@ -135,14 +135,16 @@ def new_pack(arch: str, *, input_size: tuple[int, int, int] | None = None,
                        free_init=free_init, planned_tasks=planned_tasks)
 
 
-def default_task_name(data: str, classes: Sequence[int] | None) -> str:
-    """``digits``, ``digits-0-1``, ``digits-0to4``, ``birds`` (an image folder's name)."""
+def default_task_name(data: str, classes: Sequence[int | str] | None) -> str:
+    """``digits``, ``digits-0-1``, ``digits-0to4``, ``birds`` (an image folder's name),
+    ``shapes-circle-square`` (classes given by name, as given)."""
     base = Path(data).name if ("/" in data or os.sep in data) else data
     if not classes:
         return base
-    runs: list[list[int]] = []
+    runs: list[list[int | str]] = []
     for k in classes:
-        if runs and k == runs[-1][-1] + 1:
+        last = runs[-1][-1] if runs else None
+        if isinstance(k, int) and isinstance(last, int) and k == last + 1:
             runs[-1].append(k)
         else:
             runs.append([k])

@@ -23,6 +23,7 @@ from packtool import (
 from packtool.config import FROM_SCRATCH, schedule
 from packtool.data import task_data
 from packtool.formats.checkpoint import Checkpoint
+from packtool.job import default_task_name
 
 RGB16 = Preprocess((3, 16, 16), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -264,3 +265,17 @@ def test_classes_by_name_as_the_folder_spells_them(tmp_path):
     assert by_name.spec == by_index.spec  # the record keeps indices
     with pytest.raises(DataError, match="has no class 'c'; its classes: a, b"):
         load_task_data(str(folder), RGB16, classes="a,c")
+
+
+def test_classes_by_name_on_the_command_line_name_the_task(tmp_path):
+    """Without --task, a task of classes given by name is named by them, as given (indices
+    keep their runs: ``digits-0to4``)."""
+    folder = _folder(tmp_path / "data")
+    model = tmp_path / "m.pt"
+    ok("init", model, "--arch", "lenet", "--input-size", "3x16x16", "--kwarg", "width=4")
+    doc = ok_json("add-task", model, "--data", folder, "--classes", "b,a", "--prune", "0.5",
+                  "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu")
+    assert doc["task"] == "data-b-a"
+    assert ok_json("info", model)["tasks"][0]["classes"] == ["b", "a"]
+    assert default_task_name("digits", [0, 1, 2, 3, 4]) == "digits-0to4"
+    assert default_task_name("path/to/shapes", ["circle", 2, 3]) == "shapes-circle-2-3"
