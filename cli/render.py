@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from packtool.growth import relative_size
 from packtool.planner import forecast, tasks_to_come
 
 from .console import count, pct, show_table
@@ -60,6 +61,9 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
         ("weights owned", f"{count(doc['weights_owned'])} ({share:.1%})"),
         ("free capacity left", pct(doc["free_fraction"])),
         *([("unreadable images left out", _skipped(doc))] if doc["skipped_images"] else []),
+        *_growth_rows(doc, pack),
+        *([("refit", "trained again on training + validation images")]
+          if pack.task(doc["task"]).hparams.get("refit") else []),
         ("temperature (task-free inference)", temperature(doc["temperature"])),
         ("time", f"{doc['seconds']:.1f} s"),
     ]
@@ -69,6 +73,24 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
         show_search(console, doc["prune_search"], doc["prune"])
     if doc.get("prune_warning"):
         console.print(f"Note: {doc['prune_warning']}", markup=False)
+
+
+def _growth_rows(doc: dict[str, Any], pack: Pack) -> list[tuple[str, str]]:
+    """Where the network grew: whether it grew for this task (``--grow auto``: with the
+    validation accuracy of each trial) and the size the task runs at."""
+    rows, widths = [], doc.get("widths") or {}
+    if doc.get("grow_search"):  # trials are run for a task after the first
+        before = pack.widths_of(doc["index"] - 1)
+        trials = ", ".join(f"{t['grow']:g}: " + ("no room" if t["val_accuracy"] is None
+                                                 else pct(t["val_accuracy"]))
+                           for t in doc["grow_search"])
+        grew = "grown" if widths != before else "not grown"
+        rows.append(("growth (--grow auto)", f"{grew} (validation accuracy by growth: "
+                                             f"{trials})"))
+    if widths:
+        size = relative_size(pack.growth(), pack.shapes, widths)
+        rows.append(("network size", f"{size:.2f}x its original prunable weights"))
+    return rows
 
 
 def show_reserve_tip(console: Console) -> None:

@@ -249,6 +249,23 @@ def test_cli_grow_reports_the_widths_and_info_lists_them(tmp_path):
         "widths"] == {"1": 24, "3": 24}
 
 
+def test_the_add_task_table_says_how_the_network_grew(tmp_path):
+    """The table (not only --json): the size a grown task runs at, --grow auto's trials and
+    whether it grew, and a refit; none of it for a task that neither grew nor refit."""
+    model = tmp_path / "m.pt"
+    _cli_pack(model)
+    assert "network size" not in invoke("info", model).stdout
+    table = invoke("add-task", model, *[a for a in GROW_ARGS if a != "--json"]).stdout
+    # 64 x 24 + 24 x 24 prunable weights now, 64 x 16 + 16 x 16 before
+    assert "| network size" in table and "1.65x its original prunable weights" in table
+    assert "--grow auto" not in table and "refit" not in table
+    table = invoke("add-task", model, "--data", "digits", "--classes", "4,5", "--prune", "0.5",
+                   "--grow", "auto", "--max-size", "2", "--refit", "--epochs", "1",
+                   "--finetune-epochs", "1", "--device", "cpu").stdout
+    assert "| growth (--grow auto)" in table and "(validation accuracy by growth: 0: " in table
+    assert "| refit " in table and "trained again on training + validation images" in table
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--grow", "0"], "--grow"), (["--grow", "1.5"], "--grow"), (["--grow", "x"], "--grow"),
     (["--max-size", "0.5"], "--max-size"), (["--max-size", "2"], "--max-size needs --grow"),
