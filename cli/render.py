@@ -188,10 +188,15 @@ def info_doc(pack: Pack, share: float | None = None, growable: bool = False
     }
 
 
-def describe_data(spec: dict[str, Any]) -> str:
+def describe_data(spec: dict[str, Any], names: Sequence[str] = (), shown: int = 6) -> str:
+    """A task's data and, for a subset of its classes, which: by ``names`` (the classes as the
+    folder or dataset spells them, in the task's order) where given, else the recorded
+    indices; the first ``shown`` of them and a count."""
     text = str(spec.get("data", "?"))
     if spec.get("classes") is not None:
-        text += f" classes {','.join(map(str, spec['classes']))}"
+        chosen = list(names) if len(names) == len(spec["classes"]) else spec["classes"]
+        more = f" (+{len(chosen) - shown} more)" if len(chosen) > shown else ""
+        text += f" classes {','.join(map(str, chosen[:shown]))}{more}"
     return text
 
 
@@ -214,9 +219,10 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
         record = pack.task(t["task"])
         prune = f"{record.prune:g}" + ("" if record.prune_reason == "fixed" else
                                         f" ({record.prune_reason})")
-        rows.append((str(t["index"]), t["task"], describe_data(t["data"]), str(len(t["classes"])),
-                     prune, count(t["weights_owned"]), count(t["private_values"]),
-                     pct(record.metrics.get("accuracy")), temperature(t["temperature"])))
+        rows.append((str(t["index"]), t["task"], describe_data(t["data"], t["classes"]),
+                     str(len(t["classes"])), prune, count(t["weights_owned"]),
+                     count(t["private_values"]), pct(record.metrics.get("accuracy")),
+                     temperature(t["temperature"])))
     if rows:
         show_table(console, "Tasks", ("#", "task", "data", "classes", "prune", "weights owned",
                                       "private values", "accuracy", "temperature"), rows, left=3)

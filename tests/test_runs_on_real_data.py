@@ -277,5 +277,6 @@ def test_classes_by_name_on_the_command_line_name_the_task(tmp_path):
                   "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu")
     assert doc["task"] == "data-b-a"
     assert ok_json("info", model)["tasks"][0]["classes"] == ["b", "a"]
+    assert f"{folder} classes b,a " in ok("info", model).stdout  # by name, as given
     assert default_task_name("digits", [0, 1, 2, 3, 4]) == "digits-0to4"
     assert default_task_name("path/to/shapes", ["circle", 2, 3]) == "shapes-circle-2-3"
