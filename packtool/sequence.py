@@ -24,9 +24,9 @@ from typing import Any
 
 from .choices import AUTO
 from .data import TaskData, load_task_data
-from .errors import DataError
+from .errors import DataError, PlanError
 from .evaluation import evaluate_tasks
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, sha256_file
 from .formats import model_file
 from .formats.checkpoint import checkpoint_path
 from .growth import DEFAULT_MAX_SIZE
@@ -47,12 +47,17 @@ class SequenceResult:
             (``j <= i``).
         reference: with ``reference``, each task's accuracy trained alone on a fresh copy of the
             starting network with the same budget (``None`` per task otherwise).
+        model: the model file's name, once written beside it: ``results.json`` belongs to it.
+        model_sha256: the SHA-256 of the model file the rows describe, once written: a later
+            run reuses the rows only for that very file.
     """
 
     tasks: list[dict[str, Any]] = field(default_factory=list)
     matrix: list[list[float | None]] = field(default_factory=list)
     reference: list[float | None] = field(default_factory=list)
     seconds: float = 0.0
+    model: str | None = None
+    model_sha256: str | None = None
 
     @property
     def avg_accuracy(self) -> float:
@@ -72,7 +77,9 @@ class SequenceResult:
                 doc["reference_accuracy"] = ref
                 doc["packing_cost"] = ref - doc["accuracy"]
         return {"tasks": tasks, "matrix": self.matrix, "avg_accuracy": self.avg_accuracy,
-                "backward_transfer": self.backward_transfer, "seconds": self.seconds}
+                "backward_transfer": self.backward_transfer, "seconds": self.seconds,
+                **({"model": self.model, "model_sha256": self.model_sha256}
+                   if self.model is not None else {})}
 
     def to_csv(self) -> str:
         """The matrix as CSV: a row per task added, a column per task."""
@@ -100,6 +107,7 @@ def run_plan(plan: Plan, model: str | os.PathLike, *, reference: bool = False,
     """
     model = Path(model)
     started = time.perf_counter()
+    _check_results_owner(model)
     fresh = not model.exists()
     pack = _starting_pack(plan, len(plan.tasks)) if fresh else model_file.load(model)
     plan.check_against(pack)
@@ -127,6 +135,7 @@ def run_plan(plan: Plan, model: str | os.PathLike, *, reference: bool = False,
     if result.matrix and None in result.matrix[-1]:  # tasks added outside a run: measure now
         result.matrix[-1] = [row.accuracy for row in evaluate_tasks(pack)]
     result.seconds = time.perf_counter() - started
+    result.model, result.model_sha256 = model.name, sha256_file(model)
     return result
 
 
@@ -185,19 +194,39 @@ def _starting_pack(plan: Plan, planned_tasks: int | None = None) -> Pack:
                     free_init=network.get("free_init", "reinit"), planned_tasks=planned_tasks)
 
 
+def _recorded_results(model: Path) -> dict[str, Any] | None:
+    """The ``results.json`` beside ``model`` as a JSON object, or ``None`` (none, unreadable)."""
+    try:
+        doc = json.loads(results_path(model, "json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _check_results_owner(model: Path) -> None:
+    """Refuse, before any work, to run beside another model's ``results.json``: a second
+    experiment in the same folder would overwrite the first one's results."""
+    owner = (_recorded_results(model) or {}).get("model")
+    if owner is not None and owner != model.name:
+        raise PlanError(f"{results_path(model, 'json')} holds the results of {owner}, not "
+                        f"{model.name}: run each model in a folder of its own, or move that "
+                        "file")
+
+
 def _earlier_results(model: Path, pack: Pack) -> SequenceResult:
-    """The rows of the tasks an earlier run added, from its ``results.json`` (when it holds
-    exactly the pack's tasks), else measured again from the pack's records."""
-    path = results_path(model, "json")
-    if path.exists():
-        try:
-            doc = json.loads(path.read_text())
-            if [t["task"] for t in doc["tasks"]] == pack.task_names:
-                return SequenceResult(
-                    tasks=doc["tasks"], matrix=doc["matrix"],
-                    reference=[t.get("reference_accuracy") for t in doc["tasks"]])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    """The rows of the tasks an earlier run added, from its ``results.json`` when it holds
+    exactly the pack's tasks and was written for this very model file (files written before
+    packtool recorded the file's SHA-256: the tasks' names must match), else measured again
+    from the pack's records."""
+    doc = _recorded_results(model)
+    try:
+        if doc is not None and [t["task"] for t in doc["tasks"]] == pack.task_names and (
+                doc.get("model_sha256") in (None, sha256_file(model))):
+            return SequenceResult(
+                tasks=doc["tasks"], matrix=doc["matrix"],
+                reference=[t.get("reference_accuracy") for t in doc["tasks"]])
+    except (KeyError, TypeError):
+        pass
     # Tasks added outside a run: only the diagonal was measured (when each task was added).
     rows: list[list[float | None]] = [[None] * i + [r.metrics["accuracy"]]
                                       for i, r in enumerate(pack.tasks)]
@@ -207,6 +236,7 @@ def _earlier_results(model: Path, pack: Pack) -> SequenceResult:
 
 
 def _write(model: Path, result: SequenceResult) -> None:
+    result.model, result.model_sha256 = model.name, sha256_file(model)
     doc = json.dumps(result.to_dict(), indent=2) + "\n"
     atomic_write_bytes(results_path(model, "json"), doc.encode())
     atomic_write_bytes(results_path(model, "csv"), result.to_csv().encode())

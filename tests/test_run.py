@@ -260,3 +260,38 @@ def test_logs_are_tensorboard_events_and_csv(tmp_path):
     assert [e.step for e in events.Scalars("sequence/prune")] == [1, 2]
     rows = (tmp_path / "logs" / "scalars.csv").read_text().splitlines()
     assert rows[0] == "tag,step,value" and len(rows) == 1 + 2 + 2 + 4 + 2 + 2 * 2
+
+
+def test_a_second_model_in_the_folder_does_not_take_the_first_ones_results(uninterrupted,
+                                                                            tmp_path):
+    """results.json belongs to the model it was written for: a run of another model beside it
+    is refused before any work (exit 2, nothing written), not left to overwrite it."""
+    results = uninterrupted / "results.json"
+    before = results.read_bytes()
+    doc = json.loads(before)
+    assert doc["model"] == "model.pt" and doc["model_sha256"] == sha256(uninterrupted / "model.pt")
+    other = uninterrupted / "other.pt"
+    line = assert_error(invoke("run", uninterrupted / "plan.toml", "--model", other), 2,
+                        "holds the results of model.pt, not other.pt")
+    assert "folder of its own" in line
+    assert not other.exists() and results.read_bytes() == before
+
+
+def test_rows_are_reused_only_for_the_model_file_they_describe(tmp_path):
+    """An earlier run's rows are reused while the model file is the one they were measured on;
+    once it changed outside a run, the rows come from the pack's own records."""
+    two = PLAN[:PLAN.index('[[tasks]]\nname = "c"')]
+    model = tmp_path / "model.pt"
+    ok("run", _plan(tmp_path, two), "--model", model)
+    results = tmp_path / "results.json"
+    doc = json.loads(results.read_text())
+    doc["matrix"][1][0] = 0.125  # a value no measurement gave: seen only if the row is reused
+    results.write_text(json.dumps(doc))
+    again = json.loads(ok("run", tmp_path / "plan.toml", "--model", model, "--json").stdout)
+    assert again["matrix"][1][0] == 0.125  # the same file: its recorded rows
+    pack = model_file.load(model)
+    pack.tasks[0].metrics["note"] = 1.0  # the file changes (as an add-task outside a run would)
+    model_file.save(pack, model)
+    again = json.loads(ok("run", tmp_path / "plan.toml", "--model", model, "--json").stdout)
+    assert again["matrix"][1][0] == pack.tasks[0].metrics["accuracy"] != 0.125
+    assert again["model_sha256"] == sha256(model)
