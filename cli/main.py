@@ -247,8 +247,9 @@ def add_task(model: Path, data: str, prune: float | str, tolerance: float | None
               help="With --task-free: how tasks are scored [default: mahalanobis where every "
                    "task has feature statistics, else entropy].")
 @click.option("--unknown", metavar="DATA",
-              help="With --task-free: also serve this dataset's test split, images of none of "
-                   "the tasks (--classes picks its classes): AUROC and the shares rejected.")
+              help="With --task-free: also serve images of none of the tasks, a dataset's "
+                   "test split (--classes picks its classes) or every image below a folder "
+                   "without train/: AUROC and the shares rejected.")
 @params.json_option
 @params.quiet_option
 def eval_(model: Path, tasks: tuple[str, ...], all_tasks: bool, data: str | None,

@@ -16,8 +16,15 @@ from conftest import build_pack, synthetic_task
 from PIL import Image
 
 from packtool import TrainConfig
+from packtool.data import (
+    ImageTransform,
+    Preprocess,
+    load_task_data,
+    read_image,
+    unknown_images,
+)
 from packtool.data.digits import read_digits
-from packtool.errors import TaskError
+from packtool.errors import DataError, TaskError
 from packtool.exporters import multi_task_onnx, tasks_metadata
 from packtool.identification import evaluate_unknown, score_unknown, split_logits
 from packtool.task_id import auroc, reject_ratios
@@ -172,6 +179,31 @@ def test_eval_unknown_and_predict_reject_from_the_command_line(digits_model, tmp
     text = ok("predict", multi, "--task", "auto", "--reject", *outside, *inside).stdout
     rejected = sum(task is None for task, _ in answers[0])
     assert text.count("none of the tasks") == rejected
+    # A plain folder of images (no train/ split) is unknown images as they are
+    plain = ok_json("eval", digits_model, "--task-free", "--unknown", tmp_path)["unknown"]
+    assert plain["samples"] == len(outside) + len(inside) and plain["data"] == str(tmp_path)
+
+
+def test_unknown_images_from_a_folder_without_a_split(tmp_path):
+    """Every image below a folder without train/ (any layout), read as a test split is; a
+    dataset or task folder gives its test split; a plain folder has no classes to choose."""
+    (tmp_path / "mixed" / "sub").mkdir(parents=True)
+    paths = _digit_pngs(tmp_path / "mixed", 8, 3) + _digit_pngs(tmp_path / "mixed" / "sub", 9, 2)
+    (tmp_path / "mixed" / "notes.txt").write_text("not an image")
+    pre = Preprocess((1, 8, 8), (0.5,), (0.5,))
+    images = unknown_images(str(tmp_path / "mixed"), pre)
+    assert len(images) == 5
+    transform = ImageTransform(pre)
+    for k, path in enumerate(sorted(paths)):
+        x, _ = images[k]
+        assert torch.equal(x, transform(read_image(path)))
+    test = unknown_images("digits", pre, classes="8,9")
+    assert len(test) == len(load_task_data("digits", pre, classes="8,9").test)
+    with pytest.raises(DataError, match="no classes to choose from"):
+        unknown_images(str(tmp_path / "mixed"), pre, classes="0")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match="has no images"):
+        unknown_images(str(tmp_path / "none"), pre)
 
 
 @pytest.mark.parametrize("args,match", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from packtool.data import load_task_data
+from packtool.data import unknown_images
 from packtool.evaluation import evaluate_tasks
 from packtool.formats.files import load
 from packtool.identification import (
@@ -51,7 +51,7 @@ def _task_free(pack: Pack, as_json: bool, unknown: str | None, classes: list[int
     say, root = settings.pop("say"), settings["root"]
     if unknown is not None:  # refuse a pack that cannot reject before reading any data
         reject_thresholds(pack)
-        outside = load_task_data(unknown, pack.preprocess, root=root, classes=classes).test
+        outside = unknown_images(unknown, pack.preprocess, root=root, classes=classes)
     table = logits_table(pack, root=root, batch_size=settings["batch_size"],
                          device=settings["device"], say=say)
     rows = evaluate_task_free(pack, table=table, **settings)

@@ -16,7 +16,7 @@ from ..parse import parse_classes
 from . import cars, cifar100, cubs, digits, flowers
 from .folders import IMAGENET, SKETCH, WIKIART, read_folder
 from .layout import DatasetInfo, Splits, dataset_root, stratified_split
-from .preprocess import Preprocess
+from .preprocess import Preprocess, image_files
 from .sources import ImageFiles, TaskSplit
 from .transforms import ImageTransform
 
@@ -157,7 +157,7 @@ def load_task_data(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     splits, spec_data, spec_root, natural, crop = _read(str(data), root)
     large = min(preprocess.input_size[1:]) >= 32
-    auto = preprocess.cropping().resize if crop and large else None
+    auto = _auto_resize(preprocess, crop)
     preprocess = replace(preprocess, resize=auto if resize == "auto" else resize)
     chosen = _check_classes(classes, splits.classes, spec_data)
     label_map = np.full(len(splits.classes), -1, dtype=np.int64)
@@ -181,6 +181,39 @@ def load_task_data(
         augment=augment,
         skipped=[str(Path(splits.source.base) / splits.source.paths[i]) for i in skipped],
     )
+
+
+def unknown_images(data: str, preprocess: Preprocess, *, root: str | os.PathLike | None = None,
+                   classes: Sequence[int | str] | str | None = None) -> Dataset:
+    """Images that belong to none of a pack's tasks, to score as such (``eval --unknown``).
+
+    ``data`` as :func:`load_task_data` takes it (a registered dataset or a task's image folder,
+    ``classes`` of it): its test split; or a folder of images without a ``train/`` split (any
+    layout; every image below it, sorted, as :func:`~.preprocess.image_files` finds them), read
+    as a test split of an image folder is. Labels are the dataset's (0 for a plain folder);
+    scoring the unknown does not use them.
+
+    Raises:
+        DataError: no such dataset or folder, a folder without images, ``classes`` with a
+            plain folder (it has none).
+    """
+    _, path = _resolve(str(data))
+    if path is None or (path / "train").is_dir() or not path.is_dir():
+        return load_task_data(data, preprocess, root=root, classes=classes).test
+    if classes is not None:
+        raise DataError(f"{path} is a folder of images without a train/ split: it has no "
+                        "classes to choose from")
+    files = [str(f.relative_to(path)) for f in image_files([path])]
+    source = ImageFiles(path, files, np.zeros(len(files), dtype=np.int64))
+    transform = ImageTransform(replace(preprocess, resize=_auto_resize(preprocess, crop=True)))
+    return TaskSplit(source, np.arange(len(files)), np.zeros(1, dtype=np.int64), transform)
+
+
+def _auto_resize(preprocess: Preprocess, crop: bool) -> int | None:
+    """``resize="auto"``: the paper's resize-and-crop for whole photographs (``crop``) at inputs
+    of 32 pixels and more, else none."""
+    large = min(preprocess.input_size[1:]) >= 32
+    return preprocess.cropping().resize if crop and large else None
 
 
 def _unreadable(splits: Splits, label_map: np.ndarray, skip: bool | None,
