@@ -226,8 +226,11 @@ def test_cost_tables(smoke):
     assert all(m["ratio"] > 0 and m["finetune_ratio"] > 0 for m in cost["masking"])
     prune = cost["prune"]
     assert prune["released"] == prune["prunable_weights"] // 2
-    # The smoke run prunes in its own process, whose peak may already be past the prune's.
-    assert prune["peak_over_model"] >= 0 and prune["peak_rss_bytes"] > 0
+    # The smoke run prunes in its own process: its resident set may shrink between the
+    # baseline and the prune (memory the earlier parts freed; CI saw -0.03), so only the
+    # peak's own bound holds: the peak since the reset is at least the resident set then.
+    assert prune["peak_rss_bytes"] >= prune["rss_before_bytes"] > 0
+    assert isinstance(prune["peak_over_model"], float)
     for case in cost["packs"]:
         tasks = case["storage"]["tasks"]
         assert len(case["onnx"]) == tasks
