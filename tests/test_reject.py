@@ -87,6 +87,24 @@ def test_the_threshold_accepts_its_share_of_validation_cross_fitted():
         fit_reject_distance(features, labels, accept=1.0)
 
 
+def test_a_small_validation_split_is_left_out_one_image_at_a_time():
+    """Eight validation images (fewer than two per fold): scored in-sample, the threshold
+    would reject nearly every new image of the task; left out one at a time, most pass."""
+    def draw(means: torch.Tensor, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        labels = torch.arange(n) % 2
+        return means[labels] + torch.randn(n, 16, generator=g), labels
+
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        means = 3 * torch.randn(2, 16, generator=g)
+        (features, labels), (fresh, _) = draw(means, 8, g), draw(means, 400, g)
+        terms = distance_terms(fit_feature_stats(features, labels))
+        in_sample = float(torch.quantile(feature_distance(features, **terms).double(), ACCEPT))
+        distances = feature_distance(fresh, **terms)
+        assert float((distances > in_sample).double().mean()) > 0.9
+        assert float((distances > fit_reject_distance(features, labels)).double().mean()) < 0.2
+
+
 def test_the_multi_task_onnx_records_the_thresholds(pack):
     model = multi_task_onnx(pack)
     props = {p.key: p.value for p in model.metadata_props}
