@@ -135,7 +135,8 @@ def run_plan(plan: Plan, model: str | os.PathLike, *, reference: bool = False,
     if result.matrix and None in result.matrix[-1]:  # tasks added outside a run: measure now
         result.matrix[-1] = [row.accuracy for row in evaluate_tasks(pack)]
     result.seconds = time.perf_counter() - started
-    result.model, result.model_sha256 = model.name, sha256_file(model)
+    if result.model is None:  # no task added by this run: nothing written, the file unchanged
+        result.model, result.model_sha256 = model.name, sha256_file(model)
     return result
 
 
