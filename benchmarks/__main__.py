@@ -1,11 +1,11 @@
-"""``python -m benchmarks [--quick | --smoke] [--only PART] [--json-out PATH] [--record]``, or
-``python -m benchmarks --render``."""
+"""``python -m benchmarks [--quick | --smoke [--jobs N]] [--only PART] [--json-out PATH]
+[--record]``, or ``python -m benchmarks --render``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,21 +13,7 @@ from typing import Any
 
 from . import report
 from .common import machine
-
-#: The parts, in the order they run and render: each is the module ``benchmarks.<name>``,
-#: loaded when it is used (``--help`` and a bad argument load none of torch).
-PARTS = ("quality", "planner", "growth", "refit", "taskfree", "serving", "cost", "deploy",
-         "architectures", "throughput", "startup")
-
-
-def part(name: str) -> Any:
-    """The module of part ``name``."""
-    return importlib.import_module(f"{__package__}.{name}")
-
-
-def renderers() -> dict[str, Any]:
-    """Every part's ``markdown`` function, by name, in :data:`PARTS` order."""
-    return {name: part(name).markdown for name in PARTS}
+from .parts import PARTS, logger, part, renderers, run_part, run_side_by_side
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,38 +37,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="only re-render docs/benchmarks.md and the README table from the "
                              "stored results")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="with --smoke: run the parts in N processes of one thread each "
+                             "(default: one per core)")
     args = parser.parse_args(argv)
     mode = args.mode or "full"
+    if args.jobs is not None and (mode != "smoke" or args.jobs < 1):
+        parser.error("--jobs takes a count >= 1, with --smoke only (measurements run one at a "
+                     "time: side by side they would disturb each other's timings)")
     if args.render:
         report.render(renderers())
         return 0
     if args.record and mode != "full":
         parser.error("--record stores full-mode results only")
 
-    def log(text: str) -> None:
-        if not args.quiet:
-            print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
+    log = logger(args.quiet)
     started = time.perf_counter()
     command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
-    doc: dict[str, Any] = {"mode": mode, "command": command, "machine": machine()}
+    names = args.only or list(PARTS)
+    jobs = min(args.jobs or os.cpu_count() or 1, len(names)) if mode == "smoke" else 1
+    doc: dict[str, Any] = {"mode": mode, "command": command, "machine": machine(), "jobs": jobs}
+    done = run_side_by_side(names, mode, args.quiet, jobs) if jobs > 1 else {}
     sections = []
-    for name in args.only or list(PARTS):
-        part_start = time.perf_counter()
-        doc[name] = part(name).run(mode, log=log)
-        seconds = time.perf_counter() - part_start
-        doc[name]["seconds"] = seconds
+    for name in names:
+        result, seconds = done[name] if name in done else run_part(name, mode, args.quiet)
+        doc[name] = {**result, "seconds": seconds}
         sections.append(f"## {name.capitalize()} ({mode} mode, {seconds:.0f} s)\n\n"
                         f"{part(name).markdown(doc[name])}")
         if args.record:
-            result = {k: v for k, v in doc[name].items() if k != "seconds"}
             path = report.store(name, result, mode=mode, command=command,
                                 machine=doc["machine"], seconds=seconds)
             log(f"stored {path}")
     doc["seconds"] = time.perf_counter() - started
     m = doc["machine"]
+    threads = (f"{jobs} processes of 1 thread" if jobs > 1 else f"{m['torch_threads']} threads")
     print(f"# packtool benchmarks ({mode})\n\nMachine: {m['cpu']}, {m['cpu_count']} CPUs, "
-          f"torch {m['torch']} ({m['torch_threads']} threads), onnxruntime {m['onnxruntime']}, "
+          f"torch {m['torch']} ({threads}), onnxruntime {m['onnxruntime']}, "
           f"Python {m['python']}. Total wall time {doc['seconds']:.0f} s.\n")
     print("\n\n".join(sections))
     if args.json_out:

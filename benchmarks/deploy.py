@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from packtool import Pack
 from packtool.exporters import archive_bytes, export_multi_task, export_onnx, export_reduced
 
 from .common import fmt, fmt_int, interleaved_medians, markdown_table
-from .cost import LENET, RESNET, PackCase, archive_floor, build_pack
+from .cost import LENET, MLP_SMOKE, RESNET, PackCase, archive_floor, build_pack
 
 CPU = "CPUExecutionProvider"
 FORMS = ("float32", "float16", "int8", "multi-task")
@@ -77,8 +78,7 @@ class DeploySettings:
     note: str = ""
 
 
-SMOKE = PackCase("mlp-1x8x8", "mlp", (1, 8, 8), {}, 0.75, 1, 0, tasks=1,
-                 note="trained 1 epoch per task")
+SMOKE = replace(MLP_SMOKE, tasks=1)
 SETTINGS = {
     "smoke": DeploySettings((SMOKE,), (2,), 0.2, 1, note="smoke: tiny cases only; not a "
                                                       "measurement"),
@@ -121,6 +121,18 @@ def memory_mb(files: list[Path], shape: tuple[int, ...], tasks: int, arena: bool
     return float(np.median(values))
 
 
+def memory_table(jobs: dict[Any, list[Path]], shape: tuple[int, ...], tasks: int,
+                 repeats: int) -> dict[tuple[Any, bool], float]:
+    """:func:`memory_mb` of each job's files, arena on and off, keyed ``(job, arena)``; two
+    measuring processes at a time (each measures its own resident set, so they do not disturb
+    each other's figure; the processes are mostly interpreter start-up)."""
+    keys = [(job, arena) for job in jobs for arena in (True, False)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        values = pool.map(lambda key: memory_mb(jobs[key[0]], shape, tasks, arena=key[1],
+                                                repeats=repeats), keys)
+        return dict(zip(keys, values, strict=True))
+
+
 def latency(pack: Pack, forms: dict[str, Any], budget_s: float) -> list[dict[str, Any]]:
     """Median ms per call of the last task in every form, interleaved, batch 1 and 32."""
     task = len(pack.tasks)
@@ -148,18 +160,18 @@ def pack_case(case: PackCase, settings: DeploySettings, log: Any = None) -> dict
         log(f"deploy {case.name}: pack of {len(pack.tasks)} tasks built in {seconds:.1f} s")
     with tempfile.TemporaryDirectory(prefix="packtool-deploy-") as tmp:
         forms = export_forms(pack, Path(tmp))
-        shape, tasks, repeats = pack.spec.input_size, len(pack.tasks), settings.memory_repeats
-        last = forms["float32"]["files"][-1:]
-        single = memory_mb(last, shape, tasks, repeats=repeats)
-        single_off = memory_mb(last, shape, tasks, arena=False, repeats=repeats)
+        shape, tasks = pack.spec.input_size, len(pack.tasks)
+        jobs = {"single": forms["float32"]["files"][-1:],
+                **{form: f["files"] for form, f in forms.items()}}
+        memory = memory_table(jobs, shape, tasks, settings.memory_repeats)
+        single, single_off = memory["single", True], memory["single", False]
         rows = []
         for form, f in forms.items():
             rows.append({
                 "form": form, "files": len(f["files"]),
                 "bytes": sum(p.stat().st_size for p in f["files"]),
-                "memory_mb": memory_mb(f["files"], shape, tasks, repeats=repeats),
-                "memory_no_arena_mb": memory_mb(f["files"], shape, tasks, arena=False,
-                                                repeats=repeats),
+                "memory_mb": memory[form, True],
+                "memory_no_arena_mb": memory[form, False],
                 "accuracy_change_mean": (float(np.mean(f["changes"])) if f["changes"]
                                          else None),
                 "accuracy_change_worst": min(f["changes"]) if f["changes"] else None,

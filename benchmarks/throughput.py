@@ -30,12 +30,12 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from packtool import Pack, Progress, TrainConfig, add_task, load_task_data
+from packtool.data.digits import read_digits
 from packtool.data.preprocess import CROP_MARGIN
 from packtool.formats.checkpoint import Checkpoint
 from packtool.models import ArchSpec, build_network
@@ -177,17 +177,17 @@ def digits_sequence(epochs: tuple[int, int], tasks: int, tmp: Path) -> dict[str,
 def _digits_folders(root: Path, tasks: int) -> list[Path]:
     """The first ``tasks`` pairs of UCI digits as PNG folders, about 20% of each class in
     ``val/``."""
-    digits = load_digits()
+    images, labels = read_digits()
     pairs = [(a, a + 1) for a in range(0, 2 * tasks, 2)]
     rng = np.random.default_rng(0)
     folders = []
     for a, b in pairs:
         folder = root / f"{a}-{b}"
-        for i in np.flatnonzero(np.isin(digits.target, (a, b))):
+        for i in np.flatnonzero(np.isin(labels, (a, b))):
             split = "val" if rng.random() < 0.2 else "train"
-            out = folder / split / str(digits.target[i])
+            out = folder / split / str(labels[i])
             out.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(out / f"{i}.png")
+            Image.fromarray((images[i] * 255 / 16).astype(np.uint8)).save(out / f"{i}.png")
         folders.append(folder)
     return folders
 

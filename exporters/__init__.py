@@ -28,7 +28,7 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "packtool.formats.owner_code": ("owner_bits", "pack_bits", "unpack_bits"),
     ".metadata": ("TaskMetadata", "tasks_metadata"),
     ".multitask": ("MultiTaskExport", "export_multi_task", "export_multi_task_bytes",
-                   "multi_task_onnx", "verify_multi_task"),
+                   "multi_task_onnx", "verify_multi_task", "with_mixed_batches"),
     ".onnx": ("ARCHIVE_NAME", "OnnxExport", "check_onnx", "export_all", "export_onnx",
               "export_onnx_bytes", "sparsify_initializers", "task_filenames", "task_onnx",
               "verify_onnx"),

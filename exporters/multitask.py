@@ -133,8 +133,6 @@ def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
         proto = strip_export_noise(program.model_proto)
         proto = strip_export_noise(onnxscript.optimizer.optimize(proto,
                                                                  output_size_limit=FOLD_LIMIT))
-        if mixed:
-            proto = route_by_task(proto)
     except Exception as exc:  # the exporter raises many types; the message is what counts
         raise PackToolError(
             f"cannot export the pack to one multi-task ONNX: {one_line(exc, first=True)}"
@@ -143,7 +141,18 @@ def _export(pack: Pack, net: MultiTaskNet, opset: int, source_sha256: str | None
     check_onnx(proto, "the multi-task model")
     if sparsify_initializers(proto):
         check_onnx(proto, "the multi-task model")
-    return proto
+    return with_mixed_batches(proto) if mixed else proto
+
+
+def with_mixed_batches(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The file :func:`multi_task_onnx` writes, from the one it writes with ``mixed=False``
+    (the same bytes: the loop over tasks is added last), checked: one trace gives both."""
+    try:
+        routed = route_by_task(model)
+    except ValueError as exc:
+        raise PackToolError(f"cannot export the pack to one multi-task ONNX: {exc}") from exc
+    check_onnx(routed, "the multi-task model")
+    return routed
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import growth, planner, refit, startup, throughput
+from benchmarks.parts import PARTS
 
 #: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
 pytestmark = pytest.mark.slow
@@ -348,6 +349,41 @@ def test_startup_table_of_a_full_run():
 def test_only_one_part_and_bad_arguments(tmp_path):
     done = _run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "nothing"], cwd=ROOT)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+    for args in (["--quick", "--jobs", "2"], ["--jobs", "2"], ["--smoke", "--jobs", "0"]):
+        done = _run([sys.executable, "-m", "benchmarks", *args, "--only", "refit"], cwd=ROOT)
+        assert done.returncode == 2 and "--jobs takes a count >= 1, with --smoke only" in \
+            done.stderr, args
+
+
+def test_the_smoke_run_uses_every_core(smoke):
+    doc, markdown = smoke
+    assert doc["jobs"] == min(os.cpu_count() or 1, len(PARTS))
+    if doc["jobs"] > 1:
+        assert f"({doc['jobs']} processes of 1 thread)" in markdown
+
+
+@pytest.mark.slow
+def test_parts_side_by_side_give_what_one_process_gives(tmp_path):
+    """Two parts in two processes (one exports ONNX, one does not) against one process."""
+    docs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"{jobs}.json"
+        done = _run([sys.executable, "-m", "benchmarks", "--smoke", "--quiet", "--jobs",
+                     str(jobs), "--only", "startup", "--only", "refit", "--json-out", str(out)],
+                    cwd=ROOT, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        docs[jobs] = json.loads(out.read_text())
+        assert docs[jobs]["jobs"] == jobs
+        assert done.stdout.index("## Startup") < done.stdout.index("## Refit")  # --only order
+    for name in ("startup", "refit"):
+        assert set(docs[1][name]) == set(docs[2][name])
+
+    def rows(doc: dict) -> list:
+        return [(s["sequence"], r["method"], [x["seed"] for x in r["seeds"]])
+                for s in doc["refit"]["refit"] for r in s["rows"]]
+
+    assert rows(docs[1]) == rows(docs[2]) and rows(docs[2])
+    assert all(docs[2]["startup"][c]["seconds"] > 0 for c in ("help", "version", "predict"))
 
 
 def test_python_api_example_runs(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 import packtool
 from benchmarks import report
-from benchmarks.__main__ import renderers
+from benchmarks.parts import renderers
 from packtool.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]

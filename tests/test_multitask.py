@@ -19,6 +19,7 @@ from packtool.exporters import (
     multi_task_onnx,
     predict,
     tasks_metadata,
+    with_mixed_batches,
 )
 from packtool.multitask import multi_task_net, pack_planes, planes_at_most
 from packtool.taskfree import task_free_net
@@ -158,6 +159,17 @@ def test_other_networks_in_pytorch_and_onnx(arch, size, policy):
     if policy == "frozen":
         names = {i.name for i in model.graph.initializer}
         assert not any(n.endswith("running_mean_stack") for n in names)
+
+
+def test_the_mixed_batch_file_is_the_one_task_file_with_the_loop_added(lenet_pack, multi_file):
+    """One trace gives both files (the serving benchmark compares them)."""
+    one_trace = multi_task_onnx(lenet_pack, mixed=False)
+    assert len(one_trace.graph.input[1].type.tensor_type.shape.dim) == 1
+    assert one_trace.graph.input[1].type.tensor_type.shape.dim[0].dim_value == 1
+    assert not any(n.op_type == "Loop" for n in one_trace.graph.node)
+    mixed = with_mixed_batches(one_trace).SerializeToString()
+    assert mixed == multi_task_onnx(lenet_pack).SerializeToString()
+    assert mixed == multi_file[0].read_bytes()
 
 
 def test_a_pack_without_tasks_is_refused():
