@@ -19,7 +19,8 @@ PARTS = ("quality", "planner", "growth", "refit", "taskfree", "serving", "cost",
          "architectures", "throughput", "startup")
 #: The parts that export ONNX. A smoke run keeps them in one process, which pays torch's
 #: exporter start-up (about 3 s: its tables, torch.export's first trace) once, and runs the
-#: others in the other processes: measured on 2 cores, 17 s of parts here against 14 s there.
+#: others in the other processes (measured one after another on 2 cores: 17 s of these parts,
+#: 14 s of the others).
 EXPORTING = ("serving", "cost", "deploy", "startup")
 
 
