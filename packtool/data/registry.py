@@ -156,7 +156,6 @@ def load_task_data(
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     splits, spec_data, spec_root, natural, crop = _read(str(data), root)
-    large = min(preprocess.input_size[1:]) >= 32
     auto = _auto_resize(preprocess, crop)
     preprocess = replace(preprocess, resize=auto if resize == "auto" else resize)
     chosen = _check_classes(classes, splits.classes, spec_data)
@@ -165,7 +164,7 @@ def load_task_data(
     skipped = _unreadable(splits, label_map, skip_bad_images, on_progress, spec_data)
     train, val, test = _task_positions(splits, chosen, label_map, val_fraction, seed, spec_data,
                                        set(skipped))
-    augment = natural and large
+    augment = natural and _photo_sized(preprocess)
     evaluate = ImageTransform(preprocess)
     return TaskData(
         train=TaskSplit(splits.source, train, label_map,
@@ -212,8 +211,13 @@ def unknown_images(data: str, preprocess: Preprocess, *, root: str | os.PathLike
 def _auto_resize(preprocess: Preprocess, crop: bool) -> int | None:
     """``resize="auto"``: the paper's resize-and-crop for whole photographs (``crop``) at inputs
     of 32 pixels and more, else none."""
-    large = min(preprocess.input_size[1:]) >= 32
-    return preprocess.cropping().resize if crop and large else None
+    return preprocess.cropping().resize if crop and _photo_sized(preprocess) else None
+
+
+def _photo_sized(preprocess: Preprocess) -> bool:
+    """Inputs of 32 pixels and more: where photographs get augmented and resized-and-cropped
+    (smaller inputs are digit-like: taken as they are)."""
+    return min(preprocess.input_size[1:]) >= 32
 
 
 def _unreadable(splits: Splits, label_map: np.ndarray, skip: bool | None,
