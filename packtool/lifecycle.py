@@ -341,7 +341,7 @@ def _train_prune_finetune(t: Training, pruning: Pruning, start: Checkpoint | Non
         t.metrics.update(start.metrics)
         t.released = start.released
     best_val, _ = run_phase(t, Phase.FINETUNE, config.finetune_epochs, config.finetune_lr, 0,
-                            start, include_start=True)
+                            start)
     reason = RESERVE if t.metrics.get("reserve_raised_layers") else FIXED
     return Decision(ratio, reason, None, None), {**t.metrics, "val_accuracy": best_val}
 

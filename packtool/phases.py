@@ -28,10 +28,15 @@ from .training import Training
 
 
 def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: int,
-           start: Checkpoint | None = None, include_start: bool = False,
-           stop_at: float | None = None) -> tuple[float, Checkpoint | None]:
-    """``epochs`` of ``phase``; the best on validation is kept. Returns its accuracy and, with
-    ``stop_at``, where the phase ended, as a checkpoint held in memory.
+              start: Checkpoint | None = None, stop_at: float | None = None
+              ) -> tuple[float, Checkpoint | None]:
+    """``epochs`` of ``phase``; the best of them on validation is kept. Returns its accuracy
+    and, with ``stop_at``, where the phase ended, as a checkpoint held in memory.
+
+    Fine-tuning keeps one of its own epochs, never the pruned network it starts from (with
+    ``epochs`` 0 that network is the result): the pruned network's validation score is the one
+    that picked training's best epoch, a maximum over many epochs, so on a small validation
+    split it beats every fine-tuned epoch by luck, and fine-tuning was silently skipped.
 
     With ``stop_at`` the phase stops early, paused, once its best validation accuracy reaches
     ``stop_at``; ``run_phase`` from that checkpoint finishes it exactly as if it had not stopped.
@@ -50,13 +55,12 @@ def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: in
     scheduler = make_scheduler(optimizer, decay_every)
     best, epoch = BestEpoch(), 0
     if start is not None:
-        best = BestEpoch(Measurement(start.best_val, start.best_val_loss),
-                         None if start.best_state is None else with_masks(start.best_state, t.net))
+        if start.best_state is not None:  # None: saved before its first epoch
+            best = BestEpoch(Measurement(start.best_val, start.best_val_loss),
+                             with_masks(start.best_state, t.net))
         epoch = start.epoch
         t.restore(start, optimizer, scheduler)
-    elif include_start:  # fine-tuning may make things worse: the pruned network is a candidate
-        if best.offer(t.evaluate(t.data.val), t.net):
-            t.metrics[kept_at] = 0
+    elif phase is Phase.FINETUNE:  # saved as pruned: a resume does not prune again
         t.save(phase, 0, optimizer, scheduler, best)
     t.progress.phase_start(phase.value, epochs, len(t.loader))
     while epoch < epochs and not (stop_at is not None and best.score is not None
@@ -168,7 +172,7 @@ def prune_auto(t: Training, pruning: Pruning, after: AfterTraining, start: Check
             after.rng.restore(t.generator, t.device)
         t.search["current"] = ratio
         val, end = run_phase(t, Phase.FINETUNE, t.config.finetune_epochs,
-                             t.config.finetune_lr, 0, here, include_start=True, stop_at=goal)
+                             t.config.finetune_lr, 0, here, stop_at=goal)
         # Plain values: it may travel inside a checkpoint file (no fine-tuning: a state_dict).
         state = snapshot(t.net) if end is None else end.state()
         passed_before = any(v >= goal for _, v in t.search["done"])

@@ -336,9 +336,34 @@ def test_model_selection_reads_validation_not_test(make_task):
     pack, result = add_task(pack, "t1", data, 0.5, config)
     # test: measured before pruning, after pruning and at the end - never per epoch
     assert data.test.reads == 3 * len(data.test)
-    # validation: every epoch of both phases, the post-prune starting point and calibration
-    assert data.val.reads == (3 + 2 + 1 + 1) * len(data.val)
+    # validation: every epoch of both phases and calibration (the pruned network is no
+    # candidate of fine-tuning: test_finetuning_keeps_a_finetuned_epoch)
+    assert data.val.reads == (3 + 2 + 1) * len(data.val)
     assert evaluate(pack.model_for("t1"), data.test).accuracy == result.accuracy
+
+
+def test_finetuning_keeps_a_finetuned_epoch(make_task, monkeypatch):
+    """The pruned network scores like training's best epoch, the maximum over all of them,
+    and on a small validation split it beat every fine-tuned epoch by luck (fine-tuning was
+    silently skipped). Here every fine-tuning epoch scores lower than the one before: the
+    first is kept, not the pruned network."""
+    from packtool import training
+
+    original, calls = training.Training.evaluate, []
+
+    def falling(self, dataset):
+        score = original(self, dataset)
+        if dataset is self.data.val:
+            calls.append(score)
+            if len(calls) > 3:  # after training's three epochs
+                return Measurement(1.0 - 0.1 * len(calls), 1.0 + len(calls))
+        return score
+
+    monkeypatch.setattr(training.Training, "evaluate", falling)
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    config = TrainConfig(epochs=3, finetune_epochs=3, lr=0.05, device="cpu")
+    pack, _ = add_task(pack, "t1", make_task(3, seed=0), 0.5, config)
+    assert pack.task("t1").metrics["best_epoch_finetune"] == 1
 
 
 def test_score_ranks_accuracy_then_loss():
