@@ -33,10 +33,9 @@ def run_phase(t: Training, phase: Phase, epochs: int, lr: float, decay_every: in
     """``epochs`` of ``phase``; the best of them on validation is kept. Returns its accuracy
     and, with ``stop_at``, where the phase ended, as a checkpoint held in memory.
 
-    Fine-tuning keeps one of its own epochs, never the pruned network it starts from (with
-    ``epochs`` 0 that network is the result): the pruned network's validation score is the one
-    that picked training's best epoch, a maximum over many epochs, so on a small validation
-    split it beats every fine-tuned epoch by luck, and fine-tuning was silently skipped.
+    Fine-tuning keeps one of its own epochs, not the pruned network it starts from (unless
+    ``epochs`` is 0): that network's validation score picked training's best epoch, so on a
+    small split it beat every fine-tuned epoch by luck and fine-tuning was silently skipped.
 
     With ``stop_at`` the phase stops early, paused, once its best validation accuracy reaches
     ``stop_at``; ``run_phase`` from that checkpoint finishes it exactly as if it had not stopped.
