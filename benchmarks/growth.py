@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any
 
-from packtool import evaluate
+from packtool import Pack, evaluate
 from packtool.growth import relative_size
 
 from . import quality
@@ -43,12 +45,26 @@ FIXED_RATIO = 0.75
 TARGET_GAP = 1.0
 
 
+def reserve_with_room(pack: Pack, ahead: int, max_size: float) -> int:
+    """A reserve that counts the room growth still allows: the task keeps at most an equal
+    share, with the ``ahead`` tasks to come, of the free weights plus those ``max_size`` may
+    still add (in units of the network as created), so early tasks keep more and later ones
+    grow. Tried against the plan's reserve (:mod:`.growth_settings`), not adopted."""
+    size = relative_size(pack.growth(), pack.shapes, pack.widths) if pack.tasks else 1.0
+    created = pack.prunable_weights / size
+    free, room = pack.free_weights / created, max(0.0, max_size - size)
+    return max(0, round((ahead + 1) * free / (free + room) - 1))
+
+
 def run_packnet(seq: quality.SequenceSpec, tasks: list[Any], settings: quality.QualitySettings,
-                seed: int, ratio: float | str, options: dict[str, Any]) -> dict[str, Any]:
-    """One PackNet sequence on one seed; ``auto`` is told the plan (tasks still to come)."""
+                seed: int, ratio: float | str, options: dict[str, Any],
+                reserve_rule: Callable[[Pack, int], int] | None = None) -> dict[str, Any]:
+    """One PackNet sequence on one seed; ``auto`` is told the plan (tasks still to come),
+    or ``reserve_rule``'s reserve."""
     start = time.perf_counter()
     pack, just = quality.build_pack(seq, tasks, settings.config(seed), seed, ratio,
-                                    reserve_ahead=ratio == "auto", options=options)
+                                    reserve_ahead=ratio == "auto", options=options,
+                                    reserve_rule=reserve_rule)
     seconds = time.perf_counter() - start
     final = [evaluate(pack.model_for(d.name), d.test).accuracy for d in tasks]
     sizes = [relative_size(pack.growth(), pack.shapes, pack.widths_of(k))
@@ -63,10 +79,16 @@ def run_packnet(seq: quality.SequenceSpec, tasks: list[Any], settings: quality.Q
 def run_method(method: str, options: dict[str, Any], seq: quality.SequenceSpec,
                tasks: list[Any], settings: quality.QualitySettings, seed: int
                ) -> dict[str, Any]:
+    """One row on one seed. ``options`` go to :func:`packtool.add_task`, but ``prune`` (the
+    ratio; default ``auto`` for a method named ``auto...``, else :data:`FIXED_RATIO`) and
+    ``reserve: "room"`` (:func:`reserve_with_room` instead of the plan's reserve)."""
     if method == "separate":
         return quality.run_method("separate", seq, tasks, settings, seed)
-    ratio: float | str = "auto" if method.startswith("auto") else FIXED_RATIO
-    return run_packnet(seq, tasks, settings, seed, ratio, options)
+    add = {k: v for k, v in options.items() if k not in ("prune", "reserve")}
+    ratio = options.get("prune", "auto" if method.startswith("auto") else FIXED_RATIO)
+    rule = (partial(reserve_with_room, max_size=float(options["max_size"]))
+            if options.get("reserve") == "room" else None)
+    return run_packnet(seq, tasks, settings, seed, ratio, add, rule)
 
 
 def run_study(name: str, methods: dict[str, tuple[str, dict[str, Any]]],

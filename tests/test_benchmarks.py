@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import growth, planner, refit, startup, throughput
+from benchmarks import growth, growth_settings, planner, refit, startup, throughput
 from benchmarks.parts import PARTS
 
 #: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
@@ -462,3 +462,26 @@ def _same_line(shown: str, printed: str, points: float = 4.0) -> bool:
         return False
     return all(abs(float(a[:-1]) - float(b[:-1])) <= points
                for a, b in zip(PERCENT.findall(shown), PERCENT.findall(printed), strict=True))
+
+
+def test_reserve_with_room_is_the_plans_reserve_when_no_room_is_left():
+    from packtool import Pack
+
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 32})
+    assert growth.reserve_with_room(pack, 9, 1.0) == 9  # no growth allowed: the plan's
+    assert growth.reserve_with_room(pack, 9, 3.0) == 2  # 10 tasks in 3x: keep about 1/3
+    assert growth.reserve_with_room(pack, 0, 3.0) == 0
+
+
+def test_growth_settings_study_runs_every_row():
+    result = growth_settings.run("smoke")
+    rows = result["growth"]["rows"]
+    assert [r["method"] for r in rows] == list(growth_settings.METHODS)
+    for row in rows[:-1]:  # every PackNet row
+        if "prune" in row["options"]:  # a fixed ratio, not the planner's
+            assert {r for run in row["seeds"] for r in run["ratios"]} == {row["options"]["prune"]}
+        for run in row["seeds"]:
+            assert run["forgetting"] == [0.0] * (len(run["final"]) - 1)
+            assert max(run["sizes"]) <= row["options"]["max_size"] + 1e-9
+    markdown = growth_settings.markdown(result)
+    assert "vs auto+plan+grow3 (paired)" in markdown and "vs separate (paired)" in markdown
