@@ -50,7 +50,7 @@ def reserve_with_room(pack: Pack, ahead: int, max_size: float) -> int:
     share, with the ``ahead`` tasks to come, of the free weights plus those ``max_size`` may
     still add (in units of the network as created), so early tasks keep more and later ones
     grow. Tried against the plan's reserve (:mod:`.growth_settings`), not adopted."""
-    size = relative_size(pack.growth(), pack.shapes, pack.widths) if pack.tasks else 1.0
+    size = relative_size(pack.growth(), pack.shapes, pack.widths)
     created = pack.prunable_weights / size
     free, room = pack.free_weights / created, max(0.0, max_size - size)
     return max(0, round((ahead + 1) * free / (free + room) - 1))

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import growth, growth_settings, planner, refit, startup, throughput
 from benchmarks.parts import PARTS
+from packtool import Pack
 
 #: Real processes, wheels or long runs: the full suite runs them, the quick loop skips them.
 pytestmark = pytest.mark.slow
@@ -465,8 +466,6 @@ def _same_line(shown: str, printed: str, points: float = 4.0) -> bool:
 
 
 def test_reserve_with_room_is_the_plans_reserve_when_no_room_is_left():
-    from packtool import Pack
-
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 32})
     assert growth.reserve_with_room(pack, 9, 1.0) == 9  # no growth allowed: the plan's
     assert growth.reserve_with_room(pack, 9, 3.0) == 2  # 10 tasks in 3x: keep about 1/3
