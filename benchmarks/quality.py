@@ -209,15 +209,15 @@ def _tensors(dataset: Any, perm: torch.Tensor | None, most: int | None = None
 def build_pack(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainConfig,
                seed: int, ratio: float | str, free_init: str = FREE_INITS[0],
                reserve_ahead: bool = False, options: dict[str, Any] | None = None,
-               reserve_rule: Callable[[Pack, int], int] | None = None
-               ) -> tuple[Pack, list[float]]:
+               reserve_rule: Callable[[Pack, int], int] | None = None,
+               first: dict[str, Any] | None = None) -> tuple[Pack, list[float]]:
     """packtool's PackNet on the sequence: ``ratio`` (a number, or ``auto``: the planner at its
     defaults) for every task but the last, which keeps the rest (0). With ``reserve_ahead``,
     each task is told how many tasks are still to come (``reserve``: it keeps at most an equal
     share of the free weights with them); ``reserve_rule(pack so far, tasks to come)`` gives
     another reserve instead. ``options`` go to every :func:`packtool.add_task` (``grow``,
-    ``max_size``, ``tolerance``, ``refit``). Returns the pack and each task's held-out accuracy
-    right after it was frozen."""
+    ``max_size``, ``tolerance``, ``refit``), ``first``'s over them to the first task. Returns
+    the pack and each task's held-out accuracy right after it was frozen."""
     pack = Pack.create(seq.arch, seq.input_size, kwargs=seq.kwargs, seed=seed,
                        free_init=free_init)
     just = []
@@ -231,7 +231,7 @@ def build_pack(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainCon
         reserve = reserve_rule(pack, ahead) if reserve_rule and ahead else (
             ahead if reserve_ahead else 0)
         pack, result = add_task(pack, task.name, task_data, prune, config, reserve=reserve,
-                                **(options or {}))
+                                **(options or {}), **((first or {}) if not k else {}))
         just.append(result.accuracy)
     return pack, just
 

@@ -86,7 +86,7 @@ class PruneRatio(click.ParamType):
 
 
 class GrowFraction(click.ParamType):
-    """``--grow``: a fraction in (0, 1], or ``auto``."""
+    """``--grow``: a positive fraction (of the original widths), or ``auto``."""
 
     name = "fraction"
 
@@ -98,8 +98,8 @@ class GrowFraction(click.ParamType):
             fraction = float(value)
         except ValueError:
             fraction = math.nan
-        if not 0.0 < fraction <= 1.0:
-            self.fail(f"{value!r} is neither a number in (0, 1] nor 'auto'", param, ctx)
+        if not 0.0 < fraction < math.inf:
+            self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
         return fraction
 
 

@@ -79,7 +79,7 @@ def _growth_rows(doc: dict[str, Any], pack: Pack) -> list[tuple[str, str]]:
     """Where the network grew: whether it grew for this task (``--grow auto``: with the
     validation accuracy of each trial) and the size the task runs at."""
     rows, widths = [], doc.get("widths") or {}
-    if doc.get("grow_search"):  # trials are run for a task after the first
+    if doc.get("grow_search"):  # --grow auto ran trials (none when no growth fitted)
         before = pack.widths_of(doc["index"] - 1)
         trials = ", ".join(f"{t['grow']:g}: " + ("no room" if t["val_accuracy"] is None
                                                  else pct(t["val_accuracy"]))

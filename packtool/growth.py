@@ -37,7 +37,7 @@ from .errors import CapacityError, TaskError
 from .progress import Say
 
 __all__ = ["DEFAULT_MAX_SIZE", "GROW_STEP", "Width", "choose_growth", "fit", "growable_widths",
-           "narrow", "plan_growth", "relative_size", "shapes_at", "widen"]
+           "largest_growth", "narrow", "plan_growth", "relative_size", "shapes_at", "widen"]
 
 #: Modules that act on each unit (channel or feature) alone, with no state of their own.
 UNITWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
@@ -59,6 +59,8 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DEFAULT_MAX_SIZE = 2.0
 #: ``grow="auto"`` tries growths in steps of this fraction of the original widths.
 GROW_STEP = 0.25
+#: :func:`largest_growth` finds its fraction to this resolution.
+GROWTH_RESOLUTION = 1 / 256
 
 
 @dataclass(frozen=True)
@@ -298,19 +300,41 @@ def plan_growth(widths: list[Width], current: Mapping[str, int],
     (their ``shapes`` now).
 
     Raises:
-        TaskError: nothing to grow, or ``fraction`` not in (0, 1]; CapacityError: the network
+        TaskError: nothing to grow, or ``fraction`` not positive; CapacityError: the network
             would be more than ``max_size`` times its original size.
     """
     if not widths:
         raise TaskError("the network has no growable width (`packtool info` lists them)")
-    if not 0 < fraction <= 1:
-        raise TaskError(f"grow must be a fraction in (0, 1], not {fraction!r}")
+    if not 0 < fraction < math.inf:
+        raise TaskError(f"grow must be a positive fraction of the original widths, not "
+                        f"{fraction!r}")
     units = step(widths, current, fraction)
     size = relative_size(widths, shapes, units)
     if size > max_size * (1 + 1e-9):
         raise CapacityError(f"growing by {fraction:g} would make the network {size:.2f}x its "
                             f"original size, over the maximum of {max_size:g}x (`max_size`)")
     return units, size
+
+
+def largest_growth(widths: list[Width], current: Mapping[str, int],
+                   shapes: Mapping[str, tuple[int, ...]], max_size: float) -> float:
+    """The largest growth (a multiple of :data:`GROWTH_RESOLUTION`) that keeps the network
+    within ``max_size``; 0 when none does. The size only grows with the fraction (at least
+    linearly: each width widens its producer), so doubling then bisection finds it."""
+    def fits(fraction: float) -> bool:
+        try:
+            plan_growth(widths, current, shapes, fraction, max_size)
+        except CapacityError:
+            return False
+        return True
+
+    low, high = 0, 1  # in steps of GROWTH_RESOLUTION
+    while fits(high * GROWTH_RESOLUTION):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle * GROWTH_RESOLUTION) else (low, middle)
+    return low * GROWTH_RESOLUTION
 
 
 def relative_size(widths: list[Width], shapes: Mapping[str, tuple[int, ...]],
@@ -330,7 +354,7 @@ def choose_growth(widths: list[Width], current: Mapping[str, int],
                   shapes: Mapping[str, tuple[int, ...]],
                   trial: Callable[[float], float | None],
                   tolerance: float, max_size: float = DEFAULT_MAX_SIZE,
-                  say: Say = print
+                  say: Say = print, at_once: bool = False
                   ) -> tuple[float, list[dict[str, float | None]]]:
     """``grow="auto"``: how much to grow for the task ``trial`` trains, and the trials.
 
@@ -338,23 +362,25 @@ def choose_growth(widths: list[Width], current: Mapping[str, int],
     returns its validation accuracy (``None``: it cannot train at all, no free weight). Growth
     goes on in steps of :data:`GROW_STEP` while each step gains more than ``tolerance`` points
     over the last one kept and the network stays within ``max_size`` (growing by at most the
-    original widths); the first step that does not pay ends the search. Returns the fraction
-    kept (0: no growth) and every trial, ``[{"grow", "val_accuracy"}]``, in order.
+    original widths); the first step that does not pay ends the search. ``at_once``: one step
+    only, to the largest growth within ``max_size`` (:func:`largest_growth`), for a first task
+    with tasks to come: every task after it runs on what it grows. No trial at all when no
+    step fits. Returns the fraction kept (0: no growth) and every trial,
+    ``[{"grow", "val_accuracy"}]``, in order.
     """
-    first = trial(0.0)
-    search: list[dict[str, float | None]] = [{"grow": 0.0, "val_accuracy": first}]
-    best = -math.inf if first is None else first
     if not widths:
         say("grow auto: the network has no growable width")
-        return 0.0, search
-    chosen = 0.0
-    while chosen + GROW_STEP <= 1.0:
-        fraction = chosen + GROW_STEP
-        try:
-            plan_growth(widths, current, shapes, fraction, max_size)
-        except CapacityError:
-            say(f"grow auto: growing by {fraction:g} would pass the maximum size {max_size:g}x")
-            break
+        return 0.0, []
+    limit = largest_growth(widths, current, shapes, max_size)
+    steps = [limit] if at_once else [GROW_STEP * k for k in range(1, round(1 / GROW_STEP) + 1)
+                                     if GROW_STEP * k <= limit]
+    if not steps or not limit:
+        say(f"grow auto: the network is at its maximum size {max_size:g}x (`max_size`)")
+        return 0.0, []
+    first = trial(0.0)
+    search: list[dict[str, float | None]] = [{"grow": 0.0, "val_accuracy": first}]
+    best, chosen = (-math.inf if first is None else first), 0.0
+    for fraction in steps:
         val = trial(fraction)
         assert val is not None  # a grown network has free weights
         search.append({"grow": fraction, "val_accuracy": val})
@@ -364,5 +390,7 @@ def choose_growth(widths: list[Width], current: Mapping[str, int],
         if gain <= tolerance:
             break
         chosen, best = fraction, val
+    if not at_once and steps[-1] < 1.0 and chosen == steps[-1]:
+        say(f"grow auto: growing by {chosen + GROW_STEP:g} would pass the maximum size "
+            f"{max_size:g}x")
     return chosen, search
-

@@ -190,8 +190,8 @@ def _grow(pack: Pack, name: str, data: TaskData, config: TrainConfig, grow: floa
     benchmark). ``decided``: the decision a resumed checkpoint holds, taken without the trials
     (they are deterministic: the same decision); a run killed during its trials repeats them.
     """
-    if grow == AUTO and not pack.tasks:  # a plan's defaults may say auto for every task
-        progress.message("grow auto: a first task has the whole network, nothing to grow")
+    if grow == AUTO and pack.pretrained and not pack.tasks:  # as a plan's defaults may say
+        progress.message("grow auto: a pretrained network's first task trains it as it is")
         return pack, {"grow": 0.0, "search": []}
     if grow == AUTO:
         if decided is not None:
@@ -226,8 +226,10 @@ def _growth_trials(pack: Pack, name: str, data: TaskData, config: TrainConfig,
                             grow=fraction or None, max_size=max_size)
         return tried.val_accuracy
 
+    # A first task with tasks to come tries the whole room at once: all of them run on what
+    # it grows, and growing by steps later gains less (measured: the growth benchmark).
     return choose_growth(pack.growth(), pack.widths, pack.shapes, trial, tolerance, max_size,
-                         progress.message)
+                         progress.message, at_once=not pack.tasks and reserve > 0)
 
 
 def _grown(pack: Pack, config: TrainConfig, grow: float, max_size: float, progress: Progress

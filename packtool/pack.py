@@ -312,28 +312,37 @@ class Pack:
 
     def grown(self, units: Mapping[str, int], seed: int = 0) -> Pack:
         """This pack with the growable widths ``units`` (producer -> units, none narrower
-        than now): new weights free and zero, new private entries (biases, norms) as the
-        network initializes them (seeded with ``seed``). Every task runs as before.
+        than now): new weights free and zero (a task's training starts every free weight
+        from the network's initialization), new private entries (biases, norms) as the
+        network initializes them (seeded with ``seed``). Every task runs as before. Before a
+        first task, the network is created at the new widths (seeded with ``seed``).
 
         Raises:
             TaskError: a pack that cannot grow: policy ``frozen`` or ``free_init`` other than
                 ``reinit`` (new units start from the network's own initialization, with their
-                own norms), or no task yet (the first one has the whole network).
+                own norms), or a pretrained network before its first task (which trains the
+                pretrained weights as they are: grow for a later task).
         """
         if self.policy == "frozen" or self.free_init != "reinit":
             raise TaskError("growing needs policy per_task and free_init reinit (new units "
                             "start from the network's own initialization, with their own norms)")
-        if not self.tasks:
-            raise TaskError("a first task has the whole network: grow for a later task")
+        if self.pretrained and not self.tasks:
+            raise TaskError("a pretrained network's first task trains its weights as they "
+                            "are: grow it for a later task")
         widths = {**self.widths, **units}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fresh = self.build(widths).state_dict()
-        pack = Pack(self.spec, {k: fit(v, fresh[k].new_zeros(fresh[k].shape))
-                                for k, v in self.shared.items()},
+        if self.tasks:  # earlier tasks keep theirs in the leading slice; new weights free
+            shared = {k: fit(v, fresh[k].new_zeros(fresh[k].shape))
+                      for k, v in self.shared.items()}
+            private = {k: fit(v, fresh[k]) for k, v in self.initial_private.items()}
+        else:  # before a first task every weight is free and trained as it is: a new network
+            shared = {k: fresh[k] for k in self.shared}
+            private = {k: fresh[k] for k in self.initial_private}
+        pack = Pack(self.spec, shared,
                     {k: fit(v, v.new_zeros(fresh[k].shape)) for k, v in self.owners.items()},
-                    {k: fit(v, fresh[k]) for k, v in self.initial_private.items()},
-                    self.tasks, policy=self.policy, pretrained_head=self.pretrained_head,
+                    private, self.tasks, policy=self.policy, pretrained_head=self.pretrained_head,
                     free_init=self.free_init, released=self.released,
                     pretrained=self.pretrained, planned_tasks=self.planned_tasks,
                     widths=widths)

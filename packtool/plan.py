@@ -14,6 +14,7 @@ same defaults; ``classes`` is a list of indices or the ``--classes`` text.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -214,8 +215,8 @@ def _check_settings(options: Mapping[str, Any], where: str) -> None:
         if value is not None and not (value >= low and (high is None or value < high)):
             raise PlanError(f"{where}: `{key}` {value!r} is out of range")
     grow = options.get("grow")
-    if grow is not None and grow != AUTO and not (_is(grow, float) and 0 < grow <= 1):
-        raise PlanError(f"{where}: `grow` must be a number in (0, 1] or \"auto\"")
+    if grow is not None and grow != AUTO and not (_is(grow, float) and 0 < grow < math.inf):
+        raise PlanError(f"{where}: `grow` must be a positive number or \"auto\"")
     if "max_size" in options and "grow" not in options:
         raise PlanError(f"{where}: `max_size` needs `grow`")
 

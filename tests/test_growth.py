@@ -14,7 +14,7 @@ from packtool import Pack, TrainConfig, add_task
 from packtool.errors import CapacityError, TaskError
 from packtool.exporters import export_onnx
 from packtool.formats import model_file
-from packtool.growth import Width, growable_widths, plan_growth
+from packtool.growth import Width, choose_growth, growable_widths, largest_growth, plan_growth
 from packtool.models import ArchSpec, build_network
 
 CONFIG = TrainConfig(epochs=1, finetune_epochs=1, lr=0.05, finetune_lr=0.01, device="cpu")
@@ -176,6 +176,73 @@ def test_a_task_after_a_growth_runs_at_the_grown_widths():
             assert torch.equal(third.model_for(task)(x), grown.model_for(task)(x))
 
 
+def test_a_first_task_grown_trains_a_wider_new_network():
+    """Before a first task the network is created at the grown widths: every weight starts
+    from the network's initialization (none zero), and the task uses the new units."""
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    grown, result = add_task(pack, "t1", synthetic_task(3, seed=0), 0.5, CONFIG, grow=1.5,
+                             max_size=10.0)
+    assert result.widths == grown.widths == grown.task("t1").widths == {"1": 40, "3": 40}
+    start = pack.grown({"1": 40, "3": 40}, seed=CONFIG.seed + 1)
+    assert all((w != 0).all() for w in start.shared.values())
+    assert {k: tuple(v.shape) for k, v in start.shared.items()} == {
+        "1.weight": (40, 64), "3.weight": (40, 40)}
+    net = grown.model_for("t1")
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        out = net(x)
+        net.get_submodule("1").weight[16:] = 0
+        assert not torch.equal(net(x), out)
+    # A later task adds as usual, task 1 bit-exact.
+    second, _ = add_task(grown, "t2", synthetic_task(2, seed=1), 0.0, CONFIG)
+    with torch.no_grad():
+        assert torch.equal(second.model_for("t1")(x), grown.model_for("t1")(x))
+
+
+def test_auto_searches_for_a_first_task_too():
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    grown, result = add_task(pack, "t1", synthetic_task(3, seed=0), 0.5, CONFIG, grow="auto",
+                             max_size=3.0, tolerance=0.0)
+    assert [s["grow"] for s in result.grow_search][:2] == [0.0, 0.25]
+    assert grown.task("t1").grow_search == result.grow_search
+
+
+def test_a_first_task_with_tasks_to_come_tries_the_whole_room_at_once():
+    """With a reserve (a plan), every later task runs on what the first one grows: auto tries
+    the largest growth within max_size in one step."""
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    _, result = add_task(pack, "t1", synthetic_task(3, seed=0), 0.5, CONFIG, grow="auto",
+                         max_size=3.0, reserve=4)
+    limit = largest_growth(pack.growth(), {}, pack.shapes, 3.0)
+    assert [s["grow"] for s in result.grow_search] == [0.0, limit]
+    gains = {0.0: 0.5, limit: 0.52}  # kept when it gains more than the tolerance
+    for tolerance, kept in ((1.0, limit), (3.0, 0.0)):
+        chosen, search = choose_growth(pack.growth(), {}, pack.shapes, gains.__getitem__,
+                                       tolerance, 3.0, say=lambda _: None, at_once=True)
+        assert chosen == kept and [s["grow"] for s in search] == [0.0, limit]
+    units, size = plan_growth(pack.growth(), {}, pack.shapes, limit, 3.0)
+    assert size <= 3.0 and units == {"1": 16 + round(limit * 16), "3": 16 + round(limit * 16)}
+
+
+def test_largest_growth_is_the_last_that_fits():
+    widths = _widths("mlp", (1, 8, 8), {"hidden": 16})
+    shapes = {"1.weight": (16, 64), "3.weight": (16, 16)}
+    assert largest_growth(widths, {}, shapes, 1.0) == 0.0
+    for max_size in (1.2, 2.0, 3.0, 10.0):
+        fraction = largest_growth(widths, {}, shapes, max_size)
+        assert fraction > 0 and plan_growth(widths, {}, shapes, fraction, max_size)
+        with pytest.raises(CapacityError):
+            plan_growth(widths, {}, shapes, fraction + 1 / 256, max_size)
+
+
+def test_auto_runs_no_trial_when_no_step_fits():
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    pack, _ = add_task(pack, "t1", synthetic_task(3, seed=0), 0.5, CONFIG)
+    new, result = add_task(pack, "t2", synthetic_task(2, seed=1), 0.5, CONFIG, grow="auto",
+                           max_size=1.0)
+    assert new.widths == {} and result.grow_search is None
+
+
 # ------------------------------------------------------------------------------------------------
 # How much, and when growing is refused
 # ------------------------------------------------------------------------------------------------
@@ -193,13 +260,15 @@ def test_max_size_is_never_exceeded():
         plan_growth(widths, {}, shapes, 0.0)
 
 
-def test_growing_is_refused_where_it_cannot_keep_its_promise():
+def test_growing_is_refused_where_it_cannot_keep_its_promise(tmp_path):
     data = synthetic_task(3, seed=0)
-    fresh = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
-    with pytest.raises(TaskError, match="first task"):
-        add_task(fresh, "t1", data, 0.5, CONFIG, grow=0.5)
-    # auto, as a plan's defaults may give it to every task, leaves a first task as it is
-    first, result = add_task(fresh, "t1", data, 0.5, CONFIG, grow="auto")
+    torch.save(build_network(ArchSpec("mlp", (1, 8, 8), {"hidden": 16})).state_dict(),
+               tmp_path / "w.pt")
+    pretrained = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, weights=tmp_path / "w.pt")
+    with pytest.raises(TaskError, match="pretrained network's first task"):
+        add_task(pretrained, "t1", data, 0.5, CONFIG, grow=0.5)
+    # auto, as a plan's defaults may give it to every task, leaves it as it is
+    first, result = add_task(pretrained, "t1", data, 0.5, CONFIG, grow="auto")
     assert first.widths == {} and result.grow_search is None
     for options in ({"policy": "frozen"}, {"free_init": "kept"}):
         pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16}, **options)
@@ -260,14 +329,14 @@ def test_the_add_task_table_says_how_the_network_grew(tmp_path):
     assert "| network size" in table and "1.65x its original prunable weights" in table
     assert "--grow auto" not in table and "refit" not in table
     table = invoke("add-task", model, "--data", "digits", "--classes", "4,5", "--prune", "0.5",
-                   "--grow", "auto", "--max-size", "2", "--refit", "--epochs", "1",
+                   "--grow", "auto", "--max-size", "3", "--refit", "--epochs", "1",
                    "--finetune-epochs", "1", "--device", "cpu").stdout
     assert "| growth (--grow auto)" in table and "(validation accuracy by growth: 0: " in table
     assert "| refit " in table and "trained again on training + validation images" in table
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--grow", "0"], "--grow"), (["--grow", "1.5"], "--grow"), (["--grow", "x"], "--grow"),
+    (["--grow", "0"], "--grow"), (["--grow", "inf"], "--grow"), (["--grow", "x"], "--grow"),
     (["--max-size", "0.5"], "--max-size"), (["--max-size", "2"], "--max-size needs --grow"),
 ])
 def test_cli_bad_growth_values_are_usage_errors(tmp_path, flags, message):

@@ -138,7 +138,7 @@ BAD_PLANS = {
     "missing data": (PLAN.replace('data = "digits"\nclasses = "0,1"', 'classes = "0,1"'),
                      "`data` is required"),
     "duplicate names": (PLAN.replace('name = "b"', 'name = "a"'), "given twice"),
-    "grow out of range": (PLAN.replace("epochs = 1\n", "epochs = 1\ngrow = 1.5\n", 1), "grow"),
+    "grow out of range": (PLAN.replace("epochs = 1\n", "epochs = 1\ngrow = -0.5\n", 1), "grow"),
     "max_size without grow": (PLAN.replace("epochs = 1\n", "epochs = 1\nmax_size = 2\n", 1),
                               "`max_size` needs `grow`"),
     "bad prune": (PLAN.replace("prune = 0.5", "prune = 1.5"), "prune"),
