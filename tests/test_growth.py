@@ -282,10 +282,10 @@ def test_growing_is_refused_where_it_cannot_keep_its_promise(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def _cli_pack(model) -> None:
+def _cli_pack(model, first_task: bool = True) -> None:
     assert invoke("init", model, "--arch", "mlp", "--input-size", "1x8x8",
                   "--kwarg", "hidden=16").exit_code == 0
-    assert invoke("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.75",
+    assert not first_task or invoke("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0.75",
                   "--epochs", "1", "--finetune-epochs", "1", "--device", "cpu").exit_code == 0
 
 
@@ -350,9 +350,10 @@ def test_cli_bad_growth_values_are_usage_errors(tmp_path, flags, message):
 
 
 @pytest.mark.slow
-def test_a_growth_killed_mid_training_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize("first_task", [True, False], ids=["later-task", "first-task"])
+def test_a_growth_killed_mid_training_resumes_bit_identical(tmp_path, first_task):
     reference, killed = tmp_path / "ref.pt", tmp_path / "killed.pt"
-    _cli_pack(reference)
+    _cli_pack(reference, first_task)
     killed.write_bytes(reference.read_bytes())
     assert forked(["add-task", str(reference), *GROW_ARGS], out=tmp_path / "ref.json") == 0
     args = ["add-task", str(killed), *GROW_ARGS]
