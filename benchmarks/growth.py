@@ -5,7 +5,9 @@ compared seed by seed as in :mod:`benchmarks.planner`, on the long permuted sequ
 ten-class tasks, MLP 2x32 hidden: the capacity runs out). Rows: ``--prune auto`` told the plan
 (each task ``--reserve`` the tasks still to come: what ``packtool run`` does), then the same
 with ``--grow auto --max-size 2`` and ``--max-size 3``, and separate networks (ten networks: 10x
-the parameters). Measured: average accuracy after the last task, the gap to separate networks
+the parameters); and ``--max-size 3`` by steps only, the first task not grown (with a plan,
+``--grow auto`` tries growing the first task to the size limit at once). Measured: average
+accuracy after the last task, the gap to separate networks
 (paired), forgetting (exactly 0), and the network's prunable weights after each task as a
 multiple of the original (where the growth happened). ``--refit`` is measured in :mod:`.refit`.
 
@@ -36,6 +38,8 @@ GROWTH_SEQUENCE = "long-permuted-digits"
 GROWTH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto+plan": ("PackNet, prune auto with the plan", {}),
     "auto+plan+grow2": ("... and --grow auto --max-size 2", {"grow": "auto", "max_size": 2.0}),
+    "auto+plan+grow3-steps": ("... --max-size 3, the first task not grown (by steps only)",
+                              {"grow": "auto", "max_size": 3.0, "first": {"grow": None}}),
     "auto+plan+grow3": ("... and --grow auto --max-size 3", {"grow": "auto", "max_size": 3.0}),
     "separate": ("Separate networks (10x the parameters)", {}),
 }

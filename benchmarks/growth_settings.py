@@ -2,9 +2,10 @@
 nor the search ...").
 
 The growth part (:mod:`.growth`) measures ``--prune auto`` with the plan and ``--grow auto``
-as shipped; this study asks whether other settings close the gap to separate networks on the
-same long permuted sequence: a lower ``--tolerance``, a reserve that counts the room growth
-still allows, fixed ratios, a larger ``--max-size``. Every row runs on the same seeds and is
+as shipped; this study asks whether other settings of growth by steps (the first task not
+grown) close the gap to separate networks on the same long permuted sequence: a lower
+``--tolerance``, a reserve that counts the room growth still allows, fixed ratios, a larger
+``--max-size``. Every row runs on the same seeds and is
 compared seed by seed, as in the growth part. Not a part of ``python -m benchmarks`` (eight
 rows, about an hour in full mode on one thread); run it on its own::
 
@@ -21,23 +22,28 @@ from typing import Any
 
 from . import growth, quality
 
-#: method -> (label, options): :func:`.growth.run_method`'s ``prune`` and ``reserve`` keys,
-#: the rest :func:`packtool.add_task`'s.
+#: Growth by steps, as ``--grow auto`` did before it could grow a first task.
+STEPS = {"first": {"grow": None}}
+#: method -> (label, options): :func:`.growth.run_method`'s ``prune``, ``reserve`` and
+#: ``first`` keys, the rest :func:`packtool.add_task`'s. Every row grows by steps only: the
+#: first task is not grown.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "auto+plan+grow3": ("auto with the plan, --grow auto --max-size 3 (shipped)",
-                        growth.GROWTH_METHODS["auto+plan+grow3"][1]),
+    "auto+plan+grow3": ("auto with the plan, --grow auto --max-size 3 (by steps)",
+                        growth.GROWTH_METHODS["auto+plan+grow3-steps"][1]),
     "auto+plan+grow3+tol0.5": ("... and --tolerance 0.5 (ratio and growth)",
-                               {"grow": "auto", "max_size": 3.0, "tolerance": 0.5}),
+                               {"grow": "auto", "max_size": 3.0, "tolerance": 0.5, **STEPS}),
     "auto+room+grow3": ("auto, each reserve counting the room --max-size 3 still allows",
-                        {"grow": "auto", "max_size": 3.0, "reserve": "room"}),
+                        {"grow": "auto", "max_size": 3.0, "reserve": "room", **STEPS}),
     "0.75+grow3+tol0.5": ("prune 0.75 (no reserve), --grow auto --max-size 3 --tolerance 0.5",
-                          {"prune": 0.75, "grow": "auto", "max_size": 3.0, "tolerance": 0.5}),
+                          {"prune": 0.75, "grow": "auto", "max_size": 3.0, "tolerance": 0.5,
+                           **STEPS}),
     "0.5+grow3": ("prune 0.5, --grow auto --max-size 3",
-                  {"prune": 0.5, "grow": "auto", "max_size": 3.0}),
+                  {"prune": 0.5, "grow": "auto", "max_size": 3.0, **STEPS}),
     "0.75+grow10": ("prune 0.75, --grow auto --max-size 10",
-                    {"prune": 0.75, "grow": "auto", "max_size": 10.0}),
+                    {"prune": 0.75, "grow": "auto", "max_size": 10.0, **STEPS}),
     "0.75+grow10+tol0": ("prune 0.75, --grow auto --max-size 10 --tolerance 0",
-                         {"prune": 0.75, "grow": "auto", "max_size": 10.0, "tolerance": 0.0}),
+                         {"prune": 0.75, "grow": "auto", "max_size": 10.0, "tolerance": 0.0,
+                          **STEPS}),
     "separate": growth.GROWTH_METHODS["separate"],
 }
 

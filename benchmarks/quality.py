@@ -231,7 +231,7 @@ def build_pack(seq: SequenceSpec, tasks: Sequence[TaskTensors], config: TrainCon
         reserve = reserve_rule(pack, ahead) if reserve_rule and ahead else (
             ahead if reserve_ahead else 0)
         pack, result = add_task(pack, task.name, task_data, prune, config, reserve=reserve,
-                                **(options or {}), **((first or {}) if not k else {}))
+                                **{**(options or {}), **((first or {}) if not k else {})})
         just.append(result.accuracy)
     return pack, just
 

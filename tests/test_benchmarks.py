@@ -180,7 +180,8 @@ def test_growth_tables(smoke):
         for run in row["seeds"]:
             n = len(run["final"])
             assert run["forgetting"] == [0.0] * (n - 1)
-            assert run["sizes"][0] == 1.0  # a first task has the network as created
+            if row["options"].get("first") == {"grow": None}:  # growth by steps only
+                assert run["sizes"][0] == 1.0  # the first task has the network as created
             assert all(1.0 <= s <= limit + 1e-9 for s in run["sizes"])
             assert run["sizes"] == sorted(run["sizes"])  # a network only grows
     assert "## Growth" in markdown
@@ -476,7 +477,8 @@ def test_growth_settings_study_runs_every_row():
     result = growth_settings.run("smoke")
     rows = result["growth"]["rows"]
     assert [r["method"] for r in rows] == list(growth_settings.METHODS)
-    for row in rows[:-1]:  # every PackNet row
+    for row in rows[:-1]:  # every PackNet row, growing by steps only
+        assert all(run["sizes"][0] == 1.0 for run in row["seeds"])
         if "prune" in row["options"]:  # a fixed ratio, not the planner's
             assert {r for run in row["seeds"] for r in run["ratios"]} == {row["options"]["prune"]}
         for run in row["seeds"]:
