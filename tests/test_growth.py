@@ -199,6 +199,24 @@ def test_a_first_task_grown_trains_a_wider_new_network():
         assert torch.equal(second.model_for("t1")(x), grown.model_for("t1")(x))
 
 
+def test_a_pack_grown_at_its_first_task_saves_archives_and_exports(tmp_path):
+    from packtool.exporters import read_archive, write_archive
+
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
+    grown, _ = add_task(pack, "t1", synthetic_task(3, seed=0), 0.5, CONFIG, grow=0.5)
+    grown, _ = add_task(grown, "t2", synthetic_task(2, seed=1), 0.0, CONFIG)
+    grown.save(tmp_path / "m.pt")
+    write_archive(grown, tmp_path / "pack.safetensors")
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        for loaded in (Pack.load(tmp_path / "m.pt"), read_archive(tmp_path / "pack.safetensors")):
+            assert loaded.task("t1").widths == loaded.task("t2").widths == {"1": 24, "3": 24}
+            for task in ("t1", "t2"):
+                assert torch.equal(loaded.model_for(task)(x), grown.model_for(task)(x))
+    export_onnx(grown, "t1", tmp_path / "t1.onnx")  # checked against the network at export
+    assert (tmp_path / "t1.onnx").stat().st_size > 0
+
+
 def test_auto_searches_for_a_first_task_too():
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     grown, result = add_task(pack, "t1", synthetic_task(3, seed=0), 0.5, CONFIG, grow="auto",
