@@ -120,7 +120,8 @@ def init(model: Path, arch: str, weights: str | None, input_size: tuple[int, int
               help="Widen every growable width of the network (info --growable lists them) by "
                    "this fraction of its original size for this task, or auto: in steps of "
                    "0.25 while each gains over --tolerance validation points [default "
-                   "tolerance: 1.0]. Earlier tasks run exactly as before.")
+                   "tolerance: 1.0]; a first task with tasks to come tries --max-size at once. "
+                   "Earlier tasks run exactly as before.")
 @click.option("--max-size", type=params.FiniteRange(min=1), metavar="X",
               help="With --grow: the network's prunable weights at most X times their original "
                    "number [default: 2].")
