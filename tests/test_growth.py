@@ -217,6 +217,52 @@ def test_a_pack_grown_at_its_first_task_saves_archives_and_exports(tmp_path):
     assert (tmp_path / "t1.onnx").stat().st_size > 0
 
 
+GROWING_PLAN = """
+[network]
+arch = "mlp"
+input_size = "1x8x8"
+kwargs = {hidden = 16}
+
+[defaults]
+prune = "auto"
+grow = "auto"
+max_size = 2
+epochs = 1
+finetune_epochs = 1
+device = "cpu"
+
+[[tasks]]
+name = "a"
+data = "digits"
+classes = "0,1"
+
+[[tasks]]
+name = "b"
+data = "digits"
+classes = "2,3"
+"""
+
+
+@pytest.mark.parametrize("how", ["run", "init --tasks"])
+def test_a_planned_first_task_tries_the_whole_room_by_default(tmp_path, how):
+    """The defaults a plan gives (a reserve for the tasks to come): one trial at --max-size."""
+    model = tmp_path / "m.pt"
+    if how == "run":
+        (tmp_path / "plan.toml").write_text(GROWING_PLAN)
+        result = invoke("run", tmp_path / "plan.toml", "--model", model)
+    else:
+        assert invoke("init", model, "--arch", "mlp", "--input-size", "1x8x8", "--kwarg",
+                      "hidden=16", "--tasks", "2").exit_code == 0
+        result = invoke("add-task", model, "--data", "digits", "--classes", "0,1", "--prune",
+                        "auto", "--grow", "auto", "--max-size", "2", "--epochs", "1",
+                        "--finetune-epochs", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    pack = Pack.load(model)
+    limit = largest_growth(pack.growth(), {}, Pack.create("mlp", (1, 8, 8), kwargs={
+        "hidden": 16}).shapes, 2.0)
+    assert [t["grow"] for t in pack.task(1).grow_search] == [0.0, limit]
+
+
 def test_auto_searches_for_a_first_task_too():
     pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 16})
     grown, result = add_task(pack, "t1", synthetic_task(3, seed=0), 0.5, CONFIG, grow="auto",
