@@ -5,9 +5,11 @@ The growth part (:mod:`.growth`) measures ``--prune auto`` with the plan and ``-
 as shipped; this study asks whether other settings of growth by steps (the first task not
 grown) close the gap to separate networks on the same long permuted sequence: a lower
 ``--tolerance``, a reserve that counts the room growth still allows, fixed ratios, a larger
-``--max-size``. Every row runs on the same seeds and is
-compared seed by seed, as in the growth part. Not a part of ``python -m benchmarks`` (eight
-rows, about an hour in full mode on one thread); run it on its own::
+``--max-size``; and, growing the first task to the limit in every seed (which ``--grow auto``
+does when its trial gains), whether a lower tolerance or ``--refit`` does. Every row runs on
+the same seeds and is compared seed by seed, as in the growth part. Not a part of ``python -m
+benchmarks`` (eleven rows, about an hour and a half in full mode on one thread); run it on its
+own::
 
     python -m benchmarks.growth_settings [--quick | --smoke] [--json-out PATH]
 """
@@ -24,9 +26,12 @@ from . import growth, quality
 
 #: Growth by steps, as ``--grow auto`` did before it could grow a first task.
 STEPS = {"first": {"grow": None}}
+#: The first task grown to the limit of ``--max-size 3`` in every seed (69 of 32 units: the
+#: widths :func:`packtool.growth.largest_growth` gives), the other tasks not grown.
+LIMIT = {"max_size": 3.0, "first": {"grow": 1.15}}
 #: method -> (label, options): :func:`.growth.run_method`'s ``prune``, ``reserve`` and
-#: ``first`` keys, the rest :func:`packtool.add_task`'s. Every row grows by steps only: the
-#: first task is not grown.
+#: ``first`` keys, the rest :func:`packtool.add_task`'s. The rows grow by steps only (the
+#: first task not grown), but the last three, which grow the first task only.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto+plan+grow3": ("auto with the plan, --grow auto --max-size 3 (by steps)",
                         growth.GROWTH_METHODS["auto+plan+grow3-steps"][1]),
@@ -44,6 +49,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "0.75+grow10+tol0": ("prune 0.75, --grow auto --max-size 10 --tolerance 0",
                          {"prune": 0.75, "grow": "auto", "max_size": 10.0, "tolerance": 0.0,
                           **STEPS}),
+    "auto+plan+first3": ("auto with the plan, the first task grown to --max-size 3 (--grow 1.15)",
+                    {**LIMIT}),
+    "auto+plan+first3+tol0.5": ("... and --tolerance 0.5", {**LIMIT, "tolerance": 0.5}),
+    "auto+plan+first3+refit": ("... and --refit", {**LIMIT, "refit": True}),
     "separate": growth.GROWTH_METHODS["separate"],
 }
 

@@ -477,8 +477,13 @@ def test_growth_settings_study_runs_every_row():
     result = growth_settings.run("smoke")
     rows = result["growth"]["rows"]
     assert [r["method"] for r in rows] == list(growth_settings.METHODS)
-    for row in rows[:-1]:  # every PackNet row, growing by steps only
-        assert all(run["sizes"][0] == 1.0 for run in row["seeds"])
+    for row in rows[:-1]:  # every PackNet row: by steps only, or the first task only grown
+        first = [run["sizes"][0] for run in row["seeds"]]
+        if "first" in row["options"] and row["options"]["first"].get("grow"):
+            assert all(run["sizes"] == [run["sizes"][0]] * len(run["sizes"])
+                       for run in row["seeds"]) and min(first) > 2.9
+        else:
+            assert first == [1.0] * len(first)
         if "prune" in row["options"]:  # a fixed ratio, not the planner's
             assert {r for run in row["seeds"] for r in run["ratios"]} == {row["options"]["prune"]}
         for run in row["seeds"]:
