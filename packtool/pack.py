@@ -338,8 +338,10 @@ class Pack:
                       for k, v in self.shared.items()}
             private = {k: fit(v, fresh[k]) for k, v in self.initial_private.items()}
         else:  # before a first task every weight is free and trained as it is: a new network
-            shared = {k: fresh[k] for k in self.shared}
-            private = {k: fresh[k] for k in self.initial_private}
+            shared = {k: fresh[k].to(device=v.device, dtype=v.dtype)
+                      for k, v in self.shared.items()}
+            private = {k: fresh[k].to(device=v.device, dtype=v.dtype)
+                       for k, v in self.initial_private.items()}
         pack = Pack(self.spec, shared,
                     {k: fit(v, v.new_zeros(fresh[k].shape)) for k, v in self.owners.items()},
                     private, self.tasks, policy=self.policy, pretrained_head=self.pretrained_head,
