@@ -375,7 +375,8 @@ def choose_growth(widths: list[Width], current: Mapping[str, int],
     steps = [limit] if at_once else [GROW_STEP * k for k in range(1, round(1 / GROW_STEP) + 1)
                                      if GROW_STEP * k <= limit]
     if not steps or not limit:
-        say(f"grow auto: the network is at its maximum size {max_size:g}x (`max_size`)")
+        say(f"grow auto: no growth step fits within the maximum size {max_size:g}x "
+            f"(`max_size`): no trial")
         return 0.0, []
     first = trial(0.0)
     search: list[dict[str, float | None]] = [{"grow": 0.0, "val_accuracy": first}]
