@@ -37,7 +37,8 @@ from .errors import CapacityError, TaskError
 from .progress import Say
 
 __all__ = ["DEFAULT_MAX_SIZE", "GROW_STEP", "Width", "choose_growth", "fit", "growable_widths",
-           "largest_growth", "narrow", "plan_growth", "relative_size", "shapes_at", "widen"]
+           "largest_growth", "narrow", "plan_growth", "relative_size", "shapes_at", "widen",
+           "widened_state"]
 
 #: Modules that act on each unit (channel or feature) alone, with no state of their own.
 UNITWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
@@ -258,6 +259,30 @@ def fit(tensor: Tensor, fresh: Tensor) -> Tensor:
     out = fresh.detach().clone().to(device=tensor.device, dtype=tensor.dtype)
     out[tuple(slice(0, n) for n in tensor.shape)] = tensor
     return out
+
+
+def widened_state(shared: Mapping[str, Tensor], owners: Mapping[str, Tensor],
+                  private: Mapping[str, Tensor], fresh: Mapping[str, Tensor], keep: bool
+                  ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """A pack's ``shared`` weights, ``owners`` and initial ``private`` state at the shapes of
+    ``fresh`` (the state of the network at the new widths); new weights free (owner 0).
+
+    ``keep``: every old value stays in its leading slice, new weights zero (a task's training
+    starts every free weight from the network's initialization), new private entries
+    ``fresh``'s. Else (before a first task, which trains every weight as it is) ``fresh``'s
+    values throughout: a new network.
+    """
+    def new(key: str, like: Tensor) -> Tensor:
+        return fresh[key].to(device=like.device, dtype=like.dtype)
+
+    if keep:
+        weights = {k: fit(v, fresh[k].new_zeros(fresh[k].shape)) for k, v in shared.items()}
+        start = {k: fit(v, fresh[k]) for k, v in private.items()}
+    else:
+        weights = {k: new(k, v) for k, v in shared.items()}
+        start = {k: new(k, v) for k, v in private.items()}
+    free = {k: fit(v, v.new_zeros(fresh[k].shape)) for k, v in owners.items()}
+    return weights, free, start
 
 
 # ------------------------------------------------------------------------------------------------

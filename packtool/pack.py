@@ -24,7 +24,7 @@ import packtool
 from .choices import FREE_INITS, POLICIES
 from .data.preprocess import Preprocess
 from .errors import ArchitectureError, CapacityError, PackFormatError, TaskError
-from .growth import Width, fit, growable_widths, narrow, widen
+from .growth import Width, fit, growable_widths, narrow, widen, widened_state
 from .method import (
     FREE,
     MAX_TASKS,
@@ -333,21 +333,13 @@ class Pack:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fresh = self.build(widths).state_dict()
-        if self.tasks:  # earlier tasks keep theirs in the leading slice; new weights free
-            shared = {k: fit(v, fresh[k].new_zeros(fresh[k].shape))
-                      for k, v in self.shared.items()}
-            private = {k: fit(v, fresh[k]) for k, v in self.initial_private.items()}
-        else:  # before a first task every weight is free and trained as it is: a new network
-            shared = {k: fresh[k].to(device=v.device, dtype=v.dtype)
-                      for k, v in self.shared.items()}
-            private = {k: fresh[k].to(device=v.device, dtype=v.dtype)
-                       for k, v in self.initial_private.items()}
-        pack = Pack(self.spec, shared,
-                    {k: fit(v, v.new_zeros(fresh[k].shape)) for k, v in self.owners.items()},
-                    private, self.tasks, policy=self.policy, pretrained_head=self.pretrained_head,
-                    free_init=self.free_init, released=self.released,
-                    pretrained=self.pretrained, planned_tasks=self.planned_tasks,
-                    widths=widths)
+        # Earlier tasks keep theirs; before a first task, a new network at the new widths.
+        shared, owners, private = widened_state(self.shared, self.owners, self.initial_private,
+                                                fresh, keep=bool(self.tasks))
+        pack = Pack(self.spec, shared, owners, private, self.tasks, policy=self.policy,
+                    pretrained_head=self.pretrained_head, free_init=self.free_init,
+                    released=self.released, pretrained=self.pretrained,
+                    planned_tasks=self.planned_tasks, widths=widths)
         pack._growth = self._growth
         return pack
 

@@ -218,6 +218,9 @@ def test_a_pack_grown_at_its_first_task_saves_archives_and_exports(tmp_path):
 
 
 GROWING_PLAN = """
+tasks = [{name = "a", data = "digits", classes = "0,1"},
+         {name = "b", data = "digits", classes = "2,3"}]
+
 [network]
 arch = "mlp"
 input_size = "1x8x8"
@@ -230,16 +233,6 @@ max_size = 2
 epochs = 1
 finetune_epochs = 1
 device = "cpu"
-
-[[tasks]]
-name = "a"
-data = "digits"
-classes = "0,1"
-
-[[tasks]]
-name = "b"
-data = "digits"
-classes = "2,3"
 """
 
 
