@@ -312,8 +312,8 @@ def info(model: Path, plot: str | None, share: float | None, growable: bool,
 @click.option("--archive", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write only the shared-weight archive of every task.")
 @click.option("--out", type=click.Path(), metavar="PATH",
-              help="ONNX file (--task, --multi-task) [--task default: <task>.onnx] or folder "
-                   "(--all).")
+              help="ONNX file (--task, --multi-task) or folder (--all; with --task: "
+                   "<task>.onnx in it) [--task default: <task>.onnx].")
 @click.option("--dense", is_flag=True, help="Store every weight dense (default: sparse where "
                                             "smaller).")
 @click.option("--opset", type=click.IntRange(min=1), default=18, show_default=True,

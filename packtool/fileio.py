@@ -67,7 +67,12 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def _temporary(target: Path, directory: Path) -> tuple[int, Path]:
-    """A new temporary file beside ``target`` (an error names ``target``, not the file)."""
+    """A new temporary file beside ``target`` (an error names ``target``, not the file).
+
+    A folder at ``target`` is refused here, before any work: ``os.replace`` would fail on it
+    only after the file was written, naming the temporary file."""
+    if target.is_dir():
+        raise PackToolError(f"cannot write {target}: it is a folder; give a file name")
     try:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:

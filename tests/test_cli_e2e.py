@@ -4,6 +4,7 @@ predict (issue 4)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,10 @@ def test_default_onnx_name_is_the_task(packed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ok("export", model, "--task", "digits-0-1", "--dense")
     assert (tmp_path / "digits-0-1.onnx").is_file()
+    (tmp_path / "out").mkdir()  # a folder as --out: the task's file in it
+    doc = ok_json("export", model, "--task", "digits-2-3", "--dense", "--out", "out")
+    assert [f["path"] for f in doc["files"]] == [str(Path("out") / "digits-2-3.onnx")]
+    assert (tmp_path / "out" / "digits-2-3.onnx").is_file()
 
 
 @pytest.mark.slow

@@ -405,6 +405,24 @@ def test_os_errors_are_one_line(model, tmp_path):
                     f"{tmp_path / 'file'} is not a directory")
 
 
+def test_a_folder_is_no_file_to_write(model, tmp_path, monkeypatch):
+    """An existing folder where a file is to be written is refused before any work, naming
+    the folder (not a temporary file, after the export, as ``os.replace`` would)."""
+    import packtool.cli.commands.export as export_command
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(export_command, "export_multi_task", no_work)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    expected = f"Error: cannot write {folder}: it is a folder; give a file name"
+    assert fails_unchanged(model, "export", model, "--multi-task", "--out", folder) == expected
+    fails_unchanged(model, "export", model, "--archive", folder, code=2, match="is a directory")
+    assert fails_unchanged(model, "init", folder, "--arch", "mlp", "--force") == expected
+    assert list(folder.iterdir()) == []
+
+
 def test_task_free_usage_errors(model, tmp_path):
     fails_unchanged(model, "eval", model, "--task-free", "--group", "0", code=2, match="--group")
     fails_unchanged(model, "eval", model, "--task-free", "--task-score", "loudest", code=2,

@@ -45,7 +45,9 @@ def run(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
     else:
         assert name is not None
         record = pack.task(name)
-        path = Path(out or f"{task_filenames([record.name])[0]}.onnx")
+        path = Path(out or ".")
+        if path.is_dir():  # a folder to write in, as ``cp`` takes one
+            path = path / f"{task_filenames([record.name])[0]}.onnx"
         _check_targets(model, [path])
         if half or int8:
             files = [export_reduced(
