@@ -73,6 +73,17 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
         show_search(console, doc["prune_search"], doc["prune"])
     if doc.get("prune_warning"):
         console.print(f"Note: {doc['prune_warning']}", markup=False)
+    classes = len(pack.task(doc["task"]).classes)
+    for split, absent in (doc.get("missing_classes") or {}).items():
+        console.print(f"Note: {_missing_classes(split, absent, classes)}", markup=False)
+
+
+def _missing_classes(split: str, absent: list[str], classes: int) -> str:
+    """The note on a split without an image of some classes (``missing_classes``)."""
+    one = len(absent) == 1
+    shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+    return (f"no {split} image of class{'' if one else 'es'} {shown} ({len(absent)} of the "
+            f"{classes} classes): {split} accuracy leaves {'it' if one else 'them'} out")
 
 
 def _growth_rows(doc: dict[str, Any], pack: Pack) -> list[tuple[str, str]]:

@@ -109,7 +109,6 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
                 "pack": model_file.pack_digest(pack) if checkpoint else None,
                 **({"grow": grow, "max_size": max_size} if grow else {})}
     start = resume_point(checkpoint, resume, identity, progress.message)
-    _say_missing_classes(data, progress)
     # Before the task's network is made: it trains at the new widths.
     pack, grown = (_grow(pack, name, data, config, grow, max_size, tolerance, pruning.reserve,
                          progress, start.grown if start else None)
@@ -122,15 +121,6 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     new.tasks[-1].grow_search = grown["search"] if grown else []
     _measure_frozen(run, new, metrics)
     return new, _result(new, decision, metrics, time.perf_counter() - started, data)
-
-
-def _say_missing_classes(data: TaskData, progress: Progress) -> None:
-    for split, absent in data.missing_classes().items():
-        one = len(absent) == 1
-        shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
-        progress.message(f"note: no {split} image of class{'' if one else 'es'} {shown} "
-                         f"({len(absent)} of the {len(data.classes)} classes): {split} "
-                         f"accuracy leaves {'it' if one else 'them'} out")
 
 
 @dataclass
@@ -286,6 +276,7 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float], seconds: f
         skipped_files=list(getattr(data, "skipped", None) or []),
         temperature=record.temperature,
         widths=dict(record.widths) or None, grow_search=list(record.grow_search) or None,
+        missing_classes=data.missing_classes() or None,
     )
 
 

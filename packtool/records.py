@@ -219,6 +219,9 @@ class TaskResult:
     widths: dict[str, int] | None = None
     skipped_files: list[str] = field(default_factory=list)
     grow_search: list[dict[str, float]] | None = None
+    #: ``{"validation"|"test": [class names]}``: the classes a split has no image of (a small
+    #: folder may leave one out; that split's accuracy then leaves it out).
+    missing_classes: dict[str, list[str]] | None = None
 
     #: The keys of ``add-task --json`` (``val_accuracy`` is in the task record only).
     DOCUMENT_KEYS = ("task", "index", "accuracy", "accuracy_before_prune",
@@ -227,11 +230,12 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         """``packtool add-task --json``: :data:`DOCUMENT_KEYS`, ``prune_search`` and
-        ``prune_warning`` where the planner gave them, ``widths`` where the network grew and
-        ``grow_search`` with ``grow="auto"``."""
+        ``prune_warning`` where the planner gave them, ``widths`` where the network grew,
+        ``grow_search`` with ``grow="auto"`` and ``missing_classes`` where a split lacks a
+        class."""
         values = asdict(self)
         doc = {key: values[key] for key in self.DOCUMENT_KEYS}
-        for key in ("prune_search", "prune_warning", "widths", "grow_search"):
+        for key in ("prune_search", "prune_warning", "widths", "grow_search", "missing_classes"):
             if values[key] is not None:
                 doc[key] = values[key]
         return doc

@@ -1,13 +1,14 @@
 """Running a plan (``packtool run``): every task of the sequence, one process, with its results.
 
 :func:`run_plan` creates MODEL if it does not exist (recording the plan's task count, as
-``init --tasks``), checks that the plan continues the pack MODEL holds, and adds the tasks the
-pack does not hold yet, in order, each exactly as ``add-task`` would (an interrupted one resumes
-from its checkpoint, bit-identical). After every task it evaluates every task so far on its
-test split: row ``i`` of the accuracy matrix ``R[i][j]`` (task ``j`` after task ``i``). The
-results, rows of earlier runs included, are written beside MODEL as ``results.json`` and
-``results.csv`` after every task; backward transfer, ``mean_j (R[T][j] - R[j][j])``, is
-computed from the measured matrix (PackNet's is exactly 0, and this checks it).
+``init --tasks``; its folder too, where the results go), checks that the plan continues the
+pack MODEL holds, and adds the tasks the pack does not hold yet, in order, each exactly as
+``add-task`` would (an interrupted one resumes from its checkpoint, bit-identical). After every
+task it evaluates every task so far on its test split: row ``i`` of the accuracy matrix
+``R[i][j]`` (task ``j`` after task ``i``). The results, rows of earlier runs included, are
+written beside MODEL as ``results.json`` and ``results.csv`` after every task; backward
+transfer, ``mean_j (R[T][j] - R[j][j])``, is computed from the measured matrix (PackNet's is
+exactly 0, and this checks it).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def run_plan(plan: Plan, model: str | os.PathLike, *, reference: bool = False,
     pack = _starting_pack(plan, len(plan.tasks)) if fresh else model_file.load(model)
     plan.check_against(pack)
     _check_data(plan.tasks[len(pack.tasks):], pack)
-    if fresh:
+    if fresh:  # after every check: a plan that cannot run leaves no folder behind
+        model.parent.mkdir(parents=True, exist_ok=True)
         model_file.save(pack, model)
     result = _earlier_results(model, pack)
     reporter = log if log is not None else (progress or Progress())

@@ -72,9 +72,10 @@ def _same_model(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
+    """The plan run once; MODEL in a folder that did not exist (run creates it)."""
     folder = tmp_path_factory.mktemp("run")
-    ok("run", _plan(folder), "--model", folder / "model.pt")
-    return folder
+    ok("run", _plan(folder), "--model", folder / "out" / "model.pt")
+    return folder / "out"
 
 
 @pytest.mark.slow
@@ -106,7 +107,7 @@ def test_results_are_the_accuracy_matrix(uninterrupted):
 
 def test_run_again_adds_nothing_and_reports_the_same(uninterrupted, tmp_path):
     before = sha256(uninterrupted / "model.pt")
-    again = json.loads(ok("run", uninterrupted / "plan.toml", "--model",
+    again = json.loads(ok("run", uninterrupted.parent / "plan.toml", "--model",
                           uninterrupted / "model.pt", "--json").stdout)
     assert sha256(uninterrupted / "model.pt") == before
     recorded = json.loads((uninterrupted / "results.json").read_text())
@@ -177,11 +178,12 @@ def test_a_plan_that_contradicts_the_pack_is_refused(uninterrupted, tmp_path, ch
 
 
 def test_every_tasks_data_is_checked_before_the_first_trains(tmp_path, monkeypatch):
-    """A wrong folder in the last task fails at once, and no model file is created."""
+    """A wrong folder in the last task fails at once: no model file is created, nor its
+    folder."""
     from packtool import lifecycle
 
     monkeypatch.setattr(lifecycle, "prepare", lambda *a, **k: pytest.fail("it trained"))
-    model = tmp_path / "model.pt"
+    model = tmp_path / "out" / "model.pt"
     text = PLAN.replace('classes = "4-5"\n', "")  # task c: every class of its folder
     for data, words in ((tmp_path / "missing", "missing is not a folder"),
                         (_one_class_folder(tmp_path / "one"), "at least two classes")):
@@ -189,7 +191,7 @@ def test_every_tasks_data_is_checked_before_the_first_trains(tmp_path, monkeypat
         assert f'data = "{data}"' in plan
         result = invoke("run", _plan(tmp_path, plan), "--model", model)
         assert_error(result, code=1, match="plan task 'c': ")
-        assert words in result.stderr and not model.exists()
+        assert words in result.stderr and not model.parent.exists()
 
 
 def _one_class_folder(root: Path) -> Path:
@@ -272,7 +274,7 @@ def test_a_second_model_in_the_folder_does_not_take_the_first_ones_results(unint
     doc = json.loads(before)
     assert doc["model"] == "model.pt" and doc["model_sha256"] == sha256(uninterrupted / "model.pt")
     other = uninterrupted / "other.pt"
-    line = assert_error(invoke("run", uninterrupted / "plan.toml", "--model", other), 2,
+    line = assert_error(invoke("run", uninterrupted.parent / "plan.toml", "--model", other), 2,
                         "holds the results of model.pt, not other.pt")
     assert "folder of its own" in line
     assert not other.exists() and results.read_bytes() == before

@@ -258,26 +258,28 @@ def test_add_task_says_what_it_cached(tmp_path, make_task):
 
 
 def test_add_task_says_which_classes_a_split_has_no_image_of(tmp_path):
-    """A user's small folder whose val/ lacks a class: accepted (its accuracy is still an
-    accuracy), and said, since that accuracy leaves the class out."""
-    said = []
-
-    class Say(Progress):
-        def message(self, text):
-            said.append(text)
-
+    """A user's small folder whose val/ (the held-out split here) lacks a class: accepted (its
+    accuracy is still an accuracy), and said, since that accuracy leaves the class out."""
     folder = _folder(tmp_path / "data")
-    whole = load_task_data(str(folder), RGB16)
-    assert whole.missing_classes() == {}
+    assert load_task_data(str(folder), RGB16).missing_classes() == {}
     for image in (folder / "val" / "b").iterdir():
         image.unlink()
     (folder / "val" / "b").rmdir()
     data = load_task_data(str(folder), RGB16, val_fraction=0.34)  # two of each class
     assert data.missing_classes() == {"test": ["b"]}
-    add_task(Pack.create("lenet", (3, 16, 16), kwargs={"width": 4}), "t", data, 0.5,
-             TrainConfig(epochs=1, finetune_epochs=0, device="cpu"), progress=Say())
-    assert ("note: no test image of class b (1 of the 2 classes): test accuracy leaves it "
-            "out") in said, said
+    _, result = add_task(Pack.create("lenet", (3, 16, 16), kwargs={"width": 4}), "t", data, 0.5,
+                         TrainConfig(epochs=1, finetune_epochs=0, device="cpu"))
+    assert result.missing_classes == {"test": ["b"]}
+    model = tmp_path / "model.pt"
+    ok("init", model, "--arch", "lenet", "--input-size", "3x16x16", "--kwarg", "width=4")
+    args = ("add-task", model, "--data", folder, "--prune", "0.5", "--epochs", "1",
+            "--finetune-epochs", "0", "--val-fraction", "0.34", "--device", "cpu")
+    text = ok(*args).stdout
+    assert ("Note: no test image of class b (1 of the 2 classes): test accuracy leaves it "
+            "out") in " ".join(text.split())
+    grown = ok(*args, "--task", "again", "--grow", "auto", "--max-size", "1.5").stdout
+    assert grown.count("Note: no test image") == 1  # not once more for each growth trial
+    assert ok_json(*args, "--task", "json", "--json")["missing_classes"] == {"test": ["b"]}
 
 
 def test_classes_by_name_as_the_folder_spells_them(tmp_path):
