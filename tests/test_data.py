@@ -546,6 +546,18 @@ def test_folder_without_classes_or_splits(tmp_path):
         load_task_data(str(tmp_path / "nothing-here"), RGB32)
 
 
+def test_a_folder_without_train_says_what_it_looks_like(tmp_path):
+    """The two folders users give by mistake: one split of a dataset, and a tree of class
+    folders that has no splits yet."""
+    base = write_folder(tmp_path / "pets")
+    with pytest.raises(DataError, match=rf"train/ is one of the splits of {base}; give that"):
+        load_task_data(str(base / "train"), RGB32)
+    flat = write_folder(tmp_path / "flat", splits=(".",))
+    with pytest.raises(DataError, match=r"its subfolders \(a_red, b_green\) look like classes: "
+                                        rf"move them into {flat / 'train'}/ "):
+        load_task_data(str(flat), RGB32)
+
+
 def test_held_out_class_unknown_to_train(tmp_path):
     base = write_folder(tmp_path / "f")
     write_image(base / "test" / "zebra" / "0.jpg", COLORS[2])

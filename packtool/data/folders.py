@@ -28,13 +28,27 @@ def read_folder(path: Path) -> Splits:
     if not path.is_dir():
         raise DataError(f"{path} is not a folder (expected {layout})")
     if not (path / "train").is_dir():
-        raise DataError(f"image folder {path} has no train/ subfolder (expected {layout})")
+        raise DataError(f"image folder {path} has no train/ subfolder: "
+                        f"{_hint(path) or f'expected {layout}'}")
     has_val, has_test = (path / "val").is_dir(), (path / "test").is_dir()
     if not (has_val or has_test):
         raise DataError(f"image folder {path} has no val/ or test/ subfolder (expected {layout})")
     if has_val and has_test:
         return _read_splits(path, "test", "val")
     return _read_splits(path, "test" if has_test else "val")
+
+
+def _hint(path: Path) -> str:
+    """What a folder without ``train/`` most likely is: one split of a dataset, or a tree of
+    class folders that has no splits yet."""
+    if path.name in ("train", "val", "test") and (path.parent / "train").is_dir():
+        return f"{path.name}/ is one of the splits of {path.parent}; give that folder"
+    classes = [e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+    if classes and not {"val", "test"} & set(classes):
+        shown = ", ".join(sorted(classes)[:3]) + (", ..." if len(classes) > 3 else "")
+        return (f"its subfolders ({shown}) look like classes: move them into {path}/train/ "
+                f"and set some images of each class aside in {path}/test/<class>/")
+    return ""
 
 
 def _read_splits(base: Path, held_out: str, val: str | None = None) -> Splits:
