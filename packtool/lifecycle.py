@@ -35,7 +35,7 @@ from torch import Tensor
 from . import distributed
 from .choices import AUTO
 from .config import TrainConfig, check_trains, resolve_device, schedule
-from .data import TaskData, with_validation_in_training
+from .data import TaskData, missing_classes, with_validation_in_training
 from .errors import DataError
 from .evaluation import evaluate
 from .formats import model_file
@@ -276,7 +276,7 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float], seconds: f
         skipped_files=list(getattr(data, "skipped", None) or []),
         temperature=record.temperature,
         widths=dict(record.widths) or None, grow_search=list(record.grow_search) or None,
-        missing_classes=data.missing_classes() or None,
+        missing_classes=missing_classes(data) or None,
     )
 
 

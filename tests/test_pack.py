@@ -170,7 +170,8 @@ def _bad_files(pack: Pack, tmp_path: Path) -> dict[str, Path]:
         ("empty", "not a packtool model file"),
         ("random", "not a packtool model file"),
         ("truncated", "not a packtool model file"),
-        ("onnx-like", "not a packtool model file"),
+        ("onnx-like", r"not a packtool model file but an ONNX file \(serve it with "
+                      r"`packtool predict`"),
         ("state_dict", "plain state_dict"),
         ("future", "newer than this packtool"),
         ("tampered", "checksum"),
@@ -181,6 +182,23 @@ def test_bad_files_get_one_line_errors(pack3, tmp_path, kind, message):
     with pytest.raises(PackFormatError, match=message) as info:
         Pack.load(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_file_for_another_command_is_named(pack3, tmp_path):
+    """What ``add-task`` (a model file only) says of an archive or a plan given in its place."""
+    from packtool.formats.archive import write_archive
+
+    archive = tmp_path / "pack.safetensors"
+    write_archive(pack3, archive)
+    with pytest.raises(PackFormatError, match=r"but a safetensors file \(an archive serves its "
+                                              r"tasks but is not trained further"):
+        model_file.load(archive)
+    assert Pack.load(archive).task_names == pack3.task_names  # what serves it
+    plan = tmp_path / "plan.toml"
+    plan.write_text("[network]\narch = 'mlp'\n")
+    with pytest.raises(PackFormatError, match=r"but a TOML file \(a plan\? run it with "
+                                              r"`packtool run`"):
+        Pack.load(plan)
 
 
 class _Payload:

@@ -21,7 +21,7 @@ from packtool import (
     load_task_data,
 )
 from packtool.config import FROM_SCRATCH, schedule
-from packtool.data import task_data
+from packtool.data import missing_classes, task_data
 from packtool.formats.checkpoint import Checkpoint
 from packtool.job import default_task_name
 
@@ -261,12 +261,12 @@ def test_add_task_says_which_classes_a_split_has_no_image_of(tmp_path):
     """A user's small folder whose val/ (the held-out split here) lacks a class: accepted (its
     accuracy is still an accuracy), and said, since that accuracy leaves the class out."""
     folder = _folder(tmp_path / "data")
-    assert load_task_data(str(folder), RGB16).missing_classes() == {}
+    assert missing_classes(load_task_data(str(folder), RGB16)) == {}
     for image in (folder / "val" / "b").iterdir():
         image.unlink()
     (folder / "val" / "b").rmdir()
     data = load_task_data(str(folder), RGB16, val_fraction=0.34)  # two of each class
-    assert data.missing_classes() == {"test": ["b"]}
+    assert missing_classes(data) == {"test": ["b"]}
     _, result = add_task(Pack.create("lenet", (3, 16, 16), kwargs={"width": 4}), "t", data, 0.5,
                          TrainConfig(epochs=1, finetune_epochs=0, device="cpu"))
     assert result.missing_classes == {"test": ["b"]}

@@ -55,19 +55,21 @@ class TaskData:
     augment: bool
     skipped: list[str] = field(default_factory=list)
 
-    def missing_classes(self) -> dict[str, list[str]]:
-        """The classes that ``val`` and ``test`` (by those names) have no image of: a user's
-        small folder may leave one out, and its accuracy then leaves that class out."""
-        missing = {}
-        for name, split in (("validation", self.val), ("test", self.test)):
-            labels = getattr(split, "labels", None)
-            if labels is None or len(labels) == 0:  # none at all (--val-fraction 0): no note
-                continue
-            counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(self.classes))
-            absent = [c for c, n in zip(self.classes, counts) if n == 0]
-            if absent:
-                missing[name] = absent
-        return missing
+
+def missing_classes(data: TaskData) -> dict[str, list[str]]:
+    """The classes that ``data.val`` and ``data.test`` (by those names) have no image of,
+    ``{"validation"|"test": [class names]}``: a user's small folder may leave one out, and
+    that split's accuracy then leaves the class out. Splits without ``labels`` are not read."""
+    missing = {}
+    for name, split in (("validation", data.val), ("test", data.test)):
+        labels = getattr(split, "labels", None)
+        if labels is None or len(labels) == 0:  # none at all (--val-fraction 0): no note
+            continue
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(data.classes))
+        absent = [c for c, n in zip(data.classes, counts) if n == 0]
+        if absent:
+            missing[name] = absent
+    return missing
 
 
 def with_validation_in_training(data: TaskData) -> TaskData:

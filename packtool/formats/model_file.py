@@ -30,6 +30,7 @@ from ..models import ArchSpec
 from ..pack import Pack
 from ..records import TaskRecord, format_version, read_stats, stored_stats
 from .digest import digest
+from .sniff import other_kind
 
 FORMAT = "packtool.pack"
 FORMAT_VERSION = 5  # the newest version this packtool reads and writes
@@ -179,6 +180,9 @@ def read(path: str | os.PathLike) -> Any:
         raise PackToolError(f"{path} does not exist (create it with `packtool init`)")
     if path.is_dir():
         raise PackToolError(f"{path} is a directory, not a model file")
+    kind = other_kind(path)
+    if kind is not None:
+        raise PackFormatError(f"{path} is not a packtool model file but {kind}")
     return load_torch(path)
 
 

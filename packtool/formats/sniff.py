@@ -34,3 +34,28 @@ def is_pack_file(path: str | os.PathLike) -> bool:
     with open(path, "rb") as f:
         head = f.read(4)
     return head == ZIP_MAGIC or is_safetensors(path)
+
+
+def is_onnx(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like ONNX: ``ModelProto``'s field 1 (``ir_version``, a varint:
+    tag byte ``0x08``), which ONNX writers serialize first."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x08"
+
+
+def other_kind(path: str | os.PathLike) -> str | None:
+    """What a file given as a model file is instead, for an error (``... is not a packtool
+    model file but <this>``), or None: an archive, an ONNX file or a plan, each for another
+    command."""
+    if is_safetensors(path):
+        return ("a safetensors file (an archive serves its tasks but is not trained further: "
+                "add tasks to the model file it came from; plain weights start a network "
+                "with `init --weights`)")
+    if is_onnx(path):
+        return "an ONNX file (serve it with `packtool predict`)"
+    if Path(path).suffix == ".toml":
+        return "a TOML file (a plan? run it with `packtool run`)"
+    return None
