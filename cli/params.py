@@ -67,40 +67,47 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-class PruneRatio(click.ParamType):
+class NumberOrWord(click.ParamType):
+    """A number that :meth:`accepts` allows, or one of ``words``; the error says both
+    (``expected``). ``nan`` fails every range, so an unreadable value is refused alike."""
+
+    words: tuple[str, ...] = (AUTO,)
+    expected = ""
+
+    def accepts(self, number: float) -> bool:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or value in self.words:
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not self.accepts(number):
+            self.fail(f"{value!r} is neither {self.expected}", param, ctx)
+        return number
+
+
+class PruneRatio(NumberOrWord):
     """``--prune``: a ratio in [0, 1), or ``auto``."""
 
     name = "ratio"
+    expected = "a number in [0, 1) nor 'auto'"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float | str:
-        if isinstance(value, float) or value == AUTO:
-            return value
-        try:
-            ratio = float(value)
-        except ValueError:
-            ratio = math.nan
-        if not 0.0 <= ratio < 1.0:
-            self.fail(f"{value!r} is neither a number in [0, 1) nor 'auto'", param, ctx)
-        return ratio
+    def accepts(self, number: float) -> bool:
+        return 0.0 <= number < 1.0
 
 
-class GrowFraction(click.ParamType):
+class GrowFraction(NumberOrWord):
     """``--grow``: a positive fraction (of the original widths), or ``auto``."""
 
     name = "fraction"
+    expected = "a positive number nor 'auto'"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float | str:
-        if isinstance(value, float) or value == AUTO:
-            return value
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = math.nan
-        if not 0.0 < fraction < math.inf:
-            self.fail(f"{value!r} is neither a positive number nor 'auto'", param, ctx)
-        return fraction
+    def accepts(self, number: float) -> bool:
+        return 0.0 < number < math.inf
 
 
 class Workers(click.ParamType):
@@ -117,22 +124,15 @@ class Workers(click.ParamType):
         return int(value)
 
 
-class Cache(click.ParamType):
+class Cache(NumberOrWord):
     """``--cache``: ``auto``, ``none`` or a budget in GB."""
 
     name = "cache"
+    words = ("auto", "none")
+    expected = "auto, none nor a number of GB >= 0"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> str | float:
-        if isinstance(value, float) or value in ("auto", "none"):
-            return value
-        try:
-            budget = float(value)
-        except ValueError:
-            budget = math.nan
-        if not budget >= 0:
-            self.fail(f"{value!r} is neither auto, none nor a number of GB >= 0", param, ctx)
-        return budget
+    def accepts(self, number: float) -> bool:
+        return number >= 0
 
 
 def kwargs(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, Any]:
