@@ -231,8 +231,11 @@ def test_cost_tables(smoke):
     assert prune["released"] == prune["prunable_weights"] // 2
     # The smoke run prunes in its own process: its resident set may shrink between the
     # baseline and the prune (memory the earlier parts freed; CI saw -0.03), so only the
-    # peak's own bound holds: the peak since the reset is at least the resident set then.
-    assert prune["peak_rss_bytes"] >= prune["rss_before_bytes"] > 0
+    # peak's own bound holds: the peak since the reset is at least the resident set then, to
+    # within the kernel's per-CPU RSS counters, which Linux reads approximately (a high-water
+    # mark 0.2 MB below an earlier VmRSS was seen with two test processes at once).
+    assert prune["peak_rss_bytes"] >= prune["rss_before_bytes"] - 4 * 2**20
+    assert prune["rss_before_bytes"] > 0
     assert isinstance(prune["peak_over_model"], float)
     for case in cost["packs"]:
         tasks = case["storage"]["tasks"]
