@@ -63,11 +63,14 @@ def reserve_with_room(pack: Pack, ahead: int, max_size: float) -> int:
 def run_packnet(seq: quality.SequenceSpec, tasks: list[Any], settings: quality.QualitySettings,
                 seed: int, ratio: float | str, options: dict[str, Any],
                 reserve_rule: Callable[[Pack, int], int] | None = None,
-                first: dict[str, Any] | None = None) -> dict[str, Any]:
+                first: dict[str, Any] | None = None,
+                config: dict[str, Any] | None = None) -> dict[str, Any]:
     """One PackNet sequence on one seed; ``auto`` is told the plan (tasks still to come),
-    or ``reserve_rule``'s reserve; ``first``: the first task's options over ``options``."""
+    or ``reserve_rule``'s reserve; ``first``: the first task's options over ``options``;
+    ``config``: TrainConfig fields over the settings' (e.g. ``prune_scope``)."""
     start = time.perf_counter()
-    pack, just = quality.build_pack(seq, tasks, settings.config(seed), seed, ratio,
+    train = replace(settings.config(seed), **(config or {}))
+    pack, just = quality.build_pack(seq, tasks, train, seed, ratio,
                                     reserve_ahead=ratio == "auto", options=options,
                                     reserve_rule=reserve_rule, first=first)
     seconds = time.perf_counter() - start
@@ -86,15 +89,16 @@ def run_method(method: str, options: dict[str, Any], seq: quality.SequenceSpec,
                ) -> dict[str, Any]:
     """One row on one seed. ``options`` go to :func:`packtool.add_task`, but ``prune`` (the
     ratio; default ``auto`` for a method named ``auto...``, else :data:`FIXED_RATIO`),
-    ``reserve: "room"`` (:func:`reserve_with_room` instead of the plan's reserve) and
-    ``first`` (the first task's options over the others)."""
+    ``reserve: "room"`` (:func:`reserve_with_room` instead of the plan's reserve), ``first``
+    (the first task's options over the others) and ``config`` (TrainConfig fields)."""
     if method == "separate":
         return quality.run_method("separate", seq, tasks, settings, seed)
-    add = {k: v for k, v in options.items() if k not in ("prune", "reserve", "first")}
+    add = {k: v for k, v in options.items() if k not in ("prune", "reserve", "first", "config")}
     ratio = options.get("prune", "auto" if method.startswith("auto") else FIXED_RATIO)
     rule = (partial(reserve_with_room, max_size=float(options["max_size"]))
             if options.get("reserve") == "room" else None)
-    return run_packnet(seq, tasks, settings, seed, ratio, add, rule, options.get("first"))
+    return run_packnet(seq, tasks, settings, seed, ratio, add, rule, options.get("first"),
+                       options.get("config"))
 
 
 def run_study(name: str, methods: dict[str, tuple[str, dict[str, Any]]],

@@ -6,9 +6,10 @@ as shipped; this study asks whether other settings of growth by steps (the first
 grown) close the gap to separate networks on the same long permuted sequence: a lower
 ``--tolerance``, a reserve that counts the room growth still allows, fixed ratios, a larger
 ``--max-size``; and, growing the first task to the limit in every seed (which ``--grow auto``
-does when its trial gains), whether a lower tolerance or ``--refit`` does. Every row runs on
+does when its trial gains), whether a lower tolerance, ``--refit`` or ``--global-prune``
+does. Every row runs on
 the same seeds and is compared seed by seed, as in the growth part. Not a part of ``python -m
-benchmarks`` (eleven rows, about an hour and a half in full mode on one thread); run it on its
+benchmarks`` (twelve rows, about an hour and a half in full mode on one thread); run it on its
 own::
 
     python -m benchmarks.growth_settings [--quick | --smoke] [--json-out PATH]
@@ -29,9 +30,9 @@ STEPS = {"first": {"grow": None}}
 #: The first task grown to the limit of ``--max-size 3`` in every seed (69 of 32 units: the
 #: widths :func:`packtool.growth.largest_growth` gives), the other tasks not grown.
 LIMIT = {"max_size": 3.0, "first": {"grow": 1.15}}
-#: method -> (label, options): :func:`.growth.run_method`'s ``prune``, ``reserve`` and
-#: ``first`` keys, the rest :func:`packtool.add_task`'s. The rows grow by steps only (the
-#: first task not grown), but the last three, which grow the first task only.
+#: method -> (label, options): :func:`.growth.run_method`'s ``prune``, ``reserve``,
+#: ``first`` and ``config`` keys, the rest :func:`packtool.add_task`'s. The rows grow by steps
+#: only (the first task not grown), but the last four, which grow the first task only.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto+plan+grow3": ("auto with the plan, --grow auto --max-size 3 (by steps)",
                         growth.GROWTH_METHODS["auto+plan+grow3-steps"][1]),
@@ -53,6 +54,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
                     {**LIMIT}),
     "auto+plan+first3+tol0.5": ("... and --tolerance 0.5", {**LIMIT, "tolerance": 0.5}),
     "auto+plan+first3+refit": ("... and --refit", {**LIMIT, "refit": True}),
+    "auto+plan+first3+global": ("... and --global-prune",
+                                {**LIMIT, "config": {"prune_scope": "global"}}),
     "separate": growth.GROWTH_METHODS["separate"],
 }
 
