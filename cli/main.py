@@ -22,6 +22,7 @@ from packtool import __version__
 from packtool.choices import AUTO, DATASET_NAMES, FREE_INITS, OPTIMIZERS, POLICIES, SCORES
 from packtool.errors import PackToolError
 from packtool.formats.sniff import is_pack_file
+from packtool.plan import read_plan
 
 from . import params
 from .errors import ErrorHandlingGroup
@@ -422,5 +423,6 @@ def run_plan(plan: Path, model: Path, reference: bool, log_dir: Path | None,
     click.get_current_context().meta["interrupted"] = (
         f"rerun `packtool run {plan}` to continue where it stopped"
     )
-    dispatch("run", plan=plan, model=model, reference=reference, log_dir=log_dir,
+    the_plan = read_plan(plan)  # every value checked before the training stack loads
+    dispatch("run", plan=the_plan, model=model, reference=reference, log_dir=log_dir,
              as_json=as_json, quiet=quiet)

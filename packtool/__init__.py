@@ -41,7 +41,7 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     ".records": ("TaskRecord", "TaskResult"),
 }, kept={  # names of earlier versions' packtool namespace: import them from their modules
     ".choices": ("AUTO", "FREE_INITS", "OPTIMIZERS", "POLICIES", "SCORES"),
-    ".config": ("resolve_device",),
+    ".device": ("resolve_device",),
     ".errors": ("one_line",),
     ".evaluation": ("Measurement", "PrecisionChange", "half_precision_change"),
     ".fileio": ("file_lock", "sha256_file"),

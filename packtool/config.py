@@ -1,19 +1,23 @@
-"""The settings of an add-task (:class:`TrainConfig`) and the device they name.
+"""The settings of an add-task (:class:`TrainConfig`).
 
-A TrainConfig is checked when it is made, once: a config that exists is a valid one.
+A TrainConfig is checked when it is made, once: a config that exists is a valid one. Whether
+the device it names is there is asked when it is used (:func:`packtool.device.resolve_device`):
+this module imports no torch, so a plan file is checked before the training stack loads.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sized
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .choices import OPTIMIZERS, PRUNE_SCOPES
 from .errors import PackToolError, TaskError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The schedule for a network without pretrained weights. TrainConfig's defaults are the paper's
 #: (fine-tuning a pretrained VGG-16: lr 1e-3, then 1e-4), which leave a network trained from
@@ -44,7 +48,8 @@ class TrainConfig:
         prune_scope: ``layer`` (exact ratio per layer, the paper) or ``global`` (across layers).
 
     Raises:
-        TaskError: a setting out of range; PackToolError: a device that is not there.
+        TaskError: a setting out of range; PackToolError: a device name that is none of these
+        (one that is not there is refused when it is used).
     """
 
     epochs: int = 20
@@ -81,7 +86,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TaskError(message)
-        resolve_device(self.device)
+        check_device_name(self.device)
 
 
 def schedule(pretrained: bool, settings: dict | None = None) -> tuple[TrainConfig, str | None]:
@@ -156,17 +161,11 @@ def cache_budget(cache: str | float) -> float:
     return min(available / 4, 4 * 2**30)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; a CUDA request without CUDA is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise PackToolError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PackToolError("CUDA was requested but is not available; use `device=cpu` or "
-                            "`device=auto`")
-    if dev.type not in ("cpu", "cuda"):
-        raise PackToolError(f"unsupported device {device!r}; use auto, cpu or cuda")
-    return dev
+#: ``auto``, ``cpu`` or ``cuda``, with a device index or not (``auto`` without).
+DEVICE_NAME = re.compile(r"auto|(cpu|cuda)(:[0-9]+)?")
+
+
+def check_device_name(device: str) -> None:
+    """Refuse a device name that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not DEVICE_NAME.fullmatch(str(device)):
+        raise PackToolError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N")

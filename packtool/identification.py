@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .config import resolve_device
 from .data import task_data
+from .device import resolve_device
 from .errors import TaskError
 from .pack import Pack
 from .progress import Say, silent

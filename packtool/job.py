@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from . import distributed
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig
 from .data import load_task_data
+from .device import resolve_device
 from .distributed import World
 from .errors import PackToolError, TaskError
 from .fileio import file_lock

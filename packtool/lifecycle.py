@@ -34,8 +34,9 @@ from torch import Tensor
 
 from . import distributed
 from .choices import AUTO
-from .config import TrainConfig, check_trains, resolve_device, schedule
+from .config import TrainConfig, check_trains, schedule
 from .data import TaskData, missing_classes, with_validation_in_training
+from .device import resolve_device
 from .errors import DataError
 from .evaluation import evaluate
 from .formats import model_file

@@ -25,7 +25,8 @@ from typing import Any
 
 from .choices import AUTO
 from .data import TaskData, load_task_data
-from .errors import DataError, PlanError
+from .device import resolve_device
+from .errors import DataError, PackToolError, PlanError
 from .evaluation import evaluate_tasks
 from .fileio import atomic_write_bytes, sha256_file
 from .formats import model_file
@@ -112,6 +113,7 @@ def run_plan(plan: Plan, model: str | os.PathLike, *, reference: bool = False,
     fresh = not model.exists()
     pack = _starting_pack(plan, len(plan.tasks)) if fresh else model_file.load(model)
     plan.check_against(pack)
+    _check_devices(plan.tasks[len(pack.tasks):])
     _check_data(plan.tasks[len(pack.tasks):], pack)
     if fresh:  # after every check: a plan that cannot run leaves no folder behind
         model.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +160,16 @@ def _add(model: Path, task: PlanTask, progress: Progress | None) -> Any:
         resume=checkpoint_path(model).exists(), progress=progress,
         grow=options.get("grow"), max_size=options.get("max_size", DEFAULT_MAX_SIZE),
         refit=options.get("refit", False))
+
+
+def _check_devices(tasks: Sequence[PlanTask]) -> None:
+    """Every task still to add has its device here (a plan read on one machine may ask for
+    a GPU another lacks), before the first one trains."""
+    for task in tasks:
+        try:
+            resolve_device(task.settings.get("device", "auto"))
+        except PackToolError as exc:  # the plan's words (`device=cpu`), as a bad plan's
+            raise PlanError(f"plan task {task.name!r}: {exc}") from None
 
 
 def _check_data(tasks: Sequence[PlanTask], pack: Pack) -> None:

@@ -194,6 +194,16 @@ def test_every_tasks_data_is_checked_before_the_first_trains(tmp_path, monkeypat
         assert words in result.stderr and not model.parent.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine lacks")
+def test_a_plan_asking_for_a_missing_gpu_is_refused_before_anything(tmp_path):
+    model = tmp_path / "out" / "model.pt"
+    text = PLAN.replace('name = "b"', 'name = "b"\ndevice = "cuda"')
+    assert 'device = "cuda"' in text
+    result = invoke("run", _plan(tmp_path, text), "--model", model)
+    line = assert_error(result, code=2, match="plan task 'b': CUDA was requested")
+    assert "`device=cpu`" in line and not model.parent.exists()
+
+
 def _one_class_folder(root: Path) -> Path:
     from PIL import Image
 

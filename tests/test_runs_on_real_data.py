@@ -14,6 +14,7 @@ from torch.utils.data import ConcatDataset
 from packtool import (
     DataError,
     Pack,
+    PackToolError,
     Preprocess,
     Progress,
     TrainConfig,
@@ -53,6 +54,22 @@ def test_add_task_without_a_config_says_it_trains_from_scratch(make_task):
                        settings={"epochs": 1, "finetune_epochs": 0, "device": "cpu"})
     assert any("from scratch" in text for text in said)
     assert pack.tasks[0].hparams["lr"] == FROM_SCRATCH["lr"]
+
+
+def test_a_config_checks_its_device_name_and_add_task_the_device(make_task):
+    """The name when the config is made (no torch needed, as a plan file is read); whether
+    the device is there when a task is added, before it trains."""
+    with pytest.raises(PackToolError, match=r"unknown device 'tpu'; use auto, cpu, cuda or "
+                                            r"cuda:N"):
+        TrainConfig(device="tpu")
+    for name in ("auto", "cpu", "cpu:0", "cuda", "cuda:1"):
+        assert TrainConfig(device=name).device == name
+    if torch.cuda.is_available():
+        return
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 8})
+    with pytest.raises(PackToolError, match="CUDA was requested but is not available"):
+        add_task(pack, "a", make_task(2, seed=0), 0.5, TrainConfig(epochs=1, device="cuda"))
+    assert pack.tasks == []
 
 
 def test_the_cli_uses_the_from_scratch_rates_unless_given(tmp_path):

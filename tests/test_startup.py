@@ -57,6 +57,19 @@ def test_help_version_and_usage_errors_need_no_torch(tmp_path):
     assert "Traceback" not in usage.stderr
 
 
+def test_a_bad_plan_is_refused_before_torch_loads(tmp_path):
+    """``run`` reads and checks the whole plan (TrainConfig's checks included) first: a typo in
+    a plan costs a fraction of a second, not the training stack's import."""
+    (tmp_path / "plan.toml").write_text('[network]\narch = "mlp"\n[defaults]\nlr = -1\n'
+                                        '[[tasks]]\nname = "a"\ndata = "digits"\nprune = 0\n')
+    done = blocked(TRAINING_STACK, "run", "plan.toml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: plan.toml task 1: learning rates must be > 0"]
+    imported = json.loads((tmp_path / "imported.json").read_text())
+    assert "packtool.plan" in imported and "packtool.sequence" not in imported
+
+
 def test_a_command_that_needs_the_training_stack_says_so(tmp_path):
     done = blocked(("torch",), "info", "model.pt", cwd=tmp_path)
     assert done.returncode == 1

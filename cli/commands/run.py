@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from packtool.plan import read_plan
+from packtool.plan import Plan
 from packtool.runlog import RunLog
 from packtool.sequence import SequenceResult, results_path, run_plan
 
@@ -13,13 +13,14 @@ from ..console import console_for, print_json
 from ..progress import training_progress
 
 
-def run(plan: Path, model: Path, reference: bool, log_dir: Path | None, as_json: bool,
+def run(plan: Plan, model: Path, reference: bool, log_dir: Path | None, as_json: bool,
         quiet: bool) -> None:
-    the_plan = read_plan(plan)  # every value checked before anything runs
+    """``plan`` is read and checked already (by the command line, before this module loads
+    the training stack)."""
     with training_progress(as_json, quiet, plan_words=True) as progress:
         log = RunLog(log_dir, forward=progress) if log_dir is not None else None
         try:
-            result = run_plan(the_plan, model, reference=reference, progress=progress, log=log)
+            result = run_plan(plan, model, reference=reference, progress=progress, log=log)
         finally:
             if log is not None:
                 log.close()
