@@ -238,9 +238,9 @@ class Pack:
             raise CapacityError(f"a pack holds at most {MAX_TASKS} tasks")
         if room and self.free_weights == 0:
             raise CapacityError(
-                "no free weights are left for another task: every weight is owned by one of "
-                f"{len(self.tasks)} tasks (prune earlier tasks harder, or grow the network: "
-                "`grow`)")
+                "no free weights are left for another task: every weight is owned by "
+                f"{'the task' if len(self.tasks) == 1 else f'one of the {len(self.tasks)} tasks'}"
+                " (prune earlier tasks harder, or grow the network: `grow`)")
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:

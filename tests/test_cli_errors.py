@@ -236,7 +236,9 @@ def test_no_free_capacity(tmp_path):
     model = init_model(tmp_path / "model.pt")
     ok("add-task", model, "--data", "digits", "--classes", "0,1", "--prune", "0",
        "--epochs", "1", "--finetune-epochs", "0", "--device", "cpu")
-    fails_unchanged(model, "add-task", model, *ADD, match="no free weights")
+    line = fails_unchanged(model, "add-task", model, *ADD, match="no free weights")
+    assert line == ("Error: no free weights are left for another task: every weight is owned "
+                    "by the task (prune earlier tasks harder, or grow the network: --grow)")
 
 
 def test_unavailable_device(model):
