@@ -332,10 +332,11 @@ def test_throughput_tables(smoke):
 def test_startup_tables(smoke):
     doc, markdown = smoke
     result = doc["startup"]
-    for figure in ("help", "version", "predict"):
+    for figure in ("help", "version", "plan_error", "predict"):
         assert result[figure]["seconds"] > 0 and result[figure]["mb"] > 0, figure
     assert not set(startup.TORCH_FIGURES) & set(result)  # the smoke run starts no torch
     assert "`packtool --help`" in markdown and "against the target" in markdown
+    assert "a plan with a bad value (refused)" in markdown
 
 
 def test_startup_table_of_a_full_run():
