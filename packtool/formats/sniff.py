@@ -15,35 +15,31 @@ from pathlib import Path
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def is_safetensors(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a file that starts like safetensors (an 8-byte length, then ``{``)."""
+def _head(path: str | os.PathLike, size: int) -> bytes:
+    """The first ``size`` bytes of the file at ``path`` (fewer if it is shorter; none if it is
+    not a file)."""
     path = Path(path)
     if not path.is_file():
-        return False
+        return b""
     with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+        return f.read(size)
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file that starts like safetensors (an 8-byte length, then ``{``)."""
+    return _head(path, 9)[8:9] == b"{"
 
 
 def is_pack_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` starts like a file that holds a pack: an archive or a model file (a
     ``torch.save`` zip). Anything else is not loaded as a pack (e.g. it may be ONNX)."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(4)
-    return head == ZIP_MAGIC or is_safetensors(path)
+    return _head(path, 4) == ZIP_MAGIC or is_safetensors(path)
 
 
 def is_onnx(path: str | os.PathLike) -> bool:
     """Whether ``path`` starts like ONNX: ``ModelProto``'s field 1 (``ir_version``, a varint:
     tag byte ``0x08``), which ONNX writers serialize first."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x08"
+    return _head(path, 1) == b"\x08"
 
 
 def other_kind(path: str | os.PathLike) -> str | None:
