@@ -6,10 +6,10 @@ as shipped; this study asks whether other settings of growth by steps (the first
 grown) close the gap to separate networks on the same long permuted sequence: a lower
 ``--tolerance``, a reserve that counts the room growth still allows, fixed ratios, a larger
 ``--max-size``; and, growing the first task to the limit in every seed (which ``--grow auto``
-does when its trial gains), whether a lower tolerance, ``--refit`` or ``--global-prune``
-does. Every row runs on
-the same seeds and is compared seed by seed, as in the growth part. Not a part of ``python -m
-benchmarks`` (twelve rows, about an hour and a half in full mode on one thread); run it on its
+does when its trial gains), whether a lower tolerance, ``--refit``, ``--global-prune`` or more
+fine-tuning (a higher rate, more epochs) does. Every row runs on the same seeds and is
+compared seed by seed, as in the growth part. Not a part of ``python -m benchmarks``
+(fourteen rows, about an hour and three quarters in full mode on one thread); run it on its
 own::
 
     python -m benchmarks.growth_settings [--quick | --smoke] [--json-out PATH]
@@ -32,7 +32,7 @@ STEPS = {"first": {"grow": None}}
 LIMIT = {"max_size": 3.0, "first": {"grow": 1.15}}
 #: method -> (label, options): :func:`.growth.run_method`'s ``prune``, ``reserve``,
 #: ``first`` and ``config`` keys, the rest :func:`packtool.add_task`'s. The rows grow by steps
-#: only (the first task not grown), but the last four, which grow the first task only.
+#: only (the first task not grown), but the last six, which grow the first task only.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto+plan+grow3": ("auto with the plan, --grow auto --max-size 3 (by steps)",
                         growth.GROWTH_METHODS["auto+plan+grow3-steps"][1]),
@@ -56,6 +56,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto+plan+first3+refit": ("... and --refit", {**LIMIT, "refit": True}),
     "auto+plan+first3+global": ("... and --global-prune",
                                 {**LIMIT, "config": {"prune_scope": "global"}}),
+    "auto+plan+first3+ftlr": ("... and --finetune-lr 0.05 (the training rate, 10x)",
+                              {**LIMIT, "config": {"finetune_lr": 0.05}}),
+    "auto+plan+first3+ft20": ("... and --finetune-epochs 20 (twice as many)",
+                              {**LIMIT, "config": {"finetune_epochs": 20}}),
     "separate": growth.GROWTH_METHODS["separate"],
 }
 
