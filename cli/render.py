@@ -193,6 +193,8 @@ def info_doc(pack: Pack, share: float | None = None, growable: bool = False
              "temperature": t.temperature, **({"widths": t.widths} if t.widths else {})}
             for t in pack.tasks
         ],
+        "capacity": [{"layer": layer.name, "shape": list(layer.shape), "weights": layer.total,
+                      "free": layer.free, "owned": list(layer.owned)} for layer in capacity],
         "forecast": forecast(capacity, share).to_dict(),
         **({"widths": pack.widths} if pack.widths else {}),
         **({"growable": [w.to_dict() for w in pack.growth()]} if growable else {}),
@@ -242,7 +244,7 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
                           "inference treats them as temperature 1.", markup=False)
     else:
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
-    show_capacity(console, pack)
+    show_capacity(console, doc, pack)
     show_widths(console, doc, pack)
     if doc["planned_tasks"] is not None:
         ahead = tasks_to_come(doc["planned_tasks"], len(doc["tasks"]))
@@ -280,14 +282,17 @@ def show_forecast(console: Console, doc: dict[str, Any]) -> None:
     console.print("; ".join(lines) + ".", markup=False)
 
 
-def show_capacity(console: Console, pack: Pack) -> None:
-    headers = ["layer", "weights", *(f"#{t.index} {t.name}" for t in pack.tasks), "free"]
+def show_capacity(console: Console, doc: dict[str, Any], pack: Pack) -> None:
+    """Each layer's shape (which layer a module path like ``0.4`` is) and who owns it."""
+    headers = ["layer", "shape", "weights", *(f"#{t.index} {t.name}" for t in pack.tasks),
+               "free"]
     rows = []
-    for layer in pack.capacity():
-        owned = [pct(n / layer.total) for n in layer.owned]
-        rows.append((layer.name.removesuffix(".weight"), count(layer.total), *owned,
-                     pct(layer.free / layer.total)))
-    show_table(console, "Capacity per layer (share of each layer's weights)", headers, rows)
+    for layer in doc["capacity"]:
+        owned = [pct(n / layer["weights"]) for n in layer["owned"]]
+        rows.append((layer["layer"].removesuffix(".weight"), "x".join(map(str, layer["shape"])),
+                     count(layer["weights"]), *owned, pct(layer["free"] / layer["weights"])))
+    show_table(console, "Capacity per layer (share of each layer's weights)", headers, rows,
+               left=2)
 
 
 # -- export -----------------------------------------------------------------------------------

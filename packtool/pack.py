@@ -223,7 +223,8 @@ class Pack:
         for name, own in self.owners.items():
             counts = torch.bincount(own.flatten().long(), minlength=len(self.tasks) + 1)
             rows.append(LayerCapacity(name, own.numel(), int(counts[FREE]),
-                                      tuple(int(c) for c in counts[1:len(self.tasks) + 1])))
+                                      tuple(int(c) for c in counts[1:len(self.tasks) + 1]),
+                                      tuple(own.shape)))
         return rows
 
     def check_new_task(self, name: str, room: bool = True) -> None:

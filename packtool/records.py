@@ -188,12 +188,14 @@ def read_stats(stats: dict[str, Tensor]) -> dict[str, Tensor]:
 
 @dataclass(frozen=True)
 class LayerCapacity:
-    """Ownership of one prunable layer: ``free + sum(owned) == total``."""
+    """Ownership of one prunable layer: ``free + sum(owned) == total``; ``shape`` is the
+    weight's (the widest, in a grown network)."""
 
     name: str
     total: int
     free: int
     owned: tuple[int, ...]  # owned[k-1]: weights owned by task k
+    shape: tuple[int, ...] = ()
 
 
 @dataclass

@@ -4,6 +4,7 @@ predict (issue 4)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,8 @@ def test_info_counts_follow_the_prune_ratios(packed):
     model, reports = packed
     doc = ok_json("info", model)
     assert set(doc) == {"arch", "input_size", "prunable_weights", "free_fraction", "tasks",
-                        "private_values", "private_share", "private_tensors", "forecast",
-                        "free_init", "planned_tasks"}
+                        "private_values", "private_share", "private_tensors", "capacity",
+                        "forecast", "free_init", "planned_tasks"}
     assert doc["planned_tasks"] is None
     assert doc["arch"] == "mlp" and doc["input_size"] == [1, 8, 8]
     assert doc["prunable_weights"] == LAYER_WEIGHTS
@@ -79,10 +80,11 @@ def test_info_counts_follow_the_prune_ratios(packed):
         classes = len(row["classes"])
         assert row["private_values"] == 64 + 32 * classes + classes  # + its head
         owned = 0
-        for layer, n_free in free.items():
+        for (layer, n_free), capacity in zip(free.items(), doc["capacity"], strict=True):
             released = release_count(n_free, prune)
             owned += n_free - released
             free[layer] = released
+            assert capacity["owned"][row["index"] - 1] == n_free - released
         assert row["task"] == name
         assert row["weights_owned"] == owned == report["weights_owned"]
         assert row["data"]["data"] == "digits"
@@ -99,6 +101,24 @@ def test_tables_are_plain_when_piped(packed):
         assert "\x1b[" not in result.output
         assert "digits-4to6" in result.stdout
     assert "Capacity per layer" in ok("info", model).stdout
+
+
+def test_info_capacity_names_each_layer_by_shape_in_text_and_json(packed):
+    model, _ = packed
+    info = ok_json("info", model)
+    capacity = info["capacity"]  # the table's numbers, with each layer's shape
+    assert [layer["layer"] for layer in capacity] == [
+        layer["layer"] for layer in info["forecast"]["layers"]]
+    for layer in capacity:
+        assert math.prod(layer["shape"]) == layer["weights"] == layer["free"] + sum(layer["owned"])
+        assert len(layer["owned"]) == len(info["tasks"])
+    assert [sum(layer["owned"][k] for layer in capacity) for k in range(len(info["tasks"]))] == [
+        t["weights_owned"] for t in info["tasks"]]
+    table = ok("info", model).stdout.split("Capacity per layer")[1]
+    first = capacity[0]
+    row = next(line for line in table.splitlines()
+               if line.startswith("| " + first["layer"].removesuffix(".weight") + " "))
+    assert "x".join(map(str, first["shape"])) in row and f"{first['weights']:,}" in row
 
 
 def test_model_defaults_to_model_pt_in_cwd(packed, monkeypatch):
