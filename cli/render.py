@@ -275,8 +275,11 @@ def show_forecast(console: Console, doc: dict[str, Any]) -> None:
     """How many more tasks fit, at the median share so far and at --share."""
     lines = [f"Forecast: {pct(doc['free_fraction'])} of the prunable weights are free"]
     if doc["median_share"] is not None:
-        lines.append(f"room for {doc['tasks_fit']} more task(s) owning {pct(doc['median_share'])}"
-                     " of every layer (the median share so far)")
+        fit, share = doc["tasks_fit"], pct(doc["median_share"])
+        lines.append(f"no room for one more task owning {share} of every layer (the median "
+                     "share so far): the next one gets less" if not fit else
+                     f"room for {fit} more task{'s' if fit > 1 else ''} owning {share} of every "
+                     "layer (the median share so far)")
     if doc["share"] is not None:
         lines.append(f"for {doc['tasks_fit_at_share']} owning {pct(doc['share'])} (--share)")
     console.print("; ".join(lines) + ".", markup=False)
