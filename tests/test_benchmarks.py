@@ -350,6 +350,9 @@ def test_startup_table_of_a_full_run():
         assert line in markdown
     assert set(startup.ratios(result)) == {"info_ratio", "fixed_ratio", "run_ratio",
                                            "epoch_speed"}
+    # Every ratio's imports were timed in turns with it (not minutes apart, once at the start).
+    assert all("import_s" in figure for figure in (result["info"], result["add_task_fixed"],
+                                                   result["sequence"]))
 
 
 def test_only_one_part_and_bad_arguments(tmp_path):
