@@ -129,6 +129,24 @@ def median_of(repeats: int, args: list[str], cwd: Path,
         if before is not None:
             before()
         runs.append(timed(args, cwd, code)[:2])
+    return _medians(runs)
+
+
+def in_turns(repeats: int, first: list[str], second: list[str], cwd: Path,
+             before: Any = None) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`median_of` for the two sides of a ratio, run in turns (``before()``, first,
+    second), so that a slow spell of the machine hits both sides: a record taken side after
+    side once put the one-epoch ratio at 0.70x, where runs in turns give 0.85-0.94x."""
+    runs: tuple[list[tuple[float, float]], ...] = ([], [])
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        for side, args in zip(runs, (first, second), strict=True):
+            side.append(timed(args, cwd)[:2])
+    return _medians(runs[0]), _medians(runs[1])
+
+
+def _medians(runs: list[tuple[float, float]]) -> dict[str, float]:
     return {"seconds": statistics.median(r[0] for r in runs),
             "mb": statistics.median(r[1] for r in runs)}
 
@@ -205,23 +223,11 @@ def _torch_figures(settings: StartupSettings, packtool: str, tmp: Path, model: P
     add = [packtool, "add-task", str(model), "--data", str(tmp / "jpegs"), "--task", "photos",
            "--prune", "0", "--epochs", "1", "--finetune-epochs", "0", "--lr", "0.01"]
     plain = [python, str(HERE / "plain_loop.py"), str(tmp / "jpegs"), str(side), "2"]
-    # Taken in turns, so that a slow spell of the machine hits both sides of the ratio (a
-    # record taken side after side once put it at 0.70x, where runs in turns give 0.85-0.94x).
-    runs: dict[str, list[tuple[float, float]]] = {"one_epoch": [], "plain_epoch": []}
-    for _ in range(n):
-        shutil.copy(fresh, model)
-        runs["one_epoch"].append(timed(add, tmp)[:2])
-        runs["plain_epoch"].append(timed(plain, tmp)[:2])
-    for key, taken in runs.items():
-        found[key] = {"seconds": statistics.median(r[0] for r in taken),
-                      "mb": statistics.median(r[1] for r in taken)}
-    info, imports = [], []
-    for _ in range(n):  # in turns with the ratio's other side, as above
-        info.append(timed([packtool, "info", str(model)], tmp)[:2])
-        imports.append(timed([python, "-c", "import torch"], tmp)[0])
-    found["info"] = {"seconds": statistics.median(r[0] for r in info),
-                     "mb": statistics.median(r[1] for r in info),
-                     "import_s": statistics.median(imports)}
+    found["one_epoch"], found["plain_epoch"] = in_turns(
+        n, add, plain, tmp, before=lambda: shutil.copy(fresh, model))
+    info, imports = in_turns(n, [packtool, "info", str(model)], [python, "-c", "import torch"],
+                             tmp)
+    found["info"] = {**info, "import_s": imports["seconds"]}
     return found
 
 

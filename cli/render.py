@@ -244,7 +244,7 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
                           "inference treats them as temperature 1.", markup=False)
     else:
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
-    show_capacity(console, doc, pack)
+    show_capacity(console, doc)
     show_widths(console, doc, pack)
     if doc["planned_tasks"] is not None:
         ahead = tasks_to_come(doc["planned_tasks"], len(doc["tasks"]))
@@ -285,9 +285,9 @@ def show_forecast(console: Console, doc: dict[str, Any]) -> None:
     console.print("; ".join(lines) + ".", markup=False)
 
 
-def show_capacity(console: Console, doc: dict[str, Any], pack: Pack) -> None:
+def show_capacity(console: Console, doc: dict[str, Any]) -> None:
     """Each layer's shape (which layer a module path like ``0.4`` is) and who owns it."""
-    headers = ["layer", "shape", "weights", *(f"#{t.index} {t.name}" for t in pack.tasks),
+    headers = ["layer", "shape", "weights", *(f"#{t['index']} {t['task']}" for t in doc["tasks"]),
                "free"]
     rows = []
     for layer in doc["capacity"]:
