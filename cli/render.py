@@ -51,10 +51,20 @@ def _skipped(doc: dict[str, Any], shown: int = 3) -> str:
         count(doc["skipped_images"]))
 
 
+def _prune(doc: dict[str, Any], share: float) -> str:
+    """The ratio and why; where the reserve raised it in some layers, the share released
+    overall too (the ratio alone would not match the weights owned)."""
+    reason = REASONS.get(doc["prune_reason"], "")
+    released = doc["free_fraction"] / (doc["free_fraction"] + share)  # of the free weights
+    if doc["prune_reason"] == "reserve" and released > doc["prune"] + 0.005:
+        reason = f"raised to {released:.2f} overall to keep room for more tasks (--reserve)"
+    return f"{doc['prune']:g}, {reason}"
+
+
 def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> None:
     share = doc["weights_owned"] / pack.prunable_weights
     rows = [
-        ("prune ratio", f"{doc['prune']:g}, {REASONS.get(doc['prune_reason'], '')}"),
+        ("prune ratio", _prune(doc, share)),
         ("accuracy before pruning", pct(doc["accuracy_before_prune"])),
         ("accuracy after pruning", pct(doc["accuracy_after_prune"])),
         ("accuracy after fine-tuning", pct(doc["accuracy"])),
@@ -71,8 +81,9 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
     show_table(console, title, ("", "value"), rows, header=False)
     if doc.get("prune_search"):
         show_search(console, doc["prune_search"], doc["prune"])
-    if doc.get("prune_warning"):
-        console.print(f"Note: {doc['prune_warning']}", markup=False)
+    for key in ("prune_warning", "accuracy_warning"):
+        if doc.get(key):
+            console.print(f"Note: {doc[key]}", markup=False)
     classes = len(pack.task(doc["task"]).classes)
     for split, absent in (doc.get("missing_classes") or {}).items():
         console.print(f"Note: {_missing_classes(split, absent, classes)}", markup=False)

@@ -11,6 +11,7 @@ Serving without the task id is measured by :mod:`packtool.identification`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .data import TaskData, load_task_data, task_data
+from .data import TaskData, chance_accuracy, load_task_data, task_data
 from .device import resolve_device
 from .distributed import World, batches, sum_counts, sum_floats
 from .errors import DataError, TaskError
@@ -98,6 +99,25 @@ def eval_loader(dataset: Dataset, *, batch_size: int, world: World | None = None
         sampler = DistributedSampler(dataset, world.size, world.rank, shuffle=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       generator=torch.Generator(), **settings)
+
+
+def chance_warning(accuracy: float, test: Dataset) -> str | None:
+    """Why ``accuracy`` on ``test`` says the model learned little, or ``None``.
+
+    A model that learned nothing scores what always answering the most common class scores
+    (:func:`~packtool.data.chance_accuracy`); ``accuracy`` within two binomial standard errors
+    of that (95%) is no evidence of more. A task that ends there still froze and owns weights, so
+    its user hears it then, not when it is served.
+    """
+    chance = chance_accuracy(test)
+    if chance is None or chance >= 1.0:  # one class only: missing_classes says so
+        return None
+    margin = 2 * math.sqrt(chance * (1 - chance) / len(test))
+    if accuracy > chance + margin:
+        return None
+    return (f"test accuracy {accuracy:.2%} is no better than always answering the most common "
+            f"class ({chance:.2%} of the {len(test)} test images): the task learned little; "
+            f"more --epochs, another --lr, or a network suited to the images may help")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from .config import TrainConfig, check_trains, schedule
 from .data import TaskData, missing_classes, with_validation_in_training
 from .device import resolve_device
 from .errors import DataError
-from .evaluation import evaluate
+from .evaluation import chance_warning, evaluate
 from .formats import model_file
 from .formats.checkpoint import Checkpoint, refit_checkpoint, resume_point
 from .growth import DEFAULT_MAX_SIZE, choose_growth, plan_growth
@@ -120,8 +120,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     if refit:  # the choices made on validation, then trained on training + validation
         new, metrics = _refit(run, pack, decision, metrics, pruning.reserve, identity, resume)
     new.tasks[-1].grow_search = grown["search"] if grown else []
-    _measure_frozen(run, new, metrics)
-    return new, _result(new, decision, metrics, time.perf_counter() - started, data)
+    warning = _measure_frozen(run, new, metrics)
+    return new, _result(new, decision, metrics, time.perf_counter() - started, data, warning)
 
 
 @dataclass
@@ -242,9 +242,9 @@ def _grown(pack: Pack, config: TrainConfig, grow: float, max_size: float, progre
     return pack.grown(units, seed=config.seed + len(pack.tasks) + 1)
 
 
-def _measure_frozen(run: _Run, new: Pack, metrics: dict[str, float]) -> None:
+def _measure_frozen(run: _Run, new: Pack, metrics: dict[str, float]) -> str | None:
     """Check every rank froze the same, calibrate the frozen task (the last of ``new``) and
-    record its test accuracy."""
+    record its test accuracy; returns (and says) why that accuracy is at chance, if it is."""
     run.progress.message("frozen: calibrating on validation images, measuring on test images")
     data, device, world = run.data, run.device, run.world
     distributed.check_same_everywhere(
@@ -257,10 +257,14 @@ def _measure_frozen(run: _Run, new: Pack, metrics: dict[str, float]) -> None:
     record.metrics["accuracy"] = evaluate(
         new.model_for(task, device), data.test, device=device, world=world
     ).accuracy if run.config.finetune_epochs else metrics["accuracy_after_prune"]
+    warning = chance_warning(record.metrics["accuracy"], data.test)
+    if warning:
+        run.progress.message(f"warning: {warning}")
+    return warning
 
 
 def _result(new: Pack, decision: Decision, metrics: dict[str, float], seconds: float,
-            data: TaskData) -> TaskResult:
+            data: TaskData, accuracy_warning: str | None) -> TaskResult:
     """What :func:`add_task` reports about the task it froze, the last of ``new``."""
     record = new.tasks[-1]
     return TaskResult(
@@ -272,7 +276,7 @@ def _result(new: Pack, decision: Decision, metrics: dict[str, float], seconds: f
         free_fraction=new.free_fraction, seconds=seconds, prune=decision.ratio,
         prune_reason=decision.reason,
         prune_search=None if decision.search is None else [c.to_dict() for c in decision.search],
-        prune_warning=decision.warning,
+        prune_warning=decision.warning, accuracy_warning=accuracy_warning,
         skipped_images=int(metrics.get("skipped_images", 0)),
         skipped_files=list(getattr(data, "skipped", None) or []),
         temperature=record.temperature,

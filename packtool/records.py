@@ -201,7 +201,8 @@ class LayerCapacity:
 @dataclass
 class TaskResult:
     """What :func:`add_task` reports; the same numbers are stored in the task record (but
-    ``prune_warning``, the planner's note that validation was too coarse to be sure)."""
+    ``prune_warning``, the planner's note that validation was too coarse to be sure, and
+    ``accuracy_warning``, that the test accuracy is no better than chance)."""
 
     task: str
     index: int
@@ -216,6 +217,7 @@ class TaskResult:
     prune_reason: str = "fixed"
     prune_search: list[dict[str, Any]] | None = None
     prune_warning: str | None = None
+    accuracy_warning: str | None = None
     skipped_images: int = 0
     temperature: float | None = None
     widths: dict[str, int] | None = None
@@ -232,12 +234,14 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         """``packtool add-task --json``: :data:`DOCUMENT_KEYS`, ``prune_search`` and
-        ``prune_warning`` where the planner gave them, ``widths`` where the network grew,
+        ``prune_warning`` where the planner gave them, ``accuracy_warning`` where the task
+        learned little, ``widths`` where the network grew,
         ``grow_search`` with ``grow="auto"`` and ``missing_classes`` where a split lacks a
         class."""
         values = asdict(self)
         doc = {key: values[key] for key in self.DOCUMENT_KEYS}
-        for key in ("prune_search", "prune_warning", "widths", "grow_search", "missing_classes"):
+        for key in ("prune_search", "prune_warning", "accuracy_warning", "widths", "grow_search",
+                    "missing_classes"):
             if values[key] is not None:
                 doc[key] = values[key]
         return doc

@@ -31,3 +31,16 @@ def test_forecast_counts_tasks_in_words(fit, says):
 def test_forecast_without_tasks_and_at_a_share():
     assert forecast_line(None) == "Forecast: 25.00% of the prunable weights are free."
     assert forecast_line(1, 0.1).endswith("; for 2 owning 10.00% (--share).")
+
+
+@pytest.mark.parametrize(("reason", "prune", "owned", "says"), [
+    ("fixed", 0.5, 0.5, "0.5, as given"),
+    # A first task of three at 0.5: the reserve released 0.67 of every layer.
+    ("reserve", 0.5, 1 / 3, "0.5, raised to 0.67 overall to keep room for more tasks (--reserve)"),
+    # auto fell back to the reserve's own ratio: nothing raised past it, nothing more to say.
+    ("reserve", 0.6, 0.4, "0.6, raised to keep room for more tasks (--reserve)"),
+    ("tolerance", 0.9, 0.1, "0.9, the largest within the tolerance (--prune auto)"),
+])
+def test_the_prune_ratio_says_what_the_reserve_released(reason, prune, owned, says):
+    doc = {"prune": prune, "prune_reason": reason, "free_fraction": 1 - owned}
+    assert render._prune(doc, owned) == says

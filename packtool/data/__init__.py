@@ -33,7 +33,8 @@ from .._lazy import exports
 __getattr__, __dir__, __all__ = exports(__name__, {
     ".layout": ("ENV_ROOT", "DatasetInfo", "dataset_root"),
     ".preprocess": ("IMAGE_EXTENSIONS", "Preprocess", "image_files", "read_image"),
-    ".registry": ("DATASETS", "TaskData", "load_task_data", "missing_classes", "task_data",
+    ".registry": ("DATASETS", "TaskData", "chance_accuracy", "load_task_data", "missing_classes",
+                  "task_data",
                   "unknown_images", "with_validation_in_training"),
     ".sampling": ("EpochSampler", "SeededSamples"),
     ".sources": ("ImageArray", "ImageFiles", "TaskSplit", "cache_splits", "in_memory"),

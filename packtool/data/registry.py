@@ -72,6 +72,15 @@ def missing_classes(data: TaskData) -> dict[str, list[str]]:
     return missing
 
 
+def chance_accuracy(split: Dataset) -> float | None:
+    """What always answering ``split``'s most common class scores on it (0..1): the accuracy a
+    model that learned nothing reaches; ``None`` for a split without ``labels`` or images."""
+    labels = getattr(split, "labels", None)
+    if labels is None or len(labels) == 0:
+        return None
+    return float(np.bincount(np.asarray(labels, dtype=np.int64)).max() / len(labels))
+
+
 def with_validation_in_training(data: TaskData) -> TaskData:
     """``data`` whose training split also holds the validation images (read as training
     images, augmented alike), for a refit; ``val`` and ``test`` unchanged."""
