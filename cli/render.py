@@ -15,6 +15,7 @@ from rich.console import Console
 
 from packtool.growth import relative_size
 from packtool.planner import forecast, tasks_to_come
+from packtool.records import TaskResult
 
 from .console import count, pct, show_table
 
@@ -81,7 +82,7 @@ def show_task_summary(console: Console, doc: dict[str, Any], pack: Pack, path: s
     show_table(console, title, ("", "value"), rows, header=False)
     if doc.get("prune_search"):
         show_search(console, doc["prune_search"], doc["prune"])
-    for key in ("prune_warning", "accuracy_warning"):
+    for key in TaskResult.WARNING_KEYS:
         if doc.get(key):
             console.print(f"Note: {doc[key]}", markup=False)
     classes = len(pack.task(doc["task"]).classes)

@@ -117,7 +117,7 @@ def chance_warning(accuracy: float, test: Dataset) -> str | None:
         return None
     return (f"test accuracy {accuracy:.2%} is no better than always answering the most common "
             f"class ({chance:.2%} of the {len(test)} test images): the task learned little; "
-            f"more --epochs, another --lr, or a network suited to the images may help")
+            f"more `epochs`, another `lr`, or a network suited to the images may help")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def noise_warning(images: int, reference: float, tolerance: float) -> str | None
     return (f"the validation split ({images} images, {reference:.1%} before pruning) measures "
             f"accuracy to about +/-{spread:.1f} points (95%), coarser than the tolerance of "
             f"{tolerance:g}: the choice is noise-limited; more validation images "
-            f"(--val-fraction) or a larger --tolerance make it firmer")
+            f"(`val_fraction`) or a larger `tolerance` make it firmer")
 
 
 def candidates(minimum: float = 0.0) -> list[float]:

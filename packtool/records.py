@@ -227,6 +227,8 @@ class TaskResult:
     #: folder may leave one out; that split's accuracy then leaves it out).
     missing_classes: dict[str, list[str]] | None = None
 
+    #: The notes a task may come with, in the library's words (`name` for an argument).
+    WARNING_KEYS = ("prune_warning", "accuracy_warning")
     #: The keys of ``add-task --json`` (``val_accuracy`` is in the task record only).
     DOCUMENT_KEYS = ("task", "index", "accuracy", "accuracy_before_prune",
                      "accuracy_after_prune", "weights_owned", "free_fraction", "seconds",
@@ -240,7 +242,7 @@ class TaskResult:
         class."""
         values = asdict(self)
         doc = {key: values[key] for key in self.DOCUMENT_KEYS}
-        for key in ("prune_search", "prune_warning", "accuracy_warning", "widths", "grow_search",
+        for key in ("prune_search", *self.WARNING_KEYS, "widths", "grow_search",
                     "missing_classes"):
             if values[key] is not None:
                 doc[key] = values[key]

@@ -12,7 +12,7 @@ from cli_helpers import FAST, init_model, ok
 from test_data import write_image
 from torch.utils.data import TensorDataset
 
-from packtool import Pack, TrainConfig, add_task, evaluate
+from packtool import Pack, TrainConfig, add_task, evaluate, load_task_data
 from packtool.data import chance_accuracy
 from packtool.evaluation import chance_warning
 
@@ -75,3 +75,11 @@ def test_add_task_says_when_its_task_learned_nothing(tmp_path):
     doc = json.loads(result.stdout)
     assert doc["accuracy"] == 0.5 and doc["accuracy_warning"].startswith("test accuracy 50.00%")
     assert f"warning: {doc['accuracy_warning']}" in result.stderr  # said when measured, too
+    assert doc["accuracy_warning"].endswith("more --epochs, another --lr, or a network suited "
+                                            "to the images may help")
+    # In Python, the same note names the arguments (a plan names its keys so, too).
+    pack = Pack.create("mlp", (1, 8, 8), kwargs={"hidden": 8})
+    data = load_task_data(str(tmp_path / "same"), pack.preprocess)
+    _, in_python = add_task(pack, "t", data, 0.5, TrainConfig(epochs=1, finetune_epochs=1,
+                                                              device="cpu"))
+    assert "more `epochs`, another `lr`" in in_python.accuracy_warning

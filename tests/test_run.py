@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -308,3 +309,13 @@ def test_rows_are_reused_only_for_the_model_file_they_describe(tmp_path):
     again = json.loads(ok("run", tmp_path / "plan.toml", "--model", model, "--json").stdout)
     assert again["matrix"][1][0] == pack.tasks[0].metrics["accuracy"] != 0.125
     assert again["model_sha256"] == sha256(model)
+
+
+def test_notes_name_the_plans_keys(tmp_path):
+    """A plan's user reads its keys, not add-task's flags, in every note of the run."""
+    plan = PLAN.replace("prune = 0.5\n", 'prune = "auto"\nauto_trials = 1\n', 1)
+    plan = plan[:plan.index("[[tasks]]\nname = \"b\"")]  # task "a" only
+    result = ok("run", _plan(tmp_path, plan), "--model", tmp_path / "model.pt")
+    assert ("more validation images (`val_fraction`) or a larger `tolerance` make it firmer"
+            in result.output)
+    assert not re.search(r"(^|[\s(])--[a-z]", result.output)  # no flag named anywhere

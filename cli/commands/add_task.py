@@ -10,6 +10,7 @@ from packtool.job import add_task_to_file
 
 from .. import render
 from ..console import console_for, print_json
+from ..errors import as_flags
 from ..progress import training_progress
 
 
@@ -22,6 +23,9 @@ def run(model: Path, data: str, prune: float | str, settings: dict[str, Any],
         return
     pack, result = done
     doc = result.to_dict()
+    for key in result.WARNING_KEYS:  # the library's words, as this command line's flags
+        if key in doc:
+            doc[key] = as_flags(doc[key])
     if as_json:
         print_json(doc)
         return
