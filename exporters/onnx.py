@@ -59,8 +59,10 @@ VERIFY_BATCH = 4
 VERIFY_SEED = 0
 ARCHIVE_NAME = "pack.safetensors"
 
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                onnx.TensorProto.BFLOAT16)
+#: The initializers stored sparse where smaller: float weights, and int8 ones of an int8 export
+#: (a pruned weight quantizes to 0 exactly: symmetric int8 weights have zero point 0).
+_SPARSE_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                 onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ def strip_export_noise(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def sparsify_initializers(model: onnx.ModelProto) -> list[str]:
-    """Store float initializers as COO ``sparse_initializer`` where that is smaller, in place.
+    """Store weight initializers (float or 8-bit) as COO ``sparse_initializer`` where that is
+    smaller, in place.
 
     Indices are flat (row-major) INT64 positions of the non-zero values, as ``onnx.checker``
     requires; ``-0.0`` counts as zero. Returns the names of the converted initializers.
@@ -203,7 +206,7 @@ def sparsify_initializers(model: onnx.ModelProto) -> list[str]:
 
 
 def _sparse_if_smaller(init: onnx.TensorProto) -> onnx.SparseTensorProto | None:
-    if init.data_type not in _FLOAT_TYPES or len(init.dims) == 0:
+    if init.data_type not in _SPARSE_TYPES or len(init.dims) == 0:
         return None
     values = numpy_helper.to_array(init).reshape(-1)
     nonzero = np.flatnonzero(values)
