@@ -60,6 +60,43 @@ def show_table(console: Console, title: str | None, headers: Sequence[str],
     console.print(table(headers, rows, left=left, terminal=console.is_terminal, header=header))
 
 
+def temperature(value: float | None) -> str:
+    return "1 (not calibrated)" if value is None else f"{value:.3g}"
+
+
+# -- info FILE.onnx ---------------------------------------------------------------------------
+
+
+def show_onnx_info(console: Console, doc: dict[str, Any], shown: int = 6) -> None:
+    """``packtool info FILE.onnx``: the file, what it serves, its input, and its tasks."""
+    serves = ""
+    if doc["kind"] == "multi-task":
+        mixed = " (a batch may mix them)" if doc["mixed_batches"] else ""
+        serves = f"; serves any of its tasks{mixed}" + (
+            " and --task auto" if doc["task_free"] else "")
+    origin = f" of model file sha256 {doc['source_sha256'][:12]}" if doc["source_sha256"] else ""
+    console.print(f"{doc['path']}: {doc['kind']} ONNX, {doc['precision']}, "
+                  f"{count(doc['bytes'])} bytes, exported by packtool {doc['version']}"
+                  f"{origin}{serves}", markup=False)
+    size = "x".join(map(str, doc["input_size"]))
+    console.print(f"Input: {size} images, scaled to 0..1 and normalized with mean "
+                  f"{_numbers(doc['mean'])} and std {_numbers(doc['std'])}", markup=False)
+    rows = []
+    for t in doc["tasks"]:
+        names = ", ".join(t["classes"][:shown])
+        more = f" (+{len(t['classes']) - shown} more)" if len(t["classes"]) > shown else ""
+        resize = f"shorter side to {t['resize']}, center crop" if t["resize"] else "whole image"
+        rows.append((str(t["index"]), t["task"], names + more, resize,
+                     str(len(t["classes"])), temperature(t["temperature"]),
+                     "-" if t["reject_distance"] is None else f"{t['reject_distance']:.4g}"))
+    show_table(console, "Tasks", ("#", "task", "class names", "resize", "classes",
+                                  "temperature", "reject distance"), rows, left=4)
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
 # -- predict ----------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ import click
 from packtool import __version__
 from packtool.choices import AUTO, DATASET_NAMES, FREE_INITS, OPTIMIZERS, POLICIES, SCORES
 from packtool.errors import PackToolError
-from packtool.formats.sniff import is_pack_file
+from packtool.formats.sniff import is_onnx, is_pack_file
 from packtool.plan import read_plan
 
 from . import params
@@ -295,8 +295,17 @@ def info(model: Path, plot: str | None, share: float | None, growable: bool,
          as_json: bool) -> None:
     """Show MODEL's tasks and how much of each layer each task owns.
 
-    MODEL may be a model.pt or an archive.
+    MODEL may be a model.pt or an archive; for an exported ONNX file, its tasks, classes,
+    input and precision.
     """
+    if is_onnx(model):  # an exported file: read with onnxruntime alone
+        given = [flag for flag, value in (("--plot", plot), ("--share", share),
+                                          ("--growable", growable)) if value]
+        if given:
+            raise click.UsageError(f"{given[0]} applies to a model.pt or an archive, not to "
+                                   "an ONNX file")
+        dispatch("info_onnx", model=model, as_json=as_json)
+        return
     dispatch("info", model=model, plot=plot, share=share, growable=growable, as_json=as_json)
 
 

@@ -17,7 +17,7 @@ from packtool.growth import relative_size
 from packtool.planner import forecast, tasks_to_come
 from packtool.records import TaskResult
 
-from .console import count, pct, show_table
+from .console import count, pct, show_table, temperature
 
 if TYPE_CHECKING:
     from packtool import Pack, TaskFreeEvaluation
@@ -140,10 +140,6 @@ def show_eval(console: Console, doc: dict[str, Any]) -> None:
             for r in doc["tasks"]]
     show_table(console, "Accuracy on each task's held-out split",
                ("#", "task", "accuracy", "samples"), rows, left=2)
-
-
-def temperature(value: float | None) -> str:
-    return "1 (not calibrated)" if value is None else f"{value:.3g}"
 
 
 def task_free_doc(rows: Sequence[TaskFreeEvaluation], pack: Pack, *, group: int,

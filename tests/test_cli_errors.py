@@ -502,3 +502,16 @@ def test_library_names_are_said_as_flags():
     options = {o for command in main.commands.values() for p in command.params
                for o in getattr(p, "opts", ())}
     assert set(FLAGS.values()) <= options  # every flag named is one a command takes
+
+
+def test_info_on_a_damaged_onnx_file_and_pack_options_on_one(tmp_path):
+    """A file that starts like ONNX is read as one: damaged, one line from onnxruntime; the
+    options that only a pack has are usage errors before anything is read."""
+    damaged = tmp_path / "cut.onnx"
+    damaged.write_bytes(b"\x08\x08\x12\x07pytorch")  # ir_version 8, then a cut-off string
+    line = assert_error(invoke("info", damaged), 1, "onnxruntime cannot load")
+    assert str(damaged) in line
+    for option in (("--share", "0.1"), ("--plot", tmp_path / "c.png"), ("--growable",)):
+        assert_error(invoke("info", damaged, *option), 2,
+                     f"{option[0]} applies to a model.pt or an archive, not to an ONNX file")
+    assert not (tmp_path / "c.png").exists()

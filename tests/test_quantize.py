@@ -60,6 +60,7 @@ def test_reported_change_is_the_written_files(digits_model, tmp_path, flag, prec
     model = onnx.load(str(out))
     props = {p.key: p.value for p in model.metadata_props}
     assert props["packtool.precision"] == precision and props["packtool.task"] == "digits-0to4"
+    assert ok_json("info", out)["precision"] == precision
     types = {i.data_type for i in model.graph.initializer}
     if precision == "float16":
         assert onnx.TensorProto.FLOAT not in types

@@ -194,3 +194,29 @@ def test_lazy_names_never_shadow_a_submodule(package):
 
 def test_dataset_names_are_the_registry_s():
     assert tuple(DATASETS) == DATASET_NAMES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["t1.onnx", "all.onnx"])
+def test_info_on_onnx_needs_no_torch_and_says_what_the_pack_recorded(served, source):
+    root, model, _ = served
+    pack = Pack.load(model)
+    done = blocked(TRAINING_STACK, "info", source, "--json", cwd=root)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    names = ["t1"] if source == "t1.onnx" else ["t0", "t1"]
+    multi = source == "all.onnx"
+    assert doc["kind"] == ("multi-task" if multi else "per-task")
+    assert doc["precision"] == "float32" and doc["bytes"] == (root / source).stat().st_size
+    assert doc["input_size"] == list(pack.spec.input_size) == [3, 32, 32]
+    assert doc["mean"] == list(pack.spec.mean) and doc["std"] == list(pack.spec.std)
+    assert doc["task_free"] == doc["mixed_batches"] == multi
+    assert [t["task"] for t in doc["tasks"]] == names
+    for row in doc["tasks"]:
+        record = pack.task(row["task"])
+        assert row["classes"] == list(record.classes) == ["c0", "c1"]
+        assert row["temperature"] == record.temperature
+        assert row["resize"] == record.data.get("resize")
+        assert (row["reject_distance"] is None) == (not multi)
+    text = blocked(TRAINING_STACK, "info", source, cwd=root)
+    assert text.returncode == 0 and f"{source}: {doc['kind']} ONNX, float32" in text.stdout

@@ -51,7 +51,7 @@ def other_kind(path: str | os.PathLike) -> str | None:
                 "add tasks to the model file it came from; plain weights start a network "
                 "with `init --weights`)")
     if is_onnx(path):
-        return "an ONNX file (serve it with `packtool predict`)"
+        return "an ONNX file (serve it with `packtool predict`; `packtool info` says what it holds)"
     if Path(path).suffix == ".toml":
         return "a TOML file (a plan? run it with `packtool run`)"
     return None
