@@ -18,7 +18,7 @@ from formats.make_v1 import CONFIG, Task
 from PIL import Image
 
 from packtool import Pack, TaskError, add_task, load
-from packtool.exporters import export_multi_task, predict, read_archive
+from packtool.exporters import export_multi_task, onnx_info, predict, read_archive
 from packtool.formats.checkpoint import Checkpoint
 from packtool.method import Phase
 
@@ -228,3 +228,14 @@ def test_a_multi_task_onnx_of_one_task_per_call_still_serves(tmp_path):
             assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
             for x, y in zip(a["top"], b["top"]):
                 assert abs(x["probability"] - y["probability"]) < 1e-5
+
+
+def test_info_reads_a_multi_task_onnx_of_one_task_per_call():
+    """The same file, as ``packtool info`` reads it: every task, no mixed batches (the files
+    of then took one task per call) and no model file recorded (they did not record it)."""
+    pack = load(FORMATS / "lenet-calibrated-v3.pt")
+    doc = onnx_info(FORMATS / "lenet-multitask-v1.onnx").to_dict()
+    assert doc["kind"] == "multi-task" and doc["precision"] == "float32"
+    assert (doc["mixed_batches"], doc["task_free"]) == (False, True)
+    assert [t["task"] for t in doc["tasks"]] == pack.task_names
+    assert [t["classes"] for t in doc["tasks"]] == [list(r.classes) for r in pack.tasks]
