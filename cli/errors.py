@@ -33,7 +33,7 @@ FLAGS = {
     "skip_bad_images": "--skip-bad-images", "cache": "--cache", "epochs": "--epochs",
     "finetune_epochs": "--finetune-epochs", "grow": "--grow", "max_size": "--max-size",
     "reserve": "--reserve", "tolerance": "--tolerance", "auto_trials": "--auto-trials",
-    "val_fraction": "--val-fraction",
+    "val_fraction": "--val-fraction", "data": "--data",
 }
 _MENTION = re.compile(r"`(\w+)(?:=([^`]*))?`")
 

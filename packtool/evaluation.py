@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .data import TaskData, chance_accuracy, load_task_data, task_data
+from .data import DATASETS, TaskData, chance_accuracy, load_task_data, task_data
 from .device import resolve_device
 from .distributed import World, batches, sum_counts, sum_floats
-from .errors import DataError, TaskError
+from .errors import DataError, TaskError, one_line
 from .pack import Pack
 from .progress import Say, silent
 from .taskfree import collect_logits
@@ -154,13 +154,23 @@ def evaluate_tasks(pack: Pack, tasks: Sequence[str] = (), *, data: str | None = 
     dev = resolve_device(device)
     rows = []
     for record in records:
-        test = (task_data(pack, record.name, root=root) if data is None
+        test = (_recorded_data(pack, record.name, root) if data is None
                 else _other_data(pack, record.name, data, classes, root)).test
         say(f"task {record.name!r}: evaluating on {len(test)} test images")
         accuracy = evaluate(pack.model_for(record.name, dev), test, batch_size=batch_size,
                             device=dev).accuracy
         rows.append(TaskEvaluation(record.name, record.index, accuracy, len(test)))
     return rows
+
+
+def _recorded_data(pack: Pack, task: str, root: str | os.PathLike | None) -> TaskData:
+    """The task's data where it was added from; if it is not there, where to give it now."""
+    try:
+        return task_data(pack, task, root=root)
+    except DataError as exc:
+        where = "`root`" if pack.task(task).data.get("data") in DATASETS else "`data`"
+        raise DataError(f"{one_line(exc)}; if its images moved, give their place with "
+                        f"{where} and `task`") from None
 
 
 def _other_data(pack: Pack, task: str, data: str, classes: Sequence[int] | None,

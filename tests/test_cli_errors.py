@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from cli_helpers import ARCH, FAST, assert_error, init_model, invoke, ok, sha256
+from cli_helpers import ARCH, FAST, assert_error, init_model, invoke, ok, ok_json, sha256
 
 from packtool import Pack
 from packtool.fileio import file_lock
@@ -515,3 +515,19 @@ def test_info_on_a_damaged_onnx_file_and_pack_options_on_one(tmp_path):
         assert_error(invoke("info", damaged, *option), 2,
                      f"{option[0]} applies to a model.pt or an archive, not to an ONNX file")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_eval_after_the_images_moved_names_the_task_and_the_way_out(tmp_path):
+    from test_data import write_folder
+
+    write_folder(tmp_path / "photos", per_class=6)
+    model = init_model(tmp_path / "model.pt")
+    ok("add-task", model, "--data", tmp_path / "photos", "--task", "colors", "--prune", "0.5",
+       *FAST)
+    (tmp_path / "photos").rename(tmp_path / "moved")
+    fails_unchanged(model, "eval", model,
+                    match=f"task 'colors': {tmp_path / 'photos'} is not a folder")
+    line = assert_error(invoke("eval", model), 1)
+    assert line.endswith("if its images moved, give their place with --data and --task")
+    doc = ok_json("eval", model, "--task", "colors", "--data", tmp_path / "moved")
+    assert doc["tasks"][0]["samples"] == 12

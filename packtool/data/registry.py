@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..parse import parse_classes
 from . import cars, cifar100, cubs, digits, flowers
 from .folders import IMAGENET, SKETCH, WIKIART, read_folder
@@ -99,13 +99,18 @@ def task_data(pack: Pack, task: str | int, *, root: str | os.PathLike | None = N
             root, else ``$PACKTOOL_DATA``).
 
     Raises:
-        DataError: the data is not there (or cannot be read) any more.
+        DataError: the data is not there (or cannot be read) any more; the message names the
+            task (a pack's tasks may read different folders).
     """
-    spec = dict(pack.task(task).data)
+    record = pack.task(task)
+    spec = dict(record.data)
     spec.setdefault("resize", None)  # tasks added before the recipes: resized whole
     if root is not None:
         spec["root"] = str(root)
-    return load_task_data(**spec, preprocess=pack.preprocess)
+    try:
+        return load_task_data(**spec, preprocess=pack.preprocess)
+    except DataError as exc:
+        raise DataError(f"task {record.name!r}: {one_line(exc)}") from None
 
 
 def _check_classes(classes: Sequence[int | str] | str | None, names: Sequence[str],
