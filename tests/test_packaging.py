@@ -81,7 +81,7 @@ SERVING = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs", "flatbuff
 
 def test_a_serving_install_without_torch_predicts(wheel, tmp_path):
     """The wheel with only the serving packages (no torch, torchvision or onnx on the path at
-    all): predict on an ONNX file works, and a training command says what it needs."""
+    all): predict and info on an ONNX file work, and a training command says what it needs."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
@@ -113,6 +113,9 @@ def test_a_serving_install_without_torch_predicts(wheel, tmp_path):
     served = subprocess.run([packtool, "predict", onnx, "x.png", "--json"], **run)
     assert served.returncode == 0, served.stderr
     assert '"task": "digits-0-1"' in served.stdout
+    described = subprocess.run([packtool, "info", onnx, "--json"], **run)
+    assert described.returncode == 0, described.stderr
+    assert '"classes": [\n        "0",\n        "1"\n      ]' in described.stdout
     refused = subprocess.run([packtool, "info", model], **run)
     assert refused.returncode == 1
     assert refused.stderr.startswith("Error: this command needs torch, which is not installed")
