@@ -254,11 +254,19 @@ def show_info(console: Console, doc: dict[str, Any], pack: Pack, path: str) -> N
         console.print("No tasks yet: add one with `packtool add-task`.", markup=False)
     show_capacity(console, doc)
     show_widths(console, doc, pack)
-    if doc["planned_tasks"] is not None:
-        ahead = tasks_to_come(doc["planned_tasks"], len(doc["tasks"]))
-        console.print(f"Planned: {doc['planned_tasks']} tasks (init --tasks), {ahead} still to "
-                      "come.", markup=False)
+    show_plan(console, doc)
     show_forecast(console, doc["forecast"])
+
+
+def show_plan(console: Console, doc: dict[str, Any]) -> None:
+    """Where the pack stands against its plan (``init --tasks``), if it has one."""
+    planned, added = doc["planned_tasks"], len(doc["tasks"])
+    if planned is None:
+        return
+    ahead = tasks_to_come(planned, added)
+    where = (f"{ahead} still to come" if ahead else "all added" if added == planned
+             else f"{added} added, {added - planned} past the plan")
+    console.print(f"Planned: {planned} tasks (init --tasks), {where}.", markup=False)
 
 
 def show_widths(console: Console, doc: dict[str, Any], pack: Pack) -> None:

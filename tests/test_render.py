@@ -44,3 +44,17 @@ def test_forecast_without_tasks_and_at_a_share():
 def test_the_prune_ratio_says_what_the_reserve_released(reason, prune, owned, says):
     doc = {"prune": prune, "prune_reason": reason, "free_fraction": 1 - owned}
     assert render._prune(doc, owned) == says
+
+
+@pytest.mark.parametrize(("added", "says"), [
+    (1, "Planned: 2 tasks (init --tasks), 1 still to come."),
+    (2, "Planned: 2 tasks (init --tasks), all added."),
+    (3, "Planned: 2 tasks (init --tasks), 3 added, 1 past the plan."),
+])
+def test_the_plan_line_says_where_the_pack_stands(added, says):
+    out = io.StringIO()
+    render.show_plan(Console(file=out, width=400), {"planned_tasks": 2, "tasks": [{}] * added})
+    assert out.getvalue().strip() == says
+    out = io.StringIO()
+    render.show_plan(Console(file=out, width=400), {"planned_tasks": None, "tasks": []})
+    assert out.getvalue() == ""
