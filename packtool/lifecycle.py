@@ -103,6 +103,10 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     progress = (progress if main else None) or Progress()
     if note:
         progress.message(note)
+    if reserve is None and pack.planned_tasks and len(pack.tasks) >= pack.planned_tasks:
+        planned = f"{pack.planned_tasks} task" + ("s" if pack.planned_tasks > 1 else "")
+        progress.message(f"task {len(pack.tasks) + 1} is past the plan of {planned} (init "
+                         "--tasks): it keeps no room for more (`reserve` does)")
     started = time.perf_counter()
     task = len(pack.tasks) + 1
     identity = {"task": name, "index": task, **pruning.identity(), "data": data.spec,

@@ -28,7 +28,7 @@ from .data import TaskData, load_task_data
 from .device import resolve_device
 from .errors import DataError, PackToolError, PlanError
 from .evaluation import evaluate_tasks
-from .fileio import atomic_write_bytes, sha256_file
+from .fileio import atomic_write_bytes, file_lock, sha256_file
 from .formats import model_file
 from .formats.checkpoint import checkpoint_path
 from .growth import DEFAULT_MAX_SIZE
@@ -118,6 +118,8 @@ def run_plan(plan: Plan, model: str | os.PathLike, *, reference: bool = False,
     if fresh:  # after every check: a plan that cannot run leaves no folder behind
         model.parent.mkdir(parents=True, exist_ok=True)
         model_file.save(pack, model)
+    elif (pack.planned_tasks or 0) < len(plan.tasks):
+        pack = _plan_more_tasks(model, len(plan.tasks))
     result = _earlier_results(model, pack)
     reporter = log if log is not None else (progress or Progress())
     for index, task in enumerate(plan.tasks[len(pack.tasks):], start=len(pack.tasks) + 1):
@@ -160,6 +162,16 @@ def _add(model: Path, task: PlanTask, progress: Progress | None) -> Any:
         resume=checkpoint_path(model).exists(), progress=progress,
         grow=options.get("grow"), max_size=options.get("max_size", DEFAULT_MAX_SIZE),
         refit=options.get("refit", False))
+
+
+def _plan_more_tasks(model: Path, tasks: int) -> Pack:
+    """MODEL planned for ``tasks`` tasks: a plan extended past the pack's plan records its
+    length, as a new plan does, so that its tasks to come keep room for one another."""
+    with file_lock(model):
+        pack = model_file.load(model)
+        pack.planned_tasks = tasks
+        model_file.save(pack, model)
+    return pack
 
 
 def _check_devices(tasks: Sequence[PlanTask]) -> None:

@@ -286,6 +286,13 @@ def test_add_task_auto_reports_its_search_and_info_its_forecast(tmp_path):
     assert ok_json("info", planned)["tasks"][0]["prune"] >= 0.5
     assert ok_json("info", planned)["planned_tasks"] == 2
     assert "Planned: 2 tasks (init --tasks), 1 still to come." in ok("info", planned).stdout
+    for classes in ("5-7", "8,9"):
+        past = ok("add-task", planned, "--data", "digits", "--classes", classes, "--prune",
+                  "0.5", *FAST).stdout
+    assert ("task 3 is past the plan of 2 tasks (init --tasks): it keeps no room for more "
+            "(--reserve does)") in past
+    assert "Planned: 2 tasks (init --tasks), 3 added, 1 past the plan." in ok(
+        "info", planned).stdout
 
 
 @pytest.mark.slow

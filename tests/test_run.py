@@ -319,3 +319,21 @@ def test_notes_name_the_plans_keys(tmp_path):
     assert ("more validation images (`val_fraction`) or a larger `tolerance` make it firmer"
             in result.output)
     assert not re.search(r"(^|[\s(])--[a-z]", result.output)  # no flag named anywhere
+
+
+def test_an_extended_plan_keeps_room_for_its_tasks_to_come(tmp_path):
+    """A plan run again with more tasks records its new length, as a new plan would: task b
+    (prune 0) leaves room for c, which a pack still planned for one task would not have kept
+    (b would take every free weight, and c would find none)."""
+    model = tmp_path / "model.pt"
+    extended = PLAN.replace("epochs = 2\n", "prune = 0\n")
+    ok("run", _plan(tmp_path, extended[:extended.index('[[tasks]]\nname = "b"')]),
+       "--model", model)
+    assert json.loads(ok("info", model, "--json").stdout)["planned_tasks"] == 1
+    ran = ok("run", _plan(tmp_path, extended), "--model", model, "--json")
+    doc = json.loads(ok("info", model, "--json").stdout)
+    assert doc["planned_tasks"] == 3 and [t["task"] for t in doc["tasks"]] == ["a", "b", "c"]
+    b = doc["tasks"][1]
+    assert b["prune_reason"] == "reserve" and b["weights_owned"] > 0
+    assert doc["tasks"][2]["weights_owned"] > 0
+    assert "past the plan" not in ran.stderr
