@@ -75,10 +75,12 @@ def _report(ctx: click.Context, exc: BaseException) -> NoReturn:
         fail("interrupted" + (f"; {note}" if note else ""), EXIT_INTERRUPTED)
     if isinstance(exc, PlanError):  # a bad plan is a bad argument (it names plan keys)
         fail(one_line(exc), EXIT_USAGE)
+    # A plan's user sets the library's arguments as plan keys, not flags (as run's progress).
+    words = (lambda text: text) if ctx.invoked_subcommand == "run" else as_flags
     if isinstance(exc, UsageError):
-        fail(as_flags(one_line(exc)), EXIT_USAGE)
+        fail(words(one_line(exc)), EXIT_USAGE)
     if isinstance(exc, PackToolError):
-        fail(as_flags(one_line(exc)))
+        fail(words(one_line(exc)))
     if isinstance(exc, BrokenPipeError):  # e.g. `packtool info | head -1`
         raise click.exceptions.Exit(EXIT_FAILURE)
     if isinstance(exc, OSError) and exc.strerror:

@@ -337,3 +337,12 @@ def test_an_extended_plan_keeps_room_for_its_tasks_to_come(tmp_path):
     assert b["prune_reason"] == "reserve" and b["weights_owned"] > 0
     assert doc["tasks"][2]["weights_owned"] > 0
     assert "past the plan" not in ran.stderr
+
+
+def test_errors_during_a_run_name_the_plans_keys(tmp_path):
+    """Task a keeps every weight (prune 0, no reserve): b finds none free, and the error says
+    what to set in the plan (`grow`), not a flag of add-task."""
+    plan = PLAN.replace("prune = 0.5\n", "prune = 0\nreserve = 0\n", 1)
+    result = invoke("run", _plan(tmp_path, plan), "--model", tmp_path / "model.pt")
+    line = assert_error(result, 1, "no free weights are left for another task")
+    assert line.endswith("(prune earlier tasks harder, or grow the network: `grow`)")
