@@ -14,6 +14,7 @@ same defaults; ``classes`` is a list of indices or the ``--classes`` text.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import sys
@@ -245,7 +246,10 @@ def _table(doc: Mapping[str, Any], key: str, source: str, required: bool = False
 def _only(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = [k for k in table if k not in allowed]
     if unknown:
-        raise PlanError(f"{where}: unknown key `{unknown[0]}` (known: {', '.join(allowed)})")
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        meant = f"did you mean `{close[0]}`? " if close else ""
+        raise PlanError(f"{where}: unknown key `{unknown[0]}` ({meant}known: "
+                        f"{', '.join(allowed)})")
 
 
 def _class_item(value: Any) -> str:

@@ -135,7 +135,10 @@ def test_killed_during_the_second_task_then_run_again(uninterrupted, tmp_path):
 
 
 BAD_PLANS = {
-    "unknown key": (PLAN.replace("epochs = 1\n", "epochs = 1\nepochz = 2\n", 1), "epochz"),
+    "unknown key": (PLAN.replace("epochs = 1\n", "epochs = 1\nepochz = 2\n", 1),
+                    "unknown key `epochz` (did you mean `epochs`? known: prune"),
+    "unknown key, nothing close": (PLAN.replace("epochs = 1\n", "epochs = 1\nxyz = 2\n", 1),
+                                   "unknown key `xyz` (known: prune"),
     "wrong type": (PLAN.replace("epochs = 1\n", 'epochs = "one"\n', 1), "epochs"),
     "missing data": (PLAN.replace('data = "digits"\nclasses = "0,1"', 'classes = "0,1"'),
                      "`data` is required"),
