@@ -4,6 +4,11 @@ Every error a user can cause derives from :class:`PackToolError`; its message is
 says what is wrong and, where it helps, what to do. The CLI prints it as ``Error: <message>``.
 """
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
 
 class PackToolError(Exception):
     """Base class of every packtool error meant for the user."""
@@ -65,3 +70,10 @@ def one_line(error: BaseException | str, *, first: bool = False) -> str:
         head, sep, rest = lines[-1].partition(": ")
         return rest if sep and head.replace(".", "").replace("_", "").isalnum() else lines[-1]
     return lines[0] if first else " ".join(lines)
+
+
+def did_you_mean(word: str, known: Sequence[str], quote: str = "'") -> str:
+    """``"did you mean 'x'? "`` for the one of ``known`` closest to a mistyped ``word``, or
+    ``""``: the one routine behind every such hint (``quote``: how the message quotes names)."""
+    close = difflib.get_close_matches(word, known, n=1)
+    return f"did you mean {quote}{close[0]}{quote}? " if close else ""

@@ -14,7 +14,6 @@ same defaults; ``classes`` is a list of indices or the ``--classes`` text.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 from .choices import AUTO, DATASET_NAMES, FREE_INITS, POLICIES
 from .config import TrainConfig, check_trains
-from .errors import PackToolError, PlanError, UsageError
+from .errors import PackToolError, PlanError, UsageError, did_you_mean
 from .parse import parse_classes, parse_input_size
 
 if sys.version_info >= (3, 11):
@@ -246,8 +245,7 @@ def _table(doc: Mapping[str, Any], key: str, source: str, required: bool = False
 def _only(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = [k for k in table if k not in allowed]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        meant = f"did you mean `{close[0]}`? " if close else ""
+        meant = did_you_mean(unknown[0], allowed, quote="`")
         raise PlanError(f"{where}: unknown key `{unknown[0]}` ({meant}known: "
                         f"{', '.join(allowed)})")
 

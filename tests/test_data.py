@@ -291,6 +291,10 @@ def test_unknown_dataset_lists_registered_names(tmp_path, monkeypatch):
         load_task_data("mnist", RGB32)
     for name in DATASETS:
         assert name in str(info.value)
+    assert "did you mean" not in str(info.value)  # nothing registered is close to mnist
+    with pytest.raises(DataError, match=r"'cifar10': not a registered name \(did you mean "
+                                        r"'cifar100'\? known: cars, "):
+        load_task_data("cifar10", RGB32)
 
 
 def test_registered_dataset_needs_a_root(monkeypatch):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..errors import DataError, one_line
+from ..errors import DataError, did_you_mean, one_line
 from ..parse import parse_classes
 from . import cars, cifar100, cubs, digits, flowers
 from .folders import IMAGENET, SKETCH, WIKIART, read_folder
@@ -149,8 +149,9 @@ def _resolve(data: str) -> tuple[DatasetInfo | None, Path | None]:
     path = Path(data).expanduser()
     if looks_like_path or path.exists():
         return None, path.resolve()
-    raise DataError(f"unknown dataset '{data}': not a registered name "
-                    f"({', '.join(sorted(DATASETS))}) nor an existing folder")
+    names = sorted(DATASETS)
+    raise DataError(f"unknown dataset '{data}': not a registered name ({did_you_mean(data, names)}"
+                    f"known: {', '.join(names)}) nor an existing folder")
 
 
 def load_task_data(
