@@ -54,6 +54,7 @@ from .planner import (
     RESERVE,
     Decision,
     Pruning,
+    past_plan,
     planned_reserve,
 )
 from .progress import Progress
@@ -101,12 +102,8 @@ def add_task(pack: Pack, name: str, data: TaskData, prune: float | str,
     device = distributed.rank_device(world, resolve_device(config.device))
     main = world is None or world.is_main
     progress = (progress if main else None) or Progress()
-    if note:
-        progress.message(note)
-    if reserve is None and pack.planned_tasks and len(pack.tasks) >= pack.planned_tasks:
-        planned = f"{pack.planned_tasks} task" + ("s" if pack.planned_tasks > 1 else "")
-        progress.message(f"task {len(pack.tasks) + 1} is past the plan of {planned} (init "
-                         "--tasks): it keeps no room for more (`reserve` does)")
+    for line in filter(None, (note, past_plan(pack.planned_tasks, len(pack.tasks), reserve))):
+        progress.message(line)
     started = time.perf_counter()
     task = len(pack.tasks) + 1
     identity = {"task": name, "index": task, **pruning.identity(), "data": data.spec,

@@ -143,6 +143,16 @@ def planned_reserve(planned_tasks: int | None, packed: int) -> int:
     return max(0, tasks_to_come(planned_tasks, packed) - 1)
 
 
+def past_plan(planned_tasks: int | None, packed: int, reserve: int | None) -> str | None:
+    """Why a task added to a pack of ``packed`` tasks without a ``reserve`` keeps no room for
+    more (its plan gives it none): it is past the plan; ``None`` if it is not."""
+    if reserve is not None or not planned_tasks or packed < planned_tasks:
+        return None
+    plural = "s" if planned_tasks > 1 else ""
+    return (f"task {packed + 1} is past the plan of {planned_tasks} task{plural} (init "
+            "--tasks): it keeps no room for more (`reserve` does)")
+
+
 def noise_warning(images: int, reference: float, tolerance: float) -> str | None:
     """Why a validation split of ``images`` images is too coarse for ``tolerance``, or ``None``.
 
