@@ -121,3 +121,9 @@ def show_predict(console: Console, doc: dict[str, Any]) -> None:
             title += f"  task {item['task']!r}" + (
                 "" if margin is None else f" (margin {margin:.3g} over the runner-up)")
         show_table(console, title, ("rank", "class", "probability"), rows, left=2)
+    skipped = doc.get("skipped_files") or []
+    if skipped:
+        more = f", and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        console.print(f"Left out {len(skipped)} unreadable image file"
+                      f"{'s' if len(skipped) > 1 else ''}: {', '.join(skipped[:3])}{more}",
+                      markup=False)

@@ -386,10 +386,14 @@ def export(model: Path, name: str | None, all_tasks: bool, multi_task: bool,
                    "tasks: its feature distance passes its nearest task's threshold.")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
               help="How many classes to show per image.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out image files that cannot be read (listed after the predictions) "
+                   "instead of stopping at the first.")
 @params.json_option
 @params.quiet_option
 def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
-            task_score: str | None, reject: bool, top: int, as_json: bool, quiet: bool) -> None:
+            task_score: str | None, reject: bool, top: int, skip_bad_images: bool,
+            as_json: bool, quiet: bool) -> None:
     """Classify IMAGEs with an exported ONNX file or a pack file (archive or model.pt).
 
     An IMAGE that is a folder stands for every image below it (sorted; hidden files left
@@ -402,7 +406,7 @@ def predict(source: Path, images: tuple[Path, ...], name: str | None, same_task:
     # A pack file is exported to ONNX in memory first, which needs the training stack.
     dispatch("predict_pack" if is_pack_file(source) else "predict", source=source, images=images,
         name=name, same_task=same_task, task_score=task_score, reject=reject, top=top,
-        as_json=as_json, quiet=quiet)
+        skip_bad_images=skip_bad_images, as_json=as_json, quiet=quiet)
 
 
 # -- run --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ __getattr__, __dir__, __all__ = exports(__name__, {
               "verify_onnx"),
     ".prediction": ("predict",),
     ".quantize": ("export_reduced", "half_weights", "reduced_bytes"),
-    ".runtime": ("OnnxInfo", "PredictResult", "infer", "onnx_info", "providers", "session"),
+    ".fileinfo": ("OnnxInfo", "onnx_info"),
+    ".runtime": ("PredictResult", "infer", "providers", "session"),
     "packtool.choices": ("PRECISIONS",),
 })

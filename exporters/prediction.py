@@ -25,8 +25,8 @@ from .runtime import predict as predict_onnx
 
 def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
-            task_score: str | None = None, reject: bool = False, say: Say = silent
-            ) -> PredictResult:
+            task_score: str | None = None, reject: bool = False, skip_bad_images: bool = False,
+            say: Say = silent) -> PredictResult:
     """Classify ``images`` with one task of ``source``, or let ``task="auto"`` choose the task
     (:func:`packtool.exporters.runtime.predict`, whose arguments these are).
 
@@ -39,7 +39,8 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
     images = image_files(images)  # a missing image fails before the export, not after
     if not is_pack_file(source):
         return predict_onnx(source, images, task=task, top=top, same_task=same_task,
-                            task_score=task_score, reject=reject, say=say)
+                            task_score=task_score, reject=reject,
+                            skip_bad_images=skip_bad_images, say=say)
     pack = load(source)
     if not pack.tasks:
         raise TaskError(f"{source} has no tasks yet; add one with `packtool add-task`")
@@ -54,4 +55,4 @@ def predict(source: str | os.PathLike, images: Sequence[str | os.PathLike], *,
         model = task_onnx(pack, pack.task(task).name)
     return predict_onnx(model.SerializeToString(), images, task=task, top=top,
                         same_task=same_task, task_score=task_score, reject=reject,
-                        source=str(source), say=say)
+                        source=str(source), skip_bad_images=skip_bad_images, say=say)

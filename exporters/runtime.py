@@ -33,7 +33,14 @@ import onnxruntime as ort
 
 from packtool.choices import AUTO
 from packtool.data.preprocess import Preprocess, image_files
-from packtool.errors import PackFormatError, PackToolError, TaskChoiceError, TaskError, one_line
+from packtool.errors import (
+    DataError,
+    PackFormatError,
+    PackToolError,
+    TaskChoiceError,
+    TaskError,
+    one_line,
+)
 from packtool.progress import Say, silent
 from packtool.task_id import (
     check_score,
@@ -137,61 +144,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-# info
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class OnnxInfo:
-    """What an exported file holds (``packtool info FILE.onnx``); :meth:`to_dict` is its
-    ``--json``.
-
-    Attributes:
-        kind: ``"per-task"`` or ``"multi-task"``.
-        precision: ``"float32"``, or the reduced precision it was exported in.
-        tasks: each task's metadata, in index order (one for a per-task file).
-        task_free: whether the file answers ``--task auto`` (a multi-task file's distances).
-        mixed_batches: whether a multi-task file takes one task per input row.
-    """
-
-    path: str
-    bytes: int
-    kind: str
-    precision: str
-    tasks: list[TaskMetadata]
-    task_free: bool = False
-    mixed_batches: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        first = self.tasks[0]
-        return {
-            "path": self.path, "bytes": self.bytes, "kind": self.kind,
-            "precision": self.precision, "version": first.version,
-            "source_sha256": first.source_sha256, "input_size": list(first.input_size),
-            "mean": list(first.mean), "std": list(first.std), "task_free": self.task_free,
-            "mixed_batches": self.mixed_batches,
-            "tasks": [{"task": m.task, "index": i, "classes": list(m.classes),
-                       "resize": m.resize, "temperature": m.temperature,
-                       "reject_distance": m.reject_distance}
-                      for i, m in enumerate(self.tasks, start=1)],
-        }
-
-
-def onnx_info(path: str | os.PathLike) -> OnnxInfo:
-    """What the exported ONNX file at ``path`` holds, read from its metadata and graph (the
-    file is loaded by onnxruntime, which checks it; no torch)."""
-    sess = session(path, execution_providers=[CPU])  # reading it needs no GPU
-    props = sess.get_modelmeta().custom_metadata_map
-    source = str(path)
-    multi = is_multi_task(props)
-    tasks = tasks_metadata(props, source) if multi else [TaskMetadata.from_props(props, source)]
-    return OnnxInfo(source, os.path.getsize(path), "multi-task" if multi else "per-task",
-                    props.get("packtool.precision", "float32"), tasks,
-                    task_free=DISTANCE_NAME in [o.name for o in sess.get_outputs()],
-                    mixed_batches=mixes_tasks(sess))
-
-
-# ------------------------------------------------------------------------------------------------
 # predict
 # ------------------------------------------------------------------------------------------------
 
@@ -210,16 +162,23 @@ class PredictResult:
             of the tasks') and ``"task_margin"`` (its score minus the runner-up's; ``None`` with
             one task), and with ``reject`` ``"distance"`` and ``"reject_ratio"``.
         task_score: with ``auto``, the score that chose the tasks; else ``None``.
+        skipped_files: with ``skip_bad_images``, the files left out as unreadable (``None``
+            without it: any unreadable file is an error).
     """
 
     task: str | None
     provider: str
     predictions: list[dict[str, Any]] = field(default_factory=list)
     task_score: str | None = None
+    skipped_files: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc = {"task": self.task, "provider": self.provider, "predictions": self.predictions}
-        return doc if self.task_score is None else {**doc, "task_score": self.task_score}
+        if self.task_score is not None:
+            doc["task_score"] = self.task_score
+        if self.skipped_files is not None:
+            doc["skipped_files"] = self.skipped_files
+        return doc
 
 
 @dataclass
@@ -235,7 +194,7 @@ class _Runner:
 def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike], *,
             task: str | None = None, top: int = 5, same_task: bool = False,
             task_score: str | None = None, reject: bool = False, source: str | None = None,
-            say: Say = silent) -> PredictResult:
+            skip_bad_images: bool = False, say: Say = silent) -> PredictResult:
     """Classify ``images`` (image files; a folder stands for the images below it,
     :func:`~packtool.data.preprocess.image_files`) with an exported ONNX file (a path, or its
     bytes), or let ``task="auto"`` choose the task of a multi-task file.
@@ -259,6 +218,9 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
             empty. Every prediction then carries ``distance`` (to its nearest task) and
             ``reject_ratio``, the distance over that task's threshold (above 1: rejected).
         source: how messages name the model (default: its path).
+        skip_bad_images: leave out the files that cannot be read as images (listed in the
+            result's ``skipped_files``) instead of failing on the first one; at least one
+            must be readable.
         say: receives a line of progress per batch of images.
 
     Returns:
@@ -271,15 +233,28 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
     images = image_files(images)
     runners, task_score = _runners(session(model), task, task_score, label)
     say(f"{label}: running on {provider_of(runners[0].session)}")
-    logits, distances = _outputs(runners, images, label, say)
+    skipped: list[str] | None = [] if skip_bad_images else None
+    logits, distances, images = _outputs(runners, images, label, say, skipped)
     if task != AUTO:
         return PredictResult(runners[0].meta.task, provider_of(runners[0].session),
-                             _predictions(images, runners, logits, [0] * len(images), top))
-    temperatures = [1.0 if r.meta.temperature is None else r.meta.temperature for r in runners]
+                             _predictions(images, runners, logits, [0] * len(images), top),
+                             skipped_files=skipped)
     assert task_score is not None
     if reject and task_score != "mahalanobis":
         raise TaskError(f"{label} has no feature distances: reject needs them (export the pack "
                         "again)")
+    predictions, first = _by_task_score(images, runners, logits, distances, task_score, top,
+                                        same_task, reject)
+    return PredictResult(runners[first].meta.task if same_task else None,
+                         provider_of(runners[0].session), predictions, task_score, skipped)
+
+
+def _by_task_score(images: Sequence[str | os.PathLike], runners: list[_Runner],
+                   logits: list[np.ndarray], distances: list[np.ndarray], task_score: str,
+                   top: int, same_task: bool, reject: bool) -> tuple[list[dict[str, Any]], int]:
+    """``task="auto"``'s predictions: each image (or, ``same_task``, all of them) goes to the
+    task the score chooses; returns them and the first image's task (runner position)."""
+    temperatures = [1.0 if r.meta.temperature is None else r.meta.temperature for r in runners]
     scores = task_scores(logits, temperatures, task_score, distances)
     chosen = identify(scores, np.zeros(len(images), dtype=np.int64) if same_task else None)
     choice = chosen.task.tolist()
@@ -288,8 +263,7 @@ def predict(model: str | os.PathLike | bytes, images: Sequence[str | os.PathLike
         p["task_margin"] = None if math.isnan(margin) else margin
     if reject:
         _reject(predictions, distances, chosen.task, runners)
-    return PredictResult(runners[choice[0]].meta.task if same_task else None,
-                         provider_of(runners[0].session), predictions, task_score)
+    return predictions, choice[0]
 
 
 def _check_options(task: str | None, top: int, same_task: bool, task_score: str | None,
@@ -346,20 +320,27 @@ def _runners(sess: ort.InferenceSession, task: str | None, score: str | None, so
 
 
 def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike], source: str,
-             say: Say) -> tuple[list[np.ndarray], list[np.ndarray]]:
+             say: Say, skipped: list[str] | None = None
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[str | os.PathLike]]:
     """Every runner's logits ``[N, classes]`` and feature distances ``[N]`` (NaN from a graph
-    without them) on every image; each image is read once per distinct preprocessing, and the
-    tasks of a file that takes mixed-task batches run in one call per batch."""
+    without them) on every image, and the images they are of; each image is read once per
+    distinct preprocessing, and the tasks of a file that takes mixed-task batches run in one
+    call per batch. With ``skipped`` (a list), unreadable files are left out and added to it."""
     logits: list[list[np.ndarray]] = [[] for _ in runners]
     distances: list[list[np.ndarray]] = [[] for _ in runners]
+    kept: list[str | os.PathLike] = []
     for start in range(0, len(images), BATCH_SIZE):
         paths = images[start:start + BATCH_SIZE]
-        inputs: dict[Preprocess, np.ndarray] = {}
+        inputs: dict[Preprocess, list[np.ndarray]] = {}
         for prep in dict.fromkeys(r.meta.preprocess for r in runners):
-            inputs[prep] = np.stack([prep.load_image(p) for p in paths])
+            # The first reading leaves out what cannot be read; the same files read again.
+            inputs[prep], paths = _read(prep, paths, None if inputs else skipped)
+        for prep, arrays in inputs.items():
+            if not paths:
+                break
             group = [k for k, r in enumerate(runners) if r.meta.preprocess == prep]
             for k, (first, distance) in zip(group, _run_group([runners[k] for k in group],
-                                                               inputs[prep])):
+                                                               np.stack(arrays))):
                 classes = len(runners[k].meta.classes)
                 # A multi-task graph pads every task's logits to the largest class count.
                 width = first.shape[1] if first.ndim == 2 else -1
@@ -369,8 +350,30 @@ def _outputs(runners: list[_Runner], images: Sequence[str | os.PathLike], source
                         f"{runners[k].meta.task!r}, expected [batch, {classes}]")
                 logits[k].append(first[:, :classes])
                 distances[k].append(distance)
-        say(f"classified {start + len(paths)}/{len(images)} images")
-    return [np.concatenate(z) for z in logits], [np.concatenate(d) for d in distances]
+        kept += paths
+        say(f"classified {start + len(images[start:start + BATCH_SIZE])}/{len(images)} images")
+    if not kept:
+        raise DataError("the image could not be read" if len(images) == 1 else
+                        f"none of the {len(images)} images could be read")
+    return ([np.concatenate(z) for z in logits], [np.concatenate(d) for d in distances], kept)
+
+
+def _read(prep: Preprocess, paths: Sequence[str | os.PathLike], skipped: list[str] | None
+          ) -> tuple[list[np.ndarray], list[str | os.PathLike]]:
+    """``paths`` read as ``prep`` says, and the paths read; with ``skipped`` (a list), a file
+    that cannot be read is left out and added to it, else it is an error."""
+    arrays, read = [], []
+    for path in paths:
+        try:
+            arrays.append(prep.load_image(path))
+        except DataError as exc:
+            if skipped is None:
+                raise DataError(f"{one_line(exc)} (`skip_bad_images` leaves such files out)"
+                                ) from None
+            skipped.append(str(path))
+            continue
+        read.append(path)
+    return arrays, read
 
 
 def _run_group(runners: list[_Runner], inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -531,3 +531,28 @@ def test_eval_after_the_images_moved_names_the_task_and_the_way_out(tmp_path):
     assert line.endswith("if its images moved, give their place with --data and --task")
     doc = ok_json("eval", model, "--task", "colors", "--data", tmp_path / "moved")
     assert doc["tasks"][0]["samples"] == 12
+
+
+@pytest.mark.slow  # exports ONNX or starts processes: seconds, not the quick loop's
+def test_predict_leaves_out_unreadable_images_only_when_asked(model, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "c.png"):
+        Image.new("L", (8, 8), 120).save(folder / name)
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    onnx = tmp_path / "t.onnx"
+    ok("export", model, "--task", "digits-0-1", "--out", onnx)
+    line = fails_unchanged(model, "predict", onnx, folder,
+                           match=f"cannot read image {folder / 'b.png'}")
+    assert line.endswith("(--skip-bad-images leaves such files out)")
+    doc = ok_json("predict", onnx, folder, "--skip-bad-images")
+    assert doc["skipped_files"] == [str(folder / "b.png")]
+    assert [p["image"] for p in doc["predictions"]] == [str(folder / n) for n in ("a.png", "c.png")]
+    assert ok_json("predict", model, "--task", "digits-0-1", folder, "--skip-bad-images") == doc
+    text = ok("predict", onnx, folder, "--skip-bad-images").stdout
+    assert f"Left out 1 unreadable image file: {folder / 'b.png'}" in text
+    assert "skipped_files" not in ok_json("predict", onnx, folder / "a.png")
+    fails_unchanged(model, "predict", onnx, folder / "b.png", "--skip-bad-images",
+                    match="the image could not be read")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from packtool.exporters.runtime import onnx_info
+from packtool.exporters.fileinfo import onnx_info
 
 from ..console import console_for, print_json, show_onnx_info
 

@@ -12,6 +12,8 @@ from .predict import show
 
 
 def run(source: Path, images: tuple[Path, ...], name: str | None, same_task: bool,
-        task_score: str | None, reject: bool, top: int, as_json: bool, quiet: bool) -> None:
+        task_score: str | None, reject: bool, top: int, skip_bad_images: bool, as_json: bool,
+        quiet: bool) -> None:
     show(predict(source, list(images), task=name, top=top, same_task=same_task,
-                 task_score=task_score, reject=reject, say=status(quiet)), as_json)
+                 task_score=task_score, reject=reject, skip_bad_images=skip_bad_images,
+                 say=status(quiet)), as_json)
