@@ -76,7 +76,7 @@ def _report(ctx: click.Context, exc: BaseException) -> NoReturn:
     if isinstance(exc, PlanError):  # a bad plan is a bad argument (it names plan keys)
         fail(one_line(exc), EXIT_USAGE)
     # A plan's user sets the library's arguments as plan keys, not flags (as run's progress).
-    words = (lambda text: text) if ctx.invoked_subcommand == "run" else as_flags
+    words = (lambda text: text) if ctx.meta.get("plan_words") else as_flags
     if isinstance(exc, UsageError):
         fail(words(one_line(exc)), EXIT_USAGE)
     if isinstance(exc, PackToolError):

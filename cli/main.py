@@ -433,9 +433,9 @@ def run_plan(plan: Path, model: Path, reference: bool, log_dir: Path | None,
 
     Run it again after a crash or Ctrl-C: it continues where it stopped.
     """
-    click.get_current_context().meta["interrupted"] = (
-        f"rerun `packtool run {plan}` to continue where it stopped"
-    )
+    meta = click.get_current_context().meta
+    meta["interrupted"] = f"rerun `packtool run {plan}` to continue where it stopped"
+    meta["plan_words"] = True  # errors name the plan's keys, as its progress does
     the_plan = read_plan(plan)  # every value checked before the training stack loads
     dispatch("run", plan=the_plan, model=model, reference=reference, log_dir=log_dir,
              as_json=as_json, quiet=quiet)
